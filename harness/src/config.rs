@@ -1,0 +1,520 @@
+//! Run configuration, in two stages.
+//!
+//! 1. [`RawConfig`]: serde structs mirroring the TOML a user writes, every field documented, unknown
+//!    keys rejected. `--set key=value` overrides are applied to the TOML tree before deserializing.
+//! 2. [`RunConfig`]: the validated, resolved configuration the run uses (device and dtype resolved,
+//!    ranges checked), saved as `config.json` into the run folder before training starts.
+//!
+//! Errors name the key (`train.lr`) and, where the parser knows it, the line.
+
+use crate::data::DataConfig;
+use crate::model::lora::{AdapterConfig, AdapterKind};
+use crate::model::tokenizer::MaskToken;
+use crate::model::LlamaConfig;
+use crate::objective::{LossNorm, TSampling};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The whole run configuration as written in TOML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Run name: the prefix of the run folder.
+    pub name: String,
+    /// Seed of every random draw in the run.
+    pub seed: u64,
+    /// Folder that receives run folders (`<out_dir>/<name>-<utc stamp>/`) when `--out` is not given.
+    pub out_dir: PathBuf,
+    /// Base model.
+    pub model: ModelConfig,
+    /// What trains: LoRA adapters or every weight.
+    pub adapter: AdapterConfig,
+    /// Training objective.
+    pub objective: ObjectiveConfig,
+    /// Optimizer and loop.
+    pub train: TrainConfig,
+    /// Dataset, template and splits.
+    pub data: DataConfig,
+    /// Evaluation after (and during) training.
+    pub eval: EvalConfig,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            name: "run".into(),
+            seed: 0,
+            out_dir: PathBuf::from("runs"),
+            model: ModelConfig::default(),
+            adapter: AdapterConfig::default(),
+            objective: ObjectiveConfig::default(),
+            train: TrainConfig::default(),
+            data: DataConfig::default(),
+            eval: EvalConfig::default(),
+        }
+    }
+}
+
+/// Where the base model comes from and how it is held in memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// A `.gguf` file, a Hugging Face folder (config.json + safetensors + tokenizer.json), a hub
+    /// repo id (`org/name`, needs network), or `random` (a seeded random model of shape `arch`).
+    pub source: String,
+    /// Hub revision when `source` is a repo id.
+    pub revision: Option<String>,
+    /// Tokenizer file (`tokenizer.json` or a `.gguf` whose metadata holds one); by default the
+    /// source's own.
+    pub tokenizer: Option<PathBuf>,
+    /// The mask token of diffusion: an id, a token string, or `"auto"` (a spare control token of
+    /// the vocabulary that ordinary text never produces; see `model::tokenizer`).
+    pub mask_token: MaskToken,
+    /// Activation / frozen-weight dtype: `auto` (bf16 on CUDA, f32 on CPU), `f32`, `bf16`, `f16`.
+    pub dtype: String,
+    /// `auto` (CUDA when built with it and a GPU is present, else CPU), `cpu`, or `cuda:N`.
+    pub device: String,
+    /// Standard deviation of random weights (`source = "random"`).
+    pub init_std: f64,
+    /// Shape of a random model (`source = "random"`), HF config.json field names.
+    pub arch: Option<LlamaConfig>,
+}
+
+/// The default base model, as `make setup` places it.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            source: DEFAULT_MODEL.into(),
+            revision: None,
+            tokenizer: None,
+            mask_token: MaskToken::Auto,
+            dtype: "auto".into(),
+            device: "auto".into(),
+            init_std: 0.02,
+            arch: None,
+        }
+    }
+}
+
+/// Which objective trains, and the diffusion knobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectiveConfig {
+    /// `diffusion` (masked-diffusion SFT) or `autoregressive` (next-token SFT, the baseline).
+    pub kind: ObjectiveKind,
+    /// Diffusion: how t is drawn: `uniform`, `stratified` or `logit_normal`.
+    pub t_sampling: TSampling,
+    /// Diffusion, `logit_normal`: mean of the normal before the sigmoid.
+    pub t_logit_mean: f64,
+    /// Diffusion, `logit_normal`: std of the normal before the sigmoid (> 0).
+    pub t_logit_std: f64,
+    /// Diffusion: smallest t, in (0, 1). The references use 1e-3.
+    pub eps: f64,
+    /// Diffusion: output i predicts token i+1 (reuses an AR model's head).
+    pub shift: bool,
+    /// Diffusion: normaliser of the weighted loss: `masked`, `response` or `batch_response`.
+    pub loss_norm: LossNorm,
+    /// Diffusion: padding after the eos is maskable and scored (the references do; makes models
+    /// over-generate eos). Default: score the one eos, not padding.
+    pub score_padding: bool,
+    /// Diffusion: optimizer steps over which attention goes from causal to full (≥ 1; 1 = full
+    /// from the first step).
+    pub anneal_steps: u64,
+}
+
+/// Objective kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectiveKind {
+    /// Masked-diffusion SFT.
+    Diffusion,
+    /// Autoregressive SFT.
+    Autoregressive,
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        Self {
+            kind: ObjectiveKind::Diffusion,
+            t_sampling: TSampling::Uniform,
+            t_logit_mean: 0.0,
+            t_logit_std: 1.0,
+            eps: 1e-3,
+            shift: true,
+            loss_norm: LossNorm::Masked,
+            score_padding: false,
+            anneal_steps: 1,
+        }
+    }
+}
+
+/// Optimizer, schedule and loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Peak learning rate (> 0).
+    pub lr: f64,
+    /// AdamW decoupled weight decay (≥ 0).
+    pub weight_decay: f64,
+    /// AdamW beta1, in [0, 1).
+    pub beta1: f64,
+    /// AdamW beta2, in [0, 1).
+    pub beta2: f64,
+    /// AdamW epsilon (> 0).
+    pub adam_eps: f64,
+    /// Linear warmup steps from 0 to `lr`.
+    pub warmup_steps: u64,
+    /// Cosine decay ends at `lr · min_lr_ratio`, in [0, 1].
+    pub min_lr_ratio: f64,
+    /// Optimizer steps. When unset, `epochs` over the training split decide.
+    pub max_steps: Option<u64>,
+    /// Passes over the training split when `max_steps` is unset (> 0).
+    pub epochs: f64,
+    /// Sequences per forward pass (≥ 1).
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step (≥ 1); the loss is normalised over all of them.
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this (0 disables).
+    pub max_grad_norm: f64,
+    /// Write a metrics row every N steps (≥ 1).
+    pub log_every: u64,
+    /// Evaluate (dev loss, and accuracy when `eval.during_training`) every N steps; 0 = only at the end.
+    pub eval_every: u64,
+    /// Dev micro-batches for the periodic dev loss (0 disables it).
+    pub dev_loss_batches: usize,
+    /// Save the trainable parameters every N steps; 0 = only at the end.
+    pub save_every: u64,
+    /// Where checkpoints go; default `<run folder>/checkpoints`. Studies point this at a
+    /// git-ignored cache.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            lr: 2e-4,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            adam_eps: 1e-8,
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+            max_steps: None,
+            epochs: 1.0,
+            micro_batch: 8,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            log_every: 1,
+            eval_every: 0,
+            dev_loss_batches: 4,
+            save_every: 0,
+            checkpoint_dir: None,
+            progress: true,
+        }
+    }
+}
+
+/// Evaluation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate on the test split at the end of training.
+    pub at_end: bool,
+    /// Also evaluate accuracy at every `train.eval_every` step (costly), not only the dev loss.
+    pub during_training: bool,
+    /// Methods to run: `generate` and/or `likelihood`.
+    pub methods: Vec<String>,
+    /// Evaluate at most this many test items (after a seeded shuffle); unset = all.
+    pub limit: Option<usize>,
+    /// Items per forward pass.
+    pub batch_size: usize,
+    /// Generation: tokens to generate (diffusion: the masked canvas length).
+    pub max_new_tokens: usize,
+    /// Diffusion generation: denoising steps.
+    pub steps: usize,
+    /// Diffusion generation: `low_confidence`, `random` or `threshold`.
+    pub strategy: String,
+    /// Diffusion `threshold` strategy: commit every position whose confidence exceeds this.
+    pub threshold: f64,
+    /// Diffusion generation: semi-autoregressive block length (0 = one block).
+    pub block_len: usize,
+    /// Sampling temperature (0 = greedy / argmax).
+    pub temperature: f64,
+    /// Top-k filter (0 = off).
+    pub top_k: usize,
+    /// Top-p filter (1 = off).
+    pub top_p: f64,
+    /// Diffusion likelihood: Monte Carlo samples per choice.
+    pub mc_samples: usize,
+    /// Bootstrap resamples for metric intervals.
+    pub bootstrap: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            at_end: true,
+            during_training: false,
+            methods: vec!["generate".into()],
+            limit: None,
+            batch_size: 16,
+            max_new_tokens: 8,
+            steps: 8,
+            strategy: "low_confidence".into(),
+            threshold: 0.9,
+            block_len: 0,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            mc_samples: 32,
+            bootstrap: 1000,
+        }
+    }
+}
+
+/// What `auto` resolved to, and numbers derived from the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resolved {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// `f32`, `bf16` or `f16`.
+    pub dtype: String,
+    /// The mask token id (diffusion), once the tokenizer is loaded.
+    pub mask_id: Option<u32>,
+    /// Optimizer steps of the run, once the training split is known.
+    pub total_steps: Option<u64>,
+    /// Training examples after templating.
+    pub n_train: Option<usize>,
+    /// Examples truncated to fit `data.max_len`.
+    pub n_truncated: Option<usize>,
+}
+
+/// The validated configuration a run uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// What the user wrote, with overrides applied and validated.
+    #[serde(flatten)]
+    pub raw: RawConfig,
+    /// What was resolved from it.
+    pub resolved: Resolved,
+}
+
+/// Apply `key=value` overrides to a TOML table. Values are TOML (`1e-4`, `true`, `"x"`, `[1, 2]`);
+/// anything that does not parse as TOML is taken as a string.
+pub fn apply_overrides(table: &mut toml::Table, sets: &[String]) -> Result<()> {
+    for s in sets {
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| Error::config(s.clone(), "an override must look like key=value"))?;
+        let key = key.trim();
+        let value = value.trim();
+        let parsed: toml::Value = match format!("v = {value}").parse::<toml::Table>() {
+            Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.to_string())),
+            Err(_) => toml::Value::String(value.to_string()),
+        };
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(Error::config(key, "empty key segment"));
+        }
+        let mut cur = &mut *table;
+        for p in &parts[..parts.len() - 1] {
+            let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = match entry {
+                toml::Value::Table(t) => t,
+                _ => return Err(Error::config(key, format!("`{p}` is not a table"))),
+            };
+        }
+        cur.insert(parts[parts.len() - 1].to_string(), parsed);
+    }
+    Ok(())
+}
+
+/// Deserialize `T` from TOML text; errors name the key path and the line.
+pub fn from_toml_str<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T> {
+    let de = toml::de::Deserializer::parse(text).map_err(|e| Error::config(origin, e.to_string()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner.trim().replace('\n', "\n    ");
+        Error::config(if path == "." || path.is_empty() { origin.to_string() } else { path }, format!("{inner} (in {origin})"))
+    })
+}
+
+impl RawConfig {
+    /// Read a TOML file and apply `--set` overrides.
+    pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_str_with(&text, &path.display().to_string(), sets)
+    }
+
+    /// Parse TOML text (named `origin` in errors) and apply overrides.
+    pub fn from_str_with(text: &str, origin: &str, sets: &[String]) -> Result<Self> {
+        if sets.is_empty() {
+            return from_toml_str(text, origin);
+        }
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::config(origin, e.to_string()))?;
+        apply_overrides(&mut table, sets)?;
+        let text = toml::to_string(&table).map_err(|e| Error::config(origin, e.to_string()))?;
+        from_toml_str(&text, &format!("{origin} with --set overrides"))
+    }
+
+    /// Range checks; the first problem is returned, naming its key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |k: &str, m: &str| Err(Error::config(k, m));
+        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+            return bad("name", "must be non-empty without path separators");
+        }
+        let t = &self.train;
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return bad("train.lr", "must be > 0");
+        }
+        if !(t.weight_decay >= 0.0) {
+            return bad("train.weight_decay", "must be ≥ 0");
+        }
+        if !(0.0..1.0).contains(&t.beta1) {
+            return bad("train.beta1", "must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&t.beta2) {
+            return bad("train.beta2", "must be in [0, 1)");
+        }
+        if !(t.adam_eps > 0.0) {
+            return bad("train.adam_eps", "must be > 0");
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return bad("train.min_lr_ratio", "must be in [0, 1]");
+        }
+        if t.max_steps == Some(0) {
+            return bad("train.max_steps", "must be ≥ 1");
+        }
+        if !(t.epochs > 0.0 && t.epochs.is_finite()) {
+            return bad("train.epochs", "must be > 0");
+        }
+        if t.micro_batch == 0 {
+            return bad("train.micro_batch", "must be ≥ 1");
+        }
+        if t.grad_accum == 0 {
+            return bad("train.grad_accum", "must be ≥ 1");
+        }
+        if !(t.max_grad_norm >= 0.0) {
+            return bad("train.max_grad_norm", "must be ≥ 0 (0 disables clipping)");
+        }
+        if t.log_every == 0 {
+            return bad("train.log_every", "must be ≥ 1");
+        }
+        let a = &self.adapter;
+        if a.kind == AdapterKind::Lora {
+            if a.rank == 0 {
+                return bad("adapter.rank", "must be ≥ 1");
+            }
+            if !(a.alpha > 0.0) {
+                return bad("adapter.alpha", "must be > 0");
+            }
+            if !(0.0..1.0).contains(&a.dropout) {
+                return bad("adapter.dropout", "must be in [0, 1)");
+            }
+            for tgt in &a.targets {
+                if !crate::model::lora::DEFAULT_TARGETS.contains(&tgt.as_str()) {
+                    return bad("adapter.targets", &format!("unknown module `{tgt}`; choose from {:?}", crate::model::lora::DEFAULT_TARGETS));
+                }
+            }
+        }
+        let o = &self.objective;
+        if !(o.eps > 0.0 && o.eps < 1.0) {
+            return bad("objective.eps", "must be in (0, 1)");
+        }
+        if o.anneal_steps == 0 {
+            return bad("objective.anneal_steps", "must be ≥ 1 (1 = full attention from the start)");
+        }
+        if !(o.t_logit_std > 0.0) {
+            return bad("objective.t_logit_std", "must be > 0");
+        }
+        let m = &self.model;
+        if !["auto", "f32", "bf16", "f16"].contains(&m.dtype.as_str()) {
+            return bad("model.dtype", "must be auto, f32, bf16 or f16");
+        }
+        if m.device != "auto" && m.device != "cpu" && !m.device.starts_with("cuda") {
+            return bad("model.device", "must be auto, cpu or cuda:N");
+        }
+        if !(m.init_std > 0.0) {
+            return bad("model.init_std", "must be > 0");
+        }
+        if let Some(arch) = &m.arch {
+            arch.validate()?;
+        }
+        let e = &self.eval;
+        for meth in &e.methods {
+            if meth != "generate" && meth != "likelihood" {
+                return bad("eval.methods", &format!("unknown method `{meth}`: use generate or likelihood"));
+            }
+        }
+        if !["low_confidence", "random", "threshold"].contains(&e.strategy.as_str()) {
+            return bad("eval.strategy", "must be low_confidence, random or threshold");
+        }
+        if e.batch_size == 0 || e.max_new_tokens == 0 || e.steps == 0 || e.mc_samples == 0 {
+            return bad("eval", "batch_size, max_new_tokens, steps and mc_samples must be ≥ 1");
+        }
+        if !(e.temperature >= 0.0) || !(e.top_p > 0.0 && e.top_p <= 1.0) || !(0.0..=1.0).contains(&e.threshold) {
+            return bad("eval.temperature", "temperature ≥ 0, top_p in (0, 1], threshold in [0, 1]");
+        }
+        crate::data::validate(&self.data)?;
+        Ok(())
+    }
+
+    /// Validate and resolve `auto` choices.
+    pub fn resolve(self) -> Result<RunConfig> {
+        self.validate()?;
+        let device = resolve_device(&self.model.device)?;
+        let dtype = match self.model.dtype.as_str() {
+            "auto" if device.starts_with("cuda") => "bf16".to_string(),
+            "auto" => "f32".to_string(),
+            d => d.to_string(),
+        };
+        Ok(RunConfig {
+            raw: self,
+            resolved: Resolved { device, dtype, mask_id: None, total_steps: None, n_train: None, n_truncated: None },
+        })
+    }
+}
+
+/// `auto` → `cuda:0` when compiled with CUDA and a GPU answers, else `cpu`.
+pub fn resolve_device(spec: &str) -> Result<String> {
+    match spec {
+        "auto" => Ok(if candle_core::utils::cuda_is_available() && candle_core::Device::new_cuda(0).is_ok() {
+            "cuda:0".into()
+        } else {
+            "cpu".into()
+        }),
+        "cpu" => Ok("cpu".into()),
+        s => {
+            let n = s.strip_prefix("cuda").map(|r| r.trim_start_matches(':')).unwrap_or("");
+            let n: usize = if n.is_empty() { 0 } else { n.parse().map_err(|_| Error::config("model.device", format!("bad device `{s}`")))? };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::config("model.device", format!("`{s}` asked for, but this binary was built without CUDA (build with `make cuda`)")));
+            }
+            Ok(format!("cuda:{n}"))
+        }
+    }
+}
+
+/// The candle device for a resolved device string.
+pub fn device(resolved: &str) -> Result<candle_core::Device> {
+    if resolved == "cpu" {
+        return Ok(candle_core::Device::Cpu);
+    }
+    let n: usize = resolved.trim_start_matches("cuda:").parse().map_err(|_| Error::config("model.device", resolved.to_string()))?;
+    Ok(candle_core::Device::new_cuda(n)?)
+}
+
+/// The candle dtype for a resolved dtype string.
+pub fn dtype(resolved: &str) -> candle_core::DType {
+    match resolved {
+        "bf16" => candle_core::DType::BF16,
+        "f16" => candle_core::DType::F16,
+        _ => candle_core::DType::F32,
+    }
+}

@@ -1,0 +1,21 @@
+//! Datasets and prompt templates.
+//!
+//! Every dataset yields [`Item`]s (prompt parts, choices, gold, free-form response, rationale):
+//! the synthetic [`clinical_rules`] benchmark (default, offline), [`pubmedqa`] PQA-L,
+//! multiple-choice JSONL ([`mcq`]) and alpaca instruction pairs ([`alpaca`]). [`load`] turns a
+//! [`DataConfig`] (the `[data]` config section, or a CLI spec string via
+//! [`DataConfig::from_spec`]) into [`Splits`]; a [`Template`] renders and tokenizes an item
+//! within a length budget.
+
+pub mod alpaca;
+pub mod clinical_rules;
+pub mod item;
+pub mod mcq;
+pub mod pubmedqa;
+mod rows;
+pub mod spec;
+pub mod template;
+
+pub use item::{Item, PromptParts, ResponseFormat};
+pub use spec::{load, validate, DataConfig, DatasetKind, Splits};
+pub use template::{Rendered, Template, TemplateKind, TextEncoder, CHATML_END_OF_TURN};

@@ -1,0 +1,86 @@
+//! The library's error type. Every failure a user can cause names the file, line or key at fault.
+
+use std::path::PathBuf;
+
+/// Errors raised by the harness library. Binaries wrap them in `anyhow` at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed (shape mismatch, device error, ...).
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A configuration value is missing, of the wrong type or out of range.
+    #[error("config: `{key}`: {msg}")]
+    Config {
+        /// Dotted key, e.g. `train.lr`.
+        key: String,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A data file has malformed rows.
+    #[error("{path}: {msg}")]
+    Data {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong, with line numbers.
+        msg: String,
+    },
+    /// A model file (GGUF, safetensors, config.json) could not be used.
+    #[error("model {path}: {msg}")]
+    Model {
+        /// The model file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Training diverged: the loss became NaN or infinite.
+    #[error("loss became {value} at step {step}")]
+    Diverged {
+        /// Optimizer step at which it happened.
+        step: u64,
+        /// The offending value.
+        value: f64,
+    },
+    /// The user interrupted (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
+    /// Anything else, with a message.
+    #[error("{0}")]
+    Msg(String),
+}
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    /// A config error on `key`.
+    pub fn config(key: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config { key: key.into(), msg: msg.into() }
+    }
+    /// A data error in `path`.
+    pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Data { path: path.into(), msg: msg.into() }
+    }
+    /// A model-file error.
+    pub fn model(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Model { path: path.into(), msg: msg.into() }
+    }
+    /// A free-form error.
+    pub fn msg(msg: impl Into<String>) -> Self {
+        Error::Msg(msg.into())
+    }
+}

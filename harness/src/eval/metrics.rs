@@ -1,0 +1,518 @@
+//! Classification metrics for multiple-choice and yes/no/maybe answers.
+//!
+//! Each test item gives a pair `(gold, pred)`: `gold` indexes the label list, `pred` is the
+//! parsed prediction, or `None` when the model's output could not be parsed into a label
+//! ("invalid"). Invalid predictions count as wrong.
+//!
+//! # Macro-F1 convention
+//!
+//! Macro-F1 is the unweighted mean of per-class F1 over the classes that occur in the gold
+//! labels **or** in the (valid) predictions. A class that is never predicted has precision
+//! `0/0 := 0` and F1 0; a class that never occurs in gold but is predicted has recall
+//! `0/0 := 0` and F1 0; F1 is 0 when precision + recall = 0. Invalid predictions are not a
+//! class: they lower the recall of the gold class and enter no class's precision. This equals
+//! scikit-learn's `f1_score(y_true, y_pred, average="macro", zero_division=0, labels=L)` with
+//! invalid predictions mapped to a sentinel label and `L` the real labels present in gold or
+//! predictions. Balanced accuracy is the mean per-class recall over the classes present in gold.
+//!
+//! [`classification_report`] gathers everything a report needs for one run on one split;
+//! [`paired_comparison`] compares two systems on the same items.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::stats::{self, Interval, McNemar};
+
+/// Confidence level of every interval in these reports.
+pub const REPORT_CONFIDENCE: f64 = 0.95;
+
+/// Share of predictions on a single label at or above which a run is flagged as collapsed.
+pub const COLLAPSE_SHARE: f64 = 0.9;
+
+/// Confusion table of gold labels against predictions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Confusion {
+    /// Class labels; indices into this list are the class ids.
+    pub labels: Vec<String>,
+    /// `counts[gold][pred]`: items of gold class `gold` predicted as class `pred`.
+    pub counts: Vec<Vec<u64>>,
+    /// `invalid[gold]`: items of gold class `gold` whose prediction could not be parsed.
+    pub invalid: Vec<u64>,
+}
+
+/// Per-class counts sufficient for accuracy, macro-F1 and balanced accuracy.
+struct Tally {
+    /// Correct predictions per class.
+    tp: Vec<u64>,
+    /// Gold occurrences per class (including items with invalid predictions).
+    gold: Vec<u64>,
+    /// Valid predictions per class.
+    pred: Vec<u64>,
+}
+
+impl Tally {
+    fn new(k: usize) -> Self {
+        Tally { tp: vec![0; k], gold: vec![0; k], pred: vec![0; k] }
+    }
+
+    /// Tally the items `idx` of `pairs` (indices must be valid: checked by the callers).
+    fn of(k: usize, pairs: &[(usize, Option<usize>)], idx: &[usize]) -> Self {
+        let mut t = Tally::new(k);
+        for &i in idx {
+            let (g, p) = pairs[i];
+            t.gold[g] += 1;
+            if let Some(p) = p {
+                t.pred[p] += 1;
+                if p == g {
+                    t.tp[g] += 1;
+                }
+            }
+        }
+        t
+    }
+
+    fn macro_f1(&self) -> f64 {
+        let mut sum = 0.0;
+        let mut classes = 0usize;
+        for k in 0..self.tp.len() {
+            if self.gold[k] == 0 && self.pred[k] == 0 {
+                continue;
+            }
+            classes += 1;
+            sum += f1(ratio(self.tp[k], self.pred[k]), ratio(self.tp[k], self.gold[k]));
+        }
+        if classes == 0 {
+            0.0
+        } else {
+            sum / classes as f64
+        }
+    }
+
+    fn balanced_accuracy(&self) -> f64 {
+        let mut sum = 0.0;
+        let mut classes = 0usize;
+        for k in 0..self.tp.len() {
+            if self.gold[k] > 0 {
+                classes += 1;
+                sum += ratio(self.tp[k], self.gold[k]);
+            }
+        }
+        if classes == 0 {
+            0.0
+        } else {
+            sum / classes as f64
+        }
+    }
+}
+
+/// `num / den`, with `0 / 0 := 0`.
+fn ratio(num: u64, den: u64) -> f64 {
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+/// Harmonic mean of precision and recall, 0 when both are 0.
+fn f1(precision: f64, recall: f64) -> f64 {
+    if precision + recall == 0.0 {
+        0.0
+    } else {
+        2.0 * precision * recall / (precision + recall)
+    }
+}
+
+fn check_labels(labels: &[String]) -> Result<()> {
+    if labels.is_empty() {
+        return Err(Error::msg("classification metrics need at least one label"));
+    }
+    for (i, l) in labels.iter().enumerate() {
+        if labels[..i].contains(l) {
+            return Err(Error::msg(format!("label {l:?} appears twice in the label list")));
+        }
+    }
+    Ok(())
+}
+
+fn check_pairs(labels: &[String], pairs: &[(usize, Option<usize>)]) -> Result<()> {
+    let k = labels.len();
+    for (i, &(g, p)) in pairs.iter().enumerate() {
+        if g >= k {
+            return Err(Error::msg(format!(
+                "item {i}: gold class {g} out of range for {k} labels"
+            )));
+        }
+        if let Some(p) = p {
+            if p >= k {
+                return Err(Error::msg(format!(
+                    "item {i}: predicted class {p} out of range for {k} labels"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Confusion {
+    /// Build the table from `(gold, pred)` pairs (`pred = None`: invalid prediction).
+    ///
+    /// Errors when `labels` is empty or has duplicates, or an index is out of range. An empty
+    /// `pairs` gives an all-zero table.
+    pub fn from_pairs(labels: &[String], pairs: &[(usize, Option<usize>)]) -> Result<Self> {
+        check_labels(labels)?;
+        check_pairs(labels, pairs)?;
+        let k = labels.len();
+        let mut counts = vec![vec![0u64; k]; k];
+        let mut invalid = vec![0u64; k];
+        for &(g, p) in pairs {
+            match p {
+                Some(p) => counts[g][p] += 1,
+                None => invalid[g] += 1,
+            }
+        }
+        Ok(Confusion { labels: labels.to_vec(), counts, invalid })
+    }
+
+    /// Check that `counts` is `k × k` and `invalid` has `k` entries for `k` labels (a table
+    /// read back from JSON may not be). The other methods do not panic on a malformed table:
+    /// they ignore cells outside the `k × k` shape.
+    pub fn validate(&self) -> Result<()> {
+        check_labels(&self.labels)?;
+        let k = self.labels.len();
+        if self.counts.len() != k || self.counts.iter().any(|row| row.len() != k) {
+            return Err(Error::msg(format!("confusion table is not {k} × {k}")));
+        }
+        if self.invalid.len() != k {
+            return Err(Error::msg(format!(
+                "confusion table has {} invalid counts for {k} labels",
+                self.invalid.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Cell `[gold][pred]`, 0 outside the table.
+    fn cell(&self, g: usize, p: usize) -> u64 {
+        self.counts.get(g).and_then(|row| row.get(p)).copied().unwrap_or(0)
+    }
+
+    fn tally(&self) -> Tally {
+        let k = self.labels.len();
+        let mut t = Tally::new(k);
+        for g in 0..k {
+            t.tp[g] = self.cell(g, g);
+            t.gold[g] = self.invalid.get(g).copied().unwrap_or(0);
+            for p in 0..k {
+                let c = self.cell(g, p);
+                t.gold[g] += c;
+                t.pred[p] += c;
+            }
+        }
+        t
+    }
+
+    /// Number of items.
+    pub fn n(&self) -> u64 {
+        self.tally().gold.iter().sum()
+    }
+
+    /// Number of correct predictions (the diagonal).
+    pub fn correct(&self) -> u64 {
+        self.tally().tp.iter().sum()
+    }
+
+    /// Number of invalid (unparseable) predictions.
+    pub fn total_invalid(&self) -> u64 {
+        self.invalid.iter().take(self.labels.len()).sum()
+    }
+
+    /// Items per gold class (including those with invalid predictions).
+    pub fn gold_counts(&self) -> Vec<u64> {
+        self.tally().gold
+    }
+
+    /// Valid predictions per class.
+    pub fn predicted_counts(&self) -> Vec<u64> {
+        self.tally().pred
+    }
+
+    /// Accuracy `correct / n`; 0 for an empty table.
+    pub fn accuracy(&self) -> f64 {
+        ratio(self.correct(), self.n())
+    }
+
+    /// Macro-F1 under the module's convention (see the module docs); 0 for an empty table.
+    pub fn macro_f1(&self) -> f64 {
+        self.tally().macro_f1()
+    }
+
+    /// Balanced accuracy: mean recall over the classes present in gold; 0 for an empty table.
+    pub fn balanced_accuracy(&self) -> f64 {
+        self.tally().balanced_accuracy()
+    }
+
+    /// Precision, recall, F1 and support of every label, in label order.
+    pub fn per_class(&self) -> Vec<ClassMetrics> {
+        let t = self.tally();
+        self.labels
+            .iter()
+            .enumerate()
+            .map(|(k, label)| {
+                let precision = ratio(t.tp[k], t.pred[k]);
+                let recall = ratio(t.tp[k], t.gold[k]);
+                ClassMetrics {
+                    label: label.clone(),
+                    precision,
+                    recall,
+                    f1: f1(precision, recall),
+                    support: t.gold[k],
+                    predicted: t.pred[k],
+                }
+            })
+            .collect()
+    }
+}
+
+/// Metrics of one class.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ClassMetrics {
+    /// The class label.
+    pub label: String,
+    /// Correct predictions of this class / valid predictions of this class (`0/0 := 0`).
+    pub precision: f64,
+    /// Correct predictions of this class / gold items of this class (`0/0 := 0`).
+    pub recall: f64,
+    /// Harmonic mean of precision and recall (0 when both are 0).
+    pub f1: f64,
+    /// Gold items of this class.
+    pub support: u64,
+    /// Valid predictions of this class.
+    pub predicted: u64,
+}
+
+/// How often one label was predicted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LabelCount {
+    /// The label.
+    pub label: String,
+    /// Number of predictions of this label.
+    pub count: u64,
+    /// `count / n`, n counting all items (invalid ones included).
+    pub share: f64,
+}
+
+/// The majority-class baseline of a split: always predict the most frequent gold label.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MajorityBaseline {
+    /// The most frequent gold label (the first in label order on ties).
+    pub label: String,
+    /// Its share of the gold labels: the accuracy of always predicting it.
+    pub accuracy: f64,
+}
+
+/// Everything a report shows for one run on one split.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ClassificationReport {
+    /// Number of items.
+    pub n: u64,
+    /// Number of correct predictions.
+    pub correct: u64,
+    /// Accuracy with its Wilson 95% interval.
+    pub accuracy: Interval,
+    /// Number of invalid (unparseable) predictions; they count as wrong.
+    pub invalid: u64,
+    /// `invalid / n`.
+    pub invalid_rate: f64,
+    /// Macro-F1 (module convention) with a bootstrap 95% interval over items.
+    pub macro_f1: Interval,
+    /// Balanced accuracy with a bootstrap 95% interval over items.
+    pub balanced_accuracy: Interval,
+    /// Precision, recall, F1 and support per label, in label order.
+    pub per_class: Vec<ClassMetrics>,
+    /// Distribution of the valid predictions over the labels, in label order (invalid ones are
+    /// in `invalid`).
+    pub predicted: Vec<LabelCount>,
+    /// The label that received at least [`COLLAPSE_SHARE`] of all predictions, if any: the
+    /// model may have collapsed onto one answer.
+    pub collapse: Option<String>,
+    /// The majority-class baseline of this split.
+    pub majority_baseline: MajorityBaseline,
+    /// The confusion table.
+    pub confusion: Confusion,
+    /// Bootstrap resamples behind the intervals.
+    pub bootstrap_resamples: usize,
+    /// Seed of the bootstrap.
+    pub seed: u64,
+}
+
+/// Build the [`ClassificationReport`] of `(gold, pred)` pairs over `labels`.
+///
+/// The bootstrap intervals of macro-F1 and balanced accuracy use `bootstrap_resamples`
+/// resamples of the items drawn with `seed` (see [`stats::bootstrap_interval`]). Errors on an
+/// empty `pairs`, zero resamples, empty or duplicated labels, or out-of-range indices.
+pub fn classification_report(
+    labels: &[String],
+    pairs: &[(usize, Option<usize>)],
+    bootstrap_resamples: usize,
+    seed: u64,
+) -> Result<ClassificationReport> {
+    if pairs.is_empty() {
+        return Err(Error::msg("classification report of zero items"));
+    }
+    let confusion = Confusion::from_pairs(labels, pairs)?;
+    let k = labels.len();
+    let n = confusion.n();
+    let correct = confusion.correct();
+    let invalid = confusion.total_invalid();
+    let accuracy = stats::wilson(correct, n, REPORT_CONFIDENCE)?;
+    let macro_f1 = stats::bootstrap_interval(
+        pairs.len(),
+        bootstrap_resamples,
+        seed,
+        REPORT_CONFIDENCE,
+        |idx| Tally::of(k, pairs, idx).macro_f1(),
+    )?;
+    let balanced_accuracy = stats::bootstrap_interval(
+        pairs.len(),
+        bootstrap_resamples,
+        seed,
+        REPORT_CONFIDENCE,
+        |idx| Tally::of(k, pairs, idx).balanced_accuracy(),
+    )?;
+    let t = confusion.tally();
+    let predicted: Vec<LabelCount> = labels
+        .iter()
+        .zip(&t.pred)
+        .map(|(label, &count)| LabelCount { label: label.clone(), count, share: ratio(count, n) })
+        .collect();
+    let collapse =
+        predicted.iter().find(|lc| lc.share >= COLLAPSE_SHARE).map(|lc| lc.label.clone());
+    // First maximum in label order.
+    let mut best = 0;
+    for g in 1..k {
+        if t.gold[g] > t.gold[best] {
+            best = g;
+        }
+    }
+    let majority_baseline =
+        MajorityBaseline { label: labels[best].clone(), accuracy: ratio(t.gold[best], n) };
+    Ok(ClassificationReport {
+        n,
+        correct,
+        accuracy,
+        invalid,
+        invalid_rate: ratio(invalid, n),
+        macro_f1,
+        balanced_accuracy,
+        per_class: confusion.per_class(),
+        predicted,
+        collapse,
+        majority_baseline,
+        confusion,
+        bootstrap_resamples,
+        seed,
+    })
+}
+
+/// Two systems (A and B, e.g. ddm and AR) compared on the same items.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PairedComparison {
+    /// Number of items.
+    pub n: u64,
+    /// Accuracy of A.
+    pub a_accuracy: f64,
+    /// Accuracy of B.
+    pub b_accuracy: f64,
+    /// Items both got right.
+    pub both_correct: u64,
+    /// Items both got wrong.
+    pub both_wrong: u64,
+    /// Exact McNemar test on correctness (`b`: only A right, `c`: only B right).
+    pub mcnemar: McNemar,
+    /// Accuracy of A minus accuracy of B, with a paired bootstrap 95% interval.
+    pub accuracy_diff: Interval,
+    /// Macro-F1 of A minus macro-F1 of B, with a paired bootstrap 95% interval.
+    pub macro_f1_diff: Interval,
+    /// Bootstrap resamples behind the intervals.
+    pub bootstrap_resamples: usize,
+    /// Seed of the bootstrap.
+    pub seed: u64,
+}
+
+/// Compare systems A and B on the same items: `a[i]` and `b[i]` are their `(gold, pred)` pairs
+/// for item `i`, so the gold labels must agree item by item.
+///
+/// Gives the exact McNemar test on per-item correctness and paired bootstrap intervals (same
+/// resamples for both systems) of the accuracy and macro-F1 differences A − B. Errors when the
+/// inputs are empty, differ in length or gold labels, or on the errors of
+/// [`classification_report`].
+pub fn paired_comparison(
+    labels: &[String],
+    a: &[(usize, Option<usize>)],
+    b: &[(usize, Option<usize>)],
+    bootstrap_resamples: usize,
+    seed: u64,
+) -> Result<PairedComparison> {
+    check_labels(labels)?;
+    if a.len() != b.len() {
+        return Err(Error::msg(format!(
+            "paired comparison: systems scored on different numbers of items ({} vs {})",
+            a.len(),
+            b.len()
+        )));
+    }
+    if a.is_empty() {
+        return Err(Error::msg("paired comparison of zero items"));
+    }
+    check_pairs(labels, a)?;
+    check_pairs(labels, b)?;
+    if let Some(i) = (0..a.len()).find(|&i| a[i].0 != b[i].0) {
+        return Err(Error::msg(format!(
+            "paired comparison: item {i} has gold {} for A but {} for B (items not aligned?)",
+            a[i].0, b[i].0
+        )));
+    }
+    let k = labels.len();
+    let is_correct = |pairs: &[(usize, Option<usize>)]| -> Vec<bool> {
+        pairs.iter().map(|&(g, p)| p == Some(g)).collect()
+    };
+    let ca = is_correct(a);
+    let cb = is_correct(b);
+    let mcnemar = stats::mcnemar_from_correctness(&ca, &cb)?;
+    let both_correct = ca.iter().zip(&cb).filter(|(x, y)| **x && **y).count() as u64;
+    let both_wrong = ca.iter().zip(&cb).filter(|(x, y)| !**x && !**y).count() as u64;
+    let acc = |c: &[bool], idx: &[usize]| -> f64 {
+        idx.iter().filter(|&&i| c[i]).count() as f64 / idx.len() as f64
+    };
+    let n_items = a.len();
+    let accuracy_diff = stats::paired_bootstrap_diff(
+        n_items,
+        bootstrap_resamples,
+        seed,
+        REPORT_CONFIDENCE,
+        |idx| acc(&ca, idx),
+        |idx| acc(&cb, idx),
+    )?;
+    let macro_f1_diff = stats::paired_bootstrap_diff(
+        n_items,
+        bootstrap_resamples,
+        seed,
+        REPORT_CONFIDENCE,
+        |idx| Tally::of(k, a, idx).macro_f1(),
+        |idx| Tally::of(k, b, idx).macro_f1(),
+    )?;
+    let all: Vec<usize> = (0..n_items).collect();
+    Ok(PairedComparison {
+        n: n_items as u64,
+        a_accuracy: acc(&ca, &all),
+        b_accuracy: acc(&cb, &all),
+        both_correct,
+        both_wrong,
+        mcnemar,
+        accuracy_diff,
+        macro_f1_diff,
+        bootstrap_resamples,
+        seed,
+    })
+}

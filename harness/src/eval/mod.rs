@@ -1,0 +1,2 @@
+//! Evaluation: metrics, generation and likelihood scoring.
+pub mod metrics;

@@ -1,0 +1,37 @@
+//! # ddm-sft harness
+//!
+//! Supervised fine-tuning of masked-diffusion language models ("ddm-sft"), compared against
+//! autoregressive (AR) SFT of the same base model, on medical question answering.
+//!
+//! ## Design map
+//! - [`config`]: the run configuration in two stages: raw serde TOML (what the user wrote) →
+//!   validated [`config::RunConfig`] (what the run uses, saved into the run folder first).
+//! - [`model`]: a LLaMA-family transformer ([`model::llama`]) whose attention takes an explicit
+//!   mask ([`model::mask`]: causal, full, annealed), LoRA wrappers ([`model::lora`]), loading
+//!   from GGUF or Hugging Face folders ([`model::load`]) and the tokenizer ([`model::tokenizer`]).
+//! - [`objective`]: the training objectives behind one trait, [`objective::Objective`]:
+//!   masked diffusion ([`objective::diffusion`]) and next-token AR ([`objective::autoregressive`]).
+//!   The training loop never asks which one it runs.
+//! - [`train`]: AdamW, the warmup + cosine schedule, gradient accumulation and clipping, the
+//!   step loop with metrics CSV, evaluation hook and checkpoints.
+//! - [`data`]: datasets (PubMedQA, multiple-choice JSONL, alpaca pairs, the synthetic
+//!   clinical-rules benchmark) yielding [`data::Item`]s, and prompt templates.
+//! - [`sample`]: decoding: iterative denoising for diffusion, greedy/sampled AR with a KV cache.
+//! - [`eval`]: generation and likelihood evaluation, metrics with intervals.
+//! - [`stats`]: Wilson, t-intervals, McNemar, bootstrap.
+//! - [`rng`]: every random draw comes from a generator seeded from (run seed, purpose, step).
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod model;
+pub mod objective;
+pub mod rng;
+pub mod run;
+pub mod sample;
+pub mod stats;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,167 @@
+//! Training objectives behind one trait.
+//!
+//! An objective turns a padded batch into a [`Prepared`] step: the (possibly corrupted) input, the
+//! attention mode, and which output rows are scored against which targets with which weights,
+//! plus this micro-batch's share of the loss normaliser. The loop sums the normaliser over every
+//! micro-batch of an optimizer step first, then computes each micro-batch's loss with
+//! [`scored_loss`] divided by that total — so gradient accumulation normalises over the whole
+//! accumulated batch. The loop never knows which objective it runs.
+
+pub mod autoregressive;
+pub mod diffusion;
+
+use crate::model::lora::Fwd;
+use crate::model::mask::{attention_bias, AttentionMode};
+use crate::model::Llama;
+use crate::Result;
+use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+pub use autoregressive::Autoregressive;
+pub use diffusion::{Diffusion, LossNorm, TSampling};
+
+/// A tokenized training pair. `response` ends with the end-of-sequence token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    /// Prompt tokens: never masked, never scored.
+    pub prompt: Vec<u32>,
+    /// Response tokens, eos included.
+    pub response: Vec<u32>,
+}
+
+/// A right-padded micro-batch, `(B, L)` row-major.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Token ids, `b * l`.
+    pub ids: Vec<u32>,
+    /// Batch size.
+    pub b: usize,
+    /// Padded length.
+    pub l: usize,
+    /// Prompt length of each row.
+    pub prompt_len: Vec<usize>,
+    /// Real (unpadded) length of each row.
+    pub len: Vec<usize>,
+}
+
+impl Batch {
+    /// Pad `examples` on the right with `pad_id` to the longest one.
+    pub fn collate(examples: &[&Example], pad_id: u32) -> Self {
+        let l = examples.iter().map(|e| e.prompt.len() + e.response.len()).max().unwrap_or(0);
+        let b = examples.len();
+        let mut ids = vec![pad_id; b * l];
+        let mut prompt_len = Vec::with_capacity(b);
+        let mut len = Vec::with_capacity(b);
+        for (i, e) in examples.iter().enumerate() {
+            let row = &mut ids[i * l..(i + 1) * l];
+            row[..e.prompt.len()].copy_from_slice(&e.prompt);
+            row[e.prompt.len()..e.prompt.len() + e.response.len()].copy_from_slice(&e.response);
+            prompt_len.push(e.prompt.len());
+            len.push(e.prompt.len() + e.response.len());
+        }
+        Self { ids, b, l, prompt_len, len }
+    }
+
+    /// Response-side tokens (eos included) of the whole batch.
+    pub fn response_tokens(&self) -> usize {
+        self.len.iter().zip(&self.prompt_len).map(|(l, p)| l - p).sum()
+    }
+}
+
+/// One micro-batch made ready for the forward pass.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Model input, `b * l` (diffusion: with mask tokens).
+    pub input: Vec<u32>,
+    /// Batch size.
+    pub b: usize,
+    /// Padded length.
+    pub l: usize,
+    /// Attention of this step.
+    pub attention: AttentionMode,
+    /// Optimizer step (seeds the annealed mask).
+    pub step: u64,
+    /// Which keys are real tokens, per row; `None` when every key is.
+    pub key_valid: Option<Vec<Vec<bool>>>,
+    /// Flat output rows (`i * l + pos`) that are scored.
+    pub rows: Vec<u32>,
+    /// Target token of each scored row.
+    pub targets: Vec<u32>,
+    /// Loss weight of each scored row (diffusion: 1/t, possibly / response length).
+    pub weights: Vec<f32>,
+    /// This micro-batch's share of the loss normaliser.
+    pub denom: f64,
+}
+
+/// Loss of one micro-batch and the numbers logged beside it.
+#[derive(Debug)]
+pub struct LossParts {
+    /// Σ w·CE / total normaliser: the tensor to differentiate (scalar f32).
+    pub loss: Tensor,
+    /// Value of `loss`.
+    pub loss_value: f64,
+    /// Σ CE over scored tokens (unweighted).
+    pub ce_sum: f64,
+    /// Scored tokens.
+    pub n_scored: usize,
+    /// Scored tokens whose argmax equals the target.
+    pub n_correct: usize,
+}
+
+/// A training objective.
+pub trait Objective: Send + Sync {
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+    /// Corrupt / select targets for micro-batch `micro` of optimizer step `step`.
+    fn prepare(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared>;
+    /// The attention used at evaluation and decoding time.
+    fn eval_attention(&self) -> AttentionMode;
+}
+
+/// Forward `p` through `model` and return Σ w·CE / `total_denom`, with unweighted CE and accuracy.
+///
+/// Only scored rows go through the LM head: hidden (B·L, D) → rows (N, D) → logits (N, V).
+pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx: &Fwd) -> Result<LossParts> {
+    let dev = &model.device;
+    let ids = Tensor::from_vec(p.input.clone(), (p.b, p.l), dev)?; // (B, L)
+    let bias = attention_bias(p.attention, p.step, seed, p.l, p.key_valid.as_deref(), model.dtype, dev)?;
+    let h = model.hidden(&ids, bias.as_ref(), ctx)?; // (B, L, D)
+    if p.rows.is_empty() || total_denom <= 0.0 {
+        // Nothing scored: a zero loss that still depends on the graph (no gradient flows).
+        let zero = (h.sum_all()?.to_dtype(DType::F32)? * 0.0)?;
+        return Ok(LossParts { loss: zero, loss_value: 0.0, ce_sum: 0.0, n_scored: 0, n_correct: 0 });
+    }
+    let d = h.dim(2)?;
+    let rows = Tensor::from_vec(p.rows.clone(), p.rows.len(), dev)?;
+    let hs = h.reshape((p.b * p.l, d))?.index_select(&rows, 0)?; // (N, D)
+    let logits = model.logits(&hs, ctx)?.to_dtype(DType::F32)?; // (N, V)
+    let (ce, correct) = token_ce(&logits, &p.targets)?; // (N,)
+    let w = Tensor::from_vec(p.weights.clone(), p.weights.len(), dev)?;
+    let loss = ((ce.clone() * w)?.sum_all()? / total_denom)?;
+    let loss_value = loss.to_scalar::<f32>()? as f64;
+    let ce_sum = ce.sum_all()?.to_scalar::<f32>()? as f64;
+    Ok(LossParts { loss, loss_value, ce_sum, n_scored: p.rows.len(), n_correct: correct })
+}
+
+/// Per-row cross-entropy of `logits` (N, V) f32 against `targets`, and how many argmaxes hit.
+pub fn token_ce(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, usize)> {
+    let dev = logits.device();
+    let t = Tensor::from_vec(targets.to_vec(), (targets.len(), 1), dev)?; // (N, 1)
+    // log-softmax with the max detached: the same value, a cheaper graph.
+    let max = logits.max_keepdim(D::Minus1)?.detach(); // (N, 1)
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // (N, 1)
+    let picked = shifted.gather(&t, D::Minus1)?; // (N, 1)
+    let ce = (lse - picked)?.squeeze(1)?; // (N,)
+    let am: Vec<u32> = logits.detach().argmax(D::Minus1)?.to_vec1()?;
+    let correct = am.iter().zip(targets).filter(|(a, b)| a == b).count();
+    Ok((ce, correct))
+}
+
+/// Key validity for right-padded rows (None when no row is padded).
+pub(crate) fn key_valid(batch: &Batch) -> Option<Vec<Vec<bool>>> {
+    if batch.len.iter().all(|&n| n == batch.l) {
+        return None;
+    }
+    Some(batch.len.iter().map(|&n| (0..batch.l).map(|j| j < n).collect()).collect())
+}

@@ -1,0 +1,181 @@
+//! One training run, end to end: resolve the config, load the model and data, write the resolved
+//! config into the run folder first, train, save the adapter, evaluate, write `DONE` last.
+
+use crate::config::{self, ObjectiveKind, RawConfig, RunConfig};
+use crate::data::{self, Splits, Template, TextEncoder};
+use crate::model::load::{self, ModelSource};
+use crate::model::tokenizer::Tok;
+use crate::model::{BuildOpts, Llama, Trainable};
+use crate::objective::{Autoregressive, Diffusion, Example, Objective};
+use crate::train::{self, EvalHook, TrainInputs, TrainOutcome};
+use crate::{Error, Result};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+impl TextEncoder for Tok {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Tok::encode(self, text)
+    }
+}
+
+/// A loaded model with its tokenizer and provenance.
+pub struct Loaded {
+    /// The model (adapters attached).
+    pub model: Llama,
+    /// Its trainable parameters.
+    pub trainable: Trainable,
+    /// Tokenizer.
+    pub tok: Tok,
+    /// Files the weights and tokenizer came from.
+    pub files: Vec<PathBuf>,
+}
+
+/// Load the base model and tokenizer named by `cfg.model`, with adapters per `cfg.adapter`.
+pub fn load_model(cfg: &RunConfig) -> Result<Loaded> {
+    let raw = &cfg.raw;
+    let device = config::device(&cfg.resolved.device)?;
+    let dtype = config::dtype(&cfg.resolved.dtype);
+    let source = ModelSource::parse(&raw.model.source, raw.model.arch.as_ref(), raw.model.revision.as_deref())?;
+    let l = load::load(&source, raw.model.tokenizer.as_deref(), raw.model.init_std, raw.seed, dtype, &device, &raw.model.mask_token)?;
+    let tok = l.tok.ok_or_else(|| Error::config("model.tokenizer", "this model source has no tokenizer: set model.tokenizer (a tokenizer.json or .gguf)"))?;
+    let vb = VarBuilder::from_tensors(l.tensors, dtype, &device);
+    let (model, trainable) = Llama::load(vb, &l.cfg, &BuildOpts { adapter: &raw.adapter, seed: raw.seed })?;
+    Ok(Loaded { model, trainable, tok, files: l.files })
+}
+
+/// The objective a config asks for.
+pub fn objective(cfg: &RawConfig, mask_id: u32) -> Box<dyn Objective> {
+    let o = &cfg.objective;
+    match o.kind {
+        ObjectiveKind::Autoregressive => Box::new(Autoregressive),
+        ObjectiveKind::Diffusion => Box::new(Diffusion {
+            mask_id,
+            t_sampling: o.t_sampling,
+            logit_mean: o.t_logit_mean,
+            logit_std: o.t_logit_std,
+            eps: o.eps,
+            shift: o.shift,
+            loss_norm: o.loss_norm,
+            score_padding: o.score_padding,
+            anneal_steps: o.anneal_steps,
+        }),
+    }
+}
+
+/// Template and tokenize items into training examples (response + eos). Returns the examples
+/// and how many were truncated.
+pub fn encode_items(items: &[data::Item], cfg: &RawConfig, tok: &Tok) -> Result<(Vec<Example>, usize)> {
+    let template = Template::new(cfg.data.template);
+    let mut out = Vec::with_capacity(items.len());
+    let mut truncated = 0;
+    for it in items {
+        let r = template.render(it, cfg.data.response_format, tok, cfg.data.max_len)?;
+        if tok.contains_mask_literal(&r.prompt) || tok.contains_mask_literal(&r.target) {
+            return Err(Error::data(&it.id, format!("item text contains the mask token literal `{}`", tok.mask_token())));
+        }
+        truncated += r.truncated as usize;
+        let mut response = r.target_ids;
+        response.push(tok.eos_id);
+        out.push(Example { prompt: r.prompt_ids, response });
+    }
+    Ok((out, truncated))
+}
+
+/// What `summary.json` of a run holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Run name.
+    pub name: String,
+    /// Training outcome.
+    pub train: TrainOutcome,
+    /// Dataset name.
+    pub dataset: String,
+    /// Train / dev / test sizes.
+    pub sizes: (usize, usize, usize),
+}
+
+/// Create a fresh run folder `<out_dir>/<name>-<utc stamp>` (never reusing an existing one).
+pub fn new_run_dir(out_dir: &Path, name: &str) -> Result<PathBuf> {
+    let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+    let mut dir = out_dir.join(format!("{name}-{stamp}"));
+    let mut k = 1;
+    while dir.exists() {
+        dir = out_dir.join(format!("{name}-{stamp}-{k}"));
+        k += 1;
+    }
+    Ok(dir)
+}
+
+/// Write a JSON file (pretty).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::msg(e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+/// Options of [`train_run`] beyond the config.
+#[derive(Default)]
+pub struct RunOpts<'a> {
+    /// Stop flag (Ctrl-C).
+    pub stop: Option<&'a AtomicBool>,
+    /// Extra evaluation at every `eval_every` step.
+    pub hook: Option<&'a mut dyn EvalHook>,
+}
+
+/// Everything a finished training leaves in memory, for the evaluation that follows.
+pub struct Trained {
+    /// The trained model.
+    pub loaded: Loaded,
+    /// The data splits.
+    pub splits: Splits,
+    /// The resolved config (as written to config.json).
+    pub cfg: RunConfig,
+    /// Summary (also in summary.json).
+    pub summary: RunSummary,
+}
+
+/// Train one run into `run_dir` (created; must not hold a finished run).
+pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Trained> {
+    let mut cfg = raw.resolve()?;
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    let loaded = load_model(&cfg)?;
+    let splits = data::load(&cfg.raw.data)?;
+    let (train_ex, trunc) = encode_items(&splits.train, &cfg.raw, &loaded.tok)?;
+    let (dev_ex, _) = encode_items(&splits.dev, &cfg.raw, &loaded.tok)?;
+    let t = &cfg.raw.train;
+    let total = t.max_steps.unwrap_or_else(|| train::steps_for(train_ex.len(), t.epochs, t.micro_batch, t.grad_accum));
+    cfg.resolved.mask_id = Some(loaded.tok.mask_id);
+    cfg.resolved.total_steps = Some(total);
+    cfg.resolved.n_train = Some(train_ex.len());
+    cfg.resolved.n_truncated = Some(trunc);
+    // The resolved config goes into the run folder before training starts.
+    write_json(&run_dir.join("config.json"), &cfg)?;
+    let objective = objective(&cfg.raw, loaded.tok.mask_id);
+    let checkpoint_dir = cfg.raw.train.checkpoint_dir.clone().unwrap_or_else(|| run_dir.join("checkpoints"));
+    let outcome = train::train(
+        &loaded.model,
+        &loaded.trainable,
+        objective.as_ref(),
+        TrainInputs {
+            cfg: &cfg.raw.train,
+            seed: cfg.raw.seed,
+            total_steps: total,
+            pad_id: loaded.tok.pad_id,
+            train: &train_ex,
+            dev: &dev_ex,
+            run_dir,
+            checkpoint_dir,
+            stop: opts.stop,
+        },
+        opts.hook,
+    )?;
+    let summary = RunSummary {
+        name: cfg.raw.name.clone(),
+        train: outcome,
+        dataset: splits.name.clone(),
+        sizes: (splits.train.len(), splits.dev.len(), splits.test.len()),
+    };
+    write_json(&run_dir.join("summary.json"), &summary)?;
+    Ok(Trained { loaded, splits, cfg, summary })
+}

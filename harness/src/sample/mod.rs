@@ -1,0 +1,1 @@
+//! Decoding: diffusion iterative denoising and AR decoding.

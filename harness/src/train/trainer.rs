@@ -1,0 +1,295 @@
+//! The step loop. It knows nothing about which objective it runs: it asks the objective to
+//! prepare every micro-batch of a step, sums their loss normalisers, then backpropagates
+//! Σ w·CE / total for each micro-batch and updates with AdamW.
+
+use super::optim::{AdamW, AdamWParams, GradAccum};
+use super::schedule::lr_at;
+use crate::config::TrainConfig;
+use crate::model::lora::{Fwd, Trainable};
+use crate::model::Llama;
+use crate::objective::{scored_loss, Batch, Example, Objective};
+use crate::rng::{derive_seed, rng_for, Purpose};
+use crate::{Error, Result};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// One row of `metrics.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Optimizer step (1-based, after the update).
+    pub step: u64,
+    /// Fractional epoch reached.
+    pub epoch: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Weighted loss (what is differentiated).
+    pub loss: f64,
+    /// Unweighted CE over scored tokens.
+    pub ce: f64,
+    /// Argmax accuracy over scored tokens.
+    pub token_acc: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Scored tokens in the step.
+    pub scored_tokens: usize,
+    /// Real (unpadded) tokens through the model in the step.
+    pub tokens: usize,
+    /// Real tokens per second over the step.
+    pub tokens_per_s: f64,
+    /// Seconds since training started.
+    pub elapsed_s: f64,
+}
+
+/// What the loop reports at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    /// Steps run.
+    pub steps: u64,
+    /// Mean weighted loss over the last 10% of steps (at least one).
+    pub final_loss: f64,
+    /// Loss of the first step.
+    pub first_loss: f64,
+    /// Mean real tokens per second over the run.
+    pub tokens_per_s: f64,
+    /// Seconds of training.
+    pub wall_s: f64,
+    /// Trainable parameters.
+    pub trainable_params: usize,
+    /// Final dev loss, when a dev split was given.
+    pub dev_loss: Option<f64>,
+}
+
+/// Called every `eval_every` steps and at the end with the model in its current state; returns
+/// named metrics that go to `eval_metrics.csv`.
+pub trait EvalHook {
+    /// Evaluate at `step`.
+    fn evaluate(&mut self, step: u64, model: &Llama) -> Result<Vec<(String, f64)>>;
+}
+
+/// Everything the loop needs besides the model.
+pub struct TrainInputs<'a> {
+    /// Loop settings.
+    pub cfg: &'a TrainConfig,
+    /// Run seed.
+    pub seed: u64,
+    /// Total optimizer steps.
+    pub total_steps: u64,
+    /// Padding id.
+    pub pad_id: u32,
+    /// Training examples.
+    pub train: &'a [Example],
+    /// Dev examples for the periodic dev loss (may be empty).
+    pub dev: &'a [Example],
+    /// Run folder: receives `metrics.csv` and `eval_metrics.csv`.
+    pub run_dir: &'a Path,
+    /// Checkpoint folder.
+    pub checkpoint_dir: PathBuf,
+    /// Set to stop cleanly after the current step.
+    pub stop: Option<&'a AtomicBool>,
+}
+
+/// Steps needed for `epochs` passes over `n` examples.
+pub fn steps_for(n: usize, epochs: f64, micro_batch: usize, grad_accum: usize) -> u64 {
+    let per_step = (micro_batch * grad_accum).max(1) as f64;
+    ((n as f64 * epochs) / per_step).ceil().max(1.0) as u64
+}
+
+/// Deterministic stream of micro-batches: a seeded shuffle per epoch.
+struct Order {
+    n: usize,
+    perm: Vec<usize>,
+    pos: usize,
+    epoch: u64,
+    seed: u64,
+}
+
+impl Order {
+    fn new(n: usize, seed: u64) -> Self {
+        let mut o = Self { n, perm: Vec::new(), pos: 0, epoch: 0, seed };
+        o.reshuffle();
+        o
+    }
+    fn reshuffle(&mut self) {
+        self.perm = (0..self.n).collect();
+        let mut rng = rng_for(self.seed, Purpose::DataOrder, self.epoch, 0);
+        self.perm.shuffle(&mut rng);
+        self.pos = 0;
+    }
+    fn next_batch(&mut self, size: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(size);
+        while out.len() < size {
+            if self.pos == self.n {
+                self.epoch += 1;
+                self.reshuffle();
+            }
+            out.push(self.perm[self.pos]);
+            self.pos += 1;
+        }
+        out
+    }
+    fn epoch_progress(&self) -> f64 {
+        self.epoch as f64 + self.pos as f64 / self.n as f64
+    }
+}
+
+/// Mean objective loss, CE and token accuracy on `dev`, with fixed draws (independent of the step)
+/// and the objective's evaluation attention.
+pub fn dev_loss(model: &Llama, objective: &dyn Objective, dev: &[Example], micro_batch: usize, max_batches: usize, seed: u64, pad_id: u32) -> Result<(f64, f64, f64)> {
+    let eval_seed = derive_seed(seed, Purpose::EvalLoss, 0, 0);
+    let (mut loss, mut denom, mut ce, mut n, mut correct) = (0.0, 0.0, 0.0, 0usize, 0usize);
+    for (k, chunk) in dev.chunks(micro_batch.max(1)).take(max_batches).enumerate() {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let batch = Batch::collate(&refs, pad_id);
+        let mut p = objective.prepare(&batch, k as u64, 0, eval_seed)?;
+        p.attention = objective.eval_attention();
+        let parts = scored_loss(model, &p, 1.0, eval_seed, &Fwd::default())?;
+        loss += parts.loss_value;
+        denom += p.denom;
+        ce += parts.ce_sum;
+        n += parts.n_scored;
+        correct += parts.n_correct;
+    }
+    let nn = n.max(1) as f64;
+    Ok((if denom > 0.0 { loss / denom } else { 0.0 }, ce / nn, correct as f64 / nn))
+}
+
+fn csv_writer(path: &Path, header: &str) -> Result<std::fs::File> {
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{header}").map_err(|e| Error::io(path, e))?;
+    Ok(f)
+}
+
+/// Train `model` (its `trainable` parameters) with `objective`. Writes `metrics.csv` per step and
+/// `eval_metrics.csv` (long format: step,metric,value) at each evaluation.
+pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, inp: TrainInputs, mut hook: Option<&mut dyn EvalHook>) -> Result<TrainOutcome> {
+    let cfg = inp.cfg;
+    if inp.train.is_empty() {
+        return Err(Error::msg("the training split is empty"));
+    }
+    std::fs::create_dir_all(&inp.checkpoint_dir).map_err(|e| Error::io(&inp.checkpoint_dir, e))?;
+    let metrics_path = inp.run_dir.join("metrics.csv");
+    let mut metrics = csv::Writer::from_path(&metrics_path).map_err(|e| Error::data(&metrics_path, e.to_string()))?;
+    let eval_path = inp.run_dir.join("eval_metrics.csv");
+    let mut eval_csv = csv_writer(&eval_path, "step,metric,value")?;
+    let mut opt = AdamW::new(trainable, AdamWParams { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.adam_eps, weight_decay: cfg.weight_decay })?;
+    let mut accum = GradAccum::new(trainable);
+    let mut order = Order::new(inp.train.len(), inp.seed);
+    let bar = if cfg.progress { indicatif::ProgressBar::new(inp.total_steps) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} {bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(objective.name());
+    let start = Instant::now();
+    let (mut losses, mut total_tokens) = (Vec::with_capacity(inp.total_steps as usize), 0usize);
+    let mut dev_final = None;
+    let mut evaluate = |step: u64, model: &Llama, hook: &mut Option<&mut dyn EvalHook>| -> Result<Option<f64>> {
+        let mut rows = Vec::new();
+        let mut dl = None;
+        if !inp.dev.is_empty() && cfg.dev_loss_batches > 0 {
+            let (l, ce, acc) = dev_loss(model, objective, inp.dev, cfg.micro_batch, cfg.dev_loss_batches, inp.seed, inp.pad_id)?;
+            rows.extend([("dev_loss".to_string(), l), ("dev_ce".to_string(), ce), ("dev_token_acc".to_string(), acc)]);
+            dl = Some(l);
+        }
+        if let Some(h) = hook.as_mut() {
+            rows.extend(h.evaluate(step, model)?);
+        }
+        for (k, v) in rows {
+            writeln!(eval_csv, "{step},{k},{v}").map_err(|e| Error::io(&eval_path, e))?;
+        }
+        eval_csv.flush().map_err(|e| Error::io(&eval_path, e))?;
+        Ok(dl)
+    };
+    for step in 0..inp.total_steps {
+        if inp.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            bar.abandon_with_message("interrupted");
+            return Err(Error::Interrupted);
+        }
+        let t0 = Instant::now();
+        let lr = lr_at(step, inp.total_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio);
+        // 1. prepare every micro-batch and sum the normaliser over the accumulated batch.
+        let mut prepared = Vec::with_capacity(cfg.grad_accum);
+        let mut step_tokens = 0usize;
+        for micro in 0..cfg.grad_accum {
+            let idx = order.next_batch(cfg.micro_batch);
+            let refs: Vec<&Example> = idx.iter().map(|&i| &inp.train[i]).collect();
+            let batch = Batch::collate(&refs, inp.pad_id);
+            step_tokens += batch.len.iter().sum::<usize>();
+            prepared.push(objective.prepare(&batch, step, micro as u64, inp.seed)?);
+        }
+        let total_denom: f64 = prepared.iter().map(|p| p.denom).sum();
+        // 2. forward/backward each micro-batch with the shared normaliser.
+        let (mut loss, mut ce, mut scored, mut correct) = (0.0, 0.0, 0usize, 0usize);
+        for (micro, p) in prepared.iter().enumerate() {
+            let ctx = Fwd { train: true, seed: inp.seed, step, micro: micro as u64 };
+            let parts = scored_loss(model, p, total_denom, inp.seed, &ctx)?;
+            if !parts.loss_value.is_finite() {
+                bar.abandon_with_message(format!("diverged at step {}", step + 1));
+                return Err(Error::Diverged { step: step + 1, value: parts.loss_value });
+            }
+            if parts.n_scored > 0 {
+                let grads = parts.loss.backward()?;
+                accum.add(&grads)?;
+            }
+            loss += parts.loss_value;
+            ce += parts.ce_sum;
+            scored += parts.n_scored;
+            correct += parts.n_correct;
+        }
+        // 3. clip and update.
+        let (grads, grad_norm) = accum.take_clipped(cfg.max_grad_norm)?;
+        if !grad_norm.is_finite() {
+            bar.abandon_with_message(format!("diverged at step {}", step + 1));
+            return Err(Error::Diverged { step: step + 1, value: grad_norm });
+        }
+        opt.step(&grads, lr)?;
+        let dt = t0.elapsed().as_secs_f64();
+        total_tokens += step_tokens;
+        losses.push(loss);
+        let m = StepMetrics {
+            step: step + 1,
+            epoch: order.epoch_progress(),
+            lr,
+            loss,
+            ce: ce / scored.max(1) as f64,
+            token_acc: correct as f64 / scored.max(1) as f64,
+            grad_norm,
+            scored_tokens: scored,
+            tokens: step_tokens,
+            tokens_per_s: step_tokens as f64 / dt.max(1e-9),
+            elapsed_s: start.elapsed().as_secs_f64(),
+        };
+        if (step + 1) % cfg.log_every == 0 || step + 1 == inp.total_steps {
+            metrics.serialize(&m).map_err(|e| Error::data(&metrics_path, e.to_string()))?;
+            metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
+        }
+        bar.set_message(format!("loss {:.4} ce {:.3} {:.0} tok/s", m.loss, m.ce, m.tokens_per_s));
+        bar.inc(1);
+        let s1 = step + 1;
+        if cfg.save_every > 0 && s1 % cfg.save_every == 0 && s1 != inp.total_steps {
+            trainable.save(&inp.checkpoint_dir.join(format!("step-{s1:06}.safetensors")))?;
+        }
+        if cfg.eval_every > 0 && s1 % cfg.eval_every == 0 && s1 != inp.total_steps {
+            evaluate(s1, model, &mut hook)?;
+        }
+    }
+    dev_final = evaluate(inp.total_steps, model, &mut hook)?.or(dev_final);
+    trainable.save(&inp.checkpoint_dir.join("adapter.safetensors"))?;
+    bar.finish_with_message(format!("loss {:.4}", losses.last().copied().unwrap_or(f64::NAN)));
+    let wall = start.elapsed().as_secs_f64();
+    let tail = (losses.len() / 10).max(1);
+    let final_loss = losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64;
+    Ok(TrainOutcome {
+        steps: inp.total_steps,
+        final_loss,
+        first_loss: losses.first().copied().unwrap_or(f64::NAN),
+        tokens_per_s: total_tokens as f64 / wall.max(1e-9),
+        wall_s: wall,
+        trainable_params: trainable.numel(),
+        dev_loss: dev_final,
+    })
+}

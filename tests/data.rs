@@ -1,0 +1,675 @@
+//! Tests of the data module: loaders, clinical-rules generation and rules, templates, specs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use harness::data::clinical_rules::{self as cr, Sex};
+use harness::data::{
+    self, DataConfig, DatasetKind, Item, PromptParts, ResponseFormat, Template, TemplateKind, TextEncoder,
+};
+use harness::{Error, Result};
+
+/// One token per whitespace-separated word; ids are word lengths (content does not matter).
+struct Words;
+impl TextEncoder for Words {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(text.split_whitespace().map(|w| w.len() as u32).collect())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn err_text(e: Error) -> String {
+    e.to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item
+// ---------------------------------------------------------------------------------------------
+
+fn labelled(gold: usize, rationale: Option<&str>) -> Item {
+    Item {
+        id: "x".into(),
+        parts: PromptParts { question: "Q?".into(), ..Default::default() },
+        choices: vec!["yes".into(), "no".into(), "maybe".into()],
+        gold: Some(gold),
+        response: None,
+        rationale: rationale.map(String::from),
+    }
+}
+
+#[test]
+fn target_text_formats() {
+    let it = labelled(1, Some("Because."));
+    assert_eq!(it.target_text(ResponseFormat::Answer).unwrap(), "no");
+    assert_eq!(it.target_text(ResponseFormat::AnswerWithRationale).unwrap(), "no\nBecause.");
+    assert_eq!(labelled(2, None).target_text(ResponseFormat::AnswerWithRationale).unwrap(), "maybe");
+    assert!(labelled(3, None).target_text(ResponseFormat::Answer).is_err());
+    let free = Item { choices: vec![], gold: None, response: Some("Hello there".into()), ..labelled(0, None) };
+    assert_eq!(free.target_text(ResponseFormat::AnswerWithRationale).unwrap(), "Hello there");
+}
+
+// ---------------------------------------------------------------------------------------------
+// MCQ
+// ---------------------------------------------------------------------------------------------
+
+const MEDQA_OK: &str = r#"{"question": "Which drug?", "options": {"A": "a1", "B": "b1", "C": "c1", "D": "d1"}, "answer_idx": "C", "explanation": "because c"}"#;
+const MEDMCQA_OK: &str = r#"{"id": "m1", "question": "Which nerve?", "opa": "x", "opb": "y", "opc": "z", "opd": "w", "cop": 2, "exp": "y it is"}"#;
+
+#[test]
+fn mcq_both_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let letter = r#"{"question": "Q3", "opa": "p", "opb": "q", "cop": "b"}"#;
+    let five = r#"{"question": "Q4", "options": {"E": "e", "A": "a", "C": "c", "B": "b", "D": "d"}, "answer_idx": "E"}"#;
+    let p = write(dir.path(), "q.jsonl", &format!("{MEDQA_OK}\n\n{MEDMCQA_OK}\n{letter}\n{five}\n"));
+    let (items, bad) = data::mcq::load_file(&p, false).unwrap();
+    assert_eq!((items.len(), bad), (4, 0));
+    assert_eq!(items[0].id, "q:1");
+    assert_eq!(items[0].choices, vec!["A", "B", "C", "D"]);
+    assert_eq!(items[0].gold, Some(2));
+    assert_eq!(items[0].rationale.as_deref(), Some("because c"));
+    assert_eq!(items[1].id, "m1");
+    assert_eq!(items[1].gold, Some(1));
+    assert_eq!(items[1].parts.options[1], ("B".to_string(), "y".to_string()));
+    assert_eq!(items[1].rationale.as_deref(), Some("y it is"));
+    assert_eq!(items[2].gold, Some(1));
+    assert_eq!(items[2].choices.len(), 2);
+    assert_eq!(items[3].choices, vec!["A", "B", "C", "D", "E"]);
+    assert_eq!(items[3].gold, Some(4));
+    assert_eq!(items[3].target_text(ResponseFormat::Answer).unwrap(), "E");
+}
+
+#[test]
+fn mcq_malformed_rows_named_or_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        MEDQA_OK,                                                                                    // 1
+        "{not json",                                                                                 // 2
+        r#"{"options": {"A": "a", "B": "b"}, "answer_idx": "A"}"#,                                   // 3 no question
+        r#"{"question": "Q", "options": {"A": "a", "B": "b"}, "answer_idx": "F"}"#,                  // 4 bad answer
+        r#"{"question": "Q", "options": {"A": "a"}, "answer_idx": "A"}"#,                            // 5 one option
+        r#"{"question": "  ", "opa": "a", "opb": "b", "cop": 1}"#,                                   // 6 empty text
+        MEDMCQA_OK,                                                                                  // 7
+        r#"{"question": "Q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 5}"#,            // 8 cop out of range
+        r#"{"question": "Q", "opa": "a", "opb": "", "cop": 1}"#,                                     // 9 empty option
+    ];
+    let many = (0..11).map(|i| format!("\"{}\": \"t\"", (b'A' + i) as char)).collect::<Vec<_>>().join(", ");
+    let eleven = format!(r#"{{"question": "Q", "options": {{{many}}}, "answer_idx": "A"}}"#); // 10
+    let text = format!("{}\n{eleven}\n", lines.join("\n"));
+    let p = write(dir.path(), "bad.jsonl", &text);
+    let msg = err_text(data::mcq::load_file(&p, false).unwrap_err());
+    assert!(msg.contains("bad.jsonl"), "{msg}");
+    assert!(msg.contains("8 malformed"), "{msg}");
+    for l in ["line 2", "line 3", "line 4", "line 5", "line 6"] {
+        assert!(msg.contains(l), "{l} missing from {msg}");
+    }
+    assert!(!msg.contains("line 1:"), "{msg}");
+    assert!(msg.contains("and 3 more"), "{msg}");
+    assert!(msg.contains("answer_idx `F`"), "{msg}");
+    let (items, bad) = data::mcq::load_file(&p, true).unwrap();
+    assert_eq!((items.len(), bad), (2, 8));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alpaca
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn alpaca_array_and_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let arr = r#"[{"instruction": "Summarise", "input": "Some text.", "output": "Short."},
+                  {"instruction": "Say hi", "input": "", "output": "Hi"}]"#;
+    let p = write(dir.path(), "pairs.json", arr);
+    let (items, bad) = data::alpaca::load_file(&p, false).unwrap();
+    assert_eq!((items.len(), bad), (2, 0));
+    assert_eq!(items[0].parts.instruction.as_deref(), Some("Summarise"));
+    assert_eq!(items[0].parts.question, "Some text.");
+    assert_eq!(items[1].parts.question, "");
+    assert_eq!(items[1].id, "pairs:2");
+    assert!(items[1].choices.is_empty() && items[1].gold.is_none());
+    assert_eq!(items[1].target_text(ResponseFormat::Answer).unwrap(), "Hi");
+
+    let jsonl = "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\"}\n{\"instruction\": \"\", \"output\": \"d\"}\n[1]\n";
+    let p = write(dir.path(), "pairs.jsonl", jsonl);
+    let msg = err_text(data::alpaca::load_file(&p, false).unwrap_err());
+    assert!(msg.contains("pairs.jsonl") && msg.contains("3 malformed"), "{msg}");
+    assert!(msg.contains("line 2: missing field `output`"), "{msg}");
+    assert!(msg.contains("line 3: field `instruction` is empty"), "{msg}");
+    assert!(msg.contains("line 4"), "{msg}");
+    let (items, bad) = data::alpaca::load_file(&p, true).unwrap();
+    assert_eq!((items.len(), bad), (1, 3));
+
+    let p = write(dir.path(), "broken.json", "[{\"instruction\": \"a\",");
+    let msg = err_text(data::alpaca::load_file(&p, true).unwrap_err());
+    assert!(msg.contains("broken.json") && msg.contains("not valid JSON"), "{msg}");
+}
+
+#[test]
+fn file_datasets_through_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"instruction": "task {i}", "input": "", "output": "out {i}"}}"#))
+        .collect();
+    let p = write(dir.path(), "a.jsonl", &rows.join("\n"));
+    let cfg = DataConfig::from_spec(&format!("alpaca:{},dev_fraction=0.25,seed=7", p.display())).unwrap();
+    let s = data::load(&cfg).unwrap();
+    assert_eq!((s.train.len(), s.dev.len(), s.test.len()), (30, 10, 0));
+    assert_eq!(s.name, "alpaca:a");
+    let s2 = data::load(&cfg).unwrap();
+    assert_eq!(s.dev, s2.dev);
+
+    // Folder form with a test file.
+    let sub = dir.path().join("medqa");
+    std::fs::create_dir(&sub).unwrap();
+    write(&sub, "train.jsonl", &[MEDQA_OK; 10].join("\n"));
+    write(&sub, "test.jsonl", &[MEDMCQA_OK; 3].join("\n"));
+    let mut cfg = DataConfig { dataset: DatasetKind::Mcq, path: Some(sub.clone()), ..Default::default() };
+    cfg.dev_fraction = 0.2;
+    let s = data::load(&cfg).unwrap();
+    assert_eq!((s.train.len(), s.dev.len(), s.test.len()), (8, 2, 3));
+    cfg.limit_test = Some(2);
+    assert_eq!(data::load(&cfg).unwrap().test.len(), 2);
+    // Skip mode counts bad rows across files.
+    write(&sub, "test.jsonl", &format!("{MEDMCQA_OK}\n{{\"question\": 1}}\n"));
+    assert!(data::load(&cfg).is_err());
+    cfg.skip_bad_rows = true;
+    cfg.limit_test = None;
+    let s = data::load(&cfg).unwrap();
+    assert_eq!((s.test.len(), s.bad_rows), (1, 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// PubMedQA
+// ---------------------------------------------------------------------------------------------
+
+fn pqa_entry(q: &str, decision: &str) -> serde_json::Value {
+    serde_json::json!({"QUESTION": q, "CONTEXTS": ["c1. more.", "c2"], "LONG_ANSWER": "long", "final_decision": decision})
+}
+
+#[test]
+fn pubmedqa_fixture_splits_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ori = serde_json::Map::new();
+    let mut truth = serde_json::Map::new();
+    for i in 0..30u32 {
+        let id = (1000 + i * 7).to_string();
+        let d = ["yes", "no", "maybe"][(i % 3) as usize];
+        ori.insert(id.clone(), pqa_entry(&format!("Q{i}?"), d));
+        if i % 3 == 0 {
+            truth.insert(id, serde_json::json!(d));
+        }
+    }
+    ori.insert("999".into(), pqa_entry("Short id?", "yes")); // sorts first numerically
+    write(dir.path(), "ori_pqal.json", &serde_json::Value::Object(ori.clone()).to_string());
+    write(dir.path(), "test_ground_truth.json", &serde_json::Value::Object(truth.clone()).to_string());
+    let p = data::pubmedqa::load_dir(dir.path(), 0.25, 1, false).unwrap();
+    assert_eq!(p.test.len(), 10);
+    assert_eq!(p.train.len() + p.dev.len(), 21);
+    assert_eq!(p.dev.len(), 5);
+    assert_eq!(p.train[0].id == "999" || p.dev[0].id == "999", true);
+    assert!(p.test.windows(2).all(|w| w[0].id.parse::<u32>().unwrap() < w[1].id.parse::<u32>().unwrap()));
+    assert!(p.test.iter().all(|t| t.gold == Some(0)));
+    assert_eq!(p.test[0].parts.contexts.len(), 2);
+    assert_eq!(p.test[0].rationale.as_deref(), Some("long"));
+
+    // Malformed entries: named by id, or skipped and counted.
+    ori.insert("5".into(), pqa_entry("Bad?", "perhaps"));
+    ori.insert("6".into(), serde_json::json!({"CONTEXTS": [], "final_decision": "yes"}));
+    write(dir.path(), "ori_pqal.json", &serde_json::Value::Object(ori.clone()).to_string());
+    let msg = err_text(data::pubmedqa::load_dir(dir.path(), 0.25, 1, false).unwrap_err());
+    assert!(msg.contains("ori_pqal.json") && msg.contains("id 5") && msg.contains("id 6"), "{msg}");
+    assert!(msg.contains("perhaps"), "{msg}");
+    let p = data::pubmedqa::load_dir(dir.path(), 0.25, 1, true).unwrap();
+    assert_eq!(p.bad_rows, 2);
+    assert_eq!(p.train.len() + p.dev.len(), 21);
+
+    // A test id missing from ori_pqal.json.
+    truth.insert("424242".into(), serde_json::json!("yes"));
+    write(dir.path(), "test_ground_truth.json", &serde_json::Value::Object(truth).to_string());
+    let msg = err_text(data::pubmedqa::load_dir(dir.path(), 0.25, 1, true).unwrap_err());
+    assert!(msg.contains("test_ground_truth.json") && msg.contains("424242"), "{msg}");
+    // Not JSON at all.
+    write(dir.path(), "ori_pqal.json", "{oops");
+    let msg = err_text(data::pubmedqa::load_dir(dir.path(), 0.25, 1, true).unwrap_err());
+    assert!(msg.contains("ori_pqal.json") && msg.contains("not valid JSON"), "{msg}");
+}
+
+#[test]
+fn pubmedqa_hub_fails_cleanly() {
+    // No network here (and the hub repo has parquet only): a clean error, not a panic. If the
+    // files happen to be cached, loading simply works.
+    let cfg = DataConfig::from_spec("pubmedqa:hub").unwrap();
+    assert_eq!(cfg.source.as_deref(), Some("hub"));
+    match data::load(&cfg) {
+        Ok(s) => assert_eq!(s.test.len(), 500),
+        Err(e) => {
+            let m = e.to_string();
+            assert!(m.contains("data.source") && m.contains("network") && m.contains("data.path"), "{m}");
+        }
+    }
+}
+
+#[test]
+fn pubmedqa_real_data() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/pubmedqa");
+    if !dir.join("ori_pqal.json").is_file() {
+        println!("note: {} not found; skipping the real PubMedQA test", dir.display());
+        return;
+    }
+    let spec = format!("pubmedqa:{},dev_fraction=0.1,seed=3", dir.display());
+    let s = data::load(&DataConfig::from_spec(&spec).unwrap()).unwrap();
+    assert_eq!(s.test.len(), 500);
+    let yes = s.test.iter().filter(|i| i.gold_label() == Some("yes")).count();
+    assert_eq!(yes, 276);
+    assert!((yes as f64 / 500.0 - 0.552).abs() < 1e-12);
+    assert_eq!(s.train.len() + s.dev.len(), 500);
+    assert_eq!(s.dev.len(), 50);
+    assert_eq!(s.bad_rows, 0);
+    let ids: BTreeSet<&str> = s.train.iter().chain(&s.dev).map(|i| i.id.as_str()).collect();
+    assert!(s.test.iter().all(|t| !ids.contains(t.id.as_str())));
+    // Deterministic; another seed gives another dev set of the same size.
+    let s2 = data::load(&DataConfig::from_spec(&spec).unwrap()).unwrap();
+    assert_eq!(s.dev, s2.dev);
+    let s3 = data::load(&DataConfig::from_spec(&format!("pubmedqa:{},seed=4", dir.display())).unwrap()).unwrap();
+    assert_eq!(s3.dev.len(), 50);
+    assert_ne!(s.dev, s3.dev);
+    // Real items render within 512 tokens of a whitespace encoder after context shrinking.
+    let t = Template::new(TemplateKind::Chat);
+    for it in s.test.iter().take(50) {
+        let r = t.render(it, ResponseFormat::Answer, &Words, 256).unwrap();
+        assert!(r.prompt_ids.len() + r.target_ids.len() < 256);
+        assert!(r.prompt.contains(it.parts.question.trim()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clinical rules: the rule functions at and around each threshold
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn rule_blood_pressure() {
+    let c = |s, d| cr::bp_category(s, d);
+    assert_eq!(c(119, 79), "Normal blood pressure");
+    assert_eq!(c(120, 79), "Elevated blood pressure");
+    assert_eq!(c(129, 79), "Elevated blood pressure");
+    assert_eq!(c(130, 79), "Stage 1 hypertension");
+    assert_eq!(c(119, 80), "Stage 1 hypertension");
+    assert_eq!(c(125, 80), "Stage 1 hypertension");
+    assert_eq!(c(139, 89), "Stage 1 hypertension");
+    assert_eq!(c(140, 89), "Stage 2 hypertension");
+    assert_eq!(c(140, 90), "Stage 2 hypertension");
+    assert_eq!(c(118, 90), "Stage 2 hypertension");
+}
+
+#[test]
+fn rule_bmi() {
+    assert_eq!(cr::bmi(175, 82), 26.8);
+    assert_eq!(cr::bmi(200, 100), 25.0);
+    assert_eq!(cr::bmi_class(18.4), "Underweight");
+    assert_eq!(cr::bmi_class(18.5), "Normal weight");
+    assert_eq!(cr::bmi_class(24.9), "Normal weight");
+    assert_eq!(cr::bmi_class(25.0), "Overweight (pre-obesity)");
+    assert_eq!(cr::bmi_class(29.9), "Overweight (pre-obesity)");
+    assert_eq!(cr::bmi_class(30.0), "Obesity class I");
+    assert_eq!(cr::bmi_class(34.9), "Obesity class I");
+    assert_eq!(cr::bmi_class(35.0), "Obesity class II");
+    assert_eq!(cr::bmi_class(39.9), "Obesity class II");
+    assert_eq!(cr::bmi_class(40.0), "Obesity class III");
+    assert_eq!(cr::bmi_class(cr::bmi(200, 100)), "Overweight (pre-obesity)");
+}
+
+#[test]
+fn rule_ckd() {
+    let g = |e| cr::ckd_g_stage(e).split(':').next().unwrap_or("").to_string();
+    for (e, want) in [
+        (120, "G1"), (90, "G1"), (89, "G2"), (60, "G2"), (59, "G3a"), (45, "G3a"), (44, "G3b"),
+        (30, "G3b"), (29, "G4"), (15, "G4"), (14, "G5"), (0, "G5"),
+    ] {
+        assert_eq!(g(e), want, "eGFR {e}");
+    }
+}
+
+#[test]
+fn rule_anemia() {
+    use Sex::*;
+    assert_eq!(cr::anemia_severity(12.0, Female), "No anemia");
+    assert_eq!(cr::anemia_severity(11.9, Female), "Mild anemia");
+    assert_eq!(cr::anemia_severity(12.9, Male), "Mild anemia");
+    assert_eq!(cr::anemia_severity(13.0, Male), "No anemia");
+    assert_eq!(cr::anemia_severity(11.0, Male), "Mild anemia");
+    assert_eq!(cr::anemia_severity(10.9, Female), "Moderate anemia");
+    assert_eq!(cr::anemia_severity(8.0, Male), "Moderate anemia");
+    assert_eq!(cr::anemia_severity(7.9, Female), "Severe anemia");
+}
+
+#[test]
+fn rule_glycemia() {
+    assert_eq!(cr::glycemia_from_fpg(69), "Hypoglycemia");
+    assert_eq!(cr::glycemia_from_fpg(70), "Normoglycemia");
+    assert_eq!(cr::glycemia_from_fpg(99), "Normoglycemia");
+    assert_eq!(cr::glycemia_from_fpg(100), "Prediabetes range");
+    assert_eq!(cr::glycemia_from_fpg(125), "Prediabetes range");
+    assert_eq!(cr::glycemia_from_fpg(126), "Diabetes range");
+    assert_eq!(cr::glycemia_from_hba1c(5.6), "Normoglycemia");
+    assert_eq!(cr::glycemia_from_hba1c(5.7), "Prediabetes range");
+    assert_eq!(cr::glycemia_from_hba1c(6.4), "Prediabetes range");
+    assert_eq!(cr::glycemia_from_hba1c(6.5), "Diabetes range");
+}
+
+#[test]
+fn rule_curb65() {
+    let base = cr::Curb65 { confused: false, urea_mmol_l: 7.0, resp_rate: 29, sbp: 90, dbp: 61, age: 64 };
+    assert_eq!(cr::curb65_score(&base), 0);
+    assert_eq!(cr::curb65_score(&cr::Curb65 { urea_mmol_l: 7.1, ..base }), 1);
+    assert_eq!(cr::curb65_score(&cr::Curb65 { resp_rate: 30, ..base }), 1);
+    assert_eq!(cr::curb65_score(&cr::Curb65 { sbp: 89, ..base }), 1);
+    assert_eq!(cr::curb65_score(&cr::Curb65 { dbp: 60, ..base }), 1);
+    assert_eq!(cr::curb65_score(&cr::Curb65 { sbp: 80, dbp: 50, ..base }), 1);
+    assert_eq!(cr::curb65_score(&cr::Curb65 { age: 65, ..base }), 1);
+    assert_eq!(cr::curb65_score(&cr::Curb65 { confused: true, ..base }), 1);
+    let all = cr::Curb65 { confused: true, urea_mmol_l: 9.0, resp_rate: 32, sbp: 85, dbp: 50, age: 80 };
+    assert_eq!(cr::curb65_score(&all), 5);
+    assert!(cr::curb65_category(0).starts_with("Low"));
+    assert!(cr::curb65_category(1).starts_with("Low"));
+    assert!(cr::curb65_category(2).starts_with("Moderate"));
+    assert_eq!(cr::curb65_category(3), "High severity: urgent hospital admission");
+    assert_eq!(cr::curb65_category(4), "High severity: admit and assess for intensive care");
+    assert_eq!(cr::curb65_category(5), cr::curb65_category(4));
+}
+
+#[test]
+fn rule_cha2ds2_vasc() {
+    let m = cr::Cha2ds2Vasc {
+        age: 64, sex: Sex::Male, heart_failure: false, hypertension: false, diabetes: false, stroke: false, vascular: false,
+    };
+    assert_eq!(cr::cha2ds2_vasc_score(&m), 0);
+    assert_eq!(cr::cha2ds2_vasc_score(&cr::Cha2ds2Vasc { age: 65, ..m }), 1);
+    assert_eq!(cr::cha2ds2_vasc_score(&cr::Cha2ds2Vasc { age: 74, ..m }), 1);
+    assert_eq!(cr::cha2ds2_vasc_score(&cr::Cha2ds2Vasc { age: 75, ..m }), 2);
+    assert_eq!(cr::cha2ds2_vasc_score(&cr::Cha2ds2Vasc { stroke: true, ..m }), 2);
+    assert_eq!(cr::cha2ds2_vasc_score(&cr::Cha2ds2Vasc { sex: Sex::Female, ..m }), 1);
+    let full = cr::Cha2ds2Vasc {
+        age: 80, sex: Sex::Female, heart_failure: true, hypertension: true, diabetes: true, stroke: true, vascular: true,
+    };
+    assert_eq!(cr::cha2ds2_vasc_score(&full), 9);
+    let r = cr::cha2ds2_vasc_recommendation;
+    assert_eq!(r(0, Sex::Male), "No antithrombotic therapy");
+    assert_eq!(r(1, Sex::Male), "Oral anticoagulation should be considered");
+    assert_eq!(r(2, Sex::Male), "Oral anticoagulation is recommended");
+    assert_eq!(r(1, Sex::Female), "No antithrombotic therapy");
+    assert_eq!(r(2, Sex::Female), "Oral anticoagulation should be considered");
+    assert_eq!(r(3, Sex::Female), "Oral anticoagulation is recommended");
+}
+
+#[test]
+fn rule_sodium_potassium() {
+    for (na, want) in [
+        (124, "Profound hyponatremia"), (125, "Moderate hyponatremia"), (129, "Moderate hyponatremia"),
+        (130, "Mild hyponatremia"), (134, "Mild hyponatremia"), (135, "Normal sodium"), (145, "Normal sodium"),
+        (146, "Hypernatremia"),
+    ] {
+        assert_eq!(cr::sodium_category(na), want, "Na {na}");
+    }
+    for (k, want) in [
+        (2.4, "Severe hypokalemia"), (2.5, "Moderate hypokalemia"), (2.9, "Moderate hypokalemia"),
+        (3.0, "Mild hypokalemia"), (3.4, "Mild hypokalemia"), (3.5, "Normal potassium"), (5.4, "Normal potassium"),
+        (5.5, "Mild hyperkalemia"), (5.9, "Mild hyperkalemia"), (6.0, "Moderate hyperkalemia"),
+        (6.4, "Moderate hyperkalemia"), (6.5, "Severe hyperkalemia"),
+    ] {
+        assert_eq!(cr::potassium_category(k), want, "K {k}");
+    }
+}
+
+#[test]
+fn rule_aki() {
+    assert_eq!(cr::aki_stage(1.0, 1.2), "No AKI by creatinine criteria");
+    assert_eq!(cr::aki_stage(1.0, 1.3), "AKI stage 1"); // rise of 0.3
+    assert_eq!(cr::aki_stage(0.4, 0.6), "AKI stage 1"); // 1.5x
+    assert_eq!(cr::aki_stage(0.6, 0.8), "No AKI by creatinine criteria"); // 1.33x, +0.2
+    assert_eq!(cr::aki_stage(1.0, 1.9), "AKI stage 1");
+    assert_eq!(cr::aki_stage(1.0, 2.0), "AKI stage 2");
+    assert_eq!(cr::aki_stage(1.0, 2.9), "AKI stage 2");
+    assert_eq!(cr::aki_stage(1.0, 3.0), "AKI stage 3");
+    assert_eq!(cr::aki_stage(2.0, 3.9), "AKI stage 1");
+    assert_eq!(cr::aki_stage(2.0, 4.0), "AKI stage 3"); // >= 4.0 mg/dL
+    assert_eq!(cr::aki_stage(1.5, 4.0), "AKI stage 3");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clinical rules: generation
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn clinical_rules_generation_properties() {
+    let train = cr::generate(&[], 2000, false, 11).unwrap();
+    let test = cr::generate(&[], 500, true, 11).unwrap();
+    assert_eq!((train.len(), test.len()), (2000, 500));
+    // Deterministic per seed, different across seeds.
+    assert_eq!(cr::generate(&[], 2000, false, 11).unwrap(), train);
+    assert_ne!(cr::generate(&[], 2000, false, 12).unwrap()[..50], train[..50]);
+
+    // Disjoint parameter values, and each side obeys the documented partition.
+    let keys = |cs: &[cr::Case]| cs.iter().map(|c| (c.family, c.key.clone())).collect::<BTreeSet<_>>();
+    let (ktr, kte) = (keys(&train), keys(&test));
+    assert!(ktr.is_disjoint(&kte));
+    // Each side obeys the documented partition rule.
+    let side = |c: &cr::Case| -> bool {
+        let num = |k: &str| c.key.rsplit('=').next().unwrap().parse::<i64>().map_err(|_| k.to_string()).unwrap();
+        match c.family {
+            "ckd-stage" | "sodium" | "potassium" | "glycemia" | "anemia" => {
+                let v = num(&c.key);
+                // Boundary values never go to test; otherwise v % 4 == 2 decides.
+                v % 4 == 2 && !matches!(c.key.as_str(), "egfr=90" | "egfr=60" | "egfr=45" | "egfr=30" | "egfr=15"
+                    | "na=125" | "na=130" | "na=135" | "na=146" | "k=25" | "k=30" | "k=35" | "k=55" | "k=60" | "k=65"
+                    | "fpg=70" | "fpg=100" | "fpg=126" | "a1c=57" | "a1c=65" | "sex=f,hb=80" | "sex=f,hb=110"
+                    | "sex=f,hb=120" | "sex=m,hb=80" | "sex=m,hb=110" | "sex=m,hb=130")
+            }
+            f => cr::hashed_in_test(f, &c.key),
+        }
+    };
+    assert!(train.iter().all(|c| !side(c)));
+    assert!(test.iter().all(|c| side(c)));
+    assert!(cr::scalar_in_test(38, false) && !cr::scalar_in_test(38, true) && !cr::scalar_in_test(39, false));
+    // Boundary values are seen in training: eGFR 30 (G3b starts) appears only in train.
+    let egfr30 = cr::generate(&["ckd-stage".to_string()], 600, false, 2).unwrap();
+    assert!(egfr30.iter().any(|c| c.key == "egfr=30"));
+    let test_ckd = cr::generate(&["ckd-stage".to_string()], 300, true, 2).unwrap();
+    let vals: BTreeSet<&str> = test_ckd.iter().map(|c| c.key.as_str()).collect();
+    assert!(vals.contains("egfr=38") && !vals.contains("egfr=30") && !vals.contains("egfr=39"), "{vals:?}");
+
+    let mut gold_pos = [0usize; 4];
+    let mut per_family: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+    for c in train.iter().chain(&test) {
+        let it = &c.item;
+        assert_eq!(it.parts.options.len(), 4, "{}", it.id);
+        assert_eq!(it.choices, vec!["A", "B", "C", "D"]);
+        let g = it.gold.unwrap();
+        assert!(g < 4);
+        gold_pos[g] += 1;
+        assert_eq!(it.parts.options[g].1, c.category);
+        let texts: BTreeSet<&str> = it.parts.options.iter().map(|o| o.1.as_str()).collect();
+        assert_eq!(texts.len(), 4, "distinct options in {}", it.id);
+        let pool = cr::gold_categories(c.family).unwrap();
+        assert!(pool.contains(&c.category));
+        // The rationale names the gold category; the options do not carry the numbers.
+        assert!(it.rationale.as_deref().unwrap().contains(c.category.split(':').next().unwrap()));
+        // Options are fixed category names of the same rule (never numbers from the prompt).
+        assert!(it.parts.options.iter().all(|o| pool.contains(&o.1.as_str()) || o.1 == "Aspirin monotherapy"));
+        *per_family.entry(c.family).or_default().entry(c.category).or_default() += 1;
+    }
+    // Gold letter roughly uniform over 2500 items (expected 625 each).
+    for n in gold_pos {
+        assert!((560..=690).contains(&n), "gold positions {gold_pos:?}");
+    }
+    // Every family present, every gold category of it used, balanced within one deck.
+    assert_eq!(per_family.len(), cr::FAMILIES.len());
+    for (fam, cats) in &per_family {
+        let pool = cr::gold_categories(fam).unwrap();
+        assert_eq!(cats.len(), pool.len(), "{fam}: {cats:?}");
+        let (lo, hi) = (cats.values().min().unwrap(), cats.values().max().unwrap());
+        assert!(hi - lo <= 2, "{fam}: {cats:?}");
+    }
+}
+
+#[test]
+fn clinical_rules_rationale_agrees_with_rule() {
+    // Rebuild the answer of a CKD item from the number in its prompt.
+    let cases = cr::generate(&["ckd-stage".to_string()], 60, true, 5).unwrap();
+    for c in &cases {
+        let e: u32 = c.key.trim_start_matches("egfr=").parse().unwrap();
+        assert_eq!(cr::ckd_g_stage(e), c.category);
+        assert!(c.item.parts.contexts[0].contains(&format!(" {e} mL/min")), "{}", c.item.parts.contexts[0]);
+        assert!(c.item.rationale.as_deref().unwrap().starts_with(&format!("eGFR {e} is in")));
+    }
+    assert!(cr::generate(&["no-such".to_string()], 5, true, 5).is_err());
+}
+
+#[test]
+fn clinical_rules_through_load() {
+    let cfg = DataConfig::from_spec("clinical-rules:n_train=200,n_test=40,seed=9,families=bmi+ckd-stage").unwrap();
+    let s = data::load(&cfg).unwrap();
+    assert_eq!((s.train.len(), s.dev.len(), s.test.len()), (180, 20, 40));
+    assert_eq!(s.name, "clinical-rules");
+    let cfg = DataConfig::from_spec("clinical-rules:limit_train=25,limit_test=10").unwrap();
+    let s = data::load(&cfg).unwrap();
+    assert_eq!((s.train.len(), s.test.len()), (25, 10));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Templates
+// ---------------------------------------------------------------------------------------------
+
+fn long_item() -> Item {
+    let ctx = |n: usize, w: &str| (0..n).map(|i| format!("{w}{i}")).collect::<Vec<_>>().join(" ");
+    Item {
+        id: "long".into(),
+        parts: PromptParts {
+            instruction: None,
+            contexts: vec![ctx(30, "alpha"), ctx(40, "beta")],
+            question: "Does the long question survive intact?".into(),
+            options: vec![("A".into(), "first option".into()), ("B".into(), "second option".into())],
+        },
+        choices: vec!["A".into(), "B".into()],
+        gold: Some(1),
+        response: None,
+        rationale: Some("because of beta".into()),
+    }
+}
+
+#[test]
+fn template_layouts() {
+    let it = labelled(0, None);
+    let chat = Template::new(TemplateKind::Chat);
+    let r = chat.render(&it, ResponseFormat::Answer, &Words, 512).unwrap();
+    assert!(r.prompt.starts_with("<|im_start|>system\n"));
+    assert!(r.prompt.ends_with("<|im_end|>\n<|im_start|>assistant\n"));
+    assert!(r.prompt.contains("<|im_start|>user\nQ?\n\nAnswer with yes, no or maybe.<|im_end|>"));
+    assert_eq!((r.target.as_str(), r.target_ids.len(), r.truncated), ("yes", 1, false));
+    assert_eq!(chat.end_of_turn(), Some("<|im_end|>"));
+    let plain = Template::new(TemplateKind::Plain);
+    assert_eq!(plain.end_of_turn(), None);
+    let r = plain.render(&long_item(), ResponseFormat::AnswerWithRationale, &Words, 512).unwrap();
+    assert!(r.prompt.ends_with("A. first option\nB. second option\n\nAnswer with the letter of the correct option.\n\nAnswer: "));
+    assert_eq!(r.target, "B\nbecause of beta");
+    assert_eq!(r.target_ids.len(), 4);
+}
+
+#[test]
+fn template_shrinks_contexts_only() {
+    let it = long_item();
+    let t = Template::new(TemplateKind::Plain);
+    let full = t.render(&it, ResponseFormat::Answer, &Words, 512).unwrap();
+    assert!(!full.truncated);
+    let full_len = full.prompt_ids.len();
+    assert_eq!(full_len, 70 + 6 + 6 + 8 + 1); // contexts, question, options, instruction, "Answer:"
+    // Budget leaves room for 50 of the 70 context words.
+    let max_len = full_len - 20 + 1 + 1;
+    let r = t.render(&it, ResponseFormat::Answer, &Words, max_len).unwrap();
+    assert!(r.truncated);
+    assert_eq!(r.prompt_ids.len() + r.target_ids.len() + 1, max_len);
+    assert!(r.prompt.contains("alpha29\nbeta0") && r.prompt.contains("beta19") && !r.prompt.contains("beta20"));
+    assert!(r.prompt.contains("Does the long question survive intact?"));
+    assert!(r.prompt.contains("A. first option\nB. second option"));
+    // Smaller: the second context is gone and the first shrinks.
+    let r = t.render(&it, ResponseFormat::Answer, &Words, full_len - 60).unwrap();
+    assert!(r.truncated && !r.prompt.contains("beta") && r.prompt.contains("alpha7") && !r.prompt.contains("alpha8"));
+    assert!(r.prompt.contains("Does the long question survive intact?"));
+    // No context at all still fits exactly.
+    let r = t.render(&it, ResponseFormat::Answer, &Words, 21 + 1 + 1).unwrap();
+    assert!(!r.prompt.contains("alpha") && r.prompt.contains("B. second option"));
+    // Impossible: question and options alone exceed the budget.
+    let msg = err_text(t.render(&it, ResponseFormat::Answer, &Words, 22).unwrap_err());
+    assert!(msg.contains("long") && msg.contains("max_len = 22"), "{msg}");
+}
+
+#[test]
+fn template_free_form_target_cut() {
+    let it = Item {
+        id: "ff".into(),
+        parts: PromptParts { instruction: Some("Write words".into()), ..Default::default() },
+        choices: vec![],
+        gold: None,
+        response: Some((0..50).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ")),
+        rationale: None,
+    };
+    let t = Template::new(TemplateKind::Plain);
+    let r = t.render(&it, ResponseFormat::Answer, &Words, 20).unwrap();
+    assert!(r.truncated);
+    assert_eq!(r.prompt_ids.len(), 3);
+    assert_eq!(r.target_ids.len(), 16);
+    assert_eq!(r.prompt_ids.len() + r.target_ids.len() + 1, 20);
+    assert!(t.render(&it, ResponseFormat::Answer, &Words, 3).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config and spec strings
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn spec_strings() {
+    let c = DataConfig::from_spec("clinical-rules").unwrap();
+    assert_eq!(c, DataConfig::default());
+    assert_eq!((c.n_train, c.n_test, c.max_len, c.dev_fraction), (2000, 500, 512, 0.1));
+    let c = DataConfig::from_spec("clinical-rules:n_test=50,template=plain,response_format=answer_with_rationale").unwrap();
+    assert_eq!((c.n_test, c.template, c.response_format), (50, TemplateKind::Plain, ResponseFormat::AnswerWithRationale));
+    let c = DataConfig::from_spec("pubmedqa:../shared/data/pubmedqa,dev_fraction=0.2").unwrap();
+    assert_eq!((c.dataset, c.path.as_deref(), c.dev_fraction), (DatasetKind::Pubmedqa, Some(Path::new("../shared/data/pubmedqa")), 0.2));
+    let c = DataConfig::from_spec("mcq:file.jsonl,skip_bad_rows=true,limit_test=5").unwrap();
+    assert_eq!((c.dataset, c.skip_bad_rows, c.limit_test), (DatasetKind::Mcq, true, Some(5)));
+    assert_eq!(DataConfig::from_spec("alpaca:file.json").unwrap().dataset, DatasetKind::Alpaca);
+
+    let key = |s: &str| match DataConfig::from_spec(s).unwrap_err() {
+        Error::Config { key, .. } => key,
+        e => panic!("not a config error: {e}"),
+    };
+    assert_eq!(key("nope"), "data.dataset");
+    assert_eq!(key("clinical-rules:bogus=1"), "data.bogus");
+    assert_eq!(key("clinical-rules:n_test=many"), "data.n_test");
+    assert_eq!(key("clinical-rules:max_len=8"), "data.max_len");
+    assert_eq!(key("clinical-rules:dev_fraction=1.0"), "data.dev_fraction");
+    assert_eq!(key("clinical-rules:dev_fraction=-0.1"), "data.dev_fraction");
+    assert_eq!(key("clinical-rules:families=bmi+nope"), "data.families");
+    assert_eq!(key("clinical-rules:some/path"), "data.path");
+    assert_eq!(key("pubmedqa"), "data.path");
+    assert_eq!(key("mcq:a.jsonl,b.jsonl"), "data");
+    assert_eq!(key("alpaca:x.json,source=hub"), "data.source");
+    assert_eq!(key("mcq:x.jsonl,limit_train=0"), "data.limit_train");
+}
+
+#[test]
+fn toml_section() {
+    let c: DataConfig = toml::from_str(
+        "dataset = \"pubmedqa\"\npath = \"p\"\ntemplate = \"plain\"\nresponse_format = \"answer_with_rationale\"\nmax_len = 256\n",
+    )
+    .unwrap();
+    assert_eq!((c.dataset, c.template, c.max_len, c.n_train), (DatasetKind::Pubmedqa, TemplateKind::Plain, 256, 2000));
+    assert!(data::validate(&c).is_ok());
+    assert!(toml::from_str::<DataConfig>("dataset = \"mcq\"\nmax_lenn = 3\n").is_err());
+    assert!(toml::from_str::<DataConfig>("dataset = \"clinical_rules\"\n").is_err());
+    let round: DataConfig = toml::from_str(&toml::to_string(&DataConfig::default()).unwrap()).unwrap();
+    assert_eq!(round, DataConfig::default());
+}
