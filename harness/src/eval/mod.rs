@@ -1,2 +1,3 @@
 //! Evaluation: metrics, generation and likelihood scoring.
 pub mod metrics;
+pub mod likelihood;

@@ -181,7 +181,17 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device, mask: &MaskToken) -
 pub fn load_hf_folder(dir: &Path, dtype: DType, device: &Device, mask: &MaskToken) -> Result<Loaded> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| Error::model(&cfg_path, e.to_string()))?;
+    let mut cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| Error::model(&cfg_path, e.to_string()))?;
+    // transformers ≥ 5 nests the RoPE base under `rope_parameters`.
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::model(&cfg_path, e.to_string()))?;
+    if let Some(theta) = v.pointer("/rope_parameters/rope_theta").and_then(|x| x.as_f64()) {
+        cfg.rope_theta = theta;
+    }
+    if let Some(hd) = v.get("head_dim").and_then(|x| x.as_u64()) {
+        if hd as usize != cfg.head_dim() {
+            return Err(Error::model(&cfg_path, format!("head_dim {hd} != hidden_size / num_attention_heads ({}) is not supported", cfg.head_dim())));
+        }
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -143,6 +143,21 @@ pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx
     Ok(LossParts { loss, loss_value, ce_sum, n_scored: p.rows.len(), n_correct: correct })
 }
 
+/// [`scored_loss`] from full logits (B, L, V) already computed: picks the scored rows, then
+/// Σ w·CE / `total_denom`. Used by tests with hand-set logits.
+pub fn loss_from_logits(logits: &Tensor, p: &Prepared, total_denom: f64) -> Result<LossParts> {
+    let (b, l, v) = logits.dims3()?;
+    let dev = logits.device();
+    let rows = Tensor::from_vec(p.rows.clone(), p.rows.len(), dev)?;
+    let picked = logits.reshape((b * l, v))?.index_select(&rows, 0)?.to_dtype(DType::F32)?; // (N, V)
+    let (ce, correct) = token_ce(&picked, &p.targets)?;
+    let w = Tensor::from_vec(p.weights.clone(), p.weights.len(), dev)?;
+    let loss = ((ce.clone() * w)?.sum_all()? / total_denom)?;
+    let loss_value = loss.to_scalar::<f32>()? as f64;
+    let ce_sum = ce.sum_all()?.to_scalar::<f32>()? as f64;
+    Ok(LossParts { loss, loss_value, ce_sum, n_scored: p.rows.len(), n_correct: correct })
+}
+
 /// Per-row cross-entropy of `logits` (N, V) f32 against `targets`, and how many argmaxes hit.
 pub fn token_ce(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, usize)> {
     let dev = logits.device();

@@ -1,1 +1,207 @@
 //! Decoding: diffusion iterative denoising and AR decoding.
+//!
+//! - [`Denoiser`]: "give me logits for every position of these ids". Samplers only talk to this
+//!   trait, so tests can drive them with a hand-set logit function; [`ModelDenoiser`] implements it
+//!   for a [`Llama`] with a chosen attention mode (full for diffusion models, causal for AR).
+//! - [`diffusion`]: iterative denoising from a fully masked canvas ([`DiffusionSampler`]).
+//! - [`autoregressive`]: greedy / sampled left-to-right decoding, with the KV cache
+//!   ([`ArSampler::generate_cached`]) or by full recomputation through a [`Denoiser`]
+//!   ([`ArSampler::generate`]).
+//! - [`pick_token`]: the shared per-position choice (argmax at temperature 0, else temperature,
+//!   top-k and top-p, drawn from a seeded generator).
+//!
+//! ## Padding
+//! Prompts of different lengths are batched by **left padding** (right-aligning the prompts): every
+//! row of a batch is `pad… prompt canvas`, so the generated region starts at the same column in
+//! every row, and a key-padding mask hides the pad columns from every query. The model uses RoPE,
+//! whose attention scores depend only on relative positions, so a left-padded row computes the same
+//! logits as the same row without padding (up to floating-point rounding); this is checked by a
+//! test. A [`Denoiser`] that cannot take a padding mask ([`Denoiser::supports_padding`] is false,
+//! the default) is only ever called with batches of equal-length prompts.
+
+pub mod autoregressive;
+pub mod diffusion;
+
+pub use autoregressive::{ArOutput, ArSampler};
+pub use diffusion::{DiffusionOutput, DiffusionSampler, Strategy};
+
+use crate::model::lora::Fwd;
+use crate::model::mask::{attention_bias, AttentionMode};
+use crate::model::Llama;
+use crate::{Error, Result};
+use candle_core::{DType, Tensor};
+use rand::Rng;
+
+/// Something that returns logits for every position of a batch of token ids.
+pub trait Denoiser {
+    /// `ids`: (B, L) u32 → logits (B, L, V) f32.
+    fn logits(&self, ids: &Tensor) -> Result<Tensor>;
+
+    /// Vocabulary size V.
+    fn vocab_size(&self) -> usize;
+
+    /// Whether [`Denoiser::logits_padded`] honours a key-padding mask. When false (the default),
+    /// samplers never batch prompts of different lengths together.
+    fn supports_padding(&self) -> bool {
+        false
+    }
+
+    /// Logits with a key-padding mask: `key_valid[b][j]` is false where column j of row b is
+    /// padding, which no query may attend to. `ids`: (B, L) u32 → (B, L, V) f32.
+    ///
+    /// The default implementation accepts only masks without padding (or none) and otherwise
+    /// returns an error.
+    fn logits_padded(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>) -> Result<Tensor> {
+        let has_pad = key_valid.is_some_and(|kv| kv.iter().any(|row| row.iter().any(|&v| !v)));
+        if has_pad {
+            return Err(Error::msg("this denoiser does not support padded batches"));
+        }
+        self.logits(ids)
+    }
+}
+
+/// A [`Llama`] seen as a [`Denoiser`]: inference forward pass (no dropout) with an attention mode.
+///
+/// `AttentionMode::Full` for diffusion models, `AttentionMode::Causal` for AR models; an
+/// `Annealed` mode is taken at its end state (full attention).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelDenoiser<'a> {
+    /// The model.
+    pub model: &'a Llama,
+    /// How queries attend to keys.
+    pub mode: AttentionMode,
+}
+
+impl<'a> ModelDenoiser<'a> {
+    /// Wrap `model` with attention `mode`.
+    pub fn new(model: &'a Llama, mode: AttentionMode) -> Self {
+        Self { model, mode }
+    }
+}
+
+impl Denoiser for ModelDenoiser<'_> {
+    fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        self.logits_padded(ids, None)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+
+    fn supports_padding(&self) -> bool {
+        true
+    }
+
+    fn logits_padded(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        if l > self.model.cfg.max_position_embeddings {
+            return Err(Error::msg(format!(
+                "sequence of {l} tokens exceeds the model's {} positions",
+                self.model.cfg.max_position_embeddings
+            )));
+        }
+        if let Some(kv) = key_valid {
+            if kv.len() != b || kv.iter().any(|row| row.len() != l) {
+                return Err(Error::msg(format!("key-padding mask does not match the ({b}, {l}) batch")));
+            }
+        }
+        // The end state of any annealing schedule: u64::MAX makes visibility 1.
+        let mode = self.mode.at_step(u64::MAX);
+        let bias = attention_bias(mode, u64::MAX, 0, l, key_valid, self.model.dtype, &self.model.device)?; // (B|1, 1, L, L)
+        let ids = ids.to_device(&self.model.device)?;
+        let out = self.model.forward(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, V)
+        Ok(out.to_dtype(DType::F32)?)
+    }
+}
+
+/// Check the sampling knobs shared by every sampler.
+pub(crate) fn validate_sampling(temperature: f64, top_k: Option<usize>, top_p: Option<f64>) -> Result<()> {
+    if !temperature.is_finite() || temperature < 0.0 {
+        return Err(Error::config("eval.temperature", format!("must be finite and ≥ 0, got {temperature}")));
+    }
+    if top_k == Some(0) {
+        return Err(Error::config("eval.top_k", "must be ≥ 1 when set"));
+    }
+    if let Some(p) = top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(Error::config("eval.top_p", format!("must be in (0, 1], got {p}")));
+        }
+    }
+    Ok(())
+}
+
+/// Choose a token from one row of logits (length V).
+///
+/// Temperature 0: the argmax (lowest index on ties). Otherwise: softmax(logits / temperature),
+/// keep the `top_k` most probable tokens (ties broken by lower index), then the smallest prefix of
+/// those, by decreasing probability, whose mass reaches `top_p` (at least one token), renormalise
+/// and draw one with a single `rng.random::<f64>()`.
+///
+/// Returns the token and its **confidence**: its probability under the model's plain softmax
+/// (temperature 1, no filtering), as LLaDA does, so a confidence threshold means the same thing at
+/// every temperature. Errors on an empty row or non-finite logits.
+pub fn pick_token<R: Rng>(
+    row: &[f32],
+    temperature: f64,
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+    rng: &mut R,
+) -> Result<(u32, f32)> {
+    if row.is_empty() {
+        return Err(Error::msg("empty logits row"));
+    }
+    if row.iter().any(|x| !x.is_finite()) {
+        return Err(Error::msg("non-finite logits"));
+    }
+    if top_k == Some(0) {
+        return Err(Error::config("eval.top_k", "must be ≥ 1 when set"));
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let prob_of = |tok: usize| (((row[tok] - max) as f64).exp() / z) as f32;
+    if temperature == 0.0 {
+        // First index of the maximum.
+        let tok = row.iter().position(|&x| x == max).unwrap_or(0);
+        return Ok((tok as u32, prob_of(tok)));
+    }
+    // Scaled, unnormalised weights exp((x - max) / T) ∈ (0, 1].
+    let w: Vec<f64> = row.iter().map(|&x| ((x - max) as f64 / temperature).exp()).collect();
+    // Order: higher weight first, then lower index (a total order, so the result is deterministic).
+    let cmp = |a: &usize, b: &usize| w[*b].total_cmp(&w[*a]).then(a.cmp(b));
+    let mut cand: Vec<usize> = (0..row.len()).collect();
+    if let Some(k) = top_k {
+        if k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, cmp);
+            cand.truncate(k);
+        }
+    }
+    if let Some(p) = top_p {
+        if p < 1.0 {
+            cand.sort_by(cmp);
+            let total: f64 = cand.iter().map(|&i| w[i]).sum();
+            let mut acc = 0.0;
+            let mut keep = cand.len();
+            for (n, &i) in cand.iter().enumerate() {
+                acc += w[i] / total;
+                if acc >= p {
+                    keep = n + 1;
+                    break;
+                }
+            }
+            cand.truncate(keep.max(1));
+        }
+    }
+    cand.sort_unstable();
+    let total: f64 = cand.iter().map(|&i| w[i]).sum();
+    let u = rng.random::<f64>() * total;
+    let mut acc = 0.0;
+    let mut tok = cand[cand.len() - 1];
+    for &i in &cand {
+        acc += w[i];
+        if u < acc {
+            tok = i;
+            break;
+        }
+    }
+    Ok((tok as u32, prob_of(tok)))
+}

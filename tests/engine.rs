@@ -1,0 +1,581 @@
+//! Engine tests: masks, objectives, LoRA, training, GGUF and a pinned PyTorch cross-check.
+//! Tiny random models are built in the tests; every test asserts numbers.
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use harness::config::TrainConfig;
+use harness::model::load::{self, permute_qk, random_model, tiny_config};
+use harness::model::lora::{AdapterConfig, AdapterKind, Fwd};
+use harness::model::mask::{self, attention_bias, AttentionMode};
+use harness::model::tokenizer::MaskToken;
+use harness::model::{BuildOpts, Llama};
+use harness::objective::{self, Autoregressive, Batch, Diffusion, Example, LossNorm, Objective, TSampling};
+use harness::train::{self, TrainInputs};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn diffusion(shift: bool, norm: LossNorm) -> Diffusion {
+    Diffusion {
+        mask_id: 31,
+        t_sampling: TSampling::Uniform,
+        logit_mean: 0.0,
+        logit_std: 1.0,
+        eps: 1e-3,
+        shift,
+        loss_norm: norm,
+        score_padding: false,
+        anneal_steps: 1,
+    }
+}
+
+// ---------------------------------------------------------------- masks
+
+#[test]
+fn causal_and_full_mask_pictures() {
+    let causal = mask::picture(&mask::visibility(AttentionMode::Causal, 4, 0, 0), 4);
+    assert_eq!(causal, "#...\n##..\n###.\n####\n");
+    let full = mask::picture(&mask::visibility(AttentionMode::Full, 3, 0, 0), 3);
+    assert_eq!(full, "###\n###\n###\n");
+}
+
+#[test]
+fn annealed_mask_is_reproducible_dense_as_promised_and_keeps_causal_part() {
+    let mode = AttentionMode::Annealed { anneal_steps: 100 };
+    let l = 64;
+    for step in [0u64, 9, 49, 98] {
+        let a = mask::visibility(mode, l, step, 7);
+        let b = mask::visibility(mode, l, step, 7);
+        assert_eq!(a, b, "same (seed, step) must give the same mask");
+        // causal part always visible
+        for i in 0..l {
+            for j in 0..=i {
+                assert!(a[i * l + j]);
+            }
+        }
+        let p = (step as f64 + 1.0) / 100.0;
+        let future = l * (l - 1) / 2;
+        let seen = (0..l).flat_map(|i| ((i + 1)..l).map(move |j| (i, j))).filter(|&(i, j)| a[i * l + j]).count();
+        let density = seen as f64 / future as f64;
+        let sd = (p * (1.0 - p) / future as f64).sqrt();
+        assert!((density - p).abs() < 5.0 * sd + 1e-9, "step {step}: density {density} vs p {p}");
+    }
+    // another seed or step draws another mask
+    assert_ne!(mask::visibility(mode, l, 10, 7), mask::visibility(mode, l, 10, 8));
+    assert_ne!(mask::visibility(mode, l, 10, 7), mask::visibility(mode, l, 11, 7));
+    // anneal_steps = 1 is full attention from the first step; the mask of the last annealed step too
+    let one = AttentionMode::Annealed { anneal_steps: 1 };
+    assert_eq!(mask::visibility(one, 5, 0, 3), mask::visibility(AttentionMode::Full, 5, 0, 3));
+    assert_eq!(mode.at_step(99), AttentionMode::Full);
+    assert!(attention_bias(one, 0, 3, 5, None, DType::F32, &Device::Cpu).unwrap().is_none());
+}
+
+#[test]
+fn padding_key_mask_hides_pad_keys() {
+    let kv = vec![vec![true, true, true], vec![true, true, false]];
+    let bias = attention_bias(AttentionMode::Full, 0, 0, 3, Some(&kv), DType::F32, &Device::Cpu).unwrap().unwrap();
+    let b = bias.squeeze(1).unwrap().to_vec3::<f32>().unwrap(); // (B, L, L)
+    assert!(b[0].iter().flatten().all(|&x| x == 0.0));
+    for i in 0..3 {
+        assert_eq!(b[1][i][2], mask::MASKED_BIAS);
+        assert_eq!(b[1][i][0], 0.0);
+    }
+}
+
+// ---------------------------------------------------------------- diffusion loss, hand-worked
+
+/// Two rows, V = 3, L = 5.
+/// Row 0: tokens [0,1,2,1,0], prompt 2, length 5, t = 0.5, masked {2, 4} (and prompt pos 0 marked,
+///        which must be ignored).
+/// Row 1: tokens [1,1,0,2,<pad 2>], prompt 2, length 4, t = 0.25, masked {2, 3} (and the pad at 4
+///        marked, which must be ignored since score_padding = false).
+/// Logits are logs of hand-picked probabilities (softmax recovers them exactly).
+fn hand_example() -> (Batch, Vec<f64>, Vec<bool>, Tensor) {
+    let batch = Batch { ids: vec![0, 1, 2, 1, 0, 1, 1, 0, 2, 2], b: 2, l: 5, prompt_len: vec![2, 2], len: vec![5, 4] };
+    let t = vec![0.5, 0.25];
+    let mut masked = vec![false; 10];
+    for p in [0, 2, 4] {
+        masked[p] = true;
+    }
+    for p in [2, 3, 4] {
+        masked[5 + p] = true;
+    }
+    let ln = |p: f64| p.ln() as f32;
+    let rows: Vec<[f32; 3]> = vec![
+        [0.0, 0.0, 0.0],                 // r0 p0: 1/3 each
+        [ln(0.25), ln(0.5), ln(0.25)],   // r0 p1
+        [ln(0.5), ln(0.25), ln(0.25)],   // r0 p2
+        [ln(0.25), ln(0.25), ln(0.5)],   // r0 p3
+        [ln(0.1), ln(0.2), ln(0.7)],     // r0 p4
+        [ln(0.25), ln(0.5), ln(0.25)],   // r1 p0
+        [ln(0.5), ln(0.25), ln(0.25)],   // r1 p1
+        [ln(0.25), ln(0.25), ln(0.5)],   // r1 p2
+        [0.0, 0.0, 0.0],                 // r1 p3: 1/3 each
+        [0.0, 0.0, 0.0],                 // r1 p4
+    ];
+    let flat: Vec<f32> = rows.into_iter().flatten().collect();
+    (batch, t, masked, Tensor::from_vec(flat, (2, 5, 3), &Device::Cpu).unwrap())
+}
+
+#[test]
+fn diffusion_loss_hand_worked_each_normaliser() {
+    let (batch, t, masked, logits) = hand_example();
+    let l4 = 4f64.ln();
+    let (l3, l10) = (3f64.ln(), 10f64.ln());
+    // With shift, target at p is read from row p-1:
+    //   r0: p2 (tok 2) from p1: p=0.25 -> ln4; p4 (tok 0) from p3: 0.25 -> ln4; weight 1/t = 2
+    //   r1: p2 (tok 0) from p1: 0.5 -> ln2;  p3 (tok 2) from p2: 0.5 -> ln2;   weight 4
+    //   Σ w·CE = 2·2ln4 + 4·ln4 = 8 ln4; masked = 4; response tokens = 3 + 2
+    //   response norm: r0 2ln4/(0.5·3) + r1 ln4/(0.25·2) = 4ln4/3 + 2ln4, over 2 rows
+    // Without shift, target at p from row p:
+    //   r0: p2 from p2: 0.25 -> ln4; p4 from p4: 0.1 -> ln10; weight 2
+    //   r1: p2 from p2: 0.25 -> ln4; p3 from p3: 1/3 -> ln3;  weight 4
+    let cases = [
+        (true, LossNorm::Masked, 8.0 * l4 / 4.0, 3.0 * l4 / 4.0),
+        (true, LossNorm::BatchResponse, 8.0 * l4 / 5.0, 3.0 * l4 / 4.0),
+        (true, LossNorm::Response, (4.0 * l4 / 3.0 + 2.0 * l4) / 2.0, 3.0 * l4 / 4.0),
+        (false, LossNorm::Masked, (2.0 * (l4 + l10) + 4.0 * (l4 + l3)) / 4.0, (2.0 * l4 + l10 + l3) / 4.0),
+        (false, LossNorm::BatchResponse, (2.0 * (l4 + l10) + 4.0 * (l4 + l3)) / 5.0, (2.0 * l4 + l10 + l3) / 4.0),
+        (false, LossNorm::Response, ((l4 + l10) / 1.5 + (l4 + l3) / 0.5) / 2.0, (2.0 * l4 + l10 + l3) / 4.0),
+    ];
+    for (shift, norm, want, want_ce) in cases {
+        let d = diffusion(shift, norm);
+        let p = d.prepare_with(&batch, &t, &masked, 0).unwrap();
+        // prompt positions are never masked, padding untouched
+        assert_eq!(&p.input[0..2], &[0, 1]);
+        assert_eq!(&p.input[5..7], &[1, 1]);
+        assert_eq!(p.input[9], 2);
+        assert_eq!(p.rows.len(), 4);
+        let parts = objective::loss_from_logits(&logits, &p, p.denom).unwrap();
+        assert!((parts.loss_value - want).abs() < 1e-5, "shift {shift} {norm:?}: {} vs {want}", parts.loss_value);
+        assert!((parts.ce_sum / parts.n_scored as f64 - want_ce).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn prompt_tokens_are_never_masked_or_scored() {
+    let ex: Vec<Example> = (0..6).map(|i| Example { prompt: vec![3 + i, 4, 5, 6 + i], response: vec![10 + i, 11, 2] }).collect();
+    let refs: Vec<&Example> = ex.iter().collect();
+    let batch = Batch::collate(&refs[..], 2);
+    for shift in [true, false] {
+        let d = diffusion(shift, LossNorm::Masked);
+        for step in 0..50 {
+            let p = d.prepare(&batch, step, 0, 11).unwrap();
+            for i in 0..batch.b {
+                let pl = batch.prompt_len[i];
+                assert_eq!(&p.input[i * batch.l..i * batch.l + pl], &batch.ids[i * batch.l..i * batch.l + pl]);
+            }
+            for (r, tgt) in p.rows.iter().zip(&p.targets) {
+                let (i, pos) = (*r as usize / batch.l, *r as usize % batch.l);
+                let target_pos = if shift { pos + 1 } else { pos };
+                assert!(target_pos >= batch.prompt_len[i] && target_pos < batch.len[i]);
+                assert_eq!(*tgt, batch.ids[i * batch.l + target_pos]);
+                assert_eq!(p.input[i * batch.l + target_pos], 31, "scored targets are masked in the input");
+            }
+        }
+    }
+}
+
+#[test]
+fn t_sampling_strategies() {
+    let mut d = diffusion(true, LossNorm::Masked);
+    d.t_sampling = TSampling::Stratified;
+    let t = d.sample_t(8, 3, 0, 0).unwrap();
+    let mut frac: Vec<f64> = t.iter().map(|x| (x - 1e-3) / (1.0 - 1e-3)).collect();
+    frac.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    for w in frac.windows(2) {
+        assert!((w[1] - w[0] - 0.125).abs() < 1e-9, "stratified t are 1/B apart");
+    }
+    for s in [TSampling::Uniform, TSampling::LogitNormal] {
+        d.t_sampling = s;
+        let t = d.sample_t(1000, 5, 1, 0).unwrap();
+        assert!(t.iter().all(|&x| (1e-3..=1.0).contains(&x)));
+        assert_eq!(t, d.sample_t(1000, 5, 1, 0).unwrap());
+        let mean = t.iter().sum::<f64>() / 1000.0;
+        assert!((mean - 0.5).abs() < 0.03, "{s:?} mean {mean}");
+        let mid = t.iter().filter(|&&x| (0.25..0.75).contains(&x)).count() as f64 / 1000.0;
+        if s == TSampling::LogitNormal {
+            assert!(mid > 0.6, "logit-normal concentrates mid-range t: {mid}");
+        } else {
+            assert!((mid - 0.5).abs() < 0.06);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- AR loss
+
+#[test]
+fn ar_loss_equals_independent_next_token_ce() {
+    let cfg = tiny_config(40);
+    let (model, _) = random_model(&cfg, &AdapterConfig { targets: vec![], ..Default::default() }, 3, &Device::Cpu).unwrap();
+    let ex = [Example { prompt: vec![5, 6, 7], response: vec![8, 9, 2] }, Example { prompt: vec![11, 12], response: vec![13, 2] }];
+    let refs: Vec<&Example> = ex.iter().collect();
+    let batch = Batch::collate(&refs, 0);
+    let p = Autoregressive.prepare(&batch, 0, 0, 0).unwrap();
+    let parts = objective::scored_loss(&model, &p, p.denom, 0, &Fwd::default()).unwrap();
+    // independent: each sequence alone, causal, no padding, CE by hand in f64
+    let mut total = 0.0;
+    let mut n = 0;
+    for e in &ex {
+        let seq: Vec<u32> = e.prompt.iter().chain(&e.response).copied().collect();
+        let ids = Tensor::new(seq.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let bias = attention_bias(AttentionMode::Causal, 0, 0, seq.len(), None, DType::F32, &Device::Cpu).unwrap();
+        let logits = model.forward(&ids, bias.as_ref(), &Fwd::default()).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        for pos in e.prompt.len()..seq.len() {
+            let row: Vec<f64> = logits[pos - 1].iter().map(|&x| x as f64).collect();
+            let m = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            total += lse - row[seq[pos] as usize];
+            n += 1;
+        }
+    }
+    assert_eq!(parts.n_scored, n);
+    assert!((parts.loss_value - total / n as f64).abs() < 1e-5, "{} vs {}", parts.loss_value, total / n as f64);
+}
+
+// ---------------------------------------------------------------- LoRA
+
+fn base_and_lora(seed: u64) -> (Llama, Llama, harness::model::Trainable) {
+    let cfg = tiny_config(40);
+    let (base, _) = random_model(&cfg, &AdapterConfig { targets: vec![], ..Default::default() }, seed, &Device::Cpu).unwrap();
+    let lora_cfg = AdapterConfig { rank: 4, alpha: 8.0, ..Default::default() };
+    let (lora, tr) = random_model(&cfg, &lora_cfg, seed, &Device::Cpu).unwrap();
+    (base, lora, tr)
+}
+
+fn logits_of(m: &Llama, ids: &[u32]) -> Vec<f32> {
+    let t = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    m.forward(&t, None, &Fwd::default()).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn pairs() -> Vec<Example> {
+    (0..8u32).map(|i| Example { prompt: vec![1, 3 + i, 12 + (i % 3)], response: vec![20 + (i * 3) % 10, 20 + (i * 7) % 10, 2] }).collect()
+}
+
+fn tcfg(steps: u64, lr: f64) -> TrainConfig {
+    TrainConfig { lr, warmup_steps: 0, max_steps: Some(steps), micro_batch: 8, max_grad_norm: 1.0, progress: false, dev_loss_batches: 0, ..Default::default() }
+}
+
+fn run_train(model: &Llama, tr: &harness::model::Trainable, obj: &dyn Objective, cfg: &TrainConfig, seed: u64, data: &[Example]) -> (train::TrainOutcome, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train::train(
+        model,
+        tr,
+        obj,
+        TrainInputs {
+            cfg,
+            seed,
+            total_steps: cfg.max_steps.unwrap(),
+            pad_id: 2,
+            train: data,
+            dev: &[],
+            run_dir: dir.path(),
+            checkpoint_dir: dir.path().join("ckpt"),
+            stop: None,
+        },
+        None,
+    )
+    .unwrap();
+    let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+    (out, csv)
+}
+
+#[test]
+fn lora_starts_at_base_trains_only_adapters_and_merges() {
+    let (base, mut lora, tr) = base_and_lora(5);
+    let ids = [1u32, 4, 9, 16, 25, 36];
+    assert_eq!(logits_of(&base, &ids), logits_of(&lora, &ids), "B = 0: step 0 equals the base exactly");
+    assert!(tr.entries.iter().all(|(n, _)| n.contains("lora_A") || n.contains("lora_B")));
+    assert_eq!(tr.entries.len(), 2 * 7 * 2, "A and B on 7 linears x 2 layers");
+    assert!(tr.entries[0].0.starts_with("base_model.model.model.layers.0.self_attn.q_proj.lora_A"));
+    let before: Vec<Tensor> = tr.entries.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
+    let data = pairs();
+    // Two steps: at the first B = 0, so A's gradient is zero and only B moves; then both move.
+    run_train(&lora, &tr, &diffusion(true, LossNorm::Masked), &tcfg(2, 1e-2), 0, &data);
+    for ((name, v), b) in tr.entries.iter().zip(&before) {
+        let diff = (v.as_tensor() - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff > 0.0, "{name} did not change");
+    }
+    // the base weights did not change: with adapters off the model is the base again
+    lora.set_adapters_disabled(true);
+    assert_eq!(logits_of(&base, &ids), logits_of(&lora, &ids));
+    lora.set_adapters_disabled(false);
+    let with_adapter = logits_of(&lora, &ids);
+    assert_ne!(with_adapter, logits_of(&base, &ids));
+    // merged weight = W + (alpha/r)·B·A
+    let merged = lora.merged_weights().unwrap();
+    let (qname, qw) = &merged[0];
+    assert_eq!(qname, "model.layers.0.self_attn.q_proj.weight");
+    let a = tr.entries[0].1.as_tensor();
+    let b = tr.entries[1].1.as_tensor();
+    let base_q = base.merged_weights().unwrap()[0].1.clone();
+    let expect = (base_q + (b.matmul(a).unwrap() * 2.0).unwrap()).unwrap();
+    let err = (qw - expect).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(err < 1e-6);
+    // the merged model computes what base + adapter computes
+    let mut merged_model = lora.clone();
+    merged_model.merge_adapters().unwrap();
+    let m = logits_of(&merged_model, &ids);
+    let maxdiff = m.iter().zip(&with_adapter).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(maxdiff < 1e-4, "merged vs adapter: {maxdiff}");
+    // save / load round trip with peft names
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("adapter.safetensors");
+    tr.save(&f).unwrap();
+    let (fresh, tr2) = random_model(&tiny_config(40), &AdapterConfig { rank: 4, alpha: 8.0, ..Default::default() }, 5, &Device::Cpu).unwrap();
+    tr2.load(&f).unwrap();
+    assert_eq!(logits_of(&fresh, &ids), with_adapter);
+}
+
+// ---------------------------------------------------------------- overfitting and determinism
+
+fn overfit(obj: &dyn Objective, kind: AdapterKind, steps: u64, lr: f64) -> (f64, f64, String) {
+    let cfg = tiny_config(40);
+    // The frozen random embeddings of a tiny model are too small to separate 40 tokens, so the
+    // LoRA runs also train the embeddings (as DiffuLLaMA does).
+    let adapter = AdapterConfig { kind, rank: 8, alpha: 16.0, train_embeddings: true, ..Default::default() };
+    let (model, tr) = random_model(&cfg, &adapter, 1, &Device::Cpu).unwrap();
+    let data = pairs();
+    let (l0, _, _) = train::dev_loss(&model, obj, &data, 8, 4, 9, 2).unwrap();
+    let (_, csv) = run_train(&model, &tr, obj, &tcfg(steps, lr), 0, &data);
+    let (l1, _, _) = train::dev_loss(&model, obj, &data, 8, 4, 9, 2).unwrap();
+    (l0, l1, csv)
+}
+
+#[test]
+fn tiny_model_overfits_eight_pairs_under_both_objectives() {
+    let d = diffusion(true, LossNorm::Masked);
+    for (name, obj, kind) in [
+        ("ar lora", &Autoregressive as &dyn Objective, AdapterKind::Lora),
+        ("ddm lora", &d as &dyn Objective, AdapterKind::Lora),
+        ("ddm full", &d as &dyn Objective, AdapterKind::Full),
+    ] {
+        let (l0, l1, _) = overfit(obj, kind, 150, 1e-2);
+        println!("{name}: dev loss {l0:.4} -> {l1:.4}");
+        assert!(l1 < 0.1 * l0, "{name}: loss fell only from {l0} to {l1}");
+    }
+}
+
+#[test]
+fn same_seed_gives_identical_loss_trace() {
+    let mut d = diffusion(true, LossNorm::Masked);
+    d.anneal_steps = 10;
+    let (_, _, a) = overfit(&d, AdapterKind::Lora, 12, 5e-3);
+    let (_, _, b) = overfit(&d, AdapterKind::Lora, 12, 5e-3);
+    let losses = |csv: &str| csv.lines().skip(1).map(|l| l.split(',').nth(3).unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(losses(&a).len(), 12);
+    assert_eq!(losses(&a), losses(&b));
+}
+
+#[test]
+fn gradient_accumulation_normalises_over_the_whole_batch() {
+    // 1 micro-batch of 8 == 2 micro-batches of 4 with accumulation, for AR (deterministic).
+    let cfg = tiny_config(40);
+    let data = pairs();
+    let mk = || random_model(&cfg, &AdapterConfig { rank: 4, alpha: 8.0, ..Default::default() }, 2, &Device::Cpu).unwrap();
+    let (m1, t1) = mk();
+    let (m2, t2) = mk();
+    let c1 = TrainConfig { micro_batch: 8, grad_accum: 1, ..tcfg(1, 1e-2) };
+    let c2 = TrainConfig { micro_batch: 4, grad_accum: 2, ..tcfg(1, 1e-2) };
+    let (o1, _) = run_train(&m1, &t1, &Autoregressive, &c1, 0, &data);
+    let (o2, _) = run_train(&m2, &t2, &Autoregressive, &c2, 0, &data);
+    assert!((o1.first_loss - o2.first_loss).abs() < 1e-5, "{} vs {}", o1.first_loss, o2.first_loss);
+    let ids = [1u32, 5, 13, 20];
+    let (a, b) = (logits_of(&m1, &ids), logits_of(&m2, &ids));
+    let maxdiff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(maxdiff < 1e-4, "updates differ by {maxdiff}");
+}
+
+// ---------------------------------------------------------------- GGUF
+
+fn tokenizer_metadata() -> Vec<(String, gguf_file::Value)> {
+    let p = root().join("tests/fixtures/smollm2-tokenizer.gguf");
+    let mut f = std::fs::File::open(&p).unwrap();
+    let c = gguf_file::Content::read(&mut f).unwrap();
+    c.metadata.into_iter().filter(|(k, _)| k.starts_with("tokenizer.") || k == "general.architecture").collect()
+}
+
+/// Write a tiny llama GGUF (vocab of the fixture tokenizer) with the given tensor types; returns
+/// the original HF-named f32 weights and the path.
+fn write_gguf(dir: &std::path::Path, types: &dyn Fn(&str) -> GgmlDType) -> (HashMap<String, Tensor>, PathBuf) {
+    let mut cfg = tiny_config(49152);
+    cfg.num_hidden_layers = 1;
+    cfg.tie_word_embeddings = false;
+    let w = load::random_weights(&cfg, 0.02, 4, DType::F32, &Device::Cpu).unwrap();
+    let hf_to_gguf: HashMap<String, String> = w
+        .keys()
+        .map(|k| {
+            let g = (0..1)
+                .flat_map(|i| {
+                    [
+                        ("input_layernorm.weight", "attn_norm.weight"),
+                        ("self_attn.q_proj.weight", "attn_q.weight"),
+                        ("self_attn.k_proj.weight", "attn_k.weight"),
+                        ("self_attn.v_proj.weight", "attn_v.weight"),
+                        ("self_attn.o_proj.weight", "attn_output.weight"),
+                        ("post_attention_layernorm.weight", "ffn_norm.weight"),
+                        ("mlp.gate_proj.weight", "ffn_gate.weight"),
+                        ("mlp.up_proj.weight", "ffn_up.weight"),
+                        ("mlp.down_proj.weight", "ffn_down.weight"),
+                    ]
+                    .map(|(h, g)| (format!("model.layers.{i}.{h}"), format!("blk.{i}.{g}")))
+                })
+                .chain([
+                    ("model.embed_tokens.weight".to_string(), "token_embd.weight".to_string()),
+                    ("model.norm.weight".to_string(), "output_norm.weight".to_string()),
+                    ("lm_head.weight".to_string(), "output.weight".to_string()),
+                ])
+                .find(|(h, _)| h == k)
+                .map(|(_, g)| g)
+                .unwrap();
+            (k.clone(), g)
+        })
+        .collect();
+    let mut qts = Vec::new();
+    for (hf, t) in &w {
+        let g = &hf_to_gguf[hf];
+        let stored = if hf.ends_with("q_proj.weight") {
+            permute_qk(t, 4).unwrap()
+        } else if hf.ends_with("k_proj.weight") {
+            permute_qk(t, 2).unwrap()
+        } else {
+            t.clone()
+        };
+        let ty = if t.rank() == 1 { GgmlDType::F32 } else { types(g) };
+        qts.push((g.clone(), QTensor::quantize(&stored, ty).unwrap()));
+    }
+    let mut md = tokenizer_metadata();
+    for (k, v) in [
+        ("llama.embedding_length", 32u32),
+        ("llama.block_count", 1),
+        ("llama.feed_forward_length", 64),
+        ("llama.attention.head_count", 4),
+        ("llama.attention.head_count_kv", 2),
+        ("llama.context_length", 256),
+    ] {
+        md.push((k.to_string(), gguf_file::Value::U32(v)));
+    }
+    md.push(("llama.rope.freq_base".into(), gguf_file::Value::F32(10_000.0)));
+    md.push(("llama.attention.layer_norm_rms_epsilon".into(), gguf_file::Value::F32(1e-5)));
+    let path = dir.join("tiny.gguf");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let mdr: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tr: Vec<(&str, &QTensor)> = qts.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &mdr, &tr).unwrap();
+    (w, path)
+}
+
+#[test]
+fn gguf_quantized_weights_dequantize_within_quantization_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let types = |g: &str| match g {
+        "token_embd.weight" => GgmlDType::F16,
+        "output.weight" => GgmlDType::Q8_0,
+        "blk.0.attn_q.weight" => GgmlDType::Q4_0,
+        "blk.0.attn_k.weight" => GgmlDType::Q4_1,
+        "blk.0.attn_v.weight" => GgmlDType::Q8_0,
+        "blk.0.attn_output.weight" => GgmlDType::F16,
+        "blk.0.ffn_gate.weight" => GgmlDType::Q4_1,
+        "blk.0.ffn_up.weight" => GgmlDType::Q4_0,
+        _ => GgmlDType::F32,
+    };
+    let (orig, path) = write_gguf(dir.path(), &types);
+    let loaded = load::load_gguf(&path, DType::F32, &Device::Cpu, &MaskToken::Auto).unwrap();
+    assert_eq!(loaded.cfg.num_hidden_layers, 1);
+    assert_eq!(loaded.cfg.vocab_size, 49152);
+    assert!(!loaded.cfg.tie_word_embeddings);
+    assert_eq!(loaded.tok.as_ref().unwrap().mask_id, 16);
+    let gname = |hf: &str| match hf {
+        "model.embed_tokens.weight" => GgmlDType::F16,
+        "lm_head.weight" => GgmlDType::Q8_0,
+        "model.layers.0.self_attn.q_proj.weight" => GgmlDType::Q4_0,
+        "model.layers.0.self_attn.k_proj.weight" => GgmlDType::Q4_1,
+        "model.layers.0.self_attn.v_proj.weight" => GgmlDType::Q8_0,
+        "model.layers.0.self_attn.o_proj.weight" => GgmlDType::F16,
+        "model.layers.0.mlp.gate_proj.weight" => GgmlDType::Q4_1,
+        "model.layers.0.mlp.up_proj.weight" => GgmlDType::Q4_0,
+        _ => GgmlDType::F32,
+    };
+    for (name, o) in &orig {
+        let got = &loaded.tensors[name];
+        assert_eq!(got.dims(), o.dims(), "{name}");
+        let a: Vec<f32> = o.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+        let ty = gname(name);
+        // bounds per 32-value block: Q4_0 rounds to d = absmax/8 (error ≤ d/2, ≤ d where the code
+        // clamps at 15), Q4_1 to
+        // d = (max-min)/15 (≤ d/2), Q8_0 to d = absmax/127 (≤ d/2); F16 relative 2^-11.
+        for (ba, bb) in a.chunks(32).zip(b.chunks(32)) {
+            let absmax = ba.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let (mn, mx) = ba.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            let bound = match ty {
+                GgmlDType::Q4_0 => absmax / 8.0 * 1.05 + 1e-6, // clamping at the far extreme costs up to d
+                GgmlDType::Q4_1 => (mx - mn) / 30.0 * 1.05 + 1e-6,
+                GgmlDType::Q8_0 => absmax / 127.0 * 0.6 + 1e-6, // d/2, plus the f16 scale: 127·d·2^-11
+                GgmlDType::F16 => absmax / 2048.0 + 1e-7,
+                _ => 0.0,
+            };
+            for (x, y) in ba.iter().zip(bb) {
+                assert!((x - y).abs() <= bound, "{name} {ty:?}: {x} vs {y} (bound {bound})");
+            }
+        }
+    }
+}
+
+#[test]
+fn gguf_f32_model_equals_the_original_model() {
+    // An all-F32 GGUF (q/k permuted the llama.cpp way) loads back to exactly the original model:
+    // names, the q/k un-permutation and the config all check out through the logits.
+    let dir = tempfile::tempdir().unwrap();
+    let (orig, path) = write_gguf(dir.path(), &|_| GgmlDType::F32);
+    let loaded = load::load_gguf(&path, DType::F32, &Device::Cpu, &MaskToken::Auto).unwrap();
+    let none = AdapterConfig { targets: vec![], ..Default::default() };
+    let vb = candle_nn::VarBuilder::from_tensors(loaded.tensors, DType::F32, &Device::Cpu);
+    let (m1, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0 }).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(orig, DType::F32, &Device::Cpu);
+    let (m2, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0 }).unwrap();
+    let ids = [1u32, 200, 3000, 45000, 7];
+    assert_eq!(logits_of(&m1, &ids), logits_of(&m2, &ids));
+}
+
+// ---------------------------------------------------------------- PyTorch cross-check
+
+#[test]
+fn torch_cross_check() {
+    // Pins from tests/scripts/torch_crosscheck.py (torch 2.15.0, transformers 5.24.0), which also
+    // wrote the fixture tests/fixtures/tiny-llama/ (config.json + model.safetensors).
+    const DDM_SHIFT: f64 = 7.822536499473421;
+    const DDM_NOSHIFT: f64 = 8.956690070264225;
+    const AR: f64 = 4.233227066904919;
+    let dir = root().join("tests/fixtures/tiny-llama");
+    let loaded = load::load_hf_folder(&dir, DType::F32, &Device::Cpu, &MaskToken::Id(63)).unwrap();
+    assert!(loaded.tok.is_none());
+    let none = AdapterConfig { targets: vec![], ..Default::default() };
+    let vb = candle_nn::VarBuilder::from_tensors(loaded.tensors, DType::F32, &Device::Cpu);
+    let (model, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0 }).unwrap();
+    let ids = vec![5, 9, 2, 17, 33, 8, 41, 12, 7, 3, 11, 4, 29, 6, 50, 21, 13, 2, 44, 3];
+    let batch = Batch { ids, b: 2, l: 10, prompt_len: vec![4, 6], len: vec![10, 10] };
+    let mut masked = vec![false; 20];
+    for p in [4, 6, 7, 9] {
+        masked[p] = true;
+    }
+    for p in [6, 8, 9] {
+        masked[10 + p] = true;
+    }
+    for (shift, want) in [(true, DDM_SHIFT), (false, DDM_NOSHIFT)] {
+        let mut d = diffusion(shift, LossNorm::Masked);
+        d.mask_id = 63;
+        let p = d.prepare_with(&batch, &[0.4, 0.75], &masked, 0).unwrap();
+        let got = objective::scored_loss(&model, &p, p.denom, 0, &Fwd::default()).unwrap().loss_value;
+        assert!((got - want).abs() < 1e-4, "ddm shift={shift}: {got} vs torch {want}");
+        // the training path (differentiable kernels) gives the same number
+        let got_t = objective::scored_loss(&model, &p, p.denom, 0, &Fwd { train: true, ..Default::default() }).unwrap().loss_value;
+        assert!((got_t - want).abs() < 1e-4, "train path, shift={shift}: {got_t} vs {want}");
+    }
+    let p = Autoregressive.prepare(&batch, 0, 0, 0).unwrap();
+    let got = objective::scored_loss(&model, &p, p.denom, 0, &Fwd::default()).unwrap().loss_value;
+    assert!((got - AR).abs() < 1e-4, "ar: {got} vs torch {AR}");
+}

@@ -1,0 +1,468 @@
+//! Tests of `harness::sample`: diffusion iterative denoising on hand-set logit functions (commit
+//! order per strategy, blocks, shift, eos, batching, seeding) and AR decoding on a tiny random model
+//! (KV cache vs full recompute).
+
+use candle_core::{Device, Tensor};
+use harness::model::load::{random_model, tiny_config};
+use harness::model::{AdapterConfig, AttentionMode, Llama};
+use harness::rng::{rng_for, Purpose};
+use harness::sample::diffusion::{plan, BlockPlan};
+use harness::sample::{pick_token, ArSampler, Denoiser, DiffusionSampler, ModelDenoiser, Strategy};
+use std::cell::RefCell;
+
+const V: usize = 200;
+const MASK: u32 = 199;
+const EOS: u32 = 198;
+
+/// A denoiser whose logits come from a function of (current row, output position): that function
+/// returns (token, logit); the token gets the logit, every other token 0. Records every batch.
+struct FnDen<F> {
+    f: F,
+    seen: RefCell<Vec<Vec<Vec<u32>>>>,
+}
+
+impl<F: Fn(&[u32], usize) -> (u32, f32)> FnDen<F> {
+    fn new(f: F) -> Self {
+        Self { f, seen: RefCell::new(Vec::new()) }
+    }
+    fn calls(&self) -> usize {
+        self.seen.borrow().len()
+    }
+}
+
+impl<F: Fn(&[u32], usize) -> (u32, f32)> Denoiser for FnDen<F> {
+    fn logits(&self, ids: &Tensor) -> harness::Result<Tensor> {
+        let rows = ids.to_vec2::<u32>()?;
+        let (b, l) = ids.dims2()?;
+        let mut data = vec![0f32; b * l * V];
+        for (bi, row) in rows.iter().enumerate() {
+            for p in 0..l {
+                let (t, c) = (self.f)(row, p);
+                data[(bi * l + p) * V + t as usize] = c;
+            }
+        }
+        self.seen.borrow_mut().push(rows);
+        Ok(Tensor::from_vec(data, (b, l, V), &Device::Cpu)?) // (B, L, V)
+    }
+    fn vocab_size(&self) -> usize {
+        V
+    }
+}
+
+/// Canvas offset c of output position p is `p - plen` (unshifted); the table gives (token, logit)
+/// per canvas offset; prompt positions predict token 1 weakly.
+fn table(plen: usize, cells: Vec<(u32, f32)>) -> impl Fn(&[u32], usize) -> (u32, f32) {
+    move |_row: &[u32], p: usize| if p >= plen { cells[p - plen] } else { (1, 0.5) }
+}
+
+/// Model probability of a token with logit c against V-1 zeros.
+fn conf(c: f32) -> f64 {
+    let e = (c as f64).exp();
+    e / (e + (V - 1) as f64)
+}
+
+fn sampler(n: usize, steps: usize) -> DiffusionSampler {
+    DiffusionSampler::new(n, steps, MASK, EOS)
+}
+
+/// Every forward pass saw the prompt unchanged, and a committed canvas token never changed.
+fn assert_prompt_kept_and_monotone(seen: &[Vec<Vec<u32>>], prompt: &[u32]) {
+    let mut prev: Option<Vec<u32>> = None;
+    for batch in seen {
+        assert_eq!(batch.len(), 1, "one item per forward pass expected here");
+        let row = &batch[0];
+        assert_eq!(&row[..prompt.len()], prompt, "prompt changed during decoding");
+        if let Some(p) = &prev {
+            for (j, (&a, &b)) in p.iter().zip(row).enumerate() {
+                if a != MASK {
+                    assert_eq!(a, b, "committed position {j} changed");
+                }
+            }
+        }
+        prev = Some(row.clone());
+    }
+}
+
+#[test]
+fn schedule_follows_llada() {
+    // One block: N/T each, remainder to the first steps.
+    assert_eq!(plan(10, 4, None).unwrap(), vec![BlockPlan { start: 0, len: 10, commits: vec![3, 3, 2, 2] }]);
+    // More steps than tokens: one per step, no empty steps.
+    assert_eq!(plan(3, 8, None).unwrap()[0].commits, vec![1, 1, 1]);
+    // Blocks 4, 4, 2 with 7 steps: 3, 2, 2 steps per block.
+    let p = plan(10, 7, Some(4)).unwrap();
+    assert_eq!(p.iter().map(|b| (b.start, b.len)).collect::<Vec<_>>(), vec![(0, 4), (4, 4), (8, 2)]);
+    assert_eq!(p.iter().map(|b| b.commits.clone()).collect::<Vec<_>>(), vec![vec![2, 1, 1], vec![2, 2], vec![1, 1]]);
+    assert!(plan(10, 0, None).is_err());
+    assert!(plan(10, 2, Some(4)).is_err(), "fewer steps than blocks must fail");
+    assert!(plan(10, 4, Some(0)).is_err());
+    assert!(plan(0, 4, None).unwrap().is_empty());
+}
+
+#[test]
+fn low_confidence_commits_most_confident_first() {
+    let prompt = vec![5u32, 6, 7];
+    let logits = [1.0, 5.0, 3.0, 8.0, 2.0, 7.0, 4.0, 6.0];
+    let cells: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &c)| (10 + i as u32, c)).collect();
+    let d = FnDen::new(table(3, cells.clone()));
+    let out = sampler(8, 8).generate_one(&d, &prompt, 0).unwrap();
+    let expect: Vec<Vec<usize>> = [3, 5, 7, 1, 6, 2, 4, 0].iter().map(|&c| vec![3 + c]).collect();
+    assert_eq!(out.order, expect);
+    assert_eq!(out.tokens, (10..18).collect::<Vec<u32>>());
+    assert_eq!(out.nfe, 8);
+    assert!(!out.hit_eos);
+    assert_eq!(&out.sequence[..3], &prompt[..]);
+    assert_prompt_kept_and_monotone(&d.seen.borrow(), &prompt);
+
+    // Four steps: two per step, in confidence order.
+    let d = FnDen::new(table(3, cells));
+    let out = sampler(8, 4).generate_one(&d, &prompt, 0).unwrap();
+    assert_eq!(out.order, vec![vec![6, 8], vec![10, 4], vec![9, 5], vec![7, 3]]);
+    assert_eq!(out.nfe, 4);
+    assert_eq!(d.calls(), 4);
+}
+
+#[test]
+fn low_confidence_follows_logits_that_depend_on_current_ids() {
+    // Confidence is high only where the left neighbour is already decoded (prompt or committed),
+    // otherwise it rises to the right: the sampler must decode left to right.
+    let plen = 4;
+    let f = move |row: &[u32], p: usize| {
+        if p < plen {
+            return (1, 0.5);
+        }
+        let ready = row[p - 1] != MASK;
+        (20 + p as u32, if ready { 9.0 } else { 1.0 + 0.1 * p as f32 })
+    };
+    let d = FnDen::new(f);
+    let prompt = vec![2u32, 3, 4, 5];
+    let out = sampler(6, 6).generate_one(&d, &prompt, 0).unwrap();
+    assert_eq!(out.order, (4..10).map(|p| vec![p]).collect::<Vec<_>>());
+    assert_eq!(out.tokens, (24..30).collect::<Vec<u32>>());
+    assert_prompt_kept_and_monotone(&d.seen.borrow(), &prompt);
+}
+
+#[test]
+fn threshold_commits_all_above_tau_then_at_least_one() {
+    let prompt = vec![5u32, 6];
+    let logits = [10.0, 2.0, 9.0, 3.0, 10.0, 1.0, 4.0, 8.0];
+    assert!(conf(8.0) > 0.9 && conf(4.0) < 0.9, "table premise");
+    let cells: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &c)| (10 + i as u32, c)).collect();
+    let d = FnDen::new(table(2, cells.clone()));
+    let mut s = sampler(8, 2); // steps are ignored by the threshold strategy
+    s.strategy = Strategy::Threshold(0.9);
+    let out = s.generate_one(&d, &prompt, 0).unwrap();
+    let mut first = out.order[0].clone();
+    first.sort_unstable();
+    assert_eq!(first, vec![2, 4, 6, 9], "every position above τ in the first step");
+    assert_eq!(&out.order[1..], &[vec![8], vec![5], vec![3], vec![7]], "then one per step, most confident first");
+    assert_eq!(out.nfe, 5);
+    assert_eq!(out.tokens, (10..18).collect::<Vec<u32>>());
+    assert_prompt_kept_and_monotone(&d.seen.borrow(), &prompt);
+
+    // Nothing above τ: exactly one (the most confident, leftmost on ties) per step.
+    let d = FnDen::new(table(2, cells));
+    s.strategy = Strategy::Threshold(0.999);
+    let out = s.generate_one(&d, &prompt, 0).unwrap();
+    assert_eq!(out.order, [0, 4, 2, 7, 6, 3, 1, 5].iter().map(|&c| vec![2 + c]).collect::<Vec<_>>());
+    assert_eq!(out.nfe, 8);
+}
+
+#[test]
+fn random_strategy_is_seeded_and_commits_each_position_once() {
+    let prompt = vec![5u32, 6, 7];
+    let cells: Vec<(u32, f32)> = (0..16).map(|i| (10 + i as u32, 5.0 + i as f32)).collect();
+    let run = |seed: u64, steps: usize| {
+        let d = FnDen::new(table(3, cells.clone()));
+        let mut s = sampler(16, steps);
+        s.strategy = Strategy::Random;
+        s.seed = seed;
+        let out = s.generate_one(&d, &prompt, 0).unwrap();
+        assert_prompt_kept_and_monotone(&d.seen.borrow(), &prompt);
+        out
+    };
+    let a = run(1, 16);
+    let b = run(1, 16);
+    let c = run(2, 16);
+    assert_eq!(a.order, b.order, "same seed, same order");
+    assert_ne!(a.order, c.order, "different seeds, different orders");
+    for out in [&a, &c] {
+        assert!(out.order.iter().all(|s| s.len() == 1));
+        let mut all: Vec<usize> = out.order.concat();
+        all.sort_unstable();
+        assert_eq!(all, (3..19).collect::<Vec<_>>(), "each canvas position exactly once");
+        assert_eq!(out.tokens, (10..26).collect::<Vec<u32>>());
+    }
+    // Not simply the confidence order (which would be right to left).
+    let conf_order: Vec<Vec<usize>> = (3..19).rev().map(|p| vec![p]).collect();
+    assert_ne!(a.order, conf_order);
+    // Two per step.
+    let d2 = run(1, 8);
+    assert_eq!(d2.order.len(), 8);
+    assert!(d2.order.iter().all(|s| s.len() == 2));
+    let mut all = d2.order.concat();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 16);
+}
+
+#[test]
+fn semi_ar_blocks_are_finished_in_order() {
+    let prompt = vec![5u32, 6, 7];
+    let plen = prompt.len();
+    // Confidence rises to the right, so without blocks the right end goes first.
+    let cells: Vec<(u32, f32)> = (0..12).map(|i| (10 + i as u32, 2.0 + 0.5 * i as f32)).collect();
+    for strategy in [Strategy::LowConfidence, Strategy::Random, Strategy::Threshold(0.01), Strategy::Threshold(0.999)] {
+        let d = FnDen::new(table(plen, cells.clone()));
+        let mut s = sampler(12, 6);
+        s.strategy = strategy;
+        s.block_len = Some(4);
+        s.seed = 7;
+        let out = s.generate_one(&d, &prompt, 0).unwrap();
+        // Which block each step's commits fall in; blocks must never go back, and a step never
+        // spans two blocks.
+        let mut current = 0usize;
+        let mut committed = vec![false; 12];
+        for step in &out.order {
+            assert!(!step.is_empty());
+            let blocks: Vec<usize> = step.iter().map(|&p| (p - plen) / 4).collect();
+            assert!(blocks.iter().all(|&b| b == blocks[0]), "{strategy:?}: step {step:?} spans blocks");
+            assert!(blocks[0] >= current, "{strategy:?}: went back to block {}", blocks[0]);
+            if blocks[0] > current {
+                let prev = current * 4..current * 4 + 4;
+                assert!(prev.clone().all(|c| committed[c]), "{strategy:?}: left block {current} unfinished");
+                current = blocks[0];
+            }
+            for &p in step {
+                assert!(!committed[p - plen], "{strategy:?}: position {p} committed twice");
+                committed[p - plen] = true;
+            }
+        }
+        assert!(committed.iter().all(|&c| c));
+        assert_eq!(out.tokens, (10..22).collect::<Vec<u32>>());
+        assert_prompt_kept_and_monotone(&d.seen.borrow(), &prompt);
+        if strategy == Strategy::LowConfidence {
+            assert_eq!(out.order, vec![vec![6, 5], vec![4, 3], vec![10, 9], vec![8, 7], vec![14, 13], vec![12, 11]]);
+        }
+        if strategy == Strategy::Threshold(0.01) {
+            assert_eq!(out.nfe, 3, "one pass per block when everything clears τ");
+        }
+    }
+}
+
+#[test]
+fn shift_reads_the_previous_output() {
+    // Output position p strongly predicts token p + 100.
+    let f = |_row: &[u32], p: usize| ((p + 100) as u32, 12.0 - 0.01 * p as f32);
+    let prompt = vec![3u32, 4, 5, 6];
+    for shift in [true, false] {
+        for strategy in [Strategy::LowConfidence, Strategy::Random, Strategy::Threshold(0.5)] {
+            let d = FnDen::new(f);
+            let mut s = sampler(6, 3);
+            s.shift = shift;
+            s.strategy = strategy;
+            let out = s.generate_one(&d, &prompt, 0).unwrap();
+            for p in 4..10 {
+                let expect = if shift { p - 1 + 100 } else { p + 100 } as u32;
+                assert_eq!(out.sequence[p], expect, "shift={shift} {strategy:?} position {p}");
+            }
+            assert_eq!(&out.sequence[..4], &prompt[..]);
+        }
+    }
+    // A shifted sampler cannot predict the first token of an empty prompt.
+    let mut s = sampler(4, 4);
+    s.shift = true;
+    assert!(s.generate_one(&FnDen::new(f), &[], 0).is_err());
+}
+
+#[test]
+fn stops_at_eos() {
+    let prompt = vec![5u32, 6];
+    // Left-to-right chain (see above) with an eos at canvas offset 3 and tokens after it.
+    let plen = prompt.len();
+    let f = move |row: &[u32], p: usize| {
+        if p < plen {
+            return (1, 0.5);
+        }
+        let tok = if p - plen == 3 { EOS } else { 30 + p as u32 };
+        (tok, if row[p - 1] != MASK { 9.0 } else { 1.0 })
+    };
+    let d = FnDen::new(f);
+    let out = sampler(8, 8).generate_one(&d, &prompt, 0).unwrap();
+    assert_eq!(out.tokens, vec![32, 33, 34], "tokens after the first eos are dropped");
+    assert!(out.hit_eos);
+    assert_eq!(out.nfe, 4, "early stop once eos and everything before it are committed");
+    assert_eq!(d.calls(), 4);
+
+    let mut s = sampler(8, 8);
+    s.early_stop = false;
+    let full = s.generate_one(&FnDen::new(f), &prompt, 0).unwrap();
+    assert_eq!(full.tokens, out.tokens, "early stop never changes the output");
+    assert!(full.hit_eos);
+    assert_eq!(full.nfe, 8);
+    assert_eq!(full.sequence[plen + 4..], [36, 37, 38, 39], "the canvas after eos was decoded but dropped");
+
+    // An eos committed first does not stop decoding until everything before it is committed.
+    let cells = vec![(40, 3.0), (41, 2.0), (EOS, 9.0), (43, 8.0), (44, 7.0), (45, 1.0), (46, 1.0), (47, 1.0)];
+    let out = sampler(8, 8).generate_one(&FnDen::new(table(2, cells)), &prompt, 0).unwrap();
+    assert_eq!(out.order, vec![vec![4], vec![5], vec![6], vec![2], vec![3]]);
+    assert_eq!(out.tokens, vec![40, 41]);
+    assert!(out.hit_eos);
+    assert_eq!(out.nfe, 5);
+}
+
+#[test]
+fn batching_by_length_matches_one_by_one() {
+    // Logits depend on the current row, so batching mistakes would show.
+    let f = |row: &[u32], p: usize| {
+        let s: u32 = row.iter().filter(|&&t| t != MASK).sum();
+        ((s as usize * 7 + p * 13) as u32 % 150, 1.0 + ((s as usize + p * 5) % 11) as f32)
+    };
+    let prompts = vec![vec![1u32, 2, 3], vec![4u32, 5, 6, 7, 8], vec![9u32, 10, 11], vec![12u32]];
+    for (strategy, temperature) in [(Strategy::LowConfidence, 0.0), (Strategy::Random, 0.8), (Strategy::Threshold(0.3), 1.0)] {
+        let mut s = sampler(6, 3);
+        s.strategy = strategy;
+        s.temperature = temperature;
+        s.seed = 11;
+        s.batch_size = 4;
+        let d = FnDen::new(f);
+        let batched = s.generate(&d, &prompts, 100).unwrap();
+        // Equal-length prompts only: the two of length 3 together, the others alone.
+        for batch in d.seen.borrow().iter() {
+            let l0 = batch[0].len();
+            assert!(batch.iter().all(|r| r.len() == l0));
+        }
+        assert!(d.seen.borrow().iter().any(|b| b.len() == 2), "same-length prompts were not batched");
+        for (i, p) in prompts.iter().enumerate() {
+            let one = s.generate_one(&FnDen::new(f), p, 100 + i as u64).unwrap();
+            assert_eq!(batched[i], one, "{strategy:?}: item {i} differs when batched");
+        }
+    }
+}
+
+#[test]
+fn temperature_sampling_is_seeded() {
+    // Nearly flat logits: sampled tokens vary with the seed.
+    let f = |_row: &[u32], p: usize| ((p * 3 % 50) as u32, 0.2);
+    let prompt = vec![1u32, 2];
+    let run = |seed: u64, top_k: Option<usize>, top_p: Option<f64>| {
+        let mut s = sampler(12, 12);
+        s.temperature = 1.0;
+        s.seed = seed;
+        s.top_k = top_k;
+        s.top_p = top_p;
+        s.generate_one(&FnDen::new(f), &prompt, 0).unwrap()
+    };
+    let a = run(1, None, None);
+    assert_eq!(a, run(1, None, None));
+    assert_ne!(a.tokens, run(2, None, None).tokens);
+    // top-k 1 and a tiny top-p both reduce to the argmax.
+    let greedy = sampler(12, 12).generate_one(&FnDen::new(f), &prompt, 0).unwrap();
+    assert_eq!(run(3, Some(1), None).tokens, greedy.tokens);
+    assert_eq!(run(4, None, Some(1e-6)).tokens, greedy.tokens);
+    // Bad settings are errors, not panics.
+    let mut s = sampler(4, 4);
+    s.top_k = Some(0);
+    assert!(s.generate_one(&FnDen::new(f), &prompt, 0).is_err());
+    s.top_k = None;
+    s.temperature = -1.0;
+    assert!(s.generate_one(&FnDen::new(f), &prompt, 0).is_err());
+    let mut s = sampler(4, 4);
+    s.mask_id = V as u32;
+    assert!(s.generate_one(&FnDen::new(f), &prompt, 0).is_err());
+    assert!(sampler(4, 4).generate_one(&FnDen::new(f), &[V as u32], 0).is_err());
+}
+
+#[test]
+fn pick_token_filters() {
+    let row = [3.0f32, 2.9, 2.8, -5.0, 0.0];
+    let mut rng = rng_for(5, Purpose::Sampler, 0, 0);
+    let mut seen = [0usize; 5];
+    for _ in 0..2000 {
+        let (t, _) = pick_token(&row, 1.0, Some(2), None, &mut rng).unwrap();
+        seen[t as usize] += 1;
+    }
+    assert!(seen[0] > 0 && seen[1] > 0);
+    assert_eq!(seen[2] + seen[3] + seen[4], 0, "top-k 2 drew outside the top 2");
+    // top-p: p(0) ≈ 0.35, p(0)+p(1) ≈ 0.67 → top_p 0.5 keeps tokens 0 and 1.
+    let mut seen = [0usize; 5];
+    for _ in 0..2000 {
+        let (t, _) = pick_token(&row, 1.0, None, Some(0.5), &mut rng).unwrap();
+        seen[t as usize] += 1;
+    }
+    assert!(seen[0] > 0 && seen[1] > 0);
+    assert_eq!(seen[2] + seen[3] + seen[4], 0, "top-p 0.5 drew outside the nucleus");
+    // Greedy: the argmax, with its plain softmax probability as confidence.
+    let (t, c) = pick_token(&row, 0.0, None, None, &mut rng).unwrap();
+    let z: f64 = row.iter().map(|&x| (x as f64).exp()).sum();
+    assert_eq!(t, 0);
+    assert!((c as f64 - 3f64.exp() / z).abs() < 1e-6);
+    assert!(pick_token(&[f32::NAN, 1.0], 0.0, None, None, &mut rng).is_err());
+    assert!(pick_token(&[], 0.0, None, None, &mut rng).is_err());
+    assert!(pick_token(&row, 1.0, Some(0), None, &mut rng).is_err());
+}
+
+fn tiny(seed: u64) -> Llama {
+    random_model(&tiny_config(64), &AdapterConfig::default(), seed, &Device::Cpu).unwrap().0
+}
+
+#[test]
+fn left_padding_does_not_change_model_logits() {
+    let model = tiny(3);
+    let d = ModelDenoiser::new(&model, AttentionMode::Full);
+    let row = vec![5u32, 9, 13, 2, 40, 41];
+    let plain = d.logits(&Tensor::from_slice(&row, (1, 6), &Device::Cpu).unwrap()).unwrap(); // (1, 6, V)
+    let mut padded = vec![0u32, 7];
+    padded.extend(&row);
+    let ids = Tensor::from_slice(&padded, (1, 8), &Device::Cpu).unwrap();
+    let kv = vec![vec![false, false, true, true, true, true, true, true]];
+    let out = d.logits_padded(&ids, Some(&kv)).unwrap().narrow(1, 2, 6).unwrap(); // (1, 6, V)
+    let diff = (plain - out).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-4, "left padding changed logits by {diff}");
+}
+
+#[test]
+fn diffusion_on_tiny_model_batched_matches_one_by_one() {
+    let model = tiny(4);
+    let d = ModelDenoiser::new(&model, AttentionMode::Full);
+    let prompts = vec![vec![1u32, 2, 3], vec![4u32, 5, 6, 7, 8], vec![9u32]];
+    let mut s = DiffusionSampler::new(8, 4, 63, 62);
+    s.shift = true;
+    s.block_len = Some(4);
+    s.batch_size = 3;
+    let batched = s.generate(&d, &prompts, 0).unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let one = s.generate_one(&d, p, i as u64).unwrap();
+        assert_eq!(batched[i].sequence, one.sequence, "item {i}");
+        assert_eq!(batched[i].order, one.order, "item {i}");
+        assert_eq!(&one.sequence[..p.len()], &p[..]);
+        assert!(one.sequence.iter().all(|&t| t != 63) || one.hit_eos);
+    }
+}
+
+#[test]
+fn ar_cached_equals_full_recompute() {
+    let model = tiny(5);
+    let d = ModelDenoiser::new(&model, AttentionMode::Causal);
+    let prompt = vec![3u32, 17, 42, 8, 1];
+    let greedy = ArSampler::greedy(16, 63);
+    let cached = greedy.generate_cached(&model, &prompt, 0).unwrap();
+    let full = greedy.generate(&d, &prompt, 0).unwrap();
+    assert_eq!(cached, full);
+    assert!(cached.tokens.len() >= 4, "too short to compare: {:?}", cached);
+    assert_eq!(cached.nfe, cached.tokens.len() + usize::from(cached.hit_eos));
+
+    let mut s = ArSampler::greedy(16, 63);
+    s.temperature = 1.0;
+    s.top_k = Some(20);
+    s.top_p = Some(0.95);
+    s.seed = 9;
+    let a = s.generate_cached(&model, &prompt, 0).unwrap();
+    assert_eq!(a, s.generate_cached(&model, &prompt, 0).unwrap(), "sampling is reproducible per seed");
+    assert_eq!(a, s.generate(&d, &prompt, 0).unwrap(), "cached and uncached sampling agree");
+    s.seed = 10;
+    assert_ne!(a.tokens, s.generate_cached(&model, &prompt, 0).unwrap().tokens, "different seeds differ");
+    // Bad input is an error, not a panic.
+    assert!(greedy.generate_cached(&model, &[], 0).is_err());
+    assert!(greedy.generate_cached(&model, &[64], 0).is_err());
+}
