@@ -27,7 +27,7 @@ $(MODEL):
 
 ## test: the whole test suite (CPU, tiny models built in the tests).
 test:
-	$(CARGO) test --workspace --release
+	$(CARGO) test --workspace
 
 ## train: one small run on the default model (CONFIG=... to choose another).
 train: build model

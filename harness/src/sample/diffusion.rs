@@ -9,8 +9,9 @@
 //!   (the model was trained to predict token i+1 at output i); without shift from row p. A shifted
 //!   sampler needs a non-empty prompt. Run a sampler with the convention its model was trained with.
 //! - **Candidates**: argmax at temperature 0, else drawn after temperature, top-k and top-p
-//!   ([`super::pick_token`]). **Confidence** = the candidate's probability under the model's plain
-//!   softmax (temperature 1, unfiltered).
+//!   ([`super::pick_token`]). The mask token is excluded (its logit is set to −1e30).
+//!   **Confidence** = the candidate's probability under the model's plain softmax (temperature 1,
+//!   unfiltered, mask token excluded).
 //! - **Blocks** (semi-autoregressive, LLaDA): with `block_len = Some(b)` the canvas is cut into
 //!   ⌈N/b⌉ blocks (the last may be shorter); only masked positions of the current block are
 //!   eligible, and block k is finished before block k+1 starts. Without it there is one block.
@@ -40,9 +41,12 @@
 use super::{pick_token, validate_sampling, Denoiser};
 use crate::rng::{rng_for, ChaCha8Rng, Purpose};
 use crate::{Error, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use rand::Rng;
 use std::collections::BTreeMap;
+
+/// Logit added to the mask token so it is never a candidate (finite: `pick_token` rejects infinities).
+const MASK_LOGIT: f32 = -1e30;
 
 /// How the positions to commit at a step are chosen among the eligible masked positions.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -361,7 +365,12 @@ impl DiffusionSampler {
             }
             let flat = logits.reshape((a * l, v))?; // (A·L, V)
             let idx = Tensor::from_vec(rows.clone(), rows.len(), flat.device())?;
-            let sel = flat.index_select(&idx, 0)?.contiguous()?; // (R, V)
+            let sel = flat.index_select(&idx, 0)?.to_dtype(DType::F32)?; // (R, V)
+            // The mask token is never a candidate: committing it would leave the position masked.
+            let mut no_mask = vec![0f32; v];
+            no_mask[self.mask_id as usize] = MASK_LOGIT;
+            let no_mask = Tensor::from_vec(no_mask, (1, v), sel.device())?; // (1, V)
+            let sel = sel.broadcast_add(&no_mask)?.contiguous()?; // (R, V)
 
             // One generator per active item for this step.
             let mut rngs: Vec<ChaCha8Rng> = active
@@ -450,7 +459,7 @@ impl DiffusionSampler {
             r
         };
         // The scheduled count; the block's last scheduled step takes whatever is left.
-        let k = if step + 1 >= bp.commits.len() { e.len() } else { bp.commits[step].clamp(1, e.len()) };
+        let k = if step >= bp.commits.len() { e.len() } else { bp.commits[step].clamp(1, e.len()) };
         match self.strategy {
             Strategy::LowConfidence => {
                 let mut r = ranked();
