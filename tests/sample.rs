@@ -222,7 +222,7 @@ fn semi_ar_blocks_are_finished_in_order() {
         // Which block each step's commits fall in; blocks must never go back, and a step never
         // spans two blocks.
         let mut current = 0usize;
-        let mut committed = vec![false; 12];
+        let mut committed = [false; 12];
         for step in &out.order {
             assert!(!step.is_empty());
             let blocks: Vec<usize> = step.iter().map(|&p| (p - plen) / 4).collect();

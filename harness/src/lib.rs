@@ -27,6 +27,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod report;
 pub mod objective;
 pub mod rng;
 pub mod run;

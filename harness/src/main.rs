@@ -28,6 +28,33 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Evaluate a finished run folder, or a base model on a dataset.
+    Eval {
+        /// A run folder made by `harness train` or a study.
+        #[arg(long, conflicts_with_all = ["base", "dataset"])]
+        run: Option<PathBuf>,
+        /// A base model: a .gguf, a HF folder or a hub repo id (default: the embedded SmolLM2).
+        #[arg(long)]
+        base: Option<String>,
+        /// Dataset spec, e.g. `clinical-rules:n_test=50`, `pubmedqa:../shared/data/pubmedqa`.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// `generate` or `likelihood` (repeatable; default generate).
+        #[arg(long = "method")]
+        methods: Vec<String>,
+        /// How a base model is read: `autoregressive` (default) or `diffusion`.
+        #[arg(long, default_value = "autoregressive")]
+        objective: String,
+        /// Evaluate at most N test items.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Config overrides for a base evaluation (`--set eval.max_new_tokens=4`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Output folder (default: `<run>/evals/<stamp>` or `runs/eval-<stamp>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +101,32 @@ fn run(cli: Cli) -> Result<()> {
                 s.tokens_per_s,
                 s.wall_s
             );
+            Ok(())
+        }
+        Cmd::Eval { run, base, dataset, methods, objective, limit, sets, out } => {
+            let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+            let methods = if methods.is_empty() { None } else { Some(methods) };
+            let (result, dir) = match run {
+                Some(run) => {
+                    let dir = out.unwrap_or_else(|| run.join("evals").join(&stamp));
+                    (harness::run::eval_run_dir(&run, methods, limit, &dir)?, dir)
+                }
+                None => {
+                    let dataset = dataset.ok_or_else(|| anyhow::anyhow!("give --run RUN_DIR, or --dataset SPEC (with an optional --base MODEL)"))?;
+                    let base = base.unwrap_or_else(|| harness::config::DEFAULT_MODEL.to_string());
+                    let kind = match objective.as_str() {
+                        "autoregressive" | "ar" => harness::config::ObjectiveKind::Autoregressive,
+                        "diffusion" | "ddm" => harness::config::ObjectiveKind::Diffusion,
+                        o => anyhow::bail!("--objective must be autoregressive or diffusion, not `{o}`"),
+                    };
+                    let dir = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("eval-{stamp}")));
+                    let m = methods.unwrap_or_else(|| vec!["generate".into()]);
+                    (harness::run::eval_base(&base, &dataset, kind, m, limit, &sets, &dir)?, dir)
+                }
+            };
+            println!("{} / {} split, {} items ({} prompts shortened to fit)", result.dataset, result.split, result.n_items, result.n_truncated);
+            println!("{}", harness::report::eval_table(&result));
+            println!("written to {}", dir.display());
             Ok(())
         }
     }

@@ -179,3 +179,77 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
     write_json(&run_dir.join("summary.json"), &summary)?;
     Ok(Trained { loaded, splits, cfg, summary })
 }
+
+/// Everything a finished run reports (`summary.json` plus evaluation), returned by [`execute`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Training summary.
+    pub summary: RunSummary,
+    /// Test-split evaluation, when `eval.at_end`.
+    pub eval: Option<crate::eval::EvalResult>,
+}
+
+/// Train, evaluate on the test split (when `eval.at_end`), and write `DONE` last. Files in
+/// `run_dir`: `config.json` (first), `metrics.csv`, `eval_metrics.csv`, `summary.json`,
+/// `eval.json`, `predictions.jsonl`, `DONE` (last: its presence means the run is complete).
+pub fn execute(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<RunRecord> {
+    let trained = train_run(raw, run_dir, opts)?;
+    let eval = if trained.cfg.raw.eval.at_end {
+        let setup = crate::eval::EvalSetup::from_config(&trained.cfg.raw);
+        Some(crate::eval::evaluate(
+            &trained.loaded.model,
+            &trained.loaded.tok,
+            &trained.splits.test,
+            &setup,
+            &trained.splits.name,
+            "test",
+            run_dir,
+        )?)
+    } else {
+        None
+    };
+    let rec = RunRecord { summary: trained.summary, eval };
+    std::fs::write(run_dir.join("DONE"), chrono::Utc::now().to_rfc3339() + "\n").map_err(|e| Error::io(run_dir.join("DONE"), e))?;
+    Ok(rec)
+}
+
+/// Evaluate a finished run folder again (its config and saved adapter) into `out_dir`.
+pub fn eval_run_dir(run_dir: &Path, methods: Option<Vec<String>>, limit: Option<usize>, out_dir: &Path) -> Result<crate::eval::EvalResult> {
+    let cfg_path = run_dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let mut cfg: RunConfig = serde_json::from_str(&text).map_err(|e| Error::data(&cfg_path, e.to_string()))?;
+    if let Some(m) = methods {
+        cfg.raw.eval.methods = m;
+    }
+    if limit.is_some() {
+        cfg.raw.eval.limit = limit;
+    }
+    cfg.raw.validate()?;
+    cfg.resolved.device = config::resolve_device(&cfg.raw.model.device)?;
+    let loaded = load_model(&cfg)?;
+    let ckpt = cfg.raw.train.checkpoint_dir.clone().unwrap_or_else(|| run_dir.join("checkpoints")).join("adapter.safetensors");
+    loaded.trainable.load(&ckpt)?;
+    let splits = data::load(&cfg.raw.data)?;
+    let setup = crate::eval::EvalSetup::from_config(&cfg.raw);
+    crate::eval::evaluate(&loaded.model, &loaded.tok, &splits.test, &setup, &splits.name, "test", out_dir)
+}
+
+/// Evaluate a base model (no training) on a dataset spec into `out_dir`. `objective` says how the
+/// model is read: `autoregressive` (the base AR model) or `diffusion`.
+pub fn eval_base(model_source: &str, dataset: &str, objective: ObjectiveKind, methods: Vec<String>, limit: Option<usize>, sets: &[String], out_dir: &Path) -> Result<crate::eval::EvalResult> {
+    let mut raw = RawConfig::from_str_with("", "harness eval", sets)?;
+    raw.model.source = model_source.to_string();
+    raw.data = data::DataConfig::from_spec(dataset)?;
+    raw.objective.kind = objective;
+    raw.eval.methods = methods;
+    if limit.is_some() {
+        raw.eval.limit = limit;
+    }
+    raw.adapter.targets.clear();
+    let cfg = raw.resolve()?;
+    let loaded = load_model(&cfg)?;
+    let splits = data::load(&cfg.raw.data)?;
+    let setup = crate::eval::EvalSetup::from_config(&cfg.raw);
+    write_json(&{ std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?; out_dir.join("config.json") }, &cfg)?;
+    crate::eval::evaluate(&loaded.model, &loaded.tok, &splits.test, &setup, &splits.name, "test", out_dir)
+}

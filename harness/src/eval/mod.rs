@@ -1,3 +1,6 @@
-//! Evaluation: metrics, generation and likelihood scoring.
-pub mod metrics;
+//! Evaluation: metrics, generation and likelihood scoring, the evaluation runner.
 pub mod likelihood;
+pub mod metrics;
+pub mod runner;
+
+pub use runner::{evaluate, parse_label, EvalResult, EvalSetup, MethodResult, Prediction};

@@ -116,12 +116,16 @@ pub fn attention_bias(
                 for i in 0..l {
                     for j in 0..l {
                         let ok = vis[i * l + j] && row.get(j).copied().unwrap_or(false);
-                        // A padded query row still sees key 0 so its softmax stays finite; its
-                        // output is never scored.
-                        let ok = ok || (j == 0);
                         if !ok {
                             out[(bi * l + i) * l + j] = MASKED_BIAS;
                         }
+                    }
+                    // A query that sees no key at all (a padded row with every visible key
+                    // padded) keeps its own position, so its softmax stays finite; such a row
+                    // is never scored.
+                    let r = &mut out[(bi * l + i) * l..(bi * l + i + 1) * l];
+                    if r.iter().all(|&x| x == MASKED_BIAS) {
+                        r[i] = 0.0;
                     }
                 }
             }

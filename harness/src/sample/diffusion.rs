@@ -459,7 +459,7 @@ impl DiffusionSampler {
             r
         };
         // The scheduled count; the block's last scheduled step takes whatever is left.
-        let k = if step >= bp.commits.len() { e.len() } else { bp.commits[step].clamp(1, e.len()) };
+        let k = if step + 1 >= bp.commits.len() { e.len() } else { bp.commits[step].clamp(1, e.len()) };
         match self.strategy {
             Strategy::LowConfidence => {
                 let mut r = ranked();
