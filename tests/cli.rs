@@ -66,3 +66,25 @@ fn tiny_run_trains_end_to_end() {
     assert!(out.join("checkpoints/adapter.safetensors").is_file());
     assert!(out.join("summary.json").is_file());
 }
+
+#[test]
+fn readme_documents_every_config_field() {
+    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    leaves(&key, v, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let v = serde_json::to_value(harness::config::RawConfig::default()).unwrap();
+    let mut keys = Vec::new();
+    leaves("", &v, &mut keys);
+    assert!(keys.len() > 60, "{}", keys.len());
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let missing: Vec<&String> = keys.iter().filter(|k| !readme.contains(&format!("`{k}`"))).collect();
+    assert!(missing.is_empty(), "README lacks config keys: {missing:?}");
+}

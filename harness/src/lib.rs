@@ -22,6 +22,7 @@
 //! - [`rng`]: every random draw comes from a generator seeded from (run seed, purpose, step).
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod report;
 pub mod objective;
 pub mod rng;
 pub mod run;
+pub mod selfcheck;
 pub mod sample;
 pub mod stats;
 pub mod train;

@@ -28,6 +28,41 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Pinned cross-check on the chosen device (f32 and bf16) against PyTorch pins and the CPU.
+    Selfcheck {
+        /// `auto`, `cpu` or `cuda:N`.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Also write the checks as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Training and decoding throughput at the SmolLM2-135M shape; writes JSON lines into --out.
+    Bench {
+        /// Output folder (default `results/bench/<stamp>-<sha>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// `auto`, `cpu` or `cuda:N`.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Tiny sizes (a CPU smoke test of the benchmark itself).
+        #[arg(long)]
+        quick: bool,
+        /// Timed steps per configuration.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Peak dense bf16 TFLOP/s for MFU (default: known from the GPU name).
+        #[arg(long)]
+        peak_tflops: Option<f64>,
+        /// Skip the decoding benchmark.
+        #[arg(long)]
+        no_decode: bool,
+    },
+    /// Render a bench folder (candle.jsonl, torch.jsonl, decode.jsonl) as a table with ratios.
+    BenchTable {
+        /// The bench folder.
+        dir: PathBuf,
+    },
     /// Evaluate a finished run folder, or a base model on a dataset.
     Eval {
         /// A run folder made by `harness train` or a study.
@@ -101,6 +136,33 @@ fn run(cli: Cli) -> Result<()> {
                 s.tokens_per_s,
                 s.wall_s
             );
+            Ok(())
+        }
+        Cmd::Selfcheck { device, out } => {
+            let dev = harness::config::device(&harness::config::resolve_device(&device)?)?;
+            let checks = harness::selfcheck::run(&dev)?;
+            println!("{}", harness::report::selfcheck_table(&checks));
+            if let Some(out) = out {
+                harness::run::write_json(&out, &checks)?;
+            }
+            let bad = checks.iter().filter(|c| !c.ok).count();
+            if bad > 0 {
+                anyhow::bail!("{bad} of {} checks out of tolerance", checks.len());
+            }
+            println!("selfcheck passed: {} checks", checks.len());
+            Ok(())
+        }
+        Cmd::Bench { out, device, quick, steps, peak_tflops, no_decode } => {
+            let dir = out.unwrap_or_else(|| harness::bench::default_dir());
+            harness::bench::run_cli(&dir, &device, quick, steps, peak_tflops, !no_decode)?;
+            println!("{}", harness::report::bench_table(&dir)?);
+            println!("written to {}", dir.display());
+            Ok(())
+        }
+        Cmd::BenchTable { dir } => {
+            let t = harness::report::bench_table(&dir)?;
+            std::fs::write(dir.join("table.md"), format!("{}\n", harness::report::to_markdown(&t))).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            println!("{t}");
             Ok(())
         }
         Cmd::Eval { run, base, dataset, methods, objective, limit, sets, out } => {

@@ -1,0 +1,364 @@
+//! Throughput benchmarks: training steps (ddm and AR × LoRA and full fine-tuning × batch sizes)
+//! at the SmolLM2-135M shape, and decoding with each sampler. Random weights: throughput does not
+//! depend on their values. Results are data (JSON lines); `bench/table.py`-free rendering lives in
+//! [`crate::report`].
+
+use crate::config::TrainConfig;
+use crate::model::load::random_model_dtype;
+use crate::model::lora::{AdapterConfig, AdapterKind, Fwd};
+use crate::model::mask::AttentionMode;
+use crate::model::{Llama, LlamaConfig};
+use crate::objective::{scored_loss, Autoregressive, Batch, Diffusion, Example, LossNorm, Objective, TSampling};
+use crate::rng::{rng_for, Purpose};
+use crate::sample::{ArSampler, DiffusionSampler, ModelDenoiser, Strategy};
+use crate::train::optim::{AdamW, AdamWParams, GradAccum};
+use crate::Result;
+use candle_core::{DType, Device};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// SmolLM2-135M's shape.
+pub fn smollm2_135m() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 49152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_hidden_layers: 30,
+        num_attention_heads: 9,
+        num_key_value_heads: Some(3),
+        rms_norm_eps: 1e-5,
+        rope_theta: 100_000.0,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+    }
+}
+
+/// One training-throughput measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainBench {
+    /// Always `candle`.
+    pub impl_name: String,
+    /// `ddm` or `ar`.
+    pub objective: String,
+    /// LoRA rank, 0 for full fine-tuning.
+    pub lora_rank: usize,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Sequence length.
+    pub seq: usize,
+    /// Mean milliseconds per optimizer step.
+    pub ms_per_step: f64,
+    /// Tokens (batch × seq) per second.
+    pub tokens_per_s: f64,
+    /// Device memory in use at the high-water mark we observed (CUDA), GiB; 0 on CPU.
+    pub peak_mem_gib: f64,
+    /// Model FLOPs utilisation: 3 × forward matmul FLOPs per token × tokens/s ÷ peak.
+    pub mfu: Option<f64>,
+    /// Trainable parameters.
+    pub trainable_params: usize,
+    /// Last loss (sanity).
+    pub loss: f64,
+    /// Whether changing the last token changes position 0's output (full attention check).
+    pub future_token_changes_pos0: bool,
+    /// Device description.
+    pub device: String,
+}
+
+/// One decoding-throughput measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecodeBench {
+    /// `diffusion-low_confidence`, `diffusion-random`, `diffusion-threshold`, `ar-greedy`.
+    pub sampler: String,
+    /// Prompts decoded.
+    pub items: usize,
+    /// Prompt length.
+    pub prompt_len: usize,
+    /// Tokens generated per item (canvas length).
+    pub new_tokens: usize,
+    /// Denoising steps (diffusion).
+    pub steps: usize,
+    /// Generated tokens per second.
+    pub tokens_per_s: f64,
+    /// Mean forward passes per item.
+    pub mean_nfe: f64,
+    /// Seconds.
+    pub wall_s: f64,
+}
+
+/// Bench settings.
+#[derive(Debug, Clone)]
+pub struct BenchOpts {
+    /// Model shape.
+    pub arch: LlamaConfig,
+    /// Sequence length.
+    pub seq: usize,
+    /// Batch sizes.
+    pub batches: Vec<usize>,
+    /// LoRA ranks (0 = full fine-tuning).
+    pub ranks: Vec<usize>,
+    /// Warm-up steps.
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Peak dense bf16 FLOP/s of the device for MFU (None: no MFU).
+    pub peak_flops: Option<f64>,
+    /// Device.
+    pub device: Device,
+    /// Dtype.
+    pub dtype: DType,
+}
+
+fn mem_in_use(dev: &Device) -> f64 {
+    #[cfg(feature = "cuda")]
+    if let Ok(c) = dev.as_cuda_device() {
+        if let Ok((free, total)) = c.cuda_stream().context().mem_get_info() {
+            return (total - free) as f64 / (1u64 << 30) as f64;
+        }
+    }
+    let _ = dev;
+    0.0
+}
+
+fn random_examples(n: usize, seq: usize, vocab: usize, seed: u64) -> Vec<Example> {
+    let mut rng = rng_for(seed, Purpose::Init, 77, 0);
+    (0..n)
+        .map(|_| {
+            let toks: Vec<u32> = (0..seq).map(|_| rng.random_range(3..vocab as u32)).collect();
+            Example { prompt: toks[..seq / 2].to_vec(), response: toks[seq / 2..].to_vec() }
+        })
+        .collect()
+}
+
+/// Measure one training configuration.
+pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: usize) -> Result<TrainBench> {
+    let adapter = if rank == 0 {
+        AdapterConfig { kind: AdapterKind::Full, ..Default::default() }
+    } else {
+        AdapterConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() }
+    };
+    let (model, tr) = random_model_dtype(&opts.arch, &adapter, 0, opts.dtype, &opts.device)?;
+    let obj: Box<dyn Objective> = if objective == "ddm" {
+        Box::new(Diffusion {
+            mask_id: 0,
+            t_sampling: TSampling::Uniform,
+            logit_mean: 0.0,
+            logit_std: 1.0,
+            eps: 1e-3,
+            shift: true,
+            loss_norm: LossNorm::Masked,
+            score_padding: false,
+            anneal_steps: 1,
+        })
+    } else {
+        Box::new(Autoregressive)
+    };
+    let future = future_token_check(&model, obj.eval_attention())?;
+    let tc = TrainConfig::default();
+    let mut opt = AdamW::new(&tr, AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.adam_eps, weight_decay: 0.0 })?;
+    let mut acc = GradAccum::new(&tr);
+    let data = random_examples(batch, opts.seq, opts.arch.vocab_size, 1);
+    let refs: Vec<&Example> = data.iter().collect();
+    let b = Batch::collate(&refs, 0);
+    let mut peak: f64 = 0.0;
+    let mut loss = 0.0;
+    let mut t0 = Instant::now();
+    for step in 0..(opts.warmup + opts.steps) {
+        if step == opts.warmup {
+            opts.device.synchronize()?;
+            t0 = Instant::now();
+        }
+        let p = obj.prepare(&b, step as u64, 0, 0)?;
+        let ctx = Fwd { train: true, seed: 0, step: step as u64, micro: 0 };
+        let parts = scored_loss(&model, &p, p.denom, 0, &ctx)?;
+        peak = peak.max(mem_in_use(&opts.device));
+        let g = parts.loss.backward()?;
+        peak = peak.max(mem_in_use(&opts.device));
+        acc.add(&g)?;
+        drop(g);
+        let (grads, _) = acc.take_clipped(1.0)?;
+        opt.step(&grads, 1e-4)?;
+        loss = parts.loss_value;
+    }
+    opts.device.synchronize()?;
+    let dt = t0.elapsed().as_secs_f64() / opts.steps as f64;
+    let tps = (batch * opts.seq) as f64 / dt;
+    let mfu = opts.peak_flops.map(|p| 3.0 * opts.arch.forward_flops_per_token(opts.seq) * tps / p);
+    Ok(TrainBench {
+        impl_name: "candle".into(),
+        objective: objective.into(),
+        lora_rank: rank,
+        batch,
+        seq: opts.seq,
+        ms_per_step: dt * 1e3,
+        tokens_per_s: tps,
+        peak_mem_gib: peak,
+        mfu,
+        trainable_params: tr.numel(),
+        loss,
+        future_token_changes_pos0: future,
+        device: format!("{:?}", opts.device.location()),
+    })
+}
+
+/// Does the output at position 0 change when the last token changes (full attention)?
+pub fn future_token_check(model: &Llama, mode: AttentionMode) -> Result<bool> {
+    let ids: Vec<u32> = (0..32u32).map(|i| 3 + i * 7).collect();
+    let mut ids2 = ids.clone();
+    ids2[31] += 1;
+    let d = &model.device;
+    let bias = crate::model::mask::attention_bias(mode, 0, 0, 32, None, model.dtype, d)?;
+    let f = |v: &[u32]| -> Result<Vec<f32>> {
+        let t = candle_core::Tensor::new(v, d)?.unsqueeze(0)?;
+        Ok(model.forward(&t, bias.as_ref(), &Fwd::default())?.narrow(1, 0, 1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+    };
+    Ok(f(&ids)? != f(&ids2)?)
+}
+
+/// Decoding throughput of each sampler on `items` prompts.
+pub fn decode_bench(opts: &BenchOpts, items: usize, prompt_len: usize, new_tokens: usize, steps: usize) -> Result<Vec<DecodeBench>> {
+    let none = AdapterConfig { targets: vec![], ..Default::default() };
+    let (model, _) = random_model_dtype(&opts.arch, &none, 0, opts.dtype, &opts.device)?;
+    let prompts: Vec<Vec<u32>> = random_examples(items, prompt_len * 2, opts.arch.vocab_size, 2).into_iter().map(|e| e.prompt).collect();
+    let mut out = Vec::new();
+    // eos id 1 never appears in random prompts; random weights rarely produce it, so every item
+    // decodes its full canvas (a worst case for diffusion early stopping).
+    for (name, strat) in [("low_confidence", Strategy::LowConfidence), ("random", Strategy::Random), ("threshold", Strategy::Threshold(0.9))] {
+        let mut s = DiffusionSampler::new(new_tokens, steps, 0, 1);
+        s.strategy = strat;
+        s.shift = true;
+        s.batch_size = items;
+        let d = ModelDenoiser::new(&model, AttentionMode::Full);
+        opts.device.synchronize()?;
+        let t0 = Instant::now();
+        let res = s.generate(&d, &prompts, 0)?;
+        opts.device.synchronize()?;
+        let wall = t0.elapsed().as_secs_f64();
+        let gen: usize = res.iter().map(|o| o.tokens.len().max(1)).sum();
+        out.push(DecodeBench {
+            sampler: format!("diffusion-{name}"),
+            items,
+            prompt_len,
+            new_tokens,
+            steps,
+            tokens_per_s: (items * new_tokens) as f64 / wall,
+            mean_nfe: res.iter().map(|o| o.nfe).sum::<usize>() as f64 / items as f64,
+            wall_s: wall,
+        });
+        let _ = gen;
+    }
+    let s = ArSampler::greedy(new_tokens, 1);
+    opts.device.synchronize()?;
+    let t0 = Instant::now();
+    let mut nfe = 0;
+    let mut gen = 0;
+    for (k, p) in prompts.iter().enumerate() {
+        let o = s.generate_cached(&model, p, k as u64)?;
+        nfe += o.nfe;
+        gen += o.tokens.len() + o.hit_eos as usize;
+    }
+    opts.device.synchronize()?;
+    let wall = t0.elapsed().as_secs_f64();
+    out.push(DecodeBench {
+        sampler: "ar-greedy-kv-cache".into(),
+        items,
+        prompt_len,
+        new_tokens,
+        steps: new_tokens,
+        tokens_per_s: gen as f64 / wall,
+        mean_nfe: nfe as f64 / items as f64,
+        wall_s: wall,
+    });
+    Ok(out)
+}
+
+/// `results/bench/<utc stamp>-<git short sha>`.
+pub fn default_dir() -> std::path::PathBuf {
+    let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+    let sha = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "nogit".into());
+    std::path::PathBuf::from("results/bench").join(format!("{stamp}-{sha}"))
+}
+
+/// The GPU's name from nvidia-smi, when there is one.
+pub fn gpu_name() -> Option<String> {
+    let o = std::process::Command::new("nvidia-smi").args(["--query-gpu=name,driver_version", "--format=csv,noheader"]).output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+}
+
+/// Dense bf16 peak of known cards, FLOP/s (H100 SXM and H200: 989 TFLOP/s).
+pub fn known_peak(name: &str) -> Option<f64> {
+    let n = name.to_ascii_uppercase();
+    if n.contains("H100") || n.contains("H200") {
+        Some(989e12)
+    } else if n.contains("A100") {
+        Some(312e12)
+    } else {
+        None
+    }
+}
+
+fn append_jsonl<T: Serialize>(path: &std::path::Path, v: &T) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| crate::Error::io(path, e))?;
+    let line = serde_json::to_string(v).map_err(|e| crate::Error::msg(e.to_string()))?;
+    writeln!(f, "{line}").map_err(|e| crate::Error::io(path, e))
+}
+
+/// The `harness bench` command: every training configuration, then decoding; appends JSON lines
+/// to `candle.jsonl` and `decode.jsonl` in `dir` as each finishes, and writes `env.json`.
+pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, peak_tflops: Option<f64>, decode: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let resolved = crate::config::resolve_device(device)?;
+    let dev = crate::config::device(&resolved)?;
+    let gpu = if dev.is_cuda() { gpu_name() } else { None };
+    let peak = peak_tflops.map(|t| t * 1e12).or_else(|| gpu.as_deref().and_then(known_peak));
+    let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
+    let mut arch = smollm2_135m();
+    let (seq, batches, ranks) = if quick {
+        arch.num_hidden_layers = 2;
+        arch.hidden_size = 64;
+        arch.intermediate_size = 128;
+        arch.num_attention_heads = 4;
+        arch.num_key_value_heads = Some(2);
+        arch.vocab_size = 512;
+        (64, vec![2], vec![16, 0])
+    } else {
+        (512, vec![16, 64], vec![16, 0])
+    };
+    let env = serde_json::json!({
+        "device": resolved, "gpu": gpu, "dtype": format!("{dtype:?}"), "peak_flops": peak, "arch": arch, "seq": seq,
+        "harness_version": env!("CARGO_PKG_VERSION"), "quick": quick, "steps": steps,
+        "mfu_convention": "3 x forward matmul FLOPs per token (incl. attention scores) x tokens/s / dense bf16 peak",
+    });
+    crate::run::write_json(&dir.join("env.json"), &env)?;
+    let opts = BenchOpts { arch, seq, batches: batches.clone(), ranks: ranks.clone(), warmup: 3, steps, peak_flops: peak, device: dev, dtype };
+    for objective in ["ddm", "ar"] {
+        for &rank in &ranks {
+            for &batch in &batches {
+                match train_step_bench(&opts, objective, rank, batch) {
+                    Ok(r) => {
+                        eprintln!("{objective} r={rank} b={batch}: {:.1} ms/step, {:.0} tokens/s", r.ms_per_step, r.tokens_per_s);
+                        append_jsonl(&dir.join("candle.jsonl"), &r)?
+                    }
+                    Err(e) => {
+                        eprintln!("{objective} r={rank} b={batch}: failed: {e}");
+                        append_jsonl(&dir.join("candle.jsonl"), &serde_json::json!({"impl_name": "candle", "objective": objective, "lora_rank": rank, "batch": batch, "seq": seq, "error": e.to_string()}))?
+                    }
+                }
+            }
+        }
+    }
+    if decode {
+        let (items, plen, new, st) = if quick { (2, 16, 8, 4) } else { (16, 256, 32, 32) };
+        for r in decode_bench(&opts, items, plen, new, st)? {
+            append_jsonl(&dir.join("decode.jsonl"), &r)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! `harness selfcheck`: the engine's pinned cross-check (the fixture model of
+//! `tests/fixtures/tiny-llama`, a fixed batch, mask and t; losses pinned from PyTorch by
+//! `tests/scripts/torch_crosscheck.py`) run on the chosen device, in f32 and in bf16, next to the
+//! CPU numbers, plus one training step's gradient norm. Passes when every number is within its
+//! tolerance: 1e-4 for f32, 2% relative for bf16.
+
+use crate::model::lora::{AdapterConfig, Fwd};
+use crate::model::{BuildOpts, Llama, LlamaConfig};
+use crate::objective::{scored_loss, Autoregressive, Batch, Diffusion, LossNorm, Objective, TSampling};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+const CONFIG: &str = include_str!("../../tests/fixtures/tiny-llama/config.json");
+const WEIGHTS: &[u8] = include_bytes!("../../tests/fixtures/tiny-llama/model.safetensors");
+/// Pins from tests/scripts/torch_crosscheck.py (torch 2.15.0, transformers 5.24.0).
+pub const TORCH_PINS: [(&str, f64); 3] = [("ddm_shift", 7.822536499473421), ("ddm_noshift", 8.956690070264225), ("ar", 4.233227066904919)];
+
+/// One compared number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    /// What was computed.
+    pub name: String,
+    /// Device and dtype.
+    pub on: String,
+    /// Value.
+    pub value: f64,
+    /// Reference value (PyTorch pin or the CPU f32 value).
+    pub reference: f64,
+    /// Allowed absolute difference.
+    pub tolerance: f64,
+    /// |value − reference| ≤ tolerance.
+    pub ok: bool,
+}
+
+fn model_on(device: &Device, dtype: DType, adapter: &AdapterConfig) -> Result<(Llama, crate::model::Trainable)> {
+    let cfg: LlamaConfig = serde_json::from_str(CONFIG).map_err(|e| Error::msg(e.to_string()))?;
+    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(WEIGHTS, &Device::Cpu)?
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(dtype)?.to_device(device)?)))
+        .collect::<candle_core::Result<_>>()?;
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
+    Llama::load(vb, &cfg, &BuildOpts { adapter, seed: 0 })
+}
+
+fn fixture_batch() -> (Batch, Vec<bool>) {
+    let ids = vec![5, 9, 2, 17, 33, 8, 41, 12, 7, 3, 11, 4, 29, 6, 50, 21, 13, 2, 44, 3];
+    let batch = Batch { ids, b: 2, l: 10, prompt_len: vec![4, 6], len: vec![10, 10] };
+    let mut masked = vec![false; 20];
+    for p in [4, 6, 7, 9] {
+        masked[p] = true;
+    }
+    for p in [6, 8, 9] {
+        masked[10 + p] = true;
+    }
+    (batch, masked)
+}
+
+fn diffusion(shift: bool) -> Diffusion {
+    Diffusion { mask_id: 63, t_sampling: TSampling::Uniform, logit_mean: 0.0, logit_std: 1.0, eps: 1e-3, shift, loss_norm: LossNorm::Masked, score_padding: false, anneal_steps: 1 }
+}
+
+/// The three pinned losses and one step's gradient norm (LoRA 4) on `device` in `dtype`.
+pub fn losses(device: &Device, dtype: DType) -> Result<Vec<(String, f64)>> {
+    let none = AdapterConfig { targets: vec![], ..Default::default() };
+    let (model, _) = model_on(device, dtype, &none)?;
+    let (batch, masked) = fixture_batch();
+    let mut out = Vec::new();
+    for train in [false, true] {
+        let ctx = Fwd { train, ..Default::default() };
+        let sfx = if train { "/train-path" } else { "" };
+        for (name, shift) in [("ddm_shift", true), ("ddm_noshift", false)] {
+            let p = diffusion(shift).prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
+            out.push((format!("{name}{sfx}"), scored_loss(&model, &p, p.denom, 0, &ctx)?.loss_value));
+        }
+        let p = Autoregressive.prepare(&batch, 0, 0, 0)?;
+        out.push((format!("ar{sfx}"), scored_loss(&model, &p, p.denom, 0, &ctx)?.loss_value));
+    }
+    // gradient norm of one LoRA step (B = 0 at init, so use full fine-tuning for a non-trivial norm)
+    let full = AdapterConfig { kind: crate::model::lora::AdapterKind::Full, ..Default::default() };
+    let (model, tr) = model_on(device, dtype, &full)?;
+    let p = diffusion(true).prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
+    let parts = scored_loss(&model, &p, p.denom, 0, &Fwd { train: true, ..Default::default() })?;
+    let grads = parts.loss.backward()?;
+    let mut acc = crate::train::optim::GradAccum::new(&tr);
+    acc.add(&grads)?;
+    let (_, norm) = acc.take_clipped(0.0)?;
+    out.push(("ddm_shift_grad_norm".into(), norm));
+    Ok(out)
+}
+
+/// Run every check on `device` (f32 and bf16) against the PyTorch pins and the CPU values.
+pub fn run(device: &Device) -> Result<Vec<Check>> {
+    let cpu = losses(&Device::Cpu, DType::F32)?;
+    let dev_name = format!("{:?}", device.location());
+    let mut checks = Vec::new();
+    for (name, v) in &cpu {
+        let base = name.trim_end_matches("/train-path");
+        if let Some((_, pin)) = TORCH_PINS.iter().find(|(n, _)| *n == base) {
+            checks.push(Check { name: format!("{name} vs torch"), on: "cpu f32".into(), value: *v, reference: *pin, tolerance: 1e-4, ok: (v - pin).abs() <= 1e-4 });
+        }
+    }
+    for dtype in [DType::F32, DType::BF16] {
+        if dtype == DType::BF16 && device.is_cpu() {
+            continue; // bf16 matmul on CPU is slow and not the path we ship
+        }
+        let vals = losses(device, dtype)?;
+        for ((name, v), (_, c)) in vals.iter().zip(&cpu) {
+            let tol = if dtype == DType::F32 { 1e-4 * c.abs().max(1.0) } else { 0.02 * c.abs() };
+            checks.push(Check { name: format!("{name} vs cpu"), on: format!("{dev_name} {dtype:?}"), value: *v, reference: *c, tolerance: tol, ok: (v - c).abs() <= tol });
+        }
+    }
+    Ok(checks)
+}

@@ -1,0 +1,237 @@
+//! Running a study into `results/<study>/<UTC stamp>-<sha>[-dirty]/`, resumably.
+//!
+//! The folder is created with `manifest.json` (no end time); each run goes to `runs/<id>/`
+//! through [`crate::run::execute`] (which writes `DONE` last), `summary.csv` is rewritten after
+//! every run, and when every run is done or failed the manifest gets its end time, `latest`
+//! names the folder and `results/index.csv` is rebuilt. A rerun with the same commit, dirty flag
+//! and resolved study resumes the newest such folder while it is unfinished: `DONE` and
+//! `FAILED` runs are kept, a half-written run folder is deleted and redone. Finished folders are
+//! never touched again.
+
+use super::manifest::{self, write_atomic, Manifest};
+use super::spec::{self, Point, Study};
+use super::summary::{self, Failure, RunStatus};
+use crate::{data, eval, run, Error, Result};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Options of [`run_study`].
+pub struct StudyOpts<'a> {
+    /// Results root (`results`): the study writes into `<results>/<study>/<folder>/`.
+    pub results: PathBuf,
+    /// Checkpoint cache root (`.cache/checkpoints`, git-ignored): checkpoints of run `<id>` go
+    /// to `<cache>/<study>/<folder>/<id>`.
+    pub cache: PathBuf,
+    /// Where a bare study name is looked up (`studies`).
+    pub studies_dir: PathBuf,
+    /// `key=value` overrides of the base run config.
+    pub sets: Vec<String>,
+    /// Ctrl-C flag: the current run stops at its next step and the study stops, resumable.
+    pub stop: Option<&'a AtomicBool>,
+    /// Show a progress bar over the runs.
+    pub progress: bool,
+    /// The command line, for the manifest.
+    pub command: Vec<String>,
+    /// Where `git` runs to find the commit (default: the working directory).
+    pub git_dir: Option<PathBuf>,
+}
+
+impl Default for StudyOpts<'_> {
+    fn default() -> Self {
+        Self {
+            results: PathBuf::from("results"),
+            cache: PathBuf::from(".cache/checkpoints"),
+            studies_dir: PathBuf::from("studies"),
+            sets: Vec::new(),
+            stop: None,
+            progress: false,
+            command: std::env::args().collect(),
+            git_dir: None,
+        }
+    }
+}
+
+/// What [`run_study`] did.
+#[derive(Debug, Clone)]
+pub struct StudyOutcome {
+    /// The result folder.
+    pub folder: PathBuf,
+    /// An unfinished folder was resumed.
+    pub resumed: bool,
+    /// Runs done (including those done before a resume).
+    pub done: usize,
+    /// Runs failed.
+    pub failed: usize,
+    /// Runs in the study.
+    pub total: usize,
+    /// Runs skipped because an earlier invocation had finished them.
+    pub skipped: usize,
+    /// Stopped by Ctrl-C before the end: rerun to resume.
+    pub interrupted: bool,
+}
+
+/// The newest folder of `study_dir` made by the same study, commit and dirty flag, if it is
+/// unfinished.
+fn resumable(study_dir: &Path, fingerprint: &str, git: &manifest::GitInfo) -> Option<(PathBuf, Manifest)> {
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(study_dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    folders.sort();
+    folders.into_iter().rev().find_map(|f| {
+        let m = Manifest::read(&f).ok()?;
+        (m.fingerprint == fingerprint && m.git.commit == git.commit && m.git.dirty == git.dirty).then_some((f, m))
+    })
+    .filter(|(_, m)| m.end.is_none())
+}
+
+/// Create a new, never-used folder `<study_dir>/<stamp>-<suffix>[-k]`.
+fn new_folder(study_dir: &Path, suffix: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(study_dir).map_err(|e| Error::io(study_dir, e))?;
+    let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+    for k in 1..1000 {
+        let name = if k == 1 { format!("{stamp}-{suffix}") } else { format!("{stamp}-{suffix}-{k}") };
+        let dir = study_dir.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+    }
+    Err(Error::msg(format!("{}: could not find a free folder name", study_dir.display())))
+}
+
+/// Evaluate the untrained base model of a zero-shot point into `run_dir`.
+fn zero_shot(raw: crate::config::RawConfig, run_dir: &Path) -> Result<()> {
+    let cfg = raw.resolve()?;
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    run::write_json(&run_dir.join("config.json"), &cfg)?;
+    let loaded = run::load_model(&cfg)?;
+    let splits = data::load(&cfg.raw.data)?;
+    let setup = eval::EvalSetup::from_config(&cfg.raw);
+    eval::evaluate(&loaded.model, &loaded.tok, &splits.test, &setup, &splits.name, "test", run_dir)?;
+    write_done(run_dir)
+}
+
+fn write_done(run_dir: &Path) -> Result<()> {
+    let p = run_dir.join("DONE");
+    std::fs::write(&p, chrono::Utc::now().to_rfc3339() + "\n").map_err(|e| Error::io(&p, e))
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Run one point into `run_dir`; `Ok(Some(failure))` when its loss diverged.
+fn run_point(p: &Point, run_dir: &Path, ckpt: PathBuf, stop: Option<&AtomicBool>) -> Result<Option<Failure>> {
+    let mut raw = p.config.clone();
+    raw.train.checkpoint_dir = Some(ckpt);
+    let res = if p.zero_shot { zero_shot(raw, run_dir) } else { run::execute(raw, run_dir, run::RunOpts { stop, hook: None }).map(|_| ()) };
+    match res {
+        Ok(()) => Ok(None),
+        Err(e @ Error::Diverged { step, .. }) => Ok(Some(Failure { step: Some(step), message: e.to_string(), time: chrono::Utc::now().to_rfc3339() })),
+        Err(e) => Err(e),
+    }
+}
+
+/// Load the study `name_or_path` (a file, or `<studies_dir>/<name>.toml`), validate every
+/// point, and run it into a new or resumed result folder (see the module doc).
+pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
+    let path = spec::resolve_path(name_or_path, &opts.studies_dir);
+    let study: Study = spec::load(&path, &opts.sets)?;
+    let fingerprint = study.fingerprint()?;
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+    let git = manifest::git_info(opts.git_dir.as_deref().unwrap_or(&cwd), &opts.results);
+    let study_dir = opts.results.join(&study.name);
+    let (folder, mut man, resumed) = match resumable(&study_dir, &fingerprint, &git) {
+        Some((folder, mut m)) => {
+            m.resumed.push(manifest::Resumption { time: chrono::Utc::now().to_rfc3339(), command: opts.command.clone() });
+            m.write(&folder)?;
+            (folder, m, true)
+        }
+        None => {
+            let first = study.points.first().ok_or_else(|| Error::config("study", format!("{}: the study has no points", path.display())))?;
+            let device = manifest::device_info(&first.config.model.device)?;
+            // Loads every model and dataset once: missing files fail before anything runs.
+            let hashes = manifest::hashes(&study.points)?;
+            let folder = new_folder(&study_dir, &git.suffix())?;
+            let name = folder.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let m = Manifest::new(&study, &name, git.clone(), device, hashes, opts.command.clone())?;
+            m.write(&folder)?;
+            (folder, m, false)
+        }
+    };
+    let runs_dir = folder.join("runs");
+    std::fs::create_dir_all(&runs_dir).map_err(|e| Error::io(&runs_dir, e))?;
+    let ckpt_root = opts.cache.join(&man.study).join(&man.folder);
+    let total = man.points.len();
+    let bar = if opts.progress { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("study {prefix} {bar:30.green/white} {pos}/{len} runs {msg} [{elapsed_precise}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(man.study.clone());
+    let mut out = StudyOutcome { folder: folder.clone(), resumed, done: 0, failed: 0, total, skipped: 0, interrupted: false };
+    summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
+    let points = man.points.clone();
+    for (i, p) in points.iter().enumerate() {
+        let dir = summary::run_dir(&folder, &p.id);
+        match summary::status_of(&dir) {
+            RunStatus::Done => {
+                out.done += 1;
+                out.skipped += 1;
+                bar.inc(1);
+                continue;
+            }
+            RunStatus::Failed => {
+                out.failed += 1;
+                out.skipped += 1;
+                bar.inc(1);
+                continue;
+            }
+            RunStatus::Pending => {}
+        }
+        if opts.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            out.interrupted = true;
+            break;
+        }
+        // A half-written run (killed mid-way) starts again from scratch.
+        let ckpt = ckpt_root.join(&p.id);
+        remove_dir(&dir)?;
+        remove_dir(&ckpt)?;
+        bar.set_message(p.id.clone());
+        bar.println(format!("[{}/{}] {}", i + 1, total, p.id));
+        let res = bar.suspend(|| run_point(p, &dir, ckpt.clone(), opts.stop));
+        match res {
+            Ok(None) => out.done += 1,
+            Ok(Some(f)) => {
+                let text = serde_json::to_string_pretty(&f).map_err(|e| Error::msg(e.to_string()))?;
+                write_atomic(&dir.join("FAILED"), (text + "\n").as_bytes())?;
+                bar.println(format!("  failed: {}", f.message));
+                out.failed += 1;
+            }
+            Err(Error::Interrupted) => {
+                // Leave nothing half-written behind.
+                remove_dir(&dir)?;
+                out.interrupted = true;
+                break;
+            }
+            Err(e) => {
+                summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
+                let _ = summary::write_index(&opts.results);
+                return Err(Error::msg(format!("study {}, run {}: {e} (rerun to resume; the run starts again)", man.study, p.id)));
+            }
+        }
+        bar.inc(1);
+        summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
+    }
+    bar.finish_and_clear();
+    if !out.interrupted && out.done + out.failed == total {
+        man.end = Some(chrono::Utc::now().to_rfc3339());
+        man.write(&folder)?;
+        write_atomic(&study_dir.join("latest"), format!("{}\n", man.folder).as_bytes())?;
+    }
+    summary::write_index(&opts.results)?;
+    Ok(out)
+}

@@ -1,0 +1,273 @@
+//! Per-run rows of a study folder, read back from the run folders (`summary.json`, `eval.json`,
+//! `FAILED`, `DONE`), and the CSV files written from them: `summary.csv` (one row per point)
+//! and `results/index.csv` (one row per study folder).
+
+use super::manifest::{write_atomic, Manifest};
+use super::spec::Point;
+use crate::eval::EvalResult;
+use crate::run::RunSummary;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// `DONE` written.
+    Done,
+    /// `FAILED` written (the loss diverged).
+    Failed,
+    /// Not run yet (or half-written: it will be redone).
+    Pending,
+}
+
+impl RunStatus {
+    /// Lower-case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+            RunStatus::Pending => "pending",
+        }
+    }
+}
+
+/// What `FAILED` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Optimizer step at which the run failed, when known.
+    pub step: Option<u64>,
+    /// The error.
+    pub message: String,
+    /// UTC time (RFC 3339).
+    pub time: String,
+}
+
+/// One run of a study folder as read from disk.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    /// The point.
+    pub point: Point,
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Status.
+    pub status: RunStatus,
+    /// Why it failed.
+    pub failure: Option<Failure>,
+    /// `summary.json` (trained runs).
+    pub summary: Option<RunSummary>,
+    /// `eval.json`.
+    pub eval: Option<EvalResult>,
+}
+
+impl RunRow {
+    /// Training plus evaluation seconds.
+    pub fn wall_s(&self) -> Option<f64> {
+        let t = self.summary.as_ref().map(|s| s.train.wall_s);
+        let e = self.eval.as_ref().map(|e| e.methods.iter().map(|m| m.wall_s).sum::<f64>());
+        match (t, e) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        }
+    }
+
+    /// Dataset name.
+    pub fn dataset(&self) -> String {
+        self.eval.as_ref().map(|e| e.dataset.clone()).unwrap_or_else(|| self.point.config.data.dataset.as_str().to_string())
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::data(path, e.to_string()))
+}
+
+/// The folder of run `id` in a study folder.
+pub fn run_dir(folder: &Path, id: &str) -> PathBuf {
+    folder.join("runs").join(id)
+}
+
+/// Status of a run folder: `DONE` → done, `FAILED` → failed, else pending.
+pub fn status_of(dir: &Path) -> RunStatus {
+    if dir.join("DONE").is_file() {
+        RunStatus::Done
+    } else if dir.join("FAILED").is_file() {
+        RunStatus::Failed
+    } else {
+        RunStatus::Pending
+    }
+}
+
+/// Read every point's run folder.
+pub fn collect(folder: &Path, points: &[Point]) -> Result<Vec<RunRow>> {
+    points
+        .iter()
+        .map(|p| {
+            let dir = run_dir(folder, &p.id);
+            let status = status_of(&dir);
+            let (summary, eval, failure) = match status {
+                RunStatus::Done => (read_json(&dir.join("summary.json"))?, read_json(&dir.join("eval.json"))?, None),
+                RunStatus::Failed => (None, None, read_json::<Failure>(&dir.join("FAILED")).ok().flatten()),
+                RunStatus::Pending => (None, None, None),
+            };
+            Ok(RunRow { point: p.clone(), dir, status, failure, summary, eval })
+        })
+        .collect()
+}
+
+/// Evaluation methods of the points, in first-seen order.
+pub fn methods(points: &[Point]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in points {
+        for m in &p.config.eval.methods {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+    }
+    out
+}
+
+fn num(x: Option<f64>) -> String {
+    x.map(|v| format!("{v}")).unwrap_or_default()
+}
+
+/// Write `summary.csv` (atomically): one row per point with its swept values, seed, status,
+/// failure step, losses, throughput, wall time, and per evaluation method: n, accuracy with its
+/// Wilson interval, macro-F1 with its bootstrap interval, balanced accuracy, invalid rate,
+/// majority baseline, collapse flag and throughput.
+pub fn write_csv(folder: &Path, manifest: &Manifest, rows: &[RunRow]) -> Result<()> {
+    let path = folder.join("summary.csv");
+    let methods = methods(&manifest.points);
+    let has_variants = manifest.points.iter().any(|p| p.variant.is_some());
+    let mut header: Vec<String> = vec!["run_id".into(), "configuration".into(), "zero_shot".into()];
+    if has_variants {
+        header.push("variant".into());
+    }
+    header.extend(manifest.axis_keys.iter().cloned());
+    for h in [
+        "seed", "objective", "dataset", "primary_metric", "status", "failed_step", "failed_message", "steps", "first_loss", "final_loss", "dev_loss",
+        "train_tokens_per_s", "train_wall_s", "wall_s",
+    ] {
+        header.push(h.into());
+    }
+    for m in &methods {
+        for f in [
+            "n", "accuracy", "accuracy_lo", "accuracy_hi", "macro_f1", "macro_f1_lo", "macro_f1_hi", "balanced_accuracy", "invalid_rate", "majority_baseline",
+            "majority_label", "collapse", "throughput", "throughput_unit",
+        ] {
+            header.push(format!("{m}_{f}"));
+        }
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(&header).map_err(|e| Error::data(&path, e.to_string()))?;
+    for r in rows {
+        let p = &r.point;
+        let mut rec: Vec<String> = vec![p.id.clone(), p.config_id.clone(), p.zero_shot.to_string()];
+        if has_variants {
+            rec.push(p.variant.clone().unwrap_or_default());
+        }
+        for k in &manifest.axis_keys {
+            rec.push(p.axes.iter().find(|(a, _)| a == k).map(|(_, v)| v.trim_matches('"').to_string()).unwrap_or_default());
+        }
+        let t = r.summary.as_ref().map(|s| &s.train);
+        rec.extend([
+            p.seed.to_string(),
+            serde_json::to_value(p.config.objective.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            r.dataset(),
+            p.primary_metric.as_str().to_string(),
+            r.status.as_str().to_string(),
+            r.failure.as_ref().and_then(|f| f.step).map(|s| s.to_string()).unwrap_or_default(),
+            r.failure.as_ref().map(|f| f.message.clone()).unwrap_or_default(),
+            t.map(|t| t.steps.to_string()).unwrap_or_default(),
+            num(t.map(|t| t.first_loss)),
+            num(t.map(|t| t.final_loss)),
+            num(t.and_then(|t| t.dev_loss)),
+            num(t.map(|t| t.tokens_per_s)),
+            num(t.map(|t| t.wall_s)),
+            num(r.wall_s()),
+        ]);
+        for m in &methods {
+            match r.eval.as_ref().and_then(|e| e.methods.iter().find(|x| &x.method == m)) {
+                Some(x) => {
+                    let rep = &x.report;
+                    rec.extend([
+                        rep.n.to_string(),
+                        num(Some(rep.accuracy.estimate)),
+                        num(Some(rep.accuracy.lo)),
+                        num(Some(rep.accuracy.hi)),
+                        num(Some(rep.macro_f1.estimate)),
+                        num(Some(rep.macro_f1.lo)),
+                        num(Some(rep.macro_f1.hi)),
+                        num(Some(rep.balanced_accuracy.estimate)),
+                        num(Some(rep.invalid_rate)),
+                        num(Some(rep.majority_baseline.accuracy)),
+                        rep.majority_baseline.label.clone(),
+                        rep.collapse.clone().unwrap_or_default(),
+                        num(Some(x.throughput)),
+                        x.throughput_unit.clone(),
+                    ]);
+                }
+                None => rec.extend(std::iter::repeat_n(String::new(), 14)),
+            }
+        }
+        w.write_record(&rec).map_err(|e| Error::data(&path, e.to_string()))?;
+    }
+    let bytes = w.into_inner().map_err(|e| Error::data(&path, e.to_string()))?;
+    write_atomic(&path, &bytes)
+}
+
+/// Rewrite `<results>/index.csv` from every `<results>/<study>/<folder>/manifest.json`: study,
+/// folder, commit, dirty, device, start, end, runs done / failed / total.
+pub fn write_index(results: &Path) -> Result<()> {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut studies: Vec<PathBuf> = match std::fs::read_dir(results) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect(),
+        Err(e) => return Err(Error::io(results, e)),
+    };
+    studies.sort();
+    for s in studies {
+        let mut folders: Vec<PathBuf> = std::fs::read_dir(&s)
+            .map_err(|e| Error::io(&s, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("manifest.json").is_file())
+            .collect();
+        folders.sort();
+        for f in folders {
+            let Ok(m) = Manifest::read(&f) else { continue };
+            let (mut done, mut failed) = (0, 0);
+            for p in &m.points {
+                match status_of(&run_dir(&f, &p.id)) {
+                    RunStatus::Done => done += 1,
+                    RunStatus::Failed => failed += 1,
+                    RunStatus::Pending => {}
+                }
+            }
+            rows.push(vec![
+                m.study.clone(),
+                m.folder.clone(),
+                m.git.commit.clone().unwrap_or_else(|| "none".into()),
+                m.git.dirty.to_string(),
+                format!("{} ({})", m.device.device, m.device.name),
+                m.start.clone(),
+                m.end.clone().unwrap_or_default(),
+                done.to_string(),
+                failed.to_string(),
+                m.points.len().to_string(),
+            ]);
+        }
+    }
+    let path = results.join("index.csv");
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let header = ["study", "folder", "commit", "dirty", "device", "start", "end", "runs_done", "runs_failed", "runs_total"];
+    w.write_record(header).map_err(|e| Error::data(&path, e.to_string()))?;
+    for r in rows {
+        w.write_record(&r).map_err(|e| Error::data(&path, e.to_string()))?;
+    }
+    let bytes = w.into_inner().map_err(|e| Error::data(&path, e.to_string()))?;
+    write_atomic(&path, &bytes)
+}
