@@ -579,3 +579,48 @@ fn torch_cross_check() {
     let got = objective::scored_loss(&model, &p, p.denom, 0, &Fwd::default()).unwrap().loss_value;
     assert!((got - AR).abs() < 1e-4, "ar: {got} vs torch {AR}");
 }
+
+// ---------------------------------------------------------------- fused kernels' backward
+
+#[test]
+fn fused_ops_gradients_match_composite_ops() {
+    use candle_core::Var;
+    use harness::model::ops;
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap()).unwrap();
+    let r = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
+    let grad = |y: Tensor| -> Vec<f32> {
+        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        let m = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(m < 1e-4, "{what}: max gradient difference {m}");
+    };
+    // softmax
+    let a = grad(ops::softmax_last_dim(x.as_tensor()).unwrap());
+    let b = grad(candle_nn::ops::softmax(x.as_tensor(), candle_core::D::Minus1).unwrap());
+    close(&a, &b, "softmax");
+    // rope
+    let cos = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap();
+    let sin = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap();
+    let a = grad(ops::rope(x.as_tensor(), &cos, &sin).unwrap());
+    let b = grad(candle_nn::rotary_emb::rope_slow(x.as_tensor(), &cos, &sin).unwrap());
+    close(&a, &b, "rope");
+    // rms norm, frozen weight
+    let w = Tensor::randn(1f32, 0.5, 8, &dev).unwrap();
+    let a = grad(ops::rms_norm(x.as_tensor(), &w, 1e-5).unwrap());
+    let b = grad(candle_nn::ops::rms_norm_slow(x.as_tensor(), &w, 1e-5).unwrap());
+    close(&a, &b, "rms_norm");
+    // rms norm, trainable weight: both gradients
+    let wv = Var::from_tensor(&w).unwrap();
+    let y1 = ops::rms_norm(x.as_tensor(), wv.as_tensor(), 1e-5).unwrap();
+    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let y2 = candle_nn::ops::rms_norm_slow(x.as_tensor(), wv.as_tensor(), 1e-5).unwrap();
+    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for t in [x.as_tensor(), wv.as_tensor()] {
+        let p: Vec<f32> = g1.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let q: Vec<f32> = g2.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        close(&p, &q, "rms_norm trainable");
+    }
+}

@@ -19,6 +19,8 @@
 //! - [`sample`]: decoding: iterative denoising for diffusion, greedy/sampled AR with a KV cache.
 //! - [`eval`]: generation and likelihood evaluation, metrics with intervals.
 //! - [`stats`]: Wilson, t-intervals, McNemar, bootstrap.
+//! - [`study`]: studies (sweeps over run configs × seeds) into resumable result folders, and
+//!   their reports.
 //! - [`rng`]: every random draw comes from a generator seeded from (run seed, purpose, step).
 #![warn(missing_docs)]
 
@@ -35,6 +37,7 @@ pub mod run;
 pub mod selfcheck;
 pub mod sample;
 pub mod stats;
+pub mod study;
 pub mod train;
 
 pub use error::{Error, Result};

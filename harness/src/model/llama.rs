@@ -7,7 +7,7 @@
 //! Reference: Touvron et al. 2023, "LLaMA: Open and Efficient Foundation Language Models".
 
 use super::lora::{AdapterConfig, Fwd, Linear, Trainable, Weight};
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -110,15 +110,11 @@ impl RmsNorm {
 
     /// (..., D) → (..., D).
     pub fn forward(&self, x: &Tensor, ctx: &Fwd) -> candle_core::Result<Tensor> {
-        let dtype = x.dtype();
+        let w = self.weight.get(x.dtype())?;
         if !ctx.train {
-            let w = self.weight.get(dtype)?;
             return candle_nn::ops::rms_norm(&x.contiguous()?, &w, self.eps as f32);
         }
-        let xf = x.to_dtype(DType::F32)?;
-        let ms = xf.sqr()?.mean_keepdim(D::Minus1)?; // (..., 1)
-        let normed = xf.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
-        normed.to_dtype(dtype)?.broadcast_mul(&self.weight.get(dtype)?)
+        super::ops::rms_norm(x, &w, self.eps)
     }
 }
 
@@ -144,18 +140,13 @@ impl Rotary {
 
     /// x: (B, H, L, Dh) for positions offset..offset+L.
     fn apply(&self, x: &Tensor, offset: usize, ctx: &Fwd) -> candle_core::Result<Tensor> {
-        let (_, _, l, dh) = x.dims4()?;
+        let l = x.dim(2)?;
         let cos = self.cos.narrow(0, offset, l)?.to_dtype(x.dtype())?; // (L, Dh/2)
         let sin = self.sin.narrow(0, offset, l)?.to_dtype(x.dtype())?;
         if !ctx.train {
             return candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin);
         }
-        let half = dh / 2;
-        let x1 = x.narrow(D::Minus1, 0, half)?;
-        let x2 = x.narrow(D::Minus1, half, half)?;
-        let a = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-        let b = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-        Tensor::cat(&[a, b], D::Minus1)
+        super::ops::rope(x, &cos, &sin)
     }
 }
 
@@ -228,7 +219,7 @@ impl Attention {
             att = att.broadcast_add(bias)?;
         }
         let att = if ctx.train {
-            candle_nn::ops::softmax(&att.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(x.dtype())?
+            super::ops::softmax_last_dim(&att)?
         } else {
             candle_nn::ops::softmax_last_dim(&att.contiguous()?)?
         };

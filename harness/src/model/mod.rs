@@ -3,6 +3,7 @@ pub mod llama;
 pub mod load;
 pub mod lora;
 pub mod mask;
+pub mod ops;
 pub mod tokenizer;
 
 pub use llama::{BuildOpts, KvCache, Llama, LlamaConfig};

@@ -1,0 +1,335 @@
+//! Rendering of a study folder: comfy-table tables for the terminal and the same tables as
+//! Markdown (`report.md` beside `summary.csv`), and the side-by-side comparison of two folders.
+//! Reads data only; every number comes from [`super::analysis`].
+
+use super::analysis::{analyze, Analysis, ConfigStats};
+use super::manifest::Manifest;
+use super::spec::PrimaryMetric;
+use crate::stats::{Interval, SeedSummary};
+use crate::{Error, Result};
+use comfy_table::{presets, Attribute, Cell, Table};
+use std::path::{Path, PathBuf};
+
+/// A table kept as text cells, rendered twice: terminal and Markdown. Bold cells are the
+/// highlighted ones.
+#[derive(Debug, Clone, Default)]
+pub struct Tab {
+    /// Title (a Markdown heading).
+    pub title: String,
+    /// Column names.
+    pub header: Vec<String>,
+    /// Rows of `(text, bold)` cells.
+    pub rows: Vec<Vec<(String, bool)>>,
+}
+
+impl Tab {
+    fn table(&self, markdown: bool) -> Table {
+        let mut t = Table::new();
+        t.load_preset(if markdown { presets::ASCII_MARKDOWN } else { presets::UTF8_FULL_CONDENSED });
+        t.set_header(self.header.clone());
+        for r in &self.rows {
+            t.add_row(r.iter().map(|(s, bold)| match (bold, markdown) {
+                (true, true) => Cell::new(format!("**{s}**")),
+                (true, false) => Cell::new(s).add_attribute(Attribute::Bold),
+                _ => Cell::new(s),
+            }));
+        }
+        t
+    }
+    /// Terminal rendering.
+    pub fn terminal(&self) -> String {
+        format!("{}\n{}\n", self.title, self.table(false))
+    }
+    /// Markdown rendering.
+    pub fn markdown(&self) -> String {
+        format!("### {}\n\n{}\n", self.title, self.table(true))
+    }
+}
+
+/// A rendered report.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// Lines above the tables (study, question, commit, device, runs).
+    pub preamble: Vec<String>,
+    /// The tables.
+    pub tables: Vec<Tab>,
+    /// Notes below them.
+    pub notes: Vec<String>,
+}
+
+impl Rendered {
+    /// For the terminal.
+    pub fn terminal(&self) -> String {
+        let mut s = self.preamble.join("\n") + "\n\n";
+        for t in &self.tables {
+            s += &t.terminal();
+            s += "\n";
+        }
+        for n in &self.notes {
+            s += n;
+            s += "\n";
+        }
+        s
+    }
+    /// As Markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        for (i, l) in self.preamble.iter().enumerate() {
+            s += &if i == 0 { format!("# {l}\n\n") } else { format!("- {l}\n") };
+        }
+        s += "\n";
+        for t in &self.tables {
+            s += &t.markdown();
+            s += "\n";
+        }
+        for n in &self.notes {
+            s += &format!("> {n}\n\n");
+        }
+        s
+    }
+}
+
+/// A study result folder from `PATH`: the folder itself (it has `manifest.json`), or a study's
+/// results directory (`results/<study>`), meaning the folder its `latest` names.
+pub fn resolve_folder(path: &Path) -> Result<PathBuf> {
+    if path.join("manifest.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let latest = path.join("latest");
+    if latest.is_file() {
+        let name = std::fs::read_to_string(&latest).map_err(|e| Error::io(&latest, e))?;
+        let folder = path.join(name.trim());
+        if folder.join("manifest.json").is_file() {
+            return Ok(folder);
+        }
+        return Err(Error::data(&latest, format!("names `{}`, which has no manifest.json", name.trim())));
+    }
+    Err(Error::msg(format!("{}: not a study result folder (no manifest.json) nor a study results directory (no `latest`)", path.display())))
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+fn pct_signed(x: f64) -> String {
+    format!("{:+.1}", 100.0 * x)
+}
+
+/// `mean [lo, hi]` in percent: a t-interval across seeds, or a single run's own interval.
+fn with_interval(s: &Option<SeedSummary>, single: Option<Interval>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) => match (&s.interval, single) {
+            (Some(i), _) => format!("{} [{}, {}]", pct(s.mean), pct(i.lo), pct(i.hi)),
+            (None, Some(i)) => format!("{} [{}, {}]¹", pct(s.mean), pct(i.lo), pct(i.hi)),
+            (None, None) => pct(s.mean),
+        },
+    }
+}
+
+fn metric_name(m: PrimaryMetric) -> &'static str {
+    match m {
+        PrimaryMetric::MacroF1 => "macro-F1",
+        PrimaryMetric::Accuracy => "accuracy",
+    }
+}
+
+/// The configuration tables: one per dataset and method, sorted by the primary metric (best
+/// first, in bold), zero-shot rows last.
+pub fn config_tables(a: &Analysis) -> Vec<Tab> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for c in &a.configs {
+        let k = (c.dataset.clone(), c.method.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let mut tabs = Vec::new();
+    for (dataset, method) in keys {
+        let mut group: Vec<&ConfigStats> = a.configs.iter().filter(|c| c.dataset == dataset && c.method == method).collect();
+        let primary = group[0].primary_metric;
+        group.sort_by(|x, y| {
+            x.zero_shot.cmp(&y.zero_shot).then_with(|| y.primary_mean().unwrap_or(f64::NEG_INFINITY).total_cmp(&x.primary_mean().unwrap_or(f64::NEG_INFINITY)))
+        });
+        let best = group.iter().filter(|c| !c.zero_shot).filter_map(|c| c.primary_mean()).fold(f64::NEG_INFINITY, f64::max);
+        let (pname, sname) = match primary {
+            PrimaryMetric::MacroF1 => ("macro-F1", "accuracy"),
+            PrimaryMetric::Accuracy => ("accuracy", "macro-F1"),
+        };
+        let mut t = Tab {
+            title: format!("{dataset} — {method} (sorted by {}, 95% CI)", metric_name(primary)),
+            header: vec![
+                "configuration".into(),
+                "runs ok/total".into(),
+                format!("{pname} % [95% CI]"),
+                format!("{sname} % [95% CI]"),
+                "majority %".into(),
+                "invalid %".into(),
+                "collapse".into(),
+                "final loss".into(),
+            ],
+            rows: Vec::new(),
+        };
+        for c in group {
+            let (ps, ss) = match primary {
+                PrimaryMetric::MacroF1 => (with_interval(&c.macro_f1, c.single_macro_f1), with_interval(&c.accuracy, c.single_accuracy)),
+                PrimaryMetric::Accuracy => (with_interval(&c.accuracy, c.single_accuracy), with_interval(&c.macro_f1, c.single_macro_f1)),
+            };
+            let is_best = !c.zero_shot && c.primary_mean().is_some_and(|m| m == best);
+            let name = if c.zero_shot { format!("{} (zero-shot base, AR)", c.config_id) } else { c.config_id.clone() };
+            let runs = if c.failed > 0 { format!("{}/{} ({} failed)", c.done, c.runs, c.failed) } else { format!("{}/{}", c.done, c.runs) };
+            let collapse = if c.collapsed.is_empty() {
+                "-".to_string()
+            } else {
+                let mut labels = c.collapsed.clone();
+                labels.dedup();
+                format!("{}/{} → {}", c.collapsed.len(), c.done, labels.join(", "))
+            };
+            t.rows.push(vec![
+                (name, is_best),
+                (runs, false),
+                (ps, is_best),
+                (ss, false),
+                (c.majority.as_ref().map(|m| format!("{} ({})", pct(m.accuracy), m.label)).unwrap_or_else(|| "-".into()), false),
+                (c.invalid_rate.map(pct).unwrap_or_else(|| "-".into()), false),
+                (collapse, !c.collapsed.is_empty()),
+                (c.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()), false),
+            ]);
+        }
+        tabs.push(t);
+    }
+    tabs
+}
+
+/// The ddm-vs-AR comparison table, or `None` when the study has no pairs.
+pub fn pairs_table(a: &Analysis) -> Option<Tab> {
+    if a.pairs.is_empty() {
+        return None;
+    }
+    let mut t = Tab {
+        title: "ddm vs AR, paired on the same test items (Δ = ddm − AR; exact McNemar, paired bootstrap 95% CI)".into(),
+        header: ["ddm run", "AR run", "dataset", "method", "n", "acc ddm %", "acc AR %", "Δ acc % [95% CI]", "Δ macro-F1 % [95% CI]", "b / c", "p", "Holm p"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        rows: Vec::new(),
+    };
+    for p in &a.pairs {
+        let c = &p.comparison;
+        let d = |i: &Interval| format!("{} [{}, {}]", pct_signed(i.estimate), pct_signed(i.lo), pct_signed(i.hi));
+        t.rows.push(vec![
+            (p.ddm.clone(), false),
+            (p.ar.clone(), false),
+            (p.dataset.clone(), false),
+            (p.method.clone(), false),
+            (c.n.to_string(), false),
+            (pct(c.a_accuracy), false),
+            (pct(c.b_accuracy), false),
+            (d(&c.accuracy_diff), c.accuracy_diff.excludes_zero()),
+            (d(&c.macro_f1_diff), c.macro_f1_diff.excludes_zero()),
+            (format!("{} / {}", c.mcnemar.b, c.mcnemar.c), false),
+            (format!("{:.3}", c.mcnemar.p_value), false),
+            (format!("{:.3}", p.holm_p), p.holm_p <= 0.05),
+        ]);
+    }
+    Some(t)
+}
+
+fn failed_table(folder: &Path, man: &Manifest) -> Result<Option<Tab>> {
+    let rows = super::summary::collect(folder, &man.points)?;
+    let failed: Vec<_> = rows.iter().filter(|r| r.status == super::summary::RunStatus::Failed).collect();
+    if failed.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Tab {
+        title: "Failed runs".into(),
+        header: vec!["run".into(), "step".into(), "error".into()],
+        rows: failed
+            .iter()
+            .map(|r| {
+                let f = r.failure.as_ref();
+                vec![
+                    (r.point.id.clone(), false),
+                    (f.and_then(|f| f.step).map(|s| s.to_string()).unwrap_or_else(|| "-".into()), false),
+                    (f.map(|f| f.message.clone()).unwrap_or_default(), false),
+                ]
+            })
+            .collect(),
+    }))
+}
+
+/// Render the report of a study folder (or `results/<study>` → its `latest`) and write it as
+/// Markdown to `report.md` in the folder. Returns the folder and the rendering.
+pub fn report(path: &Path) -> Result<(PathBuf, Rendered)> {
+    let folder = resolve_folder(path)?;
+    let man = Manifest::read(&folder)?;
+    let a = analyze(&folder, &man)?;
+    let mut preamble = vec![format!("Study `{}` — {}", man.study, man.folder)];
+    if let Some(q) = &man.question {
+        preamble.push(format!("question: {}", q.trim()));
+    }
+    preamble.push(format!(
+        "commit: {}{}  ·  harness {}  ·  candle {}",
+        man.git.commit.as_deref().unwrap_or("none (not a git checkout)"),
+        if man.git.dirty { " (dirty)" } else { "" },
+        man.harness_version,
+        man.candle_version
+    ));
+    preamble.push(format!("device: {} ({}) on {}", man.device.device, man.device.name, man.device.host));
+    preamble.push(format!("started {}  ·  ended {}", man.start, man.end.as_deref().unwrap_or("— (unfinished)")));
+    preamble.push(format!("runs: {} done, {} failed, {} total", a.counts.0, a.counts.1, a.counts.2));
+    let mut tables = config_tables(&a);
+    tables.extend(pairs_table(&a));
+    tables.extend(failed_table(&folder, &man)?);
+    let mut notes = vec![
+        "Intervals: 95% Student-t across seeds; ¹ a single seed: the run's own interval (Wilson for accuracy, bootstrap over items for macro-F1). Bold: best configuration by the primary metric; in the pair table, differences whose interval excludes 0 and Holm p ≤ 0.05.".to_string(),
+    ];
+    notes.extend(a.note.clone());
+    let r = Rendered { preamble, tables, notes };
+    let md = folder.join("report.md");
+    std::fs::write(&md, r.markdown()).map_err(|e| Error::io(&md, e))?;
+    Ok((folder, r))
+}
+
+/// Two study folders side by side: per configuration, dataset and method present in both, the
+/// primary metric and accuracy of A and B (means across seeds) and their differences B − A.
+pub fn compare(a_path: &Path, b_path: &Path) -> Result<Rendered> {
+    let fa = resolve_folder(a_path)?;
+    let fb = resolve_folder(b_path)?;
+    let (ma, mb) = (Manifest::read(&fa)?, Manifest::read(&fb)?);
+    let (aa, ab) = (analyze(&fa, &ma)?, analyze(&fb, &mb)?);
+    let mut t = Tab {
+        title: format!("A = {}/{}  vs  B = {}/{}", ma.study, ma.folder, mb.study, mb.folder),
+        header: ["configuration", "dataset", "method", "primary", "A %", "B %", "B − A", "acc A %", "acc B %", "acc B − A"].iter().map(|s| s.to_string()).collect(),
+        rows: Vec::new(),
+    };
+    let m = |s: &Option<SeedSummary>| s.as_ref().map(|s| s.mean);
+    let show = |x: Option<f64>| x.map(pct).unwrap_or_else(|| "-".into());
+    let diff = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) => pct_signed(y - x),
+        _ => "-".into(),
+    };
+    for ca in &aa.configs {
+        let Some(cb) = ab.configs.iter().find(|c| c.config_id == ca.config_id && c.dataset == ca.dataset && c.method == ca.method) else { continue };
+        let (pa, pb) = (m(&ca.primary), m(&cb.primary));
+        let (xa, xb) = (m(&ca.accuracy), m(&cb.accuracy));
+        t.rows.push(vec![
+            (ca.config_id.clone(), false),
+            (ca.dataset.clone(), false),
+            (ca.method.clone(), false),
+            (metric_name(ca.primary_metric).to_string(), false),
+            (show(pa), false),
+            (show(pb), false),
+            (diff(pa, pb), false),
+            (show(xa), false),
+            (show(xb), false),
+            (diff(xa, xb), false),
+        ]);
+    }
+    let mut notes = Vec::new();
+    if t.rows.is_empty() {
+        notes.push("no configuration is present in both folders".to_string());
+    }
+    notes.push("Means across seeds; the runs of A and B are not paired here (use `harness report` for paired tests within a study).".into());
+    Ok(Rendered { preamble: vec![format!("Compare {} and {}", fa.display(), fb.display())], tables: vec![t], notes })
+}
