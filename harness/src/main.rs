@@ -243,6 +243,8 @@ fn run(cli: Cli) -> Result<()> {
             if o.interrupted {
                 anyhow::bail!("interrupted: rerun the same command to resume {}", o.folder.display());
             }
+            let (_, r) = harness::study::report::report(&o.folder)?;
+            print!("{}", r.terminal());
             Ok(())
         }
         Cmd::Report { path } => {

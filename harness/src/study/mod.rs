@@ -19,7 +19,7 @@
 //!     <yyyymmdd-hhmmss>-<sha>[-dirty]/
 //!       manifest.json                  end time written when every run is done or failed
 //!       summary.csv                    one row per run, rewritten after every run
-//!       report.md                      written by `harness report`
+//!       report.md, analysis.json       written by `harness report` (and at the end of `harness study`)
 //!       runs/<run-id>/                 config.json, metrics.csv, eval_metrics.csv, summary.json,
 //!                                      eval.json, predictions.jsonl, DONE (or FAILED)
 //! .cache/checkpoints/<study>/<folder>/<run-id>/   adapters and checkpoints (git-ignored)

@@ -288,6 +288,8 @@ pub fn report(path: &Path) -> Result<(PathBuf, Rendered)> {
     let r = Rendered { preamble, tables, notes };
     let md = folder.join("report.md");
     std::fs::write(&md, r.markdown()).map_err(|e| Error::io(&md, e))?;
+    // The numbers behind the tables, as data for notebooks (which do not compile candle).
+    crate::run::write_json(&folder.join("analysis.json"), &a)?;
     Ok((folder, r))
 }
 
