@@ -237,6 +237,9 @@ pub struct EvalConfig {
     pub max_new_tokens: usize,
     /// Diffusion generation: denoising steps.
     pub steps: usize,
+    /// Diffusion generation: also evaluate `generate` at each of these step counts (reported as
+    /// methods `generate@steps=N`), for accuracy against decoding steps. Empty = off.
+    pub steps_sweep: Vec<usize>,
     /// Diffusion generation: `low_confidence`, `random` or `threshold`.
     pub strategy: String,
     /// Diffusion `threshold` strategy: commit every position whose confidence exceeds this.
@@ -265,6 +268,7 @@ impl Default for EvalConfig {
             batch_size: 16,
             max_new_tokens: 8,
             steps: 8,
+            steps_sweep: vec![],
             strategy: "low_confidence".into(),
             threshold: 0.9,
             block_len: 0,
@@ -454,6 +458,9 @@ impl RawConfig {
         }
         if !["low_confidence", "random", "threshold"].contains(&e.strategy.as_str()) {
             return bad("eval.strategy", "must be low_confidence, random or threshold");
+        }
+        if e.steps_sweep.contains(&0) {
+            return bad("eval.steps_sweep", "step counts must be ≥ 1");
         }
         if e.batch_size == 0 || e.max_new_tokens == 0 || e.steps == 0 || e.mc_samples == 0 {
             return bad("eval", "batch_size, max_new_tokens, steps and mc_samples must be ≥ 1");

@@ -158,10 +158,26 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
     let pred_path = out_dir.join("predictions.jsonl");
     let mut pred_file = std::io::BufWriter::new(std::fs::File::create(&pred_path).map_err(|e| Error::io(&pred_path, e))?);
     let mut methods = Vec::new();
-    for method in &setup.eval.methods {
+    // (label, method, steps override): `generate@steps=N` for each step count of the sweep.
+    let mut plan: Vec<(String, &str, Option<usize>)> = Vec::new();
+    for m in &setup.eval.methods {
+        plan.push((m.clone(), m.as_str(), None));
+        if m == "generate" && setup.objective == ObjectiveKind::Diffusion {
+            for &s in &setup.eval.steps_sweep {
+                plan.push((format!("generate@steps={s}"), "generate", Some(s)));
+            }
+        }
+    }
+    for (method, kind, steps) in &plan {
         let start = Instant::now();
-        let (preds, gen_tokens, nfe) = match method.as_str() {
-            "generate" => generate(model, tok, &items, &prompts, setup)?,
+        let (preds, gen_tokens, nfe) = match *kind {
+            "generate" => {
+                let mut s = setup.clone();
+                if let Some(st) = steps {
+                    s.eval.steps = *st;
+                }
+                generate(model, tok, &items, &prompts, &s)?
+            }
             "likelihood" => likelihood(model, tok, &items, &prompts, setup)?,
             m => return Err(Error::config("eval.methods", format!("unknown method `{m}`"))),
         };
@@ -186,7 +202,7 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
             writeln!(pred_file, "{line}").map_err(|e| Error::io(&pred_path, e))?;
         }
         let report = classification_report(&labels, &pairs, setup.eval.bootstrap.max(1), setup.seed)?;
-        let (throughput, unit) = if method == "generate" {
+        let (throughput, unit) = if *kind == "generate" {
             (gen_tokens as f64 / wall.max(1e-9), "tokens/s")
         } else {
             (items.len() as f64 / wall.max(1e-9), "items/s")
