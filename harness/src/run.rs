@@ -83,6 +83,28 @@ pub fn encode_items(items: &[data::Item], cfg: &RawConfig, tok: &Tok) -> Result<
     Ok((out, truncated))
 }
 
+/// The `eval.during_training` hook: every method on the dev split, written to
+/// `dev_evals/step-N/` and as `dev_<metric>_<method>` rows of `eval_metrics.csv`.
+struct DevAccuracy<'a> {
+    tok: &'a Tok,
+    items: &'a [data::Item],
+    setup: crate::eval::EvalSetup,
+    dir: PathBuf,
+    dataset: String,
+}
+
+impl EvalHook for DevAccuracy<'_> {
+    fn evaluate(&mut self, step: u64, model: &Llama) -> Result<Vec<(String, f64)>> {
+        let r = crate::eval::evaluate(model, self.tok, self.items, &self.setup, &self.dataset, "dev", &self.dir.join(format!("step-{step:06}")))?;
+        let mut out = Vec::new();
+        for m in &r.methods {
+            out.push((format!("dev_accuracy_{}", m.method), m.report.accuracy.estimate));
+            out.push((format!("dev_macro_f1_{}", m.method), m.report.macro_f1.estimate));
+        }
+        Ok(out)
+    }
+}
+
 /// What `summary.json` of a run holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
@@ -152,6 +174,19 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
     // The resolved config goes into the run folder before training starts.
     write_json(&run_dir.join("config.json"), &cfg)?;
     let objective = objective(&cfg.raw, loaded.tok.mask_id);
+    // Periodic accuracy on the dev split (never the test split) when asked for.
+    let mut dev_hook = DevAccuracy {
+        tok: &loaded.tok,
+        items: &splits.dev,
+        setup: crate::eval::EvalSetup::from_config(&cfg.raw),
+        dir: run_dir.join("dev_evals"),
+        dataset: splits.name.clone(),
+    };
+    let hook: Option<&mut dyn EvalHook> = match opts.hook {
+        Some(h) => Some(h),
+        None if cfg.raw.eval.during_training && !splits.dev.is_empty() => Some(&mut dev_hook),
+        None => None,
+    };
     let checkpoint_dir = cfg.raw.train.checkpoint_dir.clone().unwrap_or_else(|| run_dir.join("checkpoints"));
     let outcome = train::train(
         &loaded.model,
@@ -168,7 +203,7 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
             checkpoint_dir,
             stop: opts.stop,
         },
-        opts.hook,
+        hook,
     )?;
     let summary = RunSummary {
         name: cfg.raw.name.clone(),

@@ -1,0 +1,174 @@
+//! Which result folder a notebook shows, and opening it.
+//!
+//! A notebook names a folder through `DDM_STUDY_DIR` (a study result folder, or a study's
+//! folder `results/<study>` whose `latest` file names the newest complete one), else
+//! `DDM_STUDY` (a study name: `results/<name>`), else its default. Relative paths are looked up
+//! from the working directory and then from its parents, so `results/...` works from the
+//! repository root and from `notebooks/` (where the kernel runs) alike.
+
+use crate::analysis::Analysis;
+use crate::manifest::{Manifest, Point};
+use crate::run::{self, EvalResult, StepRow};
+use crate::summary::Summary;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Default folder of `diffusion_vs_ar.ipynb`.
+pub const DEFAULT_DDM_VS_AR: &str = "results/baseline/latest";
+
+/// The folder named by `DDM_STUDY_DIR`, else `results/$DDM_STUDY`, else `default`; not yet
+/// checked.
+pub fn from_env(default: &str) -> String {
+    let var = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    if let Some(d) = var("DDM_STUDY_DIR") {
+        d
+    } else if let Some(s) = var("DDM_STUDY") {
+        format!("results/{s}")
+    } else {
+        default.to_string()
+    }
+}
+
+/// Find `p`: as given, else (when relative) under the nearest ancestor of the working
+/// directory that has it.
+fn locate(p: &Path) -> Option<PathBuf> {
+    if p.exists() {
+        return Some(p.to_path_buf());
+    }
+    if p.is_absolute() {
+        return None;
+    }
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors().map(|a| a.join(p)).find(|c| c.exists())
+}
+
+/// The study result folder that `spec` names: a folder with `manifest.json`, a study folder
+/// with a `latest` file, or such a `latest` file itself.
+pub fn resolve(spec: &str) -> Result<PathBuf> {
+    let p = Path::new(spec);
+    let hint = "run `make study NAME=<study>` first, or set DDM_STUDY_DIR to a study result folder (or DDM_STUDY to a study name)";
+    let Some(found) = locate(p) else {
+        let cwd = std::env::current_dir().map(|c| c.display().to_string()).unwrap_or_default();
+        return Err(Error(format!("no study results at `{spec}` (looked from {cwd} and its parents): {hint}")));
+    };
+    let latest = if found.is_file() { Some(found.clone()) } else { Some(found.join("latest")).filter(|l| l.is_file()) };
+    if found.is_dir() && found.join("manifest.json").is_file() {
+        return Ok(found);
+    }
+    if let Some(l) = latest {
+        let name = std::fs::read_to_string(&l).map_err(|e| Error::file(&l, e))?.trim().to_string();
+        let dir = l.parent().unwrap_or(Path::new(".")).join(&name);
+        if name.is_empty() || !dir.join("manifest.json").is_file() {
+            return Err(Error(format!("{} names `{name}`, which is not a study result folder (no manifest.json)", l.display())));
+        }
+        return Ok(dir);
+    }
+    Err(Error(format!(
+        "`{}` is neither a study result folder (no manifest.json) nor a study folder with a `latest` file (no study has finished there yet): {hint}",
+        found.display()
+    )))
+}
+
+/// An opened, finished study result folder.
+#[derive(Debug, Clone)]
+pub struct Study {
+    /// The folder.
+    pub dir: PathBuf,
+    /// `manifest.json`.
+    pub manifest: Manifest,
+    /// `summary.csv`.
+    pub summary: Summary,
+    /// `analysis.json`.
+    pub analysis: Analysis,
+}
+
+impl Study {
+    /// Open the folder of [`from_env`]`(default)`.
+    pub fn from_env(default: &str) -> Result<Study> {
+        Study::open(&from_env(default))
+    }
+
+    /// Open the folder `spec` names (see [`resolve`]). Refuses, with one message saying what
+    /// to run, a folder whose study has not finished (no end time, or runs neither done nor
+    /// failed) or that has no `summary.csv` / `analysis.json`.
+    pub fn open(spec: &str) -> Result<Study> {
+        let dir = resolve(spec)?;
+        let mp = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&mp).map_err(|e| Error::file(&mp, e))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| Error::file(&mp, format!("not a study manifest: {e}")))?;
+        let pending: Vec<&str> = manifest
+            .points
+            .iter()
+            .filter(|p| {
+                let r = dir.join("runs").join(&p.id);
+                !(r.join("DONE").is_file() || r.join("FAILED").is_file())
+            })
+            .map(|p| p.id.as_str())
+            .collect();
+        if manifest.end.is_none() || !pending.is_empty() {
+            let shown: Vec<&str> = pending.iter().take(5).copied().collect();
+            let more = if pending.len() > 5 { format!(" and {} more", pending.len() - 5) } else { String::new() };
+            return Err(Error(format!(
+                "{} is incomplete: {} of {} runs not finished ({}{more}); resume it with `make study NAME={}` (same commit) or pick a finished folder",
+                dir.display(),
+                pending.len(),
+                manifest.points.len(),
+                if shown.is_empty() { "manifest.json has no end time".to_string() } else { shown.join(", ") },
+                manifest.study
+            )));
+        }
+        let sp = dir.join("summary.csv");
+        if !sp.is_file() {
+            return Err(Error(format!("{}: no summary.csv; rerun `harness report {}`", dir.display(), dir.display())));
+        }
+        let summary = Summary::read(&sp)?;
+        let ap = dir.join("analysis.json");
+        if !ap.is_file() {
+            return Err(Error(format!("{}: no analysis.json; write it with `harness report {}`", dir.display(), dir.display())));
+        }
+        let text = std::fs::read_to_string(&ap).map_err(|e| Error::file(&ap, e))?;
+        let analysis: Analysis = serde_json::from_str(&text).map_err(|e| Error::file(&ap, e))?;
+        Ok(Study { dir, manifest, summary, analysis })
+    }
+
+    /// The folder of run `id`.
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("runs").join(id)
+    }
+
+    /// `metrics.csv` of run `id` (empty for zero-shot runs).
+    pub fn metrics(&self, id: &str) -> Result<Vec<StepRow>> {
+        run::read_metrics(&self.run_dir(id))
+    }
+
+    /// `eval.json` of run `id` (`None` for failed runs).
+    pub fn eval(&self, id: &str) -> Result<Option<EvalResult>> {
+        run::read_eval(&self.run_dir(id))
+    }
+
+    /// Trained (not zero-shot) points.
+    pub fn trained(&self) -> impl Iterator<Item = &Point> {
+        self.manifest.points.iter().filter(|p| !p.zero_shot)
+    }
+
+    /// Whether the study trains both objectives (a ddm-vs-AR study, such as `baseline` or
+    /// `smoke`).
+    pub fn is_ddm_vs_ar(&self) -> bool {
+        let has = |k: &str| self.trained().any(|p| p.objective() == k);
+        has("diffusion") && has("autoregressive")
+    }
+
+    /// Runs done, failed, total.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let (mut done, mut failed) = (0, 0);
+        for p in &self.manifest.points {
+            let r = self.run_dir(&p.id);
+            if r.join("DONE").is_file() {
+                done += 1;
+            } else if r.join("FAILED").is_file() {
+                failed += 1;
+            }
+        }
+        (done, failed, self.manifest.points.len())
+    }
+}
