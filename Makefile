@@ -63,3 +63,33 @@ selfcheck: build
 BENCH_BIN ?= $(if $(wildcard $(CUDA_BIN)),$(CUDA_BIN),$(BIN))
 bench:
 	bash bench/run.sh $(BENCH_BIN)
+
+## notebooks: execute every notebook headless on every finished study in results/ (each
+## results/*/latest; see notebooks/run.py): diffusion_vs_ar.ipynb on ddm-vs-AR studies,
+## study.ipynb on the others; executed copies in notebooks/executed/<notebook>-<study>.ipynb.
+## Fails when a cell fails or a notebook shows no plot or no table. Sets up what it needs first
+## (notebooks-setup): evcxr_jupyter (pinned; `cargo install`, 6-12 min the first time), its
+## Jupyter kernel "rust", and nbconvert (pinned) in .cache/notebooks/venv.
+## NB_TIMEOUT: seconds per cell.
+EVCXR_VERSION := 0.22.0
+NBCONVERT_VERSION := 7.17.2
+NB_VENV := .cache/notebooks/venv
+NB_TIMEOUT ?= 600
+NB_PATH := $${CARGO_HOME:-$$HOME/.cargo}/bin:$$PATH
+
+.PHONY: notebooks-setup
+notebooks: notebooks-setup
+	PATH="$(NB_PATH)" $(NB_VENV)/bin/python notebooks/run.py --timeout $(NB_TIMEOUT)
+
+notebooks-setup: $(NB_VENV)/.nbconvert-$(NBCONVERT_VERSION)
+	PATH="$(NB_PATH)" $(CARGO) install --locked evcxr_jupyter@$(EVCXR_VERSION)
+	export PATH="$(NB_PATH)"; $(NB_VENV)/bin/jupyter kernelspec list 2>/dev/null | grep -qw rust || evcxr_jupyter --install
+
+# A venv with nbconvert (and nbclient). Debian's python3 may lack ensurepip (python3-venv):
+# then a venv without pip, filled by the system pip (`pip --python`, pip >= 22.3).
+$(NB_VENV)/.nbconvert-$(NBCONVERT_VERSION):
+	rm -rf $(NB_VENV)
+	$(PYTHON) -m venv $(NB_VENV) || { rm -rf $(NB_VENV); $(PYTHON) -m venv --without-pip $(NB_VENV); }
+	if [ -x $(NB_VENV)/bin/pip ]; then $(NB_VENV)/bin/pip install --quiet nbconvert==$(NBCONVERT_VERSION); \
+	else $(PYTHON) -m pip --python $(NB_VENV)/bin/python install --quiet nbconvert==$(NBCONVERT_VERSION); fi
+	touch $@

@@ -64,7 +64,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
         return Ok(dir);
     }
     Err(Error(format!(
-        "`{}` is neither a study result folder (no manifest.json) nor a study folder with a `latest` file (no study has finished there yet): {hint}",
+        "`{}` is not a study result folder (no manifest.json) and has no `latest` file (no study has finished there yet): {hint}",
         found.display()
     )))
 }
@@ -72,7 +72,9 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
 /// An opened, finished study result folder.
 #[derive(Debug, Clone)]
 pub struct Study {
-    /// The folder.
+    /// The folder as the notebook named it (`results/smoke/latest`).
+    pub spec: String,
+    /// The folder, resolved.
     pub dir: PathBuf,
     /// `manifest.json`.
     pub manifest: Manifest,
@@ -83,9 +85,14 @@ pub struct Study {
 }
 
 impl Study {
-    /// Open the folder of [`from_env`]`(default)`.
+    /// Open the folder of [`from_env`]`(default)`; an empty `default` makes one of the two
+    /// env vars required.
     pub fn from_env(default: &str) -> Result<Study> {
-        Study::open(&from_env(default))
+        let spec = from_env(default);
+        if spec.is_empty() {
+            return Err(Error::msg("no study named: set DDM_STUDY to a study name (anneal, shift, lora_rank, t_sampling, ...) or DDM_STUDY_DIR to a result folder"));
+        }
+        Study::open(&spec)
     }
 
     /// Open the folder `spec` names (see [`resolve`]). Refuses, with one message saying what
@@ -128,7 +135,7 @@ impl Study {
         }
         let text = std::fs::read_to_string(&ap).map_err(|e| Error::file(&ap, e))?;
         let analysis: Analysis = serde_json::from_str(&text).map_err(|e| Error::file(&ap, e))?;
-        Ok(Study { dir, manifest, summary, analysis })
+        Ok(Study { spec: spec.to_string(), dir, manifest, summary, analysis })
     }
 
     /// The folder of run `id`.

@@ -11,6 +11,8 @@
 //! - [`manifest`], [`summary`], [`analysis`], [`run`]: the files, as written by `harness`.
 //! - [`tables`]: [`Table`]s (printed with comfy-table, shown as HTML in a notebook).
 //! - [`plots`]: [`Figure`]s (SVG from plotters, no system fonts; HTML in a notebook).
+//! - [`figures`]: the figures of a study (accuracy, loss curves, decoding steps, throughput, sweep).
+//! - [`page`]: a table and a figure as one cell output.
 //! - [`sweep`]: the swept value of a study, for `study.ipynb`.
 //!
 //! Everything is data in, table or figure out; nothing here writes into the result folder.
@@ -18,8 +20,10 @@
 
 pub mod analysis;
 pub mod error;
+pub mod figures;
 pub mod folder;
 pub mod manifest;
+pub mod page;
 pub mod plots;
 pub mod run;
 pub mod summary;
@@ -28,5 +32,6 @@ pub mod tables;
 
 pub use error::{Error, Result};
 pub use folder::Study;
+pub use page::{page, Page};
 pub use plots::Figure;
 pub use tables::Table;

@@ -3,7 +3,7 @@
 //!
 //! Two shapes cover the notebooks: [`forest`] (one row per configuration, a value with its
 //! interval per series) and [`lines`] (series over a numeric or categorical x axis, with
-//! optional interval bars). `study_plots` in the notebooks feed them from [`crate::Study`].
+//! optional interval bars). [`crate::figures`] feeds them from a [`crate::Study`].
 
 use crate::Result;
 use plotters::prelude::*;
@@ -52,13 +52,16 @@ impl Figure {
     }
 }
 
+/// A value on a row of a [`forest`]: `(row, value, interval)`.
+pub type RowPoint = (usize, f64, Option<(f64, f64)>);
+
 /// One series of a [`forest`]: values on rows (categories).
 #[derive(Debug, Clone, Default)]
 pub struct RowSeries {
     /// Legend name.
     pub name: String,
     /// `(row, value, interval)`.
-    pub points: Vec<(usize, f64, Option<(f64, f64)>)>,
+    pub points: Vec<RowPoint>,
 }
 
 /// One series of [`lines`].

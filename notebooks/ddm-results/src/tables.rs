@@ -85,7 +85,7 @@ pub fn info(study: &Study) -> Table {
     let (done, failed, total) = study.counts();
     let mut t = Table::new(&format!("Study `{}`", m.study), &["", ""]);
     let mut row = |k: &str, v: String| t.rows.push(vec![k.to_string(), v]);
-    row("folder", study.dir.display().to_string());
+    row("folder", format!("{}/{} (from `{}`)", m.study, m.folder, study.spec));
     row("question", m.question.clone().unwrap_or_default());
     row("commit", m.commit());
     row("device", m.device_text());

@@ -1,0 +1,143 @@
+//! The notebooks' figures, from a [`Study`]: accuracy per configuration, loss curves,
+//! accuracy against decoding steps, throughput, and a metric against the swept value.
+
+use crate::plots::{forest, lines, Figure, RowSeries, XySeries};
+use crate::summary::Spread;
+use crate::sweep::{self, Axis, Metric};
+use crate::{Result, Study};
+
+fn clamp01((lo, hi): (f64, f64)) -> (f64, f64) {
+    (lo.max(0.0), hi.min(1.0))
+}
+
+/// Accuracy and macro-F1 per configuration (rows), one series per evaluation method, with
+/// their intervals and the majority baseline (black tick).
+pub fn accuracy(study: &Study) -> Result<Figure> {
+    let configs = &study.analysis.configs;
+    let mut rows: Vec<String> = Vec::new();
+    let mut methods: Vec<String> = Vec::new();
+    for c in configs {
+        if !rows.contains(&c.config_id) {
+            rows.push(c.config_id.clone());
+        }
+        if !methods.contains(&c.method) {
+            methods.push(c.method.clone());
+        }
+    }
+    let mut refs = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        if let Some(m) = configs.iter().find(|c| &c.config_id == r).and_then(|c| c.majority.as_ref()) {
+            refs.push((i, m.accuracy));
+        }
+    }
+    let panel = |title: &str, f1: bool| {
+        let series: Vec<RowSeries> = methods
+            .iter()
+            .map(|m| RowSeries {
+                name: m.clone(),
+                points: configs
+                    .iter()
+                    .filter(|c| &c.method == m)
+                    .filter_map(|c| {
+                        let e = if f1 { c.macro_f1() } else { c.accuracy() }?;
+                        Some((rows.iter().position(|r| *r == c.config_id)?, e.value, e.interval.map(clamp01)))
+                    })
+                    .collect(),
+            })
+            .collect();
+        forest(title, title, &rows, &series, if f1 { &[] } else { &refs }, "majority baseline", Some((0.0, 1.0)))
+    };
+    Ok(Figure::row([panel("accuracy", false)?, panel("macro-F1", true)?]))
+}
+
+/// Training curves of every trained run: weighted `loss` and unweighted `ce` per step (one
+/// colour per configuration, one line per seed).
+pub fn loss_curves(study: &Study) -> Result<Figure> {
+    let ids = study.manifest.config_ids();
+    let (mut loss, mut ce) = (Vec::new(), Vec::new());
+    let mut named: Vec<String> = Vec::new();
+    for p in study.trained() {
+        let rows = study.metrics(&p.id)?;
+        if rows.is_empty() {
+            continue;
+        }
+        let color = ids.iter().position(|c| *c == p.config_id).unwrap_or(0);
+        let name = if named.contains(&p.config_id) { String::new() } else { p.config_id.clone() };
+        named.push(p.config_id.clone());
+        let finite = |v: f64| v.is_finite();
+        loss.push(XySeries { name: name.clone(), points: rows.iter().filter(|r| finite(r.loss)).map(|r| (r.step as f64, r.loss)).collect(), color, ..Default::default() });
+        ce.push(XySeries { name, points: rows.iter().filter(|r| finite(r.ce)).map(|r| (r.step as f64, r.ce)).collect(), color, ..Default::default() });
+    }
+    Ok(Figure::row([
+        lines("weighted loss (trained objective)", "step", "loss", &loss, None)?,
+        lines("unweighted cross-entropy over scored tokens", "step", "ce", &ce, None)?,
+    ]))
+}
+
+/// Accuracy of the diffusion sampler's `generate` against the number of decoding steps: one
+/// line per run (colour per configuration), with the run's Wilson interval.
+pub fn decoding_steps(study: &Study) -> Result<Figure> {
+    let pts = sweep::steps_points(study)?;
+    if pts.is_empty() {
+        return Figure::note("accuracy against decoding steps", "no diffusion runs with `generate` in this folder");
+    }
+    let ids = study.manifest.config_ids();
+    let mut series: Vec<XySeries> = Vec::new();
+    let mut named: Vec<String> = Vec::new();
+    let mut run = String::new();
+    for (id, steps, m) in &pts {
+        if *id != run {
+            run = id.clone();
+            let cfg = study.manifest.points.iter().find(|p| &p.id == id).map(|p| p.config_id.clone()).unwrap_or_default();
+            let name = if named.contains(&cfg) { String::new() } else { cfg.clone() };
+            named.push(cfg.clone());
+            series.push(XySeries { name, markers: true, color: ids.iter().position(|c| *c == cfg).unwrap_or(0), ..Default::default() });
+        }
+        let s = series.last_mut().expect("pushed above");
+        let a = &m.report.accuracy;
+        s.points.push((*steps as f64, a.estimate));
+        s.bars.push((*steps as f64, a.lo, a.hi));
+    }
+    lines("diffusion generate: accuracy against decoding steps (Wilson 95%)", "decoding steps", "accuracy", &series, None)
+}
+
+/// Training tokens/s and generated tokens/s per configuration (mean; bars: range over seeds).
+pub fn throughput(study: &Study) -> Result<Figure> {
+    let ids = study.manifest.config_ids();
+    let panel = |title: &str, col: &str| {
+        let mut rows = Vec::new();
+        let mut s = RowSeries { name: "mean (range over seeds)".into(), points: Vec::new() };
+        for id in &ids {
+            if let Some(x) = Spread::of(&study.summary.values(id, col)).filter(|x| x.mean > 0.0) {
+                s.points.push((rows.len(), x.mean, (x.n > 1).then_some((x.min, x.max))));
+                rows.push(id.clone());
+            }
+        }
+        forest(title, title, &rows, &[s], &[], "", None)
+    };
+    Ok(Figure::row([panel("training tokens/s", "train_tokens_per_s")?, panel("generated tokens/s", "generate_throughput")?]))
+}
+
+/// `metric` against the study's swept value, one line per series, with interval bars.
+pub fn sweep(study: &Study, metric: Metric) -> Result<Figure> {
+    let axis = Axis::of(study);
+    let pts = sweep::points(study, &axis, metric);
+    let mut series: Vec<XySeries> = Vec::new();
+    for p in pts {
+        let k = match series.iter().position(|s| s.name == p.series) {
+            Some(k) => k,
+            None => {
+                series.push(XySeries { name: p.series.clone(), markers: true, color: series.len(), ..Default::default() });
+                series.len() - 1
+            }
+        };
+        series[k].points.push((p.x as f64, p.y));
+        if let Some((lo, hi)) = p.interval {
+            series[k].bars.push((p.x as f64, lo, hi));
+        }
+    }
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    lines(&format!("{} against {}", metric.name(), axis.key), &axis.key, metric.name(), &series, Some(&axis.values))
+}
