@@ -13,9 +13,15 @@ if [ ! -x "$BIN" ]; then
   else python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],"wb"))' .gpu/harness.xz "$BIN"; fi
   chmod +x "$BIN"
 fi
+# the Python that has PyTorch (and with it the CUDA 13 wheels)
+PY=python3
+for p in python3 /opt/torch/.venv/bin/python3; do
+  if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import torch' 2>/dev/null; then PY=$p; break; fi
+done
+export PYTHON=$PY
 libs=""
 for so in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10; do
-  d=$(python3 - "$so" <<'PY'
+  d=$("$PY" - "$so" <<'PY'
 import os, sys, site
 name = sys.argv[1]
 roots = site.getsitepackages() + [site.getusersitepackages()]

@@ -8,7 +8,9 @@ bin=${1:-target/cuda/release/harness}
 mkdir -p .gpu
 tmp=$(mktemp); cp "$bin" "$tmp"; strip "$tmp" 2>/dev/null || true
 xz -T0 -6 -c "$tmp" > .gpu/harness.xz; rm -f "$tmp"
-dirty=0; [ -n "$(git status --porcelain -- . ':(exclude)results' 2>/dev/null)" ] && dirty=1
+# dirty: uncommitted changes to what the binary and the runs are made of (results/ and the
+# notebooks are neither)
+dirty=0; [ -n "$(git status --porcelain -- . ':(exclude)results' ':(exclude)notebooks' 2>/dev/null)" ] && dirty=1
 echo "$(git rev-parse HEAD) $dirty" > .gpu/commit
 if [ -d ../shared/data/pubmedqa ]; then rm -rf .gpu/data; mkdir -p .gpu/data; cp -r ../shared/data/pubmedqa .gpu/data/; fi
 m=models/SmolLM2-135M-Instruct.Q4_1.gguf
