@@ -21,6 +21,7 @@ Usage: run.py [--results DIR] [--timeout S] [--kernel NAME] [STUDY_OR_FOLDER ...
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -61,14 +62,31 @@ def output_texts(nb) -> list:
 
 
 def errors_of(nb) -> list:
+    """The failing cells: their error output and their stderr (a panic's message), without
+    backtrace lines."""
     errs = []
     for i, cell in enumerate(nb.cells):
-        for o in cell.get("outputs", []):
-            if o.get("output_type") == "error":
-                errs.append(f"cell {i}: {o.get('ename', '')}: {o.get('evalue', '')}\n" + "\n".join(o.get("traceback", [])))
-            elif o.get("output_type") == "stream" and o.get("name") == "stderr" and "panicked" in o.get("text", ""):
-                errs.append(f"cell {i}: {o.get('text', '').strip()}")
+        outs = cell.get("outputs", [])
+        stderr = "".join(o.get("text", "") for o in outs if o.get("output_type") == "stream" and o.get("name") == "stderr")
+        error = [o for o in outs if o.get("output_type") == "error"]
+        if not error and "panicked" not in stderr:
+            continue
+        lines = [
+            l for l in stderr.splitlines()
+            if l.strip() and not re.match(r"\s*(\d+:|at |stack backtrace|note: )", l)
+        ][:12]
+        for o in error:
+            lines += [f"{o.get('ename', '')}: {o.get('evalue', '')}"] + [t for t in o.get("traceback", []) if t != o.get("evalue")][:30]
+        errs.append(re.sub(r"\x1b\[[0-9;]*m", "", f"cell {i}:\n  " + "\n  ".join(lines)))
     return errs
+
+
+def shown(p: Path) -> str:
+    """`p` relative to the repository root when it lies inside, else absolute."""
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(p.resolve())
 
 
 def run_one(notebook: Path, folder: Path, study: str, out_dir: Path, kernel: str, timeout: int) -> bool:
@@ -79,10 +97,7 @@ def run_one(notebook: Path, folder: Path, study: str, out_dir: Path, kernel: str
     out = out_dir / f"{notebook.stem}-{study}.ipynb"
     nb = nbformat.read(notebook, as_version=4)
     # Relative to the repository root when possible, so the executed copies hold no absolute paths.
-    try:
-        spec = str(folder.resolve().relative_to(ROOT))
-    except ValueError:
-        spec = str(folder.resolve())
+    spec = shown(folder)
     os.environ["DDM_STUDY_DIR"] = spec
     os.environ.pop("DDM_STUDY", None)
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(NOTEBOOKS)}})
@@ -107,7 +122,7 @@ def run_one(notebook: Path, folder: Path, study: str, out_dir: Path, kernel: str
         if not any(m in t for t in texts for m in TABLE_MARKS):
             problems.append("no table in any output")
     status = "ok" if not problems else "FAILED"
-    print(f"{status}: {notebook.name} on {spec} → {out.relative_to(ROOT)} ({secs:.0f} s)", flush=True)
+    print(f"{status}: {notebook.name} on {spec} → {shown(out)} ({secs:.0f} s)", flush=True)
     for p in problems:
         print("  " + p.replace("\n", "\n  "), flush=True)
     return not problems
@@ -127,6 +142,8 @@ def main() -> int:
     config.mkdir(parents=True, exist_ok=True)
     (config / "init.evcxr").write_text(":preserve_vars_on_panic 0\n")
     os.environ["EVCXR_CONFIG_DIR"] = str(config)
+    # A failing cell shows its message, not a backtrace.
+    os.environ["RUST_BACKTRACE"] = "0"
 
     if args.targets:
         folders = [folder_of(t, results) for t in args.targets]

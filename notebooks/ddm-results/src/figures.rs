@@ -139,5 +139,13 @@ pub fn sweep(study: &Study, metric: Metric) -> Result<Figure> {
     for s in &mut series {
         s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
-    lines(&format!("{} against {}", metric.name(), axis.key), &axis.key, metric.name(), &series, Some(&axis.values))
+    let mut name = metric.name().to_string();
+    if metric == Metric::Primary {
+        let mut kinds: Vec<&str> = study.analysis.configs.iter().map(|c| c.primary_metric.as_str()).collect();
+        kinds.dedup();
+        if kinds.len() == 1 {
+            name = format!("primary metric ({})", kinds[0]);
+        }
+    }
+    lines(&format!("{name} against {}", axis.key), &axis.key, &name, &series, Some(&axis.values))
 }

@@ -93,6 +93,24 @@ fn color(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
+/// How many integers lie in `lo..=hi`: asking plotters for exactly that many labels makes it
+/// choose a step of 1, so that every category (an integer position) gets its label.
+fn integers(lo: f64, hi: f64) -> usize {
+    (hi.floor() - lo.ceil()).max(0.0) as usize + 1
+}
+
+/// An axis label: `8`, `0.25`, `1.5e-4`, `12000`.
+fn number(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else if x.abs() >= 1e5 || x.abs() < 1e-3 {
+        format!("{x:.1e}")
+    } else {
+        let s = format!("{x:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 fn padded(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for v in values.into_iter().filter(|v| v.is_finite()) {
@@ -116,7 +134,11 @@ pub fn forest(title: &str, x_desc: &str, rows: &[String], series: &[RowSeries], 
     }
     let n = rows.len();
     let label_px = rows.iter().map(|r| r.chars().count()).max().unwrap_or(4) as u32 * 7 + 16;
-    let height = 90 + 34 * n as u32 + 18 * series.len() as u32;
+    // An empty band under the rows holds the legend, so that it hides no data.
+    let entries = series.len() + usize::from(!refs.is_empty());
+    let legend_rows = 0.6 * entries as f64 + 0.3;
+    let height = 90 + 34 * n as u32 + 20 * entries as u32;
+    let (y_lo, y_hi) = (-0.6 - legend_rows, n as f64 - 0.4);
     let (x0, x1) = x_range.unwrap_or_else(|| {
         padded(series.iter().flat_map(|s| s.points.iter().flat_map(|&(_, v, i)| [Some(v), i.map(|i| i.0), i.map(|i| i.1)])).flatten().chain(refs.iter().map(|r| r.1)))
     });
@@ -134,7 +156,7 @@ pub fn forest(title: &str, x_desc: &str, rows: &[String], series: &[RowSeries], 
             .margin(10)
             .x_label_area_size(36)
             .y_label_area_size(label_px)
-            .build_cartesian_2d(x0..x1, -0.6..(n as f64 - 0.4))?;
+            .build_cartesian_2d(x0..x1, y_lo..y_hi)?;
         let fmt = |y: &f64| {
             let r = y.round();
             if (y - r).abs() < 1e-6 && r >= 0.0 && (r as usize) < n {
@@ -145,8 +167,9 @@ pub fn forest(title: &str, x_desc: &str, rows: &[String], series: &[RowSeries], 
         };
         chart
             .configure_mesh()
-            .y_labels(n + 1)
+            .y_labels(integers(y_lo, y_hi))
             .y_label_formatter(&fmt)
+            .x_label_formatter(&|x: &f64| number(*x))
             .x_desc(x_desc)
             .light_line_style(RGBColor(235, 235, 235))
             .draw()?;
@@ -215,12 +238,13 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[XySeries], x_lab
                     String::new()
                 }
             }
-            None => format!("{x}"),
+            None => number(*x),
         };
+        let yfmt = |y: &f64| number(*y);
         let mut mesh = chart.configure_mesh();
-        mesh.x_desc(x_desc).y_desc(y_desc).light_line_style(RGBColor(235, 235, 235));
+        mesh.x_desc(x_desc).y_desc(y_desc).light_line_style(RGBColor(235, 235, 235)).x_label_formatter(&fmt).y_label_formatter(&yfmt);
         if let Some(l) = x_labels {
-            mesh.x_labels(l.len() + 1).x_label_formatter(&fmt);
+            mesh.x_labels(integers(x0, x1));
         }
         mesh.draw()?;
         for s in series {
@@ -232,7 +256,8 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[XySeries], x_lab
             if s.markers {
                 chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
             }
-            chart.draw_series(s.bars.iter().map(|&(x, lo, hi)| ErrorBar::new_vertical(x, lo, (lo + hi) / 2.0, hi, c.stroke_width(1), 8)))?;
+            let at = |x: f64, lo: f64, hi: f64| s.points.iter().find(|p| p.0 == x).map(|p| p.1).unwrap_or((lo + hi) / 2.0);
+            chart.draw_series(s.bars.iter().map(|&(x, lo, hi)| ErrorBar::new_vertical(x, lo, at(x, lo, hi), hi, c.stroke_width(1), 8)))?;
         }
         if named > 0 {
             chart

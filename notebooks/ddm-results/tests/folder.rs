@@ -123,6 +123,11 @@ fn fixture_opens_through_latest_and_renders() {
     // Text is drawn as SVG text (no font files needed), including the category labels.
     assert!(html.contains("<text") && html.contains("ddm-anneal_steps=50"));
     assert!(html.contains("abc1234def") && html.contains("Test CPU"));
+    // Every configuration is labelled on the y axis of the accuracy figure.
+    let fig = figures::accuracy(&s).unwrap().html();
+    for id in s.manifest.config_ids() {
+        assert!(fig.contains(&id), "{id} not labelled");
+    }
     // The manifest file itself works as a folder spec, and so does `latest`.
     let folder = s.dir.clone();
     assert_eq!(Study::open(folder.to_str().unwrap()).unwrap().dir, folder);
