@@ -348,7 +348,7 @@ pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, p
                     }
                     Err(e) => {
                         eprintln!("{objective} r={rank} b={batch}: failed: {e}");
-                        append_jsonl(&dir.join("candle.jsonl"), &serde_json::json!({"impl_name": "candle", "objective": objective, "lora_rank": rank, "batch": batch, "seq": seq, "error": e.to_string()}))?
+                        append_jsonl(&dir.join("candle.jsonl"), &serde_json::json!({"impl_name": "candle", "objective": objective, "lora_rank": rank, "batch": batch, "seq": seq, "error": e.to_string().lines().next().unwrap_or("").to_string()}))?
                     }
                 }
             }

@@ -86,7 +86,7 @@ pub fn bench_table(dir: &std::path::Path) -> crate::Result<Table> {
             _ => "-".into(),
         };
         let mfu = c.get("mfu").and_then(|x| x.as_f64()).map(|x| format!("{:.1}", 100.0 * x)).unwrap_or_else(|| "-".into());
-        let err = c.get("error").and_then(|e| e.as_str()).map(|e| format!("error: {e}"));
+        let err = c.get("error").and_then(|e| e.as_str()).map(|e| format!("error: {}", e.lines().next().unwrap_or("")));
         t.add_row(vec![
             k.0.clone(),
             if k.1 == 0 { "full".into() } else { k.1.to_string() },

@@ -290,6 +290,10 @@ pub fn report(path: &Path) -> Result<(PathBuf, Rendered)> {
     std::fs::write(&md, r.markdown()).map_err(|e| Error::io(&md, e))?;
     // The numbers behind the tables, as data for notebooks (which do not compile candle).
     crate::run::write_json(&folder.join("analysis.json"), &a)?;
+    // Keep results/index.csv in step with the folders (e.g. after copying folders in).
+    if let Some(root) = folder.parent().and_then(|p| p.parent()) {
+        super::summary::write_index(root)?;
+    }
     Ok((folder, r))
 }
 
