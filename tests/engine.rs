@@ -550,21 +550,15 @@ fn torch_cross_check() {
     const DDM_SHIFT: f64 = 7.822536499473421;
     const DDM_NOSHIFT: f64 = 8.956690070264225;
     const AR: f64 = 4.233227066904919;
+    // `harness selfcheck` runs the same check on a GPU: its pins must be these.
+    assert_eq!(harness::selfcheck::TORCH_PINS, [("ddm_shift", DDM_SHIFT), ("ddm_noshift", DDM_NOSHIFT), ("ar", AR)]);
     let dir = root().join("tests/fixtures/tiny-llama");
     let loaded = load::load_hf_folder(&dir, DType::F32, &Device::Cpu, &MaskToken::Id(63)).unwrap();
     assert!(loaded.tok.is_none());
     let none = AdapterConfig { targets: vec![], ..Default::default() };
     let vb = candle_nn::VarBuilder::from_tensors(loaded.tensors, DType::F32, &Device::Cpu);
     let (model, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0 }).unwrap();
-    let ids = vec![5, 9, 2, 17, 33, 8, 41, 12, 7, 3, 11, 4, 29, 6, 50, 21, 13, 2, 44, 3];
-    let batch = Batch { ids, b: 2, l: 10, prompt_len: vec![4, 6], len: vec![10, 10] };
-    let mut masked = vec![false; 20];
-    for p in [4, 6, 7, 9] {
-        masked[p] = true;
-    }
-    for p in [6, 8, 9] {
-        masked[10 + p] = true;
-    }
+    let (batch, masked) = harness::selfcheck::fixture_batch();
     for (shift, want) in [(true, DDM_SHIFT), (false, DDM_NOSHIFT)] {
         let mut d = diffusion(shift, LossNorm::Masked);
         d.mask_id = 63;

@@ -44,7 +44,9 @@ fn model_on(device: &Device, dtype: DType, adapter: &AdapterConfig) -> Result<(L
     Llama::load(vb, &cfg, &BuildOpts { adapter, seed: 0 })
 }
 
-fn fixture_batch() -> (Batch, Vec<bool>) {
+/// The pinned batch of `tests/scripts/torch_crosscheck.py`: two rows of 10 tokens (prompts of 4
+/// and 6), and which positions are masked (t = 0.4 and 0.75).
+pub fn fixture_batch() -> (Batch, Vec<bool>) {
     let ids = vec![5, 9, 2, 17, 33, 8, 41, 12, 7, 3, 11, 4, 29, 6, 50, 21, 13, 2, 44, 3];
     let batch = Batch { ids, b: 2, l: 10, prompt_len: vec![4, 6], len: vec![10, 10] };
     let mut masked = vec![false; 20];
