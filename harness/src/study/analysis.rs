@@ -54,6 +54,12 @@ pub struct ConfigStats {
     pub collapsed: Vec<String>,
     /// Mean final training loss.
     pub final_loss: Option<f64>,
+    /// Mean training throughput, real tokens per second.
+    #[serde(default)]
+    pub train_tokens_per_s: Option<f64>,
+    /// Mean evaluation throughput of this method (generated tokens/s or items/s) and its unit.
+    #[serde(default)]
+    pub eval_throughput: Option<(f64, String)>,
 }
 
 impl ConfigStats {
@@ -177,6 +183,12 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
                 PrimaryMetric::MacroF1 => macro_f1.clone(),
             };
             let losses: Vec<f64> = done.iter().filter_map(|r| r.summary.as_ref().map(|s| s.train.final_loss)).filter(|x| x.is_finite()).collect();
+            let train_tps: Vec<f64> = done.iter().filter_map(|r| r.summary.as_ref().map(|s| s.train.tokens_per_s)).filter(|x| x.is_finite() && *x > 0.0).collect();
+            let evals: Vec<(f64, String)> = done
+                .iter()
+                .filter_map(|r| r.eval.as_ref()?.methods.iter().find(|x| &x.method == m).map(|x| (x.throughput, x.throughput_unit.clone())))
+                .collect();
+            let eval_throughput = evals.first().map(|(_, u)| u.clone()).and_then(|u| mean(&evals.iter().map(|e| e.0).collect::<Vec<_>>()).map(|v| (v, u)));
             configs.push(ConfigStats {
                 config_id: id.to_string(),
                 dataset: first.dataset(),
@@ -196,6 +208,8 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
                 invalid_rate: mean(&reps.iter().map(|r| r.invalid_rate).collect::<Vec<_>>()),
                 collapsed: reps.iter().filter_map(|r| r.collapse.clone()).collect(),
                 final_loss: mean(&losses),
+                train_tokens_per_s: mean(&train_tps),
+                eval_throughput,
             });
         }
     }

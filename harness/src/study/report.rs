@@ -167,6 +167,8 @@ pub fn config_tables(a: &Analysis) -> Vec<Tab> {
                 "invalid %".into(),
                 "collapse".into(),
                 "final loss".into(),
+                "train tok/s".into(),
+                "eval throughput".into(),
             ],
             rows: Vec::new(),
         };
@@ -194,6 +196,8 @@ pub fn config_tables(a: &Analysis) -> Vec<Tab> {
                 (c.invalid_rate.map(pct).unwrap_or_else(|| "-".into()), false),
                 (collapse, !c.collapsed.is_empty()),
                 (c.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()), false),
+                (c.train_tokens_per_s.map(|t| format!("{t:.0}")).unwrap_or_else(|| "-".into()), false),
+                (c.eval_throughput.as_ref().map(|(v, u)| format!("{v:.1} {u}")).unwrap_or_else(|| "-".into()), false),
             ]);
         }
         tabs.push(t);
