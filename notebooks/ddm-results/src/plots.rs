@@ -243,7 +243,7 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[XySeries], x_lab
         let yfmt = |y: &f64| number(*y);
         let mut mesh = chart.configure_mesh();
         mesh.x_desc(x_desc).y_desc(y_desc).light_line_style(RGBColor(235, 235, 235)).x_label_formatter(&fmt).y_label_formatter(&yfmt);
-        if let Some(l) = x_labels {
+        if x_labels.is_some() {
             mesh.x_labels(integers(x0, x1));
         }
         mesh.draw()?;
