@@ -18,10 +18,16 @@
 //!   clinical-rules benchmark) yielding [`data::Item`]s, and prompt templates.
 //! - [`sample`]: decoding: iterative denoising for diffusion, greedy/sampled AR with a KV cache.
 //! - [`eval`]: generation and likelihood evaluation, metrics with intervals.
-//! - [`stats`]: Wilson, t-intervals, McNemar, bootstrap.
+//! - [`stats`]: Wilson, t-intervals, McNemar, bootstrap, Holm.
 //! - [`study`]: studies (sweeps over run configs × seeds) into resumable result folders, and
 //!   their reports.
 //! - [`rng`]: every random draw comes from a generator seeded from (run seed, purpose, step).
+//! - [`run`]: one run end to end: resolved config written first, train, evaluate, `DONE` last.
+//! - [`report`]: rendering of result data (tables); the loop and the runners only write data.
+//! - [`bench`] and [`selfcheck`]: throughput at the SmolLM2-135M shape, and the pinned
+//!   cross-check on any device.
+//!
+//! Binaries are thin: `src/main.rs` parses arguments and calls these modules.
 #![warn(missing_docs)]
 
 pub mod bench;
