@@ -24,7 +24,7 @@
 //! - [`rng`]: every random draw comes from a generator seeded from (run seed, purpose, step).
 //! - [`run`]: one run end to end: resolved config written first, train, evaluate, `DONE` last.
 //! - [`report`]: rendering of result data (tables); the loop and the runners only write data.
-//! - [`bench`] and [`selfcheck`]: throughput at the SmolLM2-135M shape, and the pinned
+//! - [`bench`](mod@bench) and [`selfcheck`]: throughput at the SmolLM2-135M shape, and the pinned
 //!   cross-check on any device.
 //!
 //! Binaries are thin: `src/main.rs` parses arguments and calls these modules.
