@@ -234,7 +234,6 @@ pub fn decode_bench(opts: &BenchOpts, items: usize, prompt_len: usize, new_token
         let res = s.generate(&d, &prompts, 0)?;
         opts.device.synchronize()?;
         let wall = t0.elapsed().as_secs_f64();
-        let gen: usize = res.iter().map(|o| o.tokens.len().max(1)).sum();
         out.push(DecodeBench {
             sampler: format!("diffusion-{name}"),
             items,
@@ -245,7 +244,6 @@ pub fn decode_bench(opts: &BenchOpts, items: usize, prompt_len: usize, new_token
             mean_nfe: res.iter().map(|o| o.nfe).sum::<usize>() as f64 / items as f64,
             wall_s: wall,
         });
-        let _ = gen;
     }
     let s = ArSampler::greedy(new_tokens, 1);
     opts.device.synchronize()?;

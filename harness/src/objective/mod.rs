@@ -134,13 +134,8 @@ pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx
     let d = h.dim(2)?;
     let rows = Tensor::from_vec(p.rows.clone(), p.rows.len(), dev)?;
     let hs = h.reshape((p.b * p.l, d))?.index_select(&rows, 0)?; // (N, D)
-    let logits = model.logits(&hs, ctx)?.to_dtype(DType::F32)?; // (N, V)
-    let (ce, correct) = token_ce(&logits, &p.targets)?; // (N,)
-    let w = Tensor::from_vec(p.weights.clone(), p.weights.len(), dev)?;
-    let loss = ((ce.clone() * w)?.sum_all()? / total_denom)?;
-    let loss_value = loss.to_scalar::<f32>()? as f64;
-    let ce_sum = ce.sum_all()?.to_scalar::<f32>()? as f64;
-    Ok(LossParts { loss, loss_value, ce_sum, n_scored: p.rows.len(), n_correct: correct })
+    let logits = model.logits(&hs, ctx)?; // (N, V)
+    weighted_ce(&logits, p, total_denom)
 }
 
 /// [`scored_loss`] from full logits (B, L, V) already computed: picks the scored rows, then
@@ -149,9 +144,15 @@ pub fn loss_from_logits(logits: &Tensor, p: &Prepared, total_denom: f64) -> Resu
     let (b, l, v) = logits.dims3()?;
     let dev = logits.device();
     let rows = Tensor::from_vec(p.rows.clone(), p.rows.len(), dev)?;
-    let picked = logits.reshape((b * l, v))?.index_select(&rows, 0)?.to_dtype(DType::F32)?; // (N, V)
-    let (ce, correct) = token_ce(&picked, &p.targets)?;
-    let w = Tensor::from_vec(p.weights.clone(), p.weights.len(), dev)?;
+    let picked = logits.reshape((b * l, v))?.index_select(&rows, 0)?; // (N, V)
+    weighted_ce(&picked, p, total_denom)
+}
+
+/// Σ w·CE / `total_denom` over the scored rows' logits (N, V), in f32, with the unweighted CE
+/// sum and the argmax hits beside it.
+fn weighted_ce(logits: &Tensor, p: &Prepared, total_denom: f64) -> Result<LossParts> {
+    let (ce, correct) = token_ce(&logits.to_dtype(DType::F32)?, &p.targets)?; // (N,)
+    let w = Tensor::from_vec(p.weights.clone(), p.weights.len(), logits.device())?;
     let loss = ((ce.clone() * w)?.sum_all()? / total_denom)?;
     let loss_value = loss.to_scalar::<f32>()? as f64;
     let ce_sum = ce.sum_all()?.to_scalar::<f32>()? as f64;

@@ -186,7 +186,6 @@ pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, in
     bar.set_prefix(objective.name());
     let start = Instant::now();
     let (mut losses, mut total_tokens) = (Vec::with_capacity(inp.total_steps as usize), 0usize);
-    let mut dev_final = None;
     let mut evaluate = |step: u64, model: &Llama, hook: &mut Option<&mut dyn EvalHook>| -> Result<Option<f64>> {
         let mut rows = Vec::new();
         let mut dl = None;
@@ -277,7 +276,7 @@ pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, in
             evaluate(s1, model, &mut hook)?;
         }
     }
-    dev_final = evaluate(inp.total_steps, model, &mut hook)?.or(dev_final);
+    let dev_final = evaluate(inp.total_steps, model, &mut hook)?;
     trainable.save(&inp.checkpoint_dir.join("adapter.safetensors"))?;
     bar.finish_with_message(format!("loss {:.4}", losses.last().copied().unwrap_or(f64::NAN)));
     let wall = start.elapsed().as_secs_f64();
