@@ -149,8 +149,8 @@ fn diffusion_loss_hand_worked_each_normaliser() {
         assert_eq!(&p.input[5..7], &[1, 1]);
         assert_eq!(p.input[9], 2);
         assert_eq!(p.rows.len(), 4);
-        let parts = objective::loss_from_logits(&logits, &p, p.denom).unwrap();
-        assert!((parts.loss_value - want).abs() < 1e-5, "shift {shift} {norm:?}: {} vs {want}", parts.loss_value);
+        let parts = objective::loss_from_logits(&logits, &p, p.denom).unwrap().read().unwrap();
+        assert!((parts.loss - want).abs() < 1e-5, "shift {shift} {norm:?}: {} vs {want}", parts.loss);
         assert!((parts.ce_sum / parts.n_scored as f64 - want_ce).abs() < 1e-5);
     }
 }
@@ -215,7 +215,7 @@ fn ar_loss_equals_independent_next_token_ce() {
     let refs: Vec<&Example> = ex.iter().collect();
     let batch = Batch::collate(&refs, 0);
     let p = Autoregressive.prepare(&batch, 0, 0, 0).unwrap();
-    let parts = objective::scored_loss(&model, &p, p.denom, 0, &Fwd::default()).unwrap();
+    let parts = objective::scored_loss(&model, &p, p.denom, 0, &Fwd::default()).unwrap().read().unwrap();
     // independent: each sequence alone, causal, no padding, CE by hand in f64
     let mut total = 0.0;
     let mut n = 0;
@@ -233,7 +233,7 @@ fn ar_loss_equals_independent_next_token_ce() {
         }
     }
     assert_eq!(parts.n_scored, n);
-    assert!((parts.loss_value - total / n as f64).abs() < 1e-5, "{} vs {}", parts.loss_value, total / n as f64);
+    assert!((parts.loss - total / n as f64).abs() < 1e-5, "{} vs {}", parts.loss, total / n as f64);
 }
 
 // ---------------------------------------------------------------- LoRA
@@ -563,14 +563,14 @@ fn torch_cross_check() {
         let mut d = diffusion(shift, LossNorm::Masked);
         d.mask_id = 63;
         let p = d.prepare_with(&batch, &[0.4, 0.75], &masked, 0).unwrap();
-        let got = objective::scored_loss(&model, &p, p.denom, 0, &Fwd::default()).unwrap().loss_value;
+        let got = objective::scored_loss(&model, &p, p.denom, 0, &Fwd::default()).unwrap().read().unwrap().loss;
         assert!((got - want).abs() < 1e-4, "ddm shift={shift}: {got} vs torch {want}");
         // the training path (differentiable kernels) gives the same number
-        let got_t = objective::scored_loss(&model, &p, p.denom, 0, &Fwd { train: true, ..Default::default() }).unwrap().loss_value;
+        let got_t = objective::scored_loss(&model, &p, p.denom, 0, &Fwd { train: true, ..Default::default() }).unwrap().read().unwrap().loss;
         assert!((got_t - want).abs() < 1e-4, "train path, shift={shift}: {got_t} vs {want}");
     }
     let p = Autoregressive.prepare(&batch, 0, 0, 0).unwrap();
-    let got = objective::scored_loss(&model, &p, p.denom, 0, &Fwd::default()).unwrap().loss_value;
+    let got = objective::scored_loss(&model, &p, p.denom, 0, &Fwd::default()).unwrap().read().unwrap().loss;
     assert!((got - AR).abs() < 1e-4, "ar: {got} vs torch {AR}");
 }
 
@@ -616,5 +616,122 @@ fn fused_ops_gradients_match_composite_ops() {
         let p: Vec<f32> = g1.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let q: Vec<f32> = g2.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         close(&p, &q, "rms_norm trainable");
+    }
+}
+
+/// Max |a − b| over two tensors' elements.
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a: Vec<f32> = a.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = b.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max)
+}
+
+#[test]
+fn recomputing_attention_matches_autograd_attention_values_and_gradients() {
+    use candle_core::Var;
+    use harness::model::attention::{attention, attention_reference};
+    let dev = Device::Cpu;
+    // GQA: 6 query heads share 2 key/value heads; L = 5 queries over T = 7 keys; a padding bias
+    let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, 5, 8), &dev).unwrap()).unwrap();
+    let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 2, 7, 8), &dev).unwrap()).unwrap();
+    let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 2, 7, 8), &dev).unwrap()).unwrap();
+    let mut bias = vec![0f32; 2 * 5 * 7];
+    for i in 0..5 {
+        bias[35 + i * 7 + 6] = mask::MASKED_BIAS; // row 1 cannot see key 6
+        bias[35 + i * 7 + 5] = mask::MASKED_BIAS;
+    }
+    let bias = Tensor::from_vec(bias, (2, 1, 5, 7), &dev).unwrap();
+    let r = Tensor::randn(0f32, 1.0, (2, 6, 5, 8), &dev).unwrap();
+    for b in [None, Some(&bias)] {
+        let y1 = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), b).unwrap();
+        let y2 = attention_reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), b).unwrap();
+        assert!(max_diff(&y1, &y2) < 1e-5, "values differ by {}", max_diff(&y1, &y2));
+        let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+            let d = max_diff(g1.get(t.as_tensor()).unwrap(), g2.get(t.as_tensor()).unwrap());
+            assert!(d < 1e-4, "d{name} differs by {d} (bias {})", b.is_some());
+        }
+        // the masked keys get no gradient from the padded row
+        if b.is_some() {
+            let dk: Vec<f32> = g1.get(k.as_tensor()).unwrap().get(1).unwrap().narrow(1, 5, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert!(dk.iter().all(|x| x.abs() < 1e-12), "masked keys got a gradient: {dk:?}");
+        }
+    }
+}
+
+#[test]
+fn fused_cross_entropy_matches_composite_values_hits_and_gradients() {
+    use candle_core::Var;
+    use harness::objective::ce::{cross_entropy, cross_entropy_reference};
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (6, 11), &dev).unwrap()).unwrap();
+    let t = Tensor::new(&[0u32, 10, 3, 3, 7, 1], &dev).unwrap();
+    let w = Tensor::new(&[1f32, 0.5, 2.0, 1.0, 3.0, 0.25], &dev).unwrap();
+    let (ce, hits) = cross_entropy(x.as_tensor(), &t).unwrap();
+    let ce_ref = cross_entropy_reference(x.as_tensor(), &t).unwrap();
+    assert!(max_diff(&ce, &ce_ref) < 1e-5);
+    // hits: the target has the row's largest logit
+    let xv: Vec<Vec<f32>> = x.as_tensor().to_vec2().unwrap();
+    let tv: Vec<u32> = t.to_vec1().unwrap();
+    let want: Vec<f32> = xv
+        .iter()
+        .zip(&tv)
+        .map(|(row, &ti)| if row.iter().all(|&v| v <= row[ti as usize]) { 1.0 } else { 0.0 })
+        .collect();
+    assert_eq!(hits.to_vec1::<f32>().unwrap(), want);
+    let g1 = (ce * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (ce_ref * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let d = max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
+    assert!(d < 1e-5, "gradients differ by {d}");
+    // each row's gradient sums to zero (softmax minus one-hot)
+    let rows: Vec<f32> = g1.get(x.as_tensor()).unwrap().sum(1).unwrap().to_vec1().unwrap();
+    assert!(rows.iter().all(|s| s.abs() < 1e-5), "{rows:?}");
+}
+
+#[test]
+fn frozen_linear_gives_the_matmul_and_only_an_input_gradient() {
+    use candle_core::Var;
+    use harness::model::ops::frozen_linear;
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 6), &dev).unwrap()).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3, 6), &dev).unwrap();
+    let y = frozen_linear(x.as_tensor(), &w).unwrap();
+    let want = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+    assert!(max_diff(&y, &want) < 1e-6);
+    let r = Tensor::randn(0f32, 1.0, (4, 3), &dev).unwrap();
+    let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = g.get(x.as_tensor()).unwrap();
+    assert!(max_diff(dx, &r.matmul(&w).unwrap()) < 1e-5);
+    assert!(g.get(&w).is_none(), "the frozen weight got a gradient");
+}
+
+#[test]
+fn adamw_step_matches_the_update_rule_by_hand_with_clipping() {
+    use harness::train::optim::{AdamW, AdamWParams, GradAccum};
+    let dev = Device::Cpu;
+    let p = candle_core::Var::from_tensor(&Tensor::new(&[1.0f32, -2.0, 0.5], &dev).unwrap()).unwrap();
+    let mut tr = harness::model::Trainable::default();
+    tr.push("p".into(), p.clone());
+    let hp = AdamWParams { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+    let mut opt = AdamW::new(&tr, hp).unwrap();
+    let mut acc = GradAccum::new(&tr);
+    // loss = Σ c·p, gradient c = (3, 4, 0): norm 5, clipped to 1
+    let c = Tensor::new(&[3.0f32, 4.0, 0.0], &dev).unwrap();
+    let g = (p.as_tensor() * &c).unwrap().sum_all().unwrap().backward().unwrap();
+    acc.add(&g).unwrap();
+    let (grads, norm) = acc.take_clipped(1.0).unwrap();
+    assert!((norm - 5.0).abs() < 1e-6);
+    let lr = 0.1;
+    opt.step(&grads, lr).unwrap();
+    let got: Vec<f32> = p.as_tensor().to_vec1().unwrap();
+    // by hand: g = c/5·(1/(1+2e-7)); m̂ = g, v̂ = g², update = g/(|g| + eps) ≈ sign(g)
+    let theta = [1.0f64, -2.0, 0.5];
+    let gc = [0.6f64, 0.8, 0.0].map(|x| x * 5.0 / (5.0 + 1e-6));
+    for i in 0..3 {
+        let upd = if gc[i] == 0.0 { 0.0 } else { gc[i] / (gc[i].abs() + 1e-8) };
+        let want = theta[i] * (1.0 - lr * 0.1) - lr * upd;
+        assert!((got[i] as f64 - want).abs() < 1e-6, "p[{i}] = {} want {want}", got[i]);
     }
 }

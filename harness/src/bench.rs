@@ -63,6 +63,24 @@ pub struct TrainBench {
     pub future_token_changes_pos0: bool,
     /// Device description.
     pub device: String,
+    /// Where a step's time goes, from separate steps with a device synchronisation after each
+    /// phase (absent in files written before this field existed).
+    #[serde(default)]
+    pub phases: Option<Phases>,
+}
+
+/// Milliseconds of one training step by phase (each phase ends with a device synchronisation).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Phases {
+    /// Corruption, forward pass and loss.
+    pub forward_ms: f64,
+    /// Backward pass (gradients of every trainable tensor).
+    pub backward_ms: f64,
+    /// Gradient norm, clipping and the AdamW update.
+    pub optimizer_ms: f64,
+    /// Host time to enqueue forward + backward without waiting for the device: when it is close
+    /// to forward + backward, the step is bound by the host (kernel launches), not the GPU.
+    pub enqueue_ms: f64,
 }
 
 /// One decoding-throughput measurement.
@@ -178,10 +196,39 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
         drop(g);
         let (grads, _) = acc.take_clipped(1.0)?;
         opt.step(&grads, 1e-4)?;
-        loss = parts.loss_value;
+        loss = parts.read()?.loss;
     }
     opts.device.synchronize()?;
     let dt = t0.elapsed().as_secs_f64() / opts.steps as f64;
+    // phase profile: three more steps, synchronising after each phase
+    let mut ph = [0f64; 4];
+    let reps = 3;
+    for rep in 0..reps {
+        let step = (opts.warmup + opts.steps + rep) as u64;
+        let ctx = Fwd { train: true, seed: 0, step, micro: 0 };
+        let t = Instant::now();
+        let p = obj.prepare(&b, step, 0, 0)?;
+        let parts = scored_loss(&model, &p, p.denom, 0, &ctx)?;
+        let t_fwd_enq = t.elapsed().as_secs_f64();
+        opts.device.synchronize()?;
+        let t1 = Instant::now();
+        let g = parts.loss.backward()?;
+        let t_bwd_enq = t1.elapsed().as_secs_f64();
+        opts.device.synchronize()?;
+        let t2 = Instant::now();
+        acc.add(&g)?;
+        drop(g);
+        let (grads, _) = acc.take_clipped(1.0)?;
+        opt.step(&grads, 1e-4)?;
+        opts.device.synchronize()?;
+        let t3 = t2.elapsed().as_secs_f64();
+        ph[0] += t1.duration_since(t).as_secs_f64();
+        ph[1] += t2.duration_since(t1).as_secs_f64();
+        ph[2] += t3;
+        ph[3] += t_fwd_enq + t_bwd_enq;
+    }
+    let ms = |x: f64| x * 1e3 / reps as f64;
+    let phases = Some(Phases { forward_ms: ms(ph[0]), backward_ms: ms(ph[1]), optimizer_ms: ms(ph[2]), enqueue_ms: ms(ph[3]) });
     let tps = (batch * opts.seq) as f64 / dt;
     let mfu = opts.peak_flops.map(|p| 3.0 * opts.arch.forward_flops_per_token(opts.seq) * tps / p);
     Ok(TrainBench {
@@ -198,6 +245,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
         loss,
         future_token_changes_pos0: future,
         device: format!("{:?}", opts.device.location()),
+        phases,
     })
 }
 
@@ -341,7 +389,13 @@ pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, p
             for &batch in &batches {
                 match train_step_bench(&opts, objective, rank, batch) {
                     Ok(r) => {
-                        eprintln!("{objective} r={rank} b={batch}: {:.1} ms/step, {:.0} tokens/s", r.ms_per_step, r.tokens_per_s);
+                        eprintln!("{objective} r={rank} b={batch}: {:.1} ms/step, {:.0} tokens/s, {:.1} GiB", r.ms_per_step, r.tokens_per_s, r.peak_mem_gib);
+                        if let Some(p) = &r.phases {
+                            eprintln!(
+                                "  phases: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms; host enqueue of fwd+bwd {:.1} ms",
+                                p.forward_ms, p.backward_ms, p.optimizer_ms, p.enqueue_ms
+                            );
+                        }
                         append_jsonl(&dir.join("candle.jsonl"), &r)?
                     }
                     Err(e) => {

@@ -74,10 +74,10 @@ pub fn losses(device: &Device, dtype: DType) -> Result<Vec<(String, f64)>> {
         let sfx = if train { "/train-path" } else { "" };
         for (name, shift) in [("ddm_shift", true), ("ddm_noshift", false)] {
             let p = diffusion(shift).prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
-            out.push((format!("{name}{sfx}"), scored_loss(&model, &p, p.denom, 0, &ctx)?.loss_value));
+            out.push((format!("{name}{sfx}"), scored_loss(&model, &p, p.denom, 0, &ctx)?.read()?.loss));
         }
         let p = Autoregressive.prepare(&batch, 0, 0, 0)?;
-        out.push((format!("ar{sfx}"), scored_loss(&model, &p, p.denom, 0, &ctx)?.loss_value));
+        out.push((format!("ar{sfx}"), scored_loss(&model, &p, p.denom, 0, &ctx)?.read()?.loss));
     }
     // gradient norm of one LoRA step (B = 0 at init, so use full fine-tuning for a non-trivial norm)
     let full = AdapterConfig { kind: crate::model::lora::AdapterKind::Full, ..Default::default() };

@@ -6,6 +6,7 @@
 //! Hugging Face names, so safetensors checkpoints and peft adapters load without renaming.
 //! Reference: Touvron et al. 2023, "LLaMA: Open and Efficient Foundation Language Models".
 
+use super::attention::repeat_kv;
 use super::lora::{AdapterConfig, Fwd, Linear, Trainable, Weight};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -176,15 +177,6 @@ struct Attention {
     head_dim: usize,
 }
 
-fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x);
-    }
-    let (b, h, l, d) = x.dims4()?;
-    // (B, Hkv, L, D) -> (B, Hkv, n_rep, L, D) -> (B, Hkv*n_rep, L, D)
-    x.unsqueeze(2)?.broadcast_as((b, h, n_rep, l, d))?.reshape((b, h * n_rep, l, d))
-}
-
 impl Attention {
     fn forward(
         &self,
@@ -210,20 +202,20 @@ impl Attention {
             c.k = Some(k.clone());
             c.v = Some(v.clone());
         }
-        let rep = self.n_heads / self.n_kv;
-        let k = repeat_kv(k, rep)?.contiguous()?; // (B, H, T, Dh)
-        let v = repeat_kv(v, rep)?.contiguous()?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?; // (B, H, L, T)
-        if let Some(bias) = bias {
-            att = att.broadcast_add(bias)?;
-        }
-        let att = if ctx.train {
-            super::ops::softmax_last_dim(&att)?
+        let y = if ctx.train {
+            super::attention::attention(&q, &k, &v, bias)? // (B, H, L, Dh)
         } else {
-            candle_nn::ops::softmax_last_dim(&att.contiguous()?)?
+            let rep = self.n_heads / self.n_kv;
+            let k = repeat_kv(&k, rep)?.contiguous()?; // (B, H, T, Dh)
+            let v = repeat_kv(&v, rep)?.contiguous()?;
+            let scale = 1.0 / (self.head_dim as f64).sqrt();
+            let mut att = (q.matmul(&k.t()?)? * scale)?; // (B, H, L, T)
+            if let Some(bias) = bias {
+                att = att.broadcast_add(bias)?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att.contiguous()?)?;
+            att.matmul(&v)? // (B, H, L, Dh)
         };
-        let y = att.matmul(&v)?; // (B, H, L, Dh)
         let y = y.transpose(1, 2)?.reshape((b, l, self.n_heads * self.head_dim))?; // (B, L, D)
         self.o_proj.forward(&y, ctx)
     }
@@ -379,8 +371,11 @@ impl Llama {
             None => {
                 let dims = h.dims().to_vec();
                 let d = dims[dims.len() - 1];
-                let e = self.embed_tokens.get(h.dtype())?; // (V, D)
-                let y = h.reshape(((), d))?.matmul(&e.t()?)?; // (N, V)
+                let h2 = h.reshape(((), d))?; // (N, D)
+                let y = match &self.embed_tokens {
+                    Weight::Frozen(e) if e.dtype() == h.dtype() => super::ops::frozen_linear(&h2, e)?,
+                    w => h2.matmul(&w.get(h.dtype())?.t()?)?,
+                }; // (N, V)
                 let mut od = dims;
                 let last = od.len() - 1;
                 od[last] = self.cfg.vocab_size;

@@ -200,8 +200,11 @@ impl Linear {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let x2 = x.reshape(((), in_dim))?; // (N, in)
-        let w = self.weight.get(x.dtype())?; // (out, in)
-        let mut y = x2.matmul(&w.t()?)?; // (N, out)
+        let mut y = match &self.weight {
+            // No gradient for a frozen weight: candle's matmul backward would compute one.
+            Weight::Frozen(w) if w.dtype() == x.dtype() => super::ops::frozen_linear(&x2, w)?,
+            w => x2.matmul(&w.get(x.dtype())?.t()?)?,
+        }; // (N, out)
         if let (Some(l), false) = (&self.lora, self.disabled) {
             let xin = if ctx.train && l.dropout > 0.0 { self.dropout(&x2, l.dropout, ctx)? } else { x2.clone() };
             let a = l.a.as_tensor().to_dtype(x.dtype())?; // (r, in)

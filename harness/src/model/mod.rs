@@ -1,4 +1,6 @@
-//! The model: LLaMA-family transformer, attention masks, LoRA, loading, tokenizer.
+//! The model: LLaMA-family transformer, attention (with recompute), masks, LoRA, fused ops,
+//! loading, tokenizer.
+pub mod attention;
 pub mod llama;
 pub mod load;
 pub mod lora;

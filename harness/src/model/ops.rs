@@ -1,102 +1,164 @@
-//! Fused kernels with a backward pass.
+//! Fused operations with hand-written backward passes.
 //!
-//! candle's fused softmax, RMSNorm and RoPE kernels (CPU and CUDA) have no backward. Training
-//! with their composite equivalents keeps several f32 copies of every attention matrix alive for
-//! the backward pass. Here each fused forward runs on a detached input and is re-attached to the
-//! graph by a custom op whose forward returns that result and whose backward is the analytic
-//! gradient: softmax dx = y ⊙ (g − Σ g⊙y); RMSNorm dx = r ⊙ (g⊙w − x ⊙ r² ⊙ mean(g⊙w⊙x)),
-//! dw = Σ_rows g⊙x⊙r; RoPE (a rotation) dx = RoPE(g, cos, −sin). Backward math runs in f32.
+//! candle's autograd keeps every intermediate of a composite op alive until the backward pass and
+//! computes a gradient for every input of every node (the frozen weight of a LoRA layer included).
+//! The ops here cut both. Each one computes its forward result outside the graph (with candle's
+//! fused kernels where they exist) and re-enters the graph through an [`Attach1`] / [`Attach3`]
+//! custom op: its forward hands over that result (one copy; the op then drops its own reference,
+//! so nothing is kept twice) and its backward is the analytic gradient:
+//! - softmax: dx = y ⊙ (g − Σ g⊙y);
+//! - RMSNorm: dx = r ⊙ (g⊙w − x ⊙ r² ⊙ mean(g⊙w⊙x)), r = 1/sqrt(mean(x²)+eps);
+//! - RoPE (a rotation): dx = RoPE(g, cos, −sin);
+//! - frozen linear y = x Wᵀ: dx = g W, and no gradient for W ([`frozen_linear`] runs the matmul
+//!   directly on the storage, no copy at all).
+//!
+//! Attention and cross-entropy, built the same way, live in [`crate::model::attention`] and
+//! [`crate::objective::ce`]. Backward math that needs it runs in f32.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
+use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor, D};
+use std::sync::Mutex;
 
-fn check_fresh(l: &Layout, name: &str) -> candle_core::Result<()> {
-    if !l.is_contiguous() || l.start_offset() != 0 {
-        candle_core::bail!("{name}: the fused result must be contiguous from offset 0")
+type Res<T> = candle_core::Result<T>;
+/// Backward of a one-input op: (input, output, output gradient) → input gradient.
+pub type Bwd1 = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Res<Tensor> + Send + Sync>;
+/// Backward of a three-input op: (inputs, output, output gradient) → input gradients.
+pub type Bwd3 = Box<dyn Fn([&Tensor; 3], &Tensor, &Tensor) -> Res<[Option<Tensor>; 3]> + Send + Sync>;
+
+/// Hand over a precomputed result exactly once, then forget it.
+fn take_out(name: &str, slot: &Mutex<Option<Tensor>>) -> Res<Tensor> {
+    slot.lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{name}: poisoned lock")))?
+        .take()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{name}: forward ran twice")))
+}
+
+/// A fresh storage holding exactly the elements of `l` (one strided copy).
+fn fresh_copy<S: BackendStorage>(s: &S, l: &Layout) -> Res<S>
+where
+    S::Device: BackendDevice<Storage = S>,
+{
+    // SAFETY: every element of the new storage is written by the copy right after.
+    let mut dst = unsafe { s.device().alloc_uninit(l.shape(), s.dtype())? };
+    s.copy_strided_src(&mut dst, 0, l)?;
+    Ok(dst)
+}
+
+fn cpu_copy(name: &str, slot: &Mutex<Option<Tensor>>) -> Res<(CpuStorage, Shape)> {
+    let t = take_out(name, slot)?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(c) => Ok((fresh_copy(c, l)?, l.shape().clone())),
+        _ => candle_core::bail!("{name}: result is not on the CPU"),
     }
-    Ok(())
 }
 
-/// Forward: returns arg2 (the fused result); backward per `Kind`.
-struct Attach {
-    kind: Kind,
+#[cfg(feature = "cuda")]
+fn cuda_copy(name: &str, slot: &Mutex<Option<Tensor>>) -> Res<(candle_core::CudaStorage, Shape)> {
+    let t = take_out(name, slot)?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cuda(c) => Ok((fresh_copy(c, l)?, l.shape().clone())),
+        _ => candle_core::bail!("{name}: result is not on the GPU"),
+    }
 }
 
-enum Kind {
-    Softmax,
-    Rope { cos: Tensor, sin: Tensor },
-    RmsNorm { w: Tensor, eps: f64 },
+/// A one-input op whose forward result was computed outside the graph.
+pub struct Attach1 {
+    name: &'static str,
+    out: Mutex<Option<Tensor>>,
+    bwd: Bwd1,
 }
 
-impl CustomOp2 for Attach {
+impl Attach1 {
+    /// Attach `out` (computed from `x` without a graph) to `x`, with backward `bwd`.
+    pub fn apply(name: &'static str, x: &Tensor, out: Tensor, bwd: Bwd1) -> Res<Tensor> {
+        x.apply_op1(Attach1 { name, out: Mutex::new(Some(out)), bwd })
+    }
+}
+
+impl CustomOp1 for Attach1 {
     fn name(&self) -> &'static str {
-        match self.kind {
-            Kind::Softmax => "softmax-last-dim-attach",
-            Kind::Rope { .. } => "rope-attach",
-            Kind::RmsNorm { .. } => "rms-norm-attach",
-        }
+        self.name
     }
-
-    fn cpu_fwd(&self, _s1: &CpuStorage, _l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        check_fresh(l2, self.name())?;
-        Ok((s2.try_clone(l2)?, l2.shape().clone()))
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Res<(CpuStorage, Shape)> {
+        cpu_copy(self.name, &self.out)
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, _s: &candle_core::CudaStorage, _l: &Layout) -> Res<(candle_core::CudaStorage, Shape)> {
+        cuda_copy(self.name, &self.out)
+    }
+    fn bwd(&self, x: &Tensor, res: &Tensor, g: &Tensor) -> Res<Option<Tensor>> {
+        Ok(Some((self.bwd)(&x.detach(), res, g)?))
+    }
+}
 
+/// A three-input op whose forward result was computed outside the graph.
+pub struct Attach3 {
+    name: &'static str,
+    out: Mutex<Option<Tensor>>,
+    bwd: Bwd3,
+}
+
+impl Attach3 {
+    /// Attach `out` (computed from `a`, `b`, `c` without a graph) to them, with backward `bwd`.
+    pub fn apply(name: &'static str, [a, b, c]: [&Tensor; 3], out: Tensor, bwd: Bwd3) -> Res<Tensor> {
+        a.apply_op3(b, c, Attach3 { name, out: Mutex::new(Some(out)), bwd })
+    }
+}
+
+impl CustomOp3 for Attach3 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Res<(CpuStorage, Shape)> {
+        cpu_copy(self.name, &self.out)
+    }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        _s1: &candle_core::CudaStorage,
-        _l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        check_fresh(l2, self.name())?;
-        Ok((s2.try_clone(l2)?, l2.shape().clone()))
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Res<(candle_core::CudaStorage, Shape)> {
+        cuda_copy(self.name, &self.out)
     }
-
-    fn bwd(&self, x: &Tensor, _y: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dt = x.dtype();
-        let dx = match &self.kind {
-            Kind::Softmax => {
-                let y = res.to_dtype(DType::F32)?;
-                let g = g.to_dtype(DType::F32)?;
-                let dot = (&g * &y)?.sum_keepdim(D::Minus1)?; // (..., 1)
-                (y * g.broadcast_sub(&dot)?)?.to_dtype(dt)?
-            }
-            Kind::Rope { cos, sin } => candle_nn::rotary_emb::rope(&g.contiguous()?, cos, &sin.neg()?)?,
-            Kind::RmsNorm { w, eps } => {
-                let xf = x.to_dtype(DType::F32)?;
-                let gf = g.to_dtype(DType::F32)?;
-                let wf = w.to_dtype(DType::F32)?;
-                let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + *eps)?.sqrt()?.recip()?; // (..., 1)
-                let gw = gf.broadcast_mul(&wf)?;
-                let m = (&gw * &xf)?.mean_keepdim(D::Minus1)?; // (..., 1)
-                let inner = (gw - xf.broadcast_mul(&(r.sqr()? * m)?)?)?;
-                inner.broadcast_mul(&r)?.to_dtype(dt)?
-            }
-        };
-        Ok((Some(dx), None))
+    fn bwd(&self, a: &Tensor, b: &Tensor, c: &Tensor, res: &Tensor, g: &Tensor) -> Res<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [da, db, dc] = (self.bwd)([&a.detach(), &b.detach(), &c.detach()], res, g)?;
+        Ok((da, db, dc))
     }
 }
 
 /// Softmax over the last dimension with the fused kernel and an analytic backward.
-pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+pub fn softmax_last_dim(x: &Tensor) -> Res<Tensor> {
     let x = x.contiguous()?;
     let y = candle_nn::ops::softmax_last_dim(&x.detach())?;
-    x.apply_op2(&y, Attach { kind: Kind::Softmax })
+    Attach1::apply("softmax-last-dim", &x, y, Box::new(|x, y, g| softmax_bwd(y, g, x.dtype())))
+}
+
+/// dx = y ⊙ (g − Σ g⊙y) over the last dimension, in f32, returned in `dt`.
+pub fn softmax_bwd(y: &Tensor, g: &Tensor, dt: DType) -> Res<Tensor> {
+    let y = y.to_dtype(DType::F32)?;
+    let g = g.to_dtype(DType::F32)?;
+    let dot = (&g * &y)?.sum_keepdim(D::Minus1)?; // (..., 1)
+    (y * g.broadcast_sub(&dot)?)?.to_dtype(dt)
 }
 
 /// HF-convention RoPE on (B, H, L, Dh) with the fused kernel and an analytic backward.
 /// `cos`, `sin`: (L, Dh/2).
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Res<Tensor> {
     let x = x.contiguous()?;
     let y = candle_nn::rotary_emb::rope(&x.detach(), cos, sin)?;
-    x.apply_op2(&y, Attach { kind: Kind::Rope { cos: cos.clone(), sin: sin.clone() } })
+    let (cos, nsin) = (cos.clone(), sin.neg()?);
+    Attach1::apply("rope", &x, y, Box::new(move |_x, _y, g| candle_nn::rotary_emb::rope(&g.contiguous()?, &cos, &nsin)))
 }
 
 /// RMSNorm over the last dimension with the fused kernel and an analytic backward for `x`.
 /// When `w` is trainable, its gradient flows through a separate cheap product (see below).
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Res<Tensor> {
     let x = x.contiguous()?;
     if w.is_variable() || w.track_op() {
         // Trainable weight (full fine-tuning): normalise with a unit weight through the fused op,
@@ -105,6 +167,76 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor>
         let n = rms_norm(&x, &ones, eps)?;
         return n.broadcast_mul(w);
     }
-    let y = candle_nn::ops::rms_norm(&x.detach(), &w.detach(), eps as f32)?;
-    x.apply_op2(&y, Attach { kind: Kind::RmsNorm { w: w.detach(), eps } })
+    let w = w.detach();
+    let y = candle_nn::ops::rms_norm(&x.detach(), &w, eps as f32)?;
+    Attach1::apply(
+        "rms-norm",
+        &x,
+        y,
+        Box::new(move |x, _y, g| {
+            let dt = x.dtype();
+            let xf = x.to_dtype(DType::F32)?;
+            let gf = g.to_dtype(DType::F32)?;
+            let wf = w.to_dtype(DType::F32)?;
+            let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?; // (..., 1)
+            let gw = gf.broadcast_mul(&wf)?;
+            let m = (&gw * &xf)?.mean_keepdim(D::Minus1)?; // (..., 1)
+            let inner = (gw - xf.broadcast_mul(&(r.sqr()? * m)?)?)?;
+            inner.broadcast_mul(&r)?.to_dtype(dt)
+        }),
+    )
+}
+
+/// y = x Wᵀ for a frozen W: no gradient is computed for W.
+struct FrozenLinear {
+    /// (out, in), same dtype and device as the input.
+    w: Tensor,
+}
+
+impl FrozenLinear {
+    fn dims(&self, l: &Layout) -> Res<(usize, usize, usize, Layout)> {
+        let (n, k) = l.shape().dims2()?;
+        let (out, k2) = self.w.dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen-linear: input width {k} but weight is ({out}, {k2})")
+        }
+        let wt = self.w.layout().transpose(0, 1)?; // (in, out) view
+        Ok((n, out, k, wt))
+    }
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Res<(CpuStorage, Shape)> {
+        let (n, out, k, wt) = self.dims(l)?;
+        let (ws, _) = self.w.storage_and_layout();
+        match &*ws {
+            Storage::Cpu(w) => Ok((s.matmul(w, (1, n, out, k), l, &wt)?, Shape::from((n, out)))),
+            _ => candle_core::bail!("frozen-linear: weight and input on different devices"),
+        }
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Res<(candle_core::CudaStorage, Shape)> {
+        let (n, out, k, wt) = self.dims(l)?;
+        let (ws, _) = self.w.storage_and_layout();
+        match &*ws {
+            Storage::Cuda(w) => Ok((s.matmul(w, (1, n, out, k), l, &wt)?, Shape::from((n, out)))),
+            _ => candle_core::bail!("frozen-linear: weight and input on different devices"),
+        }
+    }
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Res<Option<Tensor>> {
+        Ok(Some(g.matmul(&self.w)?)) // (N, out) (out, in) → (N, in)
+    }
+}
+
+/// `x` (N, in) times a frozen weight `w` (out, in) transposed → (N, out). Only `x` gets a gradient.
+pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Res<Tensor> {
+    let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+    let w = w.detach();
+    if w.dtype() != x.dtype() {
+        candle_core::bail!("frozen-linear: weight is {:?}, input {:?}", w.dtype(), x.dtype())
+    }
+    x.apply_op1(FrozenLinear { w })
 }

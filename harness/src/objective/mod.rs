@@ -8,13 +8,14 @@
 //! accumulated batch. The loop never knows which objective it runs.
 
 pub mod autoregressive;
+pub mod ce;
 pub mod diffusion;
 
 use crate::model::lora::Fwd;
 use crate::model::mask::{attention_bias, AttentionMode};
 use crate::model::Llama;
 use crate::Result;
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use autoregressive::Autoregressive;
@@ -94,18 +95,38 @@ pub struct Prepared {
 }
 
 /// Loss of one micro-batch and the numbers logged beside it.
+///
+/// The logged numbers stay on the device until [`LossParts::read`]: reading them forces a
+/// device synchronisation, which the training loop does only after the backward pass.
 #[derive(Debug)]
 pub struct LossParts {
     /// Σ w·CE / total normaliser: the tensor to differentiate (scalar f32).
     pub loss: Tensor,
-    /// Value of `loss`.
-    pub loss_value: f64,
+    /// (3,) f32, detached: loss, Σ CE over scored tokens (unweighted), argmax hits.
+    stats: Tensor,
+    /// Scored tokens.
+    pub n_scored: usize,
+}
+
+/// The numbers of [`LossParts`], on the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossValues {
+    /// Value of the loss.
+    pub loss: f64,
     /// Σ CE over scored tokens (unweighted).
     pub ce_sum: f64,
     /// Scored tokens.
     pub n_scored: usize,
-    /// Scored tokens whose argmax equals the target.
+    /// Scored tokens whose target has the highest logit.
     pub n_correct: usize,
+}
+
+impl LossParts {
+    /// Copy the logged numbers to the host (synchronises the device).
+    pub fn read(&self) -> Result<LossValues> {
+        let v: Vec<f32> = self.stats.to_vec1()?;
+        Ok(LossValues { loss: v[0] as f64, ce_sum: v[1] as f64, n_scored: self.n_scored, n_correct: v[2].round() as usize })
+    }
 }
 
 /// A training objective.
@@ -129,7 +150,8 @@ pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx
     if p.rows.is_empty() || total_denom <= 0.0 {
         // Nothing scored: a zero loss that still depends on the graph (no gradient flows).
         let zero = (h.sum_all()?.to_dtype(DType::F32)? * 0.0)?;
-        return Ok(LossParts { loss: zero, loss_value: 0.0, ce_sum: 0.0, n_scored: 0, n_correct: 0 });
+        let stats = Tensor::zeros(3, DType::F32, dev)?;
+        return Ok(LossParts { loss: zero, stats, n_scored: 0 });
     }
     let d = h.dim(2)?;
     let rows = Tensor::from_vec(p.rows.clone(), p.rows.len(), dev)?;
@@ -151,26 +173,20 @@ pub fn loss_from_logits(logits: &Tensor, p: &Prepared, total_denom: f64) -> Resu
 /// Σ w·CE / `total_denom` over the scored rows' logits (N, V), in f32, with the unweighted CE
 /// sum and the argmax hits beside it.
 fn weighted_ce(logits: &Tensor, p: &Prepared, total_denom: f64) -> Result<LossParts> {
-    let (ce, correct) = token_ce(&logits.to_dtype(DType::F32)?, &p.targets)?; // (N,)
-    let w = Tensor::from_vec(p.weights.clone(), p.weights.len(), logits.device())?;
-    let loss = ((ce.clone() * w)?.sum_all()? / total_denom)?;
-    let loss_value = loss.to_scalar::<f32>()? as f64;
-    let ce_sum = ce.sum_all()?.to_scalar::<f32>()? as f64;
-    Ok(LossParts { loss, loss_value, ce_sum, n_scored: p.rows.len(), n_correct: correct })
+    let dev = logits.device();
+    let t = Tensor::from_vec(p.targets.clone(), p.targets.len(), dev)?; // (N,)
+    let (ce, hits) = ce::cross_entropy(logits, &t)?; // (N,), (N,)
+    let w = Tensor::from_vec(p.weights.clone(), p.weights.len(), dev)?;
+    let loss = ((&ce * w)?.sum_all()? / total_denom)?;
+    let stats = Tensor::stack(&[loss.detach(), ce.detach().sum_all()?, hits.sum_all()?], 0)?; // (3,)
+    Ok(LossParts { loss, stats, n_scored: p.rows.len() })
 }
 
-/// Per-row cross-entropy of `logits` (N, V) f32 against `targets`, and how many argmaxes hit.
+/// Per-row cross-entropy of `logits` (N, V) against `targets`, and how many argmaxes hit.
 pub fn token_ce(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, usize)> {
-    let dev = logits.device();
-    let t = Tensor::from_vec(targets.to_vec(), (targets.len(), 1), dev)?; // (N, 1)
-    // log-softmax with the max detached: the same value, a cheaper graph.
-    let max = logits.max_keepdim(D::Minus1)?.detach(); // (N, 1)
-    let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // (N, 1)
-    let picked = shifted.gather(&t, D::Minus1)?; // (N, 1)
-    let ce = (lse - picked)?.squeeze(1)?; // (N,)
-    let am: Vec<u32> = logits.detach().argmax(D::Minus1)?.to_vec1()?;
-    let correct = am.iter().zip(targets).filter(|(a, b)| a == b).count();
+    let t = Tensor::from_vec(targets.to_vec(), targets.len(), logits.device())?;
+    let (ce, hits) = ce::cross_entropy(logits, &t)?;
+    let correct = hits.sum_all()?.to_scalar::<f32>()?.round() as usize;
     Ok((ce, correct))
 }
 

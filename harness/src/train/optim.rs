@@ -1,6 +1,7 @@
 //! AdamW with decoupled weight decay on f32 master parameters, gradient accumulation and
 //! global-norm clipping.
 
+use super::fused::{self, AdamWStep};
 use crate::model::lora::Trainable;
 use crate::Result;
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
@@ -31,6 +32,7 @@ pub struct AdamW {
     v: Vec<Tensor>,
     t: u64,
     hp: AdamWParams,
+    fused: bool,
 }
 
 impl AdamW {
@@ -39,17 +41,36 @@ impl AdamW {
         let params: Vec<Var> = params.entries.iter().map(|(_, v)| v.clone()).collect();
         let m = params.iter().map(|p| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
         let v = params.iter().map(|p| p.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { params, m, v, t: 0, hp })
+        Ok(Self { params, m, v, t: 0, hp, fused: true })
     }
 
-    /// One update with learning rate `lr` from (accumulated, clipped) gradients, one per parameter.
-    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+    /// One update with learning rate `lr` from accumulated gradients (one per parameter), each
+    /// multiplied by `grads.scale` (clipping). On CUDA one fused kernel updates every parameter;
+    /// elsewhere the element-wise ops below do the same arithmetic.
+    pub fn step(&mut self, grads: &Grads, lr: f64) -> Result<()> {
         self.t += 1;
         let AdamWParams { beta1, beta2, eps, weight_decay } = self.hp;
         let bc1 = 1.0 - beta1.powi(self.t as i32);
         let bc2 = 1.0 - beta2.powi(self.t as i32);
+        if self.fused {
+            let params: Vec<Tensor> = self.params.iter().map(|p| p.as_tensor().clone()).collect();
+            let hp = AdamWStep {
+                lr,
+                betas: (beta1, beta2),
+                eps,
+                weight_decay,
+                bias_corrections: (bc1, bc2),
+                grad_scale: grads.scale,
+            };
+            if fused::adamw(&params, &self.m, &self.v, &grads.tensors, hp)? {
+                return Ok(());
+            }
+        }
         for (i, p) in self.params.iter().enumerate() {
-            let g = grads[i].to_dtype(DType::F32)?;
+            let mut g = grads.tensors[i].to_dtype(DType::F32)?;
+            if grads.scale != 1.0 {
+                g = (g * grads.scale)?;
+            }
             let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let theta = p.as_tensor();
@@ -61,6 +82,20 @@ impl AdamW {
         }
         Ok(())
     }
+
+    /// Use (true, the default) or bypass (false) the fused CUDA kernel; for self-checks.
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
+    }
+}
+
+/// The gradients of one optimizer step and the factor clipping applies to all of them.
+#[derive(Debug, Clone)]
+pub struct Grads {
+    /// One gradient per parameter, in parameter order (f32).
+    pub tensors: Vec<Tensor>,
+    /// Multiplier of every gradient (1 when not clipped).
+    pub scale: f64,
 }
 
 /// Sums of gradients over the micro-batches of one optimizer step.
@@ -91,22 +126,30 @@ impl GradAccum {
         Ok(())
     }
 
-    /// The summed gradients (zeros for a parameter that got none) and their global L2 norm,
-    /// scaled so the norm is at most `max_norm` (0 = no clipping). Resets the sums.
-    pub fn take_clipped(&mut self, max_norm: f64) -> Result<(Vec<Tensor>, f64)> {
-        let mut grads = Vec::with_capacity(self.params.len());
+    /// The summed gradients (zeros for a parameter that got none), their global L2 norm, and
+    /// the factor that clips the norm to at most `max_norm` (0 = no clipping). Resets the sums.
+    pub fn take_clipped(&mut self, max_norm: f64) -> Result<(Grads, f64)> {
+        let mut tensors = Vec::with_capacity(self.params.len());
         for (i, p) in self.params.iter().enumerate() {
-            grads.push(match self.sums[i].take() {
+            tensors.push(match self.sums[i].take() {
                 Some(g) => g,
                 None => p.as_tensor().zeros_like()?,
             });
         }
-        let sq: Vec<Tensor> = grads.iter().map(|g| g.sqr()?.sum_all()).collect::<candle_core::Result<_>>()?;
-        let norm = if sq.is_empty() { 0.0 } else { Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64 };
-        if max_norm > 0.0 && norm > max_norm {
-            let s = max_norm / (norm + 1e-6);
-            grads = grads.iter().map(|g| g * s).collect::<candle_core::Result<_>>()?;
-        }
-        Ok((grads, norm))
+        let norm = global_norm(&tensors)?;
+        let scale = if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
+        Ok((Grads { tensors, scale }, norm))
     }
+}
+
+/// √(Σ g²) over every tensor (one fused kernel on CUDA).
+pub fn global_norm(ts: &[Tensor]) -> Result<f64> {
+    if ts.is_empty() {
+        return Ok(0.0);
+    }
+    if let Some(s) = fused::sum_squares(ts)? {
+        return Ok(s.sqrt());
+    }
+    let sq: Vec<Tensor> = ts.iter().map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()).collect::<candle_core::Result<_>>()?;
+    Ok((Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()? as f64).sqrt())
 }

@@ -146,12 +146,12 @@ pub fn dev_loss(model: &Llama, objective: &dyn Objective, dev: &[Example], micro
         let batch = Batch::collate(&refs, pad_id);
         let mut p = objective.prepare(&batch, k as u64, 0, eval_seed)?;
         p.attention = objective.eval_attention();
-        let parts = scored_loss(model, &p, 1.0, eval_seed, &Fwd::default())?;
-        loss += parts.loss_value;
+        let v = scored_loss(model, &p, 1.0, eval_seed, &Fwd::default())?.read()?;
+        loss += v.loss;
         denom += p.denom;
-        ce += parts.ce_sum;
-        n += parts.n_scored;
-        correct += parts.n_correct;
+        ce += v.ce_sum;
+        n += v.n_scored;
+        correct += v.n_correct;
     }
     let nn = n.max(1) as f64;
     Ok((if denom > 0.0 { loss / denom } else { 0.0 }, ce / nn, correct as f64 / nn))
@@ -226,18 +226,20 @@ pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, in
         for (micro, p) in prepared.iter().enumerate() {
             let ctx = Fwd { train: true, seed: inp.seed, step, micro: micro as u64 };
             let parts = scored_loss(model, p, total_denom, inp.seed, &ctx)?;
-            if !parts.loss_value.is_finite() {
-                bar.abandon_with_message(format!("diverged at step {}", step + 1));
-                return Err(Error::Diverged { step: step + 1, value: parts.loss_value });
-            }
+            // backward before reading the loss: no device synchronisation between the passes
             if parts.n_scored > 0 {
                 let grads = parts.loss.backward()?;
                 accum.add(&grads)?;
             }
-            loss += parts.loss_value;
-            ce += parts.ce_sum;
-            scored += parts.n_scored;
-            correct += parts.n_correct;
+            let v = parts.read()?;
+            if !v.loss.is_finite() {
+                bar.abandon_with_message(format!("diverged at step {}", step + 1));
+                return Err(Error::Diverged { step: step + 1, value: v.loss });
+            }
+            loss += v.loss;
+            ce += v.ce_sum;
+            scored += v.n_scored;
+            correct += v.n_correct;
         }
         // 3. clip and update.
         let (grads, grad_norm) = accum.take_clipped(cfg.max_grad_norm)?;

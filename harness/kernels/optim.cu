@@ -1,0 +1,40 @@
+// Multi-tensor optimizer kernels: one launch covers every parameter of the model.
+// Tensor i of a list is the f32 buffer at ptrs[i] with sizes[i] elements; grid.y indexes tensors,
+// grid.x strides over elements. Compiled to PTX by harness/build.rs (feature `cuda`).
+#include <stdint.h>
+
+// Σ x² over every tensor, accumulated into out[0] (zeroed by the caller).
+extern "C" __global__ void sumsq_multi(const uint64_t* ptrs, const uint64_t* sizes, float* out) {
+    const float* x = reinterpret_cast<const float*>(ptrs[blockIdx.y]);
+    const uint64_t n = sizes[blockIdx.y];
+    float acc = 0.f;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        acc += v * v;
+    }
+    // warp reduce, then one atomic per warp
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffff, acc, o);
+    if ((threadIdx.x & 31) == 0 && acc != 0.f) atomicAdd(out, acc);
+}
+
+// AdamW (PyTorch's rule, decoupled weight decay) on f32 parameters p, moments m, v and
+// gradients g scaled by gscale (gradient clipping), all in place.
+extern "C" __global__ void adamw_multi(
+    const uint64_t* p_ptrs, const uint64_t* m_ptrs, const uint64_t* v_ptrs, const uint64_t* g_ptrs,
+    const uint64_t* sizes, float lr, float b1, float b2, float eps, float wd, float bc1, float bc2, float gscale) {
+    float* p = reinterpret_cast<float*>(p_ptrs[blockIdx.y]);
+    float* m = reinterpret_cast<float*>(m_ptrs[blockIdx.y]);
+    float* v = reinterpret_cast<float*>(v_ptrs[blockIdx.y]);
+    const float* g = reinterpret_cast<const float*>(g_ptrs[blockIdx.y]);
+    const uint64_t n = sizes[blockIdx.y];
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float gi = g[i] * gscale;
+        float mi = b1 * m[i] + (1.f - b1) * gi;
+        float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        float pi = p[i];
+        if (wd > 0.f) pi = pi * (1.f - lr * wd);
+        p[i] = pi - lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps));
+    }
+}
