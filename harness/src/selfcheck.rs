@@ -113,5 +113,61 @@ pub fn run(device: &Device) -> Result<Vec<Check>> {
             checks.push(Check { name: format!("{name} vs cpu"), on: format!("{dev_name} {dtype:?}"), value: *v, reference: *c, tolerance: tol, ok: (v - c).abs() <= tol });
         }
     }
+    checks.extend(optimizer_checks(device)?);
     Ok(checks)
+}
+
+/// The optimizer on `device` (the fused multi-tensor kernels on CUDA) against the element-wise
+/// reference path on the same device: global gradient norm and three AdamW steps with clipping.
+fn optimizer_checks(device: &Device) -> Result<Vec<Check>> {
+    use crate::train::optim::{global_norm, AdamW, AdamWParams, Grads};
+    let shapes: [&[usize]; 4] = [&[16, 24], &[24, 16], &[7], &[3, 5, 2]];
+    let mut rng = crate::rng::rng_for(7, crate::rng::Purpose::Init, 0, 0);
+    let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0)).collect() };
+    let mut params = Vec::new();
+    let mut grads = Vec::new();
+    for (i, sh) in shapes.iter().enumerate() {
+        let n: usize = sh.iter().product();
+        params.push((format!("p{i}"), Tensor::from_vec(rand(n), *sh, device)?));
+        grads.push(Tensor::from_vec(rand(n), *sh, device)?);
+    }
+    let norm_ref = {
+        let sq: Vec<Tensor> = grads.iter().map(|g| g.sqr()?.sum_all()).collect::<candle_core::Result<_>>()?;
+        (Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()? as f64).sqrt()
+    };
+    let norm = global_norm(&grads)?;
+    let mut out = vec![Check {
+        name: "gradient norm vs element-wise".into(),
+        on: format!("{:?} F32", device.location()),
+        value: norm,
+        reference: norm_ref,
+        tolerance: 1e-5 * norm_ref,
+        ok: (norm - norm_ref).abs() <= 1e-5 * norm_ref,
+    }];
+    let mut finals = Vec::new();
+    for fused in [true, false] {
+        let mut tr = crate::model::Trainable::default();
+        for (n, t) in &params {
+            tr.push(n.clone(), candle_core::Var::from_tensor(&t.copy()?)?);
+        }
+        let hp = AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let mut opt = AdamW::new(&tr, hp)?;
+        opt.set_fused(fused);
+        for k in 0..3 {
+            let g: Vec<Tensor> = grads.iter().map(|g| g * (1.0 + k as f64)).collect::<candle_core::Result<_>>()?;
+            opt.step(&Grads { tensors: g, scale: 0.5 }, 1e-2)?;
+        }
+        let flat: Vec<Tensor> = tr.entries.iter().map(|(_, v)| v.as_tensor().flatten_all()).collect::<candle_core::Result<_>>()?;
+        finals.push(Tensor::cat(&flat, 0)?.to_vec1::<f32>()?);
+    }
+    let diff = finals[0].iter().zip(&finals[1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) as f64;
+    out.push(Check {
+        name: "AdamW (3 steps, clipped) max |fused - element-wise|".into(),
+        on: format!("{:?} F32", device.location()),
+        value: diff,
+        reference: 0.0,
+        tolerance: 1e-6,
+        ok: diff <= 1e-6,
+    });
+    Ok(out)
 }
