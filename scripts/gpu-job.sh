@@ -2,7 +2,7 @@
 # Run harness jobs on a GPU machine that has no Rust (the device machines): the CUDA binary built
 # here (`make cuda`) travels xz-compressed in .gpu/, the CUDA 13 user-space libraries come from the
 # machine's PyTorch wheels, and the driver provides libcuda.so.1.
-#   bash scripts/gpu-job.sh selfcheck|bench|study NAME [NAME...]|shell CMD...
+#   bash scripts/gpu-job.sh selfcheck|bench|ops|study NAME [NAME...]|shell CMD...
 # Results go to $OUT (the folder that comes back) as tarballs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,9 +45,10 @@ job=${1:-selfcheck}; shift || true
 case "$job" in
   selfcheck) "$BIN" selfcheck --out "$OUT/selfcheck.json" 2>&1 | tee "$OUT/selfcheck.txt" ;;
   bench)
-    dir=results/bench/$(date -u +%Y%m%d-%H%M%S)-$(git rev-parse --short HEAD 2>/dev/null || cut -c1-7 .gpu/commit 2>/dev/null || echo nogit)
+    dir=results/bench/$(date -u +%Y%m%d-%H%M%S)-$( (cut -c1-7 .gpu/commit || git rev-parse --short HEAD) 2>/dev/null || echo nogit)
     bash bench/run.sh "$BIN" "$dir"
     tar czf "$OUT/bench.tgz" "$dir" ;;
+  ops) "$BIN" bench --ops --out "$OUT/ops" 2>&1 | tail -60 ;;
   study)
     for s in "$@"; do "$BIN" study "$s" 2>&1 | tail -60; done
     tar czf "$OUT/results.tgz" results ;;

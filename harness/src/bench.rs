@@ -414,3 +414,94 @@ pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, p
     }
     Ok(())
 }
+
+/// One timed tensor operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpTiming {
+    /// What ran, with its shapes.
+    pub op: String,
+    /// Mean milliseconds per call (device synchronised around the repetitions).
+    pub ms: f64,
+}
+
+/// Time the tensor operations a training step is made of, at SmolLM2-135M shapes and batch 64
+/// (batch 2 and tiny widths with `quick`), into `dir/ops.jsonl`.
+pub fn op_profile(dir: &std::path::Path, device: &str, quick: bool) -> Result<()> {
+    use candle_core::{Tensor, D};
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let dev = crate::config::device(&crate::config::resolve_device(device)?)?;
+    let bf = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
+    let (b, l, h, hkv, dh, d, f, v, n) = if quick { (2, 32, 4, 2, 8, 32, 64, 256, 64) } else { (64, 512, 9, 3, 64, 576, 1536, 49152, 8192) };
+    let r = |shape: &[usize], dt: DType| -> Result<Tensor> { Ok(Tensor::randn(0f32, 1.0, shape, &dev)?.to_dtype(dt)?) };
+    let q = r(&[b, h, l, dh], bf)?;
+    let k = r(&[b, hkv, l, dh], bf)?;
+    let s = r(&[b, h, l, l], bf)?;
+    let s32 = r(&[b, h, l, l], DType::F32)?;
+    let row = r(&[b, h, l, 1], DType::F32)?;
+    let x = r(&[b * l, d], bf)?;
+    let x3 = r(&[b, l, d], bf)?;
+    let w = r(&[f, d], bf)?;
+    let a = r(&[16, d], bf)?;
+    let xf = r(&[b * l, f], bf)?;
+    let logits = r(&[n, v], bf)?;
+    let ids = Tensor::arange(0u32, n as u32, &dev)?;
+    let tgt = Tensor::zeros((n, 1), DType::U32, &dev)?;
+    let cos = r(&[l, dh / 2], bf)?;
+    let sin = r(&[l, dh / 2], bf)?;
+    let nw = r(&[d], bf)?;
+    let kt = k.unsqueeze(2)?.broadcast_as((b, hkv, h / hkv, l, dh))?.reshape((b, h, l, dh))?;
+    let qt = x3.reshape((b, l, h, d / h))?;
+    let mut ops: Vec<(String, Box<dyn Fn() -> candle_core::Result<Tensor> + '_>)> = vec![
+        ("matmul q kT (B,H,L,Dh)x(B,H,Dh,L)".into(), Box::new(|| q.matmul(&q.t()?))),
+        ("matmul p v (B,H,L,L)x(B,H,L,Dh)".into(), Box::new(|| s.matmul(&q))),
+        ("matmul pT g (transposed lhs)".into(), Box::new(|| s.t()?.matmul(&q))),
+        ("softmax_last_dim (B,H,L,L)".into(), Box::new(|| candle_nn::ops::softmax_last_dim(&s))),
+        ("to_dtype bf16->f32 (B,H,L,L)".into(), Box::new(|| s.to_dtype(DType::F32))),
+        ("to_dtype f32->bf16 (B,H,L,L)".into(), Box::new(|| s32.to_dtype(bf))),
+        ("broadcast_sub f32 (B,H,L,L)-(B,H,L,1)".into(), Box::new(|| s32.broadcast_sub(&row))),
+        ("mul f32 (B,H,L,L)".into(), Box::new(|| &s32 * &s32)),
+        ("affine scale bf16 (B,H,L,L)".into(), Box::new(|| &s * 0.125)),
+        ("repeat_kv contiguous (B,Hkv,L,Dh)->(B,H,L,Dh)".into(), Box::new(|| kt.contiguous())),
+        ("group sum reshape.sum(2) (B,H,L,Dh)->(B,Hkv,L,Dh)".into(), Box::new(|| q.reshape((b, hkv, h / hkv, l, dh))?.sum(2))),
+        ("transpose(1,2).contiguous (B,L,H,Dh)".into(), Box::new(|| qt.transpose(1, 2)?.contiguous())),
+        ("rope (B,H,L,Dh)".into(), Box::new(|| candle_nn::rotary_emb::rope(&q, &cos, &sin))),
+        ("rms_norm (B,L,D)".into(), Box::new(|| candle_nn::ops::rms_norm(&x3, &nw, 1e-5))),
+        ("sum_keepdim last (B,L,D) f32".into(), Box::new(|| x3.to_dtype(DType::F32)?.sum_keepdim(D::Minus1))),
+        ("sum over rows (B*L,D)->(D)".into(), Box::new(|| x.sum(0))),
+        ("linear (B*L,D)x(D,F)".into(), Box::new(|| x.matmul(&w.t()?))),
+        ("linear (B*L,F)x(F,D)".into(), Box::new(|| xf.matmul(&w))),
+        ("weight grad (D,B*L)x(B*L,F)".into(), Box::new(|| x.t()?.matmul(&xf))),
+        ("lora down (B*L,D)x(D,16)".into(), Box::new(|| x.matmul(&a.t()?))),
+        ("lora weight grad (16,B*L)x(B*L,D)".into(), Box::new(|| x.matmul(&a.t()?)?.t()?.matmul(&x))),
+        ("silu (B*L,F)".into(), Box::new(|| xf.silu())),
+        ("mul (B*L,F)".into(), Box::new(|| &xf * &xf)),
+        ("add (B*L,D)".into(), Box::new(|| &x + &x)),
+        ("zeros_like (B*L,D)".into(), Box::new(|| x.zeros_like())),
+        ("index_select rows (N of B*L, D)".into(), Box::new(|| x.index_select(&ids, 0))),
+        ("index_add rows back (B*L,D)".into(), Box::new(|| x.zeros_like()?.index_add(&ids, &x.narrow(0, 0, n)?, 0))),
+        ("logits to f32 (N,V)".into(), Box::new(|| logits.to_dtype(DType::F32))),
+        ("max_keepdim (N,V) bf16".into(), Box::new(|| logits.max_keepdim(D::Minus1))),
+        ("exp (N,V) bf16".into(), Box::new(|| logits.exp())),
+        ("gather (N,V) by (N,1)".into(), Box::new(|| logits.gather(&tgt, D::Minus1))),
+        ("scatter_add (N,V) by (N,1)".into(), Box::new(|| logits.scatter_add(&tgt, &logits.narrow(1, 0, 1)?.contiguous()?, D::Minus1))),
+        ("lm head (N,D)x(D,V)".into(), Box::new(|| x.narrow(0, 0, n)?.matmul(&logits.narrow(0, 0, d)?))),
+    ];
+    let path = dir.join("ops.jsonl");
+    for (name, op) in ops.iter_mut() {
+        let reps = 10;
+        if let Err(e) = op() {
+            eprintln!("   failed  {name}: {e}");
+            continue;
+        }
+        dev.synchronize()?;
+        let t = Instant::now();
+        for _ in 0..reps {
+            op()?;
+        }
+        dev.synchronize()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        eprintln!("{ms:9.3} ms  {name}");
+        append_jsonl(&path, &OpTiming { op: name.clone(), ms })?;
+    }
+    Ok(())
+}

@@ -57,6 +57,10 @@ enum Cmd {
         /// Skip the decoding benchmark.
         #[arg(long)]
         no_decode: bool,
+        /// Instead: time the individual tensor operations of a training step at batch 64 × 512
+        /// (ops.jsonl), to see which kernels a step spends its device time in.
+        #[arg(long)]
+        ops: bool,
     },
     /// Render a bench folder (candle.jsonl, torch.jsonl, decode.jsonl) as a table with ratios.
     BenchTable {
@@ -180,8 +184,12 @@ fn run(cli: Cli) -> Result<()> {
             println!("selfcheck passed: {} checks", checks.len());
             Ok(())
         }
-        Cmd::Bench { out, device, quick, steps, peak_tflops, no_decode } => {
+        Cmd::Bench { out, device, quick, steps, peak_tflops, no_decode, ops } => {
             let dir = out.unwrap_or_else(|| harness::bench::default_dir());
+            if ops {
+                harness::bench::op_profile(&dir, &device, quick)?;
+                return Ok(());
+            }
             harness::bench::run_cli(&dir, &device, quick, steps, peak_tflops, !no_decode)?;
             println!("{}", harness::report::bench_table(&dir)?);
             println!("written to {}", dir.display());

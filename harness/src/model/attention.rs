@@ -6,7 +6,9 @@
 //! dv = Pᵀ dO, dP = dO vᵀ, dS = P ⊙ (dP − δ), dq = dS k/√d, dk = dSᵀ q/√d —
 //! the same trade FlashAttention makes (one extra q kᵀ product for O(L²) less memory), here
 //! with candle's matmul and fused softmax kernels. Grouped-query attention: k and v have Hkv
-//! heads, each serving `H / Hkv` query heads; their gradients are summed over the group.
+//! heads, each serving `H / Hkv` query heads; the query heads of a group are stacked along the
+//! rows, so k and v are never repeated and their gradients come summed over the group from the
+//! matmuls themselves. The output is already merged to (B, L, H·Dh).
 
 use super::ops::Attach3;
 use candle_core::{DType, Result, Tensor, D};
@@ -20,18 +22,29 @@ pub fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
     x.unsqueeze(2)?.broadcast_as((b, h, rep, l, d))?.reshape((b, h * rep, l, d))
 }
 
-/// Sum the gradient of repeated heads back onto their shared head: (B, Hkv·rep, T, Dh) → (B, Hkv, T, Dh).
-fn group_sum(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, h, l, d) = x.dims4()?;
-    x.reshape((b, h / rep, rep, l, d))?.sum(2)
+/// Shapes of one call: batch, query heads, kv heads, query length, key length, head width.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    hkv: usize,
+    l: usize,
+    t: usize,
+    dh: usize,
 }
 
-/// P = softmax(q kᵀ · scale + bias): (B, H, L, T). Inputs detached; `kr` already repeated.
-fn probs(q: &Tensor, kr: &Tensor, bias: Option<&Tensor>, scale: f64) -> Result<Tensor> {
-    let mut s = (q * scale)?.matmul(&kr.t()?)?; // (B, H, L, T)
+impl Dims {
+    fn rep(&self) -> usize {
+        self.h / self.hkv
+    }
+}
+
+/// P = softmax(q kᵀ · scale + bias): (B, H, L, T). The query heads sharing a kv head are
+/// stacked along the rows — q (B, H, L, Dh) viewed as (B, Hkv, rep·L, Dh) — so one batched
+/// matmul serves the whole group and k is never repeated.
+fn probs(q: &Tensor, k: &Tensor, bias: Option<&Tensor>, scale: f64, d: Dims) -> Result<Tensor> {
+    let qg = (q * scale)?.reshape((d.b, d.hkv, d.rep() * d.l, d.dh))?;
+    let mut s = qg.matmul(&k.t()?)?.reshape((d.b, d.h, d.l, d.t))?; // (B, H, L, T)
     if let Some(bias) = bias {
         s = s.broadcast_add(bias)?;
     }
@@ -39,45 +52,57 @@ fn probs(q: &Tensor, kr: &Tensor, bias: Option<&Tensor>, scale: f64) -> Result<T
 }
 
 /// Attention of `q` (B, H, L, Dh) over `k`, `v` (B, Hkv, T, Dh) with an additive `bias`
-/// broadcastable to (B, H, L, T). Returns (B, H, L, Dh). Differentiable in q, k and v.
+/// broadcastable to (B, H, L, T). Returns the heads concatenated per position: (B, L, H·Dh).
+/// Differentiable in q, k and v.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    let (_, h, _, dh) = q.dims4()?;
-    let hkv = k.dim(1)?;
+    let (b, h, l, dh) = q.dims4()?;
+    let (_, hkv, t, _) = k.dims4()?;
     if hkv == 0 || h % hkv != 0 {
         candle_core::bail!("attention: {h} query heads cannot share {hkv} key/value heads")
     }
-    let rep = h / hkv;
+    let d = Dims { b, h, hkv, l, t, dh };
+    let rep = d.rep();
     let scale = 1.0 / (dh as f64).sqrt();
     let bias = bias.map(|b| b.detach());
+    let merge = |x: Tensor| -> Result<Tensor> { x.reshape((b, h, l, dh))?.transpose(1, 2)?.contiguous()?.reshape((b, l, h * dh)) };
     let o = {
-        let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-        let p = probs(&qd, &repeat_kv(&kd, rep)?, bias.as_ref(), scale)?;
-        p.matmul(&repeat_kv(&vd, rep)?.contiguous()?)? // (B, H, L, Dh)
+        let p = probs(&q.detach(), &k.detach(), bias.as_ref(), scale, d)?;
+        merge(p.reshape((b, hkv, rep * l, t))?.matmul(&v.detach())?)? // (B, L, H·Dh)
     };
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        return Ok(o); // inference: nothing to differentiate, no copy
+    }
     Attach3::apply(
         "attention",
         [&q, &k, &v],
         o,
         Box::new(move |[q, k, v], o, g| {
             let dt = q.dtype();
-            let g = g.contiguous()?; // (B, H, L, Dh)
-            let kr = repeat_kv(k, rep)?.contiguous()?;
-            let vr = repeat_kv(v, rep)?.contiguous()?;
-            let p = probs(q, &kr, bias.as_ref(), scale)?; // (B, H, L, T)
-            let dv = p.t()?.matmul(&g)?; // (B, H, T, Dh)
-            let dp = g.matmul(&vr.t()?)?; // (B, H, L, T)
-            // δ = rowsum(dO ⊙ O) = rowsum(dP ⊙ P); dS = P ⊙ (dP − δ)
-            let delta = (g.to_dtype(DType::F32)? * o.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?; // (B, H, L, 1)
+            // (B, L, H·Dh) → (B, L, H, Dh): δ = rowsum(dO ⊙ O) per head and position
+            let g4 = g.reshape((b, l, h, dh))?;
+            let delta = (g4.to_dtype(DType::F32)? * o.reshape((b, l, h, dh))?.to_dtype(DType::F32)?)?
+                .sum_keepdim(D::Minus1)?
+                .transpose(1, 2)?
+                .contiguous()?; // (B, H, L, 1)
+            let gg = g4.transpose(1, 2)?.contiguous()?.reshape((b, hkv, rep * l, dh))?; // (B, Hkv, rep·L, Dh)
+            let p = probs(q, k, bias.as_ref(), scale, d)?; // (B, H, L, T)
+            let pg = p.reshape((b, hkv, rep * l, t))?;
+            let dv = pg.t()?.matmul(&gg)?; // (B, Hkv, T, Dh), summed over the group
+            let dp = gg.matmul(&v.t()?)?.reshape((b, h, l, t))?; // (B, H, L, T)
+            // dS = P ⊙ (dP − δ), in f32
             let ds = (p.to_dtype(DType::F32)? * dp.to_dtype(DType::F32)?.broadcast_sub(&delta)?)?.to_dtype(dt)?;
-            let dq = (ds.matmul(&kr)? * scale)?; // (B, H, L, Dh)
-            let dk = (ds.t()?.matmul(q)? * scale)?; // (B, H, T, Dh)
-            Ok([Some(dq), Some(group_sum(&dk, rep)?), Some(group_sum(&dv, rep)?)])
+            let dsg = ds.reshape((b, hkv, rep * l, t))?;
+            let dq = (dsg.matmul(k)? * scale)?.reshape((b, h, l, dh))?; // (B, H, L, Dh)
+            let qg = q.reshape((b, hkv, rep * l, dh))?;
+            let dk = (dsg.t()?.matmul(&qg)? * scale)?; // (B, Hkv, T, Dh)
+            Ok([Some(dq), Some(dk), Some(dv)])
         }),
     )
 }
 
-/// The reference composite (autograd through every op), for tests.
+/// The reference composite (autograd through every op, k and v repeated), for tests. Returns
+/// (B, L, H·Dh) like [`attention`].
 pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (_, h, _, dh) = q.dims4()?;
     let rep = h / k.dim(1)?;
@@ -90,5 +115,6 @@ pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Ten
     let m = s.max_keepdim(D::Minus1)?.detach();
     let e = s.broadcast_sub(&m)?.exp()?;
     let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-    p.matmul(&vr)
+    let (b, _, l, _) = q.dims4()?;
+    p.matmul(&vr)?.transpose(1, 2)?.reshape((b, l, h * dh))
 }

@@ -6,7 +6,6 @@
 //! Hugging Face names, so safetensors checkpoints and peft adapters load without renaming.
 //! Reference: Touvron et al. 2023, "LLaMA: Open and Efficient Foundation Language Models".
 
-use super::attention::repeat_kv;
 use super::lora::{AdapterConfig, Fwd, Linear, Trainable, Weight};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -139,11 +138,14 @@ impl Rotary {
         Ok(Self { cos: freqs.cos()?, sin: freqs.sin()? })
     }
 
+    /// cos and sin of positions offset..offset+L: (L, Dh/2) each, in `dtype`.
+    fn tables(&self, offset: usize, l: usize, dtype: DType) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((self.cos.narrow(0, offset, l)?.to_dtype(dtype)?, self.sin.narrow(0, offset, l)?.to_dtype(dtype)?))
+    }
+
     /// x: (B, H, L, Dh) for positions offset..offset+L.
     fn apply(&self, x: &Tensor, offset: usize, ctx: &Fwd) -> candle_core::Result<Tensor> {
-        let l = x.dim(2)?;
-        let cos = self.cos.narrow(0, offset, l)?.to_dtype(x.dtype())?; // (L, Dh/2)
-        let sin = self.sin.narrow(0, offset, l)?.to_dtype(x.dtype())?;
+        let (cos, sin) = self.tables(offset, x.dim(2)?, x.dtype())?; // (L, Dh/2)
         if !ctx.train {
             return candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin);
         }
@@ -188,12 +190,19 @@ impl Attention {
         offset: usize,
     ) -> candle_core::Result<Tensor> {
         let (b, l, _) = x.dims3()?;
-        let q = self.q_proj.forward(x, ctx)?.reshape((b, l, self.n_heads, self.head_dim))?.transpose(1, 2)?; // (B, H, L, Dh)
-        let k = self.k_proj.forward(x, ctx)?.reshape((b, l, self.n_kv, self.head_dim))?.transpose(1, 2)?; // (B, Hkv, L, Dh)
-        let v = self.v_proj.forward(x, ctx)?.reshape((b, l, self.n_kv, self.head_dim))?.transpose(1, 2)?;
-        let q = rot.apply(&q.contiguous()?, offset, ctx)?;
-        let mut k = rot.apply(&k.contiguous()?, offset, ctx)?;
-        let mut v = v.contiguous()?;
+        let (q, mut k, mut v) = if ctx.train && cache.is_none() {
+            // one graph node each for the head split (and rotation)
+            let (cos, sin) = rot.tables(offset, l, x.dtype())?;
+            let q = super::ops::rope_heads(&self.q_proj.forward(x, ctx)?, self.n_heads, &cos, &sin)?; // (B, H, L, Dh)
+            let k = super::ops::rope_heads(&self.k_proj.forward(x, ctx)?, self.n_kv, &cos, &sin)?; // (B, Hkv, L, Dh)
+            let v = super::ops::split_heads(&self.v_proj.forward(x, ctx)?, self.n_kv)?;
+            (q, k, v)
+        } else {
+            let q = self.q_proj.forward(x, ctx)?.reshape((b, l, self.n_heads, self.head_dim))?.transpose(1, 2)?; // (B, H, L, Dh)
+            let k = self.k_proj.forward(x, ctx)?.reshape((b, l, self.n_kv, self.head_dim))?.transpose(1, 2)?; // (B, Hkv, L, Dh)
+            let v = self.v_proj.forward(x, ctx)?.reshape((b, l, self.n_kv, self.head_dim))?.transpose(1, 2)?;
+            (rot.apply(&q.contiguous()?, offset, ctx)?, rot.apply(&k.contiguous()?, offset, ctx)?, v.contiguous()?)
+        };
         if let Some(c) = cache {
             if let (Some(pk), Some(pv)) = (&c.k, &c.v) {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -202,21 +211,7 @@ impl Attention {
             c.k = Some(k.clone());
             c.v = Some(v.clone());
         }
-        let y = if ctx.train {
-            super::attention::attention(&q, &k, &v, bias)? // (B, H, L, Dh)
-        } else {
-            let rep = self.n_heads / self.n_kv;
-            let k = repeat_kv(&k, rep)?.contiguous()?; // (B, H, T, Dh)
-            let v = repeat_kv(&v, rep)?.contiguous()?;
-            let scale = 1.0 / (self.head_dim as f64).sqrt();
-            let mut att = (q.matmul(&k.t()?)? * scale)?; // (B, H, L, T)
-            if let Some(bias) = bias {
-                att = att.broadcast_add(bias)?;
-            }
-            let att = candle_nn::ops::softmax_last_dim(&att.contiguous()?)?;
-            att.matmul(&v)? // (B, H, L, Dh)
-        };
-        let y = y.transpose(1, 2)?.reshape((b, l, self.n_heads * self.head_dim))?; // (B, L, D)
+        let y = super::attention::attention(&q, &k, &v, bias)?; // (B, L, D)
         self.o_proj.forward(&y, ctx)
     }
 }

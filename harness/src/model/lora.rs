@@ -197,14 +197,34 @@ impl Linear {
 
     /// `x`: (..., in) → (..., out).
     pub fn forward(&self, x: &Tensor, ctx: &Fwd) -> candle_core::Result<Tensor> {
+        let lora = self.lora.as_ref().filter(|_| !self.disabled);
+        match (&self.weight, lora) {
+            // one graph node per layer (no gradient for the frozen W, no cast nodes)
+            (Weight::Frozen(w), Some(l)) if w.dtype() == x.dtype() && !(ctx.train && l.dropout > 0.0) => {
+                super::ops::lora_linear(x, w, l.a.as_tensor(), l.b.as_tensor(), l.scale)
+            }
+            (Weight::Frozen(w), None) if w.dtype() == x.dtype() => {
+                let dims = x.dims().to_vec();
+                let x2 = x.reshape(((), dims[dims.len() - 1]))?; // (N, in)
+                let y = super::ops::frozen_linear(&x2, w)?; // (N, out)
+                let mut od = dims;
+                let last = od.len() - 1;
+                od[last] = y.dim(1)?;
+                y.reshape(od)
+            }
+            (Weight::Trainable(w), None) => super::ops::trainable_linear(x, w.as_tensor()),
+            _ => self.forward_composite(x, ctx),
+        }
+    }
+
+    /// The same layer through candle's autograd op by op (LoRA dropout, mixed dtypes); the
+    /// reference the fused paths are tested against.
+    pub fn forward_composite(&self, x: &Tensor, ctx: &Fwd) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let x2 = x.reshape(((), in_dim))?; // (N, in)
-        let mut y = match &self.weight {
-            // No gradient for a frozen weight: candle's matmul backward would compute one.
-            Weight::Frozen(w) if w.dtype() == x.dtype() => super::ops::frozen_linear(&x2, w)?,
-            w => x2.matmul(&w.get(x.dtype())?.t()?)?,
-        }; // (N, out)
+        let w = self.weight.get(x.dtype())?; // (out, in)
+        let mut y = x2.matmul(&w.t()?)?; // (N, out)
         if let (Some(l), false) = (&self.lora, self.disabled) {
             let xin = if ctx.train && l.dropout > 0.0 { self.dropout(&x2, l.dropout, ctx)? } else { x2.clone() };
             let a = l.a.as_tensor().to_dtype(x.dtype())?; // (r, in)

@@ -16,7 +16,7 @@
 //! [`crate::objective::ce`]. Backward math that needs it runs in f32.
 
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor, D};
 use std::sync::Mutex;
 
 type Res<T> = candle_core::Result<T>;
@@ -90,6 +90,46 @@ impl CustomOp1 for Attach1 {
     }
     fn bwd(&self, x: &Tensor, res: &Tensor, g: &Tensor) -> Res<Option<Tensor>> {
         Ok(Some((self.bwd)(&x.detach(), res, g)?))
+    }
+}
+
+/// Backward of a two-input op: (inputs, output, output gradient) → input gradients.
+pub type Bwd2 = Box<dyn Fn([&Tensor; 2], &Tensor, &Tensor) -> Res<[Option<Tensor>; 2]> + Send + Sync>;
+
+/// A two-input op whose forward result was computed outside the graph.
+pub struct Attach2 {
+    name: &'static str,
+    out: Mutex<Option<Tensor>>,
+    bwd: Bwd2,
+}
+
+impl Attach2 {
+    /// Attach `out` (computed from `a`, `b` without a graph) to them, with backward `bwd`.
+    pub fn apply(name: &'static str, [a, b]: [&Tensor; 2], out: Tensor, bwd: Bwd2) -> Res<Tensor> {
+        a.apply_op2(b, Attach2 { name, out: Mutex::new(Some(out)), bwd })
+    }
+}
+
+impl CustomOp2 for Attach2 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Res<(CpuStorage, Shape)> {
+        cpu_copy(self.name, &self.out)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Res<(candle_core::CudaStorage, Shape)> {
+        cuda_copy(self.name, &self.out)
+    }
+    fn bwd(&self, a: &Tensor, b: &Tensor, res: &Tensor, g: &Tensor) -> Res<(Option<Tensor>, Option<Tensor>)> {
+        let [da, db] = (self.bwd)([&a.detach(), &b.detach()], res, g)?;
+        Ok((da, db))
     }
 }
 
@@ -239,4 +279,116 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Res<Tensor> {
         candle_core::bail!("frozen-linear: weight is {:?}, input {:?}", w.dtype(), x.dtype())
     }
     x.apply_op1(FrozenLinear { w })
+}
+
+/// Flatten (..., in) to (N, in) and remember how to restore (..., out).
+fn rows(x: &Tensor) -> Res<(Tensor, Vec<usize>)> {
+    let dims = x.dims().to_vec();
+    let last = *dims.last().ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
+    Ok((x.reshape(((), last))?, dims))
+}
+
+fn unrows(y: Tensor, mut dims: Vec<usize>) -> Res<Tensor> {
+    let n = dims.len();
+    dims[n - 1] = y.dim(1)?;
+    y.reshape(dims)
+}
+
+/// A LoRA layer in one graph node: y = x Wᵀ + (x Aᵀ)(s·B)ᵀ with W (out, in) frozen and the f32
+/// adapters `a` (r, in), `b` (out, r) trainable. Backward, with g·sB = gb:
+/// dx = g W + gb A, dA = gbᵀ x, dB = s·gᵀ (x Aᵀ); no gradient for W.
+/// `x`: (..., in) → (..., out) in x's dtype.
+pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Res<Tensor> {
+    let dt = x.dtype();
+    let (x2, dims) = rows(&x.contiguous()?)?; // (N, in)
+    let w = w.detach();
+    let y = {
+        let ad = a.detach().to_dtype(dt)?; // (r, in)
+        let bd = (b.detach() * scale)?.to_dtype(dt)?; // (out, r)
+        let base = frozen_linear(&x2.detach(), &w)?; // (N, out)
+        (base + x2.detach().matmul(&ad.t()?)?.matmul(&bd.t()?)?)?
+    };
+    let y = if x.track_op() || a.track_op() || b.track_op() {
+        let xd = x2.detach();
+        let wd = w.clone();
+        Attach3::apply(
+            "lora-linear",
+            [&x2, a, b],
+            y,
+            Box::new(move |[_x, a, b], _y, g| {
+                let g = g.contiguous()?; // (N, out)
+                let ad = a.to_dtype(dt)?;
+                let bd = (b * scale)?.to_dtype(dt)?;
+                let gb = g.matmul(&bd)?; // (N, r)
+                let dx = (g.matmul(&wd)? + gb.matmul(&ad)?)?; // (N, in)
+                let da = gb.t()?.matmul(&xd)?.to_dtype(DType::F32)?; // (r, in)
+                let xa = xd.matmul(&ad.t()?)?; // (N, r)
+                let db = (g.t()?.matmul(&xa)?.to_dtype(DType::F32)? * scale)?; // (out, r)
+                Ok([Some(dx), Some(da), Some(db)])
+            }),
+        )?
+    } else {
+        y
+    };
+    unrows(y, dims)
+}
+
+/// A fully trained linear layer in one graph node: y = x W_cᵀ with W the f32 master weight
+/// (out, in) cast to x's dtype c. Backward: dx = g W_c, dW = gᵀ x (in f32).
+pub fn trainable_linear(x: &Tensor, w: &Tensor) -> Res<Tensor> {
+    let dt = x.dtype();
+    let (x2, dims) = rows(&x.contiguous()?)?; // (N, in)
+    let wc = w.detach().to_dtype(dt)?; // (out, in)
+    let y = x2.detach().matmul(&wc.t()?)?; // (N, out)
+    let y = if x.track_op() || w.track_op() {
+        let xd = x2.detach();
+        Attach2::apply(
+            "trainable-linear",
+            [&x2, w],
+            y,
+            Box::new(move |[_x, _w], _y, g| {
+                let g = g.contiguous()?; // (N, out)
+                let dx = g.matmul(&wc)?; // (N, in)
+                let dw = g.t()?.matmul(&xd)?.to_dtype(DType::F32)?; // (out, in)
+                Ok([Some(dx), Some(dw)])
+            }),
+        )?
+    } else {
+        y
+    };
+    unrows(y, dims)
+}
+
+/// (B, L, H·Dh) → (B, H, L, Dh) with HF-convention RoPE applied, in one graph node (instead of
+/// reshape, transpose, copy and RoPE). `cos`, `sin`: (L, Dh/2). Backward: the inverse rotation
+/// of the gradient, moved back to (B, L, H·Dh).
+pub fn rope_heads(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Res<Tensor> {
+    let (b, l, hd) = x.dims3()?;
+    let dh = hd / heads;
+    let x = x.contiguous()?;
+    let y = candle_nn::rotary_emb::rope_thd(&x.detach().reshape((b, l, heads, dh))?, cos, sin)?.transpose(1, 2)?.contiguous()?;
+    if !x.track_op() {
+        return Ok(y);
+    }
+    let (cos, nsin) = (cos.clone(), sin.neg()?);
+    Attach1::apply(
+        "rope-heads",
+        &x,
+        y,
+        Box::new(move |_x, _y, g| {
+            let g = g.transpose(1, 2)?.contiguous()?; // (B, L, H, Dh)
+            candle_nn::rotary_emb::rope_thd(&g, &cos, &nsin)?.reshape((b, l, hd))
+        }),
+    )
+}
+
+/// (B, L, H·Dh) → (B, H, L, Dh) contiguous, in one graph node.
+pub fn split_heads(x: &Tensor, heads: usize) -> Res<Tensor> {
+    let (b, l, hd) = x.dims3()?;
+    let dh = hd / heads;
+    let y = x.detach().reshape((b, l, heads, dh))?.transpose(1, 2)?.contiguous()?;
+    if !x.track_op() {
+        return Ok(y);
+    }
+    Attach1::apply("split-heads", x, y, Box::new(move |_x, _y, g| g.transpose(1, 2)?.contiguous()?.reshape((b, l, hd))))
 }
