@@ -114,7 +114,53 @@ pub fn run(device: &Device) -> Result<Vec<Check>> {
         }
     }
     checks.extend(optimizer_checks(device)?);
+    if device.is_cuda() {
+        checks.extend(kernel_checks(device)?);
+    }
     Ok(checks)
+}
+
+/// The fused bf16 kernels (model/kernels.rs) against their composite expressions on `device`.
+fn kernel_checks(device: &Device) -> Result<Vec<Check>> {
+    use crate::model::kernels as k;
+    let bf = DType::BF16;
+    let r = |shape: &[usize], std: f64| -> Result<Tensor> { Ok(Tensor::randn(0f32, std as f32, shape, device)?.to_dtype(bf)?) };
+    let on = format!("{:?} BF16", device.location());
+    let mut out = Vec::new();
+    let mut push = |name: &str, a: &Tensor, b: &Tensor| -> Result<()> {
+        let a = a.to_dtype(DType::F32)?.flatten_all()?;
+        let b = b.to_dtype(DType::F32)?.flatten_all()?;
+        let diff = (&a - &b)?.abs()?.max(0)?.to_scalar::<f32>()? as f64;
+        let scale = b.abs()?.max(0)?.to_scalar::<f32>()? as f64;
+        let tol = 0.02 * scale + 1e-4;
+        out.push(Check { name: format!("kernel {name}: max |fused - composite|"), on: on.clone(), value: diff, reference: 0.0, tolerance: tol, ok: diff <= tol });
+        Ok(())
+    };
+    let (b, h, l, t) = (2, 3, 17, 40);
+    let s = r(&[b, h, l, t], 3.0)?;
+    let mask: Vec<f32> = (0..b * l * t).map(|i| if (i % t) > (i / t) % l + 20 { crate::model::mask::MASKED_BIAS } else { 0.0 }).collect();
+    let bias_b = Tensor::from_vec(mask.clone(), (b, 1, l, t), device)?.to_dtype(bf)?;
+    let bias_1 = bias_b.narrow(0, 0, 1)?.contiguous()?;
+    for (name, bias) in [("softmax", None), ("softmax + batch mask", Some(&bias_b)), ("softmax + shared mask", Some(&bias_1))] {
+        push(name, &k::softmax_bias(&s, bias, 0.125)?, &k::softmax_bias_composite(&s, bias, 0.125)?)?;
+    }
+    let p = k::softmax_bias_composite(&s, None, 0.125)?;
+    let dp = r(&[b, h, l, t], 1.0)?;
+    push("softmax backward", &k::softmax_bwd(&p, &dp)?, &k::softmax_bwd_composite(&p, &dp)?)?;
+    let x = r(&[3, 5, 96], 2.0)?;
+    let w = (r(&[96], 0.3)? + 1.0)?;
+    let g = r(&[3, 5, 96], 1.0)?;
+    push("rms-norm backward", &k::rms_norm_bwd(&x, &w, &g, 1e-5)?, &k::rms_norm_bwd_composite(&x, &w, &g, 1e-5)?)?;
+    let logits = r(&[37, 1000], 4.0)?;
+    let tg = Tensor::from_vec((0..37u32).map(|i| (i * 271) % 1000).collect::<Vec<_>>(), 37, device)?;
+    let (l1, c1, h1) = k::ce_fwd(&logits, &tg)?;
+    let (l2, c2, h2) = k::ce_fwd_composite(&logits, &tg)?;
+    push("cross-entropy lse", &l1, &l2)?;
+    push("cross-entropy", &c1, &c2)?;
+    push("cross-entropy hits", &h1, &h2)?;
+    let gce = Tensor::randn(0f32, 1.0, 37, device)?;
+    push("cross-entropy backward", &k::ce_bwd(&logits, &tg, &l2, &gce)?, &k::ce_bwd_composite(&logits, &tg, &l2, &gce)?)?;
+    Ok(out)
 }
 
 /// The optimizer on `device` (the fused multi-tensor kernels on CUDA) against the element-wise

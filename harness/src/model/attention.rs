@@ -1,8 +1,8 @@
 //! Scaled dot-product attention for training, with the attention matrix recomputed in backward.
 //!
 //! The forward computes P = softmax(q kᵀ/√d + bias) and O = P v outside the graph and keeps
-//! only q, k, v (and O) for backward — no (B, H, L, T) matrix survives the forward pass. The
-//! backward recomputes P and applies, with δ = rowsum(dO ⊙ O):
+//! only q, k and v for backward — no (B, H, L, T) matrix survives the forward pass. The
+//! backward recomputes P and applies, with δ = rowsum(dP ⊙ P) (= rowsum(dO ⊙ O)):
 //! dv = Pᵀ dO, dP = dO vᵀ, dS = P ⊙ (dP − δ), dq = dS k/√d, dk = dSᵀ q/√d —
 //! the same trade FlashAttention makes (one extra q kᵀ product for O(L²) less memory), here
 //! with candle's matmul and fused softmax kernels. Grouped-query attention: k and v have Hkv
@@ -10,8 +10,9 @@
 //! rows, so k and v are never repeated and their gradients come summed over the group from the
 //! matmuls themselves. The output is already merged to (B, L, H·Dh).
 
+use super::kernels;
 use super::ops::Attach3;
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 
 /// (B, Hkv, T, Dh) → (B, Hkv·rep, T, Dh): head h of the result is head h / rep of the input.
 pub fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
@@ -43,12 +44,9 @@ impl Dims {
 /// stacked along the rows — q (B, H, L, Dh) viewed as (B, Hkv, rep·L, Dh) — so one batched
 /// matmul serves the whole group and k is never repeated.
 fn probs(q: &Tensor, k: &Tensor, bias: Option<&Tensor>, scale: f64, d: Dims) -> Result<Tensor> {
-    let qg = (q * scale)?.reshape((d.b, d.hkv, d.rep() * d.l, d.dh))?;
-    let mut s = qg.matmul(&k.t()?)?.reshape((d.b, d.h, d.l, d.t))?; // (B, H, L, T)
-    if let Some(bias) = bias {
-        s = s.broadcast_add(bias)?;
-    }
-    candle_nn::ops::softmax_last_dim(&s)
+    let qg = q.reshape((d.b, d.hkv, d.rep() * d.l, d.dh))?;
+    let s = qg.matmul(&k.t()?)?.reshape((d.b, d.h, d.l, d.t))?; // (B, H, L, T)
+    kernels::softmax_bias(&s, bias, scale) // one fused pass on CUDA
 }
 
 /// Attention of `q` (B, H, L, Dh) over `k`, `v` (B, Hkv, T, Dh) with an additive `bias`
@@ -77,21 +75,15 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
         "attention",
         [&q, &k, &v],
         o,
-        Box::new(move |[q, k, v], o, g| {
-            let dt = q.dtype();
-            // (B, L, H·Dh) → (B, L, H, Dh): δ = rowsum(dO ⊙ O) per head and position
-            let g4 = g.reshape((b, l, h, dh))?;
-            let delta = (g4.to_dtype(DType::F32)? * o.reshape((b, l, h, dh))?.to_dtype(DType::F32)?)?
-                .sum_keepdim(D::Minus1)?
-                .transpose(1, 2)?
-                .contiguous()?; // (B, H, L, 1)
-            let gg = g4.transpose(1, 2)?.contiguous()?.reshape((b, hkv, rep * l, dh))?; // (B, Hkv, rep·L, Dh)
+        Box::new(move |[q, k, v], _o, g| {
+            // (B, L, H·Dh) → (B, H, L, Dh) → (B, Hkv, rep·L, Dh)
+            let gg = g.reshape((b, l, h, dh))?.transpose(1, 2)?.contiguous()?.reshape((b, hkv, rep * l, dh))?;
             let p = probs(q, k, bias.as_ref(), scale, d)?; // (B, H, L, T)
             let pg = p.reshape((b, hkv, rep * l, t))?;
             let dv = pg.t()?.matmul(&gg)?; // (B, Hkv, T, Dh), summed over the group
             let dp = gg.matmul(&v.t()?)?.reshape((b, h, l, t))?; // (B, H, L, T)
-            // dS = P ⊙ (dP − δ), in f32
-            let ds = (p.to_dtype(DType::F32)? * dp.to_dtype(DType::F32)?.broadcast_sub(&delta)?)?.to_dtype(dt)?;
+            // dS = P ⊙ (dP − δ) with δ = rowsum(dP ⊙ P) = rowsum(dO ⊙ O); one fused pass on CUDA
+            let ds = kernels::softmax_bwd(&p, &dp)?;
             let dsg = ds.reshape((b, hkv, rep * l, t))?;
             let dq = (dsg.matmul(k)? * scale)?.reshape((b, h, l, dh))?; // (B, H, L, Dh)
             let qg = q.reshape((b, hkv, rep * l, dh))?;

@@ -16,7 +16,7 @@
 //! [`crate::objective::ce`]. Backward math that needs it runs in f32.
 
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use std::sync::Mutex;
 
 type Res<T> = candle_core::Result<T>;
@@ -176,15 +176,7 @@ impl CustomOp3 for Attach3 {
 pub fn softmax_last_dim(x: &Tensor) -> Res<Tensor> {
     let x = x.contiguous()?;
     let y = candle_nn::ops::softmax_last_dim(&x.detach())?;
-    Attach1::apply("softmax-last-dim", &x, y, Box::new(|x, y, g| softmax_bwd(y, g, x.dtype())))
-}
-
-/// dx = y ⊙ (g − Σ g⊙y) over the last dimension, in f32, returned in `dt`.
-pub fn softmax_bwd(y: &Tensor, g: &Tensor, dt: DType) -> Res<Tensor> {
-    let y = y.to_dtype(DType::F32)?;
-    let g = g.to_dtype(DType::F32)?;
-    let dot = (&g * &y)?.sum_keepdim(D::Minus1)?; // (..., 1)
-    (y * g.broadcast_sub(&dot)?)?.to_dtype(dt)
+    Attach1::apply("softmax-last-dim", &x, y, Box::new(|_x, y, g| super::kernels::softmax_bwd(y, g)))
 }
 
 /// HF-convention RoPE on (B, H, L, Dh) with the fused kernel and an analytic backward.
@@ -213,17 +205,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Res<Tensor> {
         "rms-norm",
         &x,
         y,
-        Box::new(move |x, _y, g| {
-            let dt = x.dtype();
-            let xf = x.to_dtype(DType::F32)?;
-            let gf = g.to_dtype(DType::F32)?;
-            let wf = w.to_dtype(DType::F32)?;
-            let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?; // (..., 1)
-            let gw = gf.broadcast_mul(&wf)?;
-            let m = (&gw * &xf)?.mean_keepdim(D::Minus1)?; // (..., 1)
-            let inner = (gw - xf.broadcast_mul(&(r.sqr()? * m)?)?)?;
-            inner.broadcast_mul(&r)?.to_dtype(dt)
-        }),
+        Box::new(move |x, _y, g| super::kernels::rms_norm_bwd(x, &w, g, eps)),
     )
 }
 

@@ -6,32 +6,16 @@
 //! the composite (to f32, shift, exp, sum, log, gather) would keep several (N, V) f32 copies,
 //! which at 49k vocabulary entries dominate the memory of a step.
 
+use crate::model::kernels;
 use crate::model::ops::Attach1;
 use candle_core::{DType, Result, Tensor, D};
 
 /// Per-row cross-entropy (N,) f32 of `logits` (N, V) against `targets` (N,) u32, plus the
 /// argmax hits (N,) f32 (1 where the argmax is the target). Differentiable in `logits`.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
-    let t = targets.reshape(((), 1))?; // (N, 1)
-    let xf = logits.detach().to_dtype(DType::F32)?; // (N, V)
-    let max = xf.max_keepdim(D::Minus1)?; // (N, 1)
-    let lse = (xf.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?; // (N, 1)
-    let picked = xf.gather(&t, D::Minus1)?; // (N, 1)
-    let ce = (&lse - &picked)?.squeeze(1)?; // (N,)
-    let hits = picked.ge(&max)?.to_dtype(DType::F32)?.squeeze(1)?; // (N,)
-    drop(xf);
-    let ce = Attach1::apply(
-        "cross-entropy",
-        logits,
-        ce,
-        Box::new(move |x, _ce, g| {
-            let dt = x.dtype();
-            let g = g.to_dtype(DType::F32)?.reshape(((), 1))?; // (N, 1)
-            let p = x.to_dtype(DType::F32)?.broadcast_sub(&lse)?.exp()?; // softmax (N, V)
-            let d = p.broadcast_mul(&g)?;
-            d.scatter_add(&t, &g.neg()?, D::Minus1)?.to_dtype(dt)
-        }),
-    )?;
+    let t = targets.flatten_all()?; // (N,)
+    let (lse, ce, hits) = kernels::ce_fwd(&logits.detach(), &t)?; // (N, 1), (N,), (N,)
+    let ce = Attach1::apply("cross-entropy", logits, ce, Box::new(move |x, _ce, g| kernels::ce_bwd(x, &t, &lse, g)))?;
     Ok((ce, hits))
 }
 

@@ -174,6 +174,10 @@ pub fn loss_from_logits(logits: &Tensor, p: &Prepared, total_denom: f64) -> Resu
 /// sum and the argmax hits beside it.
 fn weighted_ce(logits: &Tensor, p: &Prepared, total_denom: f64) -> Result<LossParts> {
     let dev = logits.device();
+    let vocab = logits.dim(1)?;
+    if let Some(&bad) = p.targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(crate::Error::msg(format!("target token {bad} is outside the vocabulary of {vocab}")));
+    }
     let t = Tensor::from_vec(p.targets.clone(), p.targets.len(), dev)?; // (N,)
     let (ce, hits) = ce::cross_entropy(logits, &t)?; // (N,), (N,)
     let w = Tensor::from_vec(p.weights.clone(), p.weights.len(), dev)?;
@@ -184,6 +188,10 @@ fn weighted_ce(logits: &Tensor, p: &Prepared, total_denom: f64) -> Result<LossPa
 
 /// Per-row cross-entropy of `logits` (N, V) against `targets`, and how many argmaxes hit.
 pub fn token_ce(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, usize)> {
+    let vocab = logits.dim(1)?;
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(crate::Error::msg(format!("target token {bad} is outside the vocabulary of {vocab}")));
+    }
     let t = Tensor::from_vec(targets.to_vec(), targets.len(), logits.device())?;
     let (ce, hits) = ce::cross_entropy(logits, &t)?;
     let correct = hits.sum_all()?.to_scalar::<f32>()?.round() as usize;

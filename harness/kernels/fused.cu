@@ -1,0 +1,144 @@
+// Row-wise fused kernels for training in bf16 (f32 arithmetic). Compiled to PTX by
+// harness/build.rs (feature `cuda`); Rust side: harness/src/model/kernels.rs. Each replaces a
+// chain of candle element-wise ops that would each read and write the whole tensor.
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+
+// p = softmax(s * scale + bias) over rows of `cols`; one warp per row. Row r of s is
+// (b, h, l) = (r / (H L), (r / L) % H, r % L); bias (optional) has rows b·L + l when
+// bias_batched, else l (a (B|1, 1, L, T) additive mask).
+extern "C" __global__ void softmax_bias_bf16(const bf16* s, const bf16* bias, bf16* p, uint32_t rows, uint32_t cols,
+                                             uint32_t H, uint32_t L, uint32_t bias_batched, float scale) {
+    uint32_t row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const bf16* x = s + (size_t)row * cols;
+    const bf16* bb = nullptr;
+    if (bias) {
+        uint32_t l = row % L, b = row / (H * L);
+        bb = bias + (size_t)(bias_batched ? b * L + l : l) * cols;
+    }
+    float m = -INFINITY;
+    for (uint32_t j = lane; j < cols; j += 32) {
+        float v = __bfloat162float(x[j]) * scale + (bb ? __bfloat162float(bb[j]) : 0.f);
+        m = fmaxf(m, v);
+    }
+    m = warp_max(m);
+    float sum = 0.f;
+    for (uint32_t j = lane; j < cols; j += 32) {
+        float v = __bfloat162float(x[j]) * scale + (bb ? __bfloat162float(bb[j]) : 0.f);
+        sum += __expf(v - m);
+    }
+    sum = warp_sum(sum);
+    float inv = 1.f / sum;
+    bf16* y = p + (size_t)row * cols;
+    for (uint32_t j = lane; j < cols; j += 32) {
+        float v = __bfloat162float(x[j]) * scale + (bb ? __bfloat162float(bb[j]) : 0.f);
+        y[j] = __float2bfloat16(__expf(v - m) * inv);
+    }
+}
+
+// Softmax backward: ds = p ⊙ (dp − Σ p⊙dp) per row; one warp per row.
+extern "C" __global__ void softmax_bwd_bf16(const bf16* p, const bf16* dp, bf16* ds, uint32_t rows, uint32_t cols) {
+    uint32_t row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const bf16* pr = p + (size_t)row * cols;
+    const bf16* gr = dp + (size_t)row * cols;
+    float dot = 0.f;
+    for (uint32_t j = lane; j < cols; j += 32) dot += __bfloat162float(pr[j]) * __bfloat162float(gr[j]);
+    dot = warp_sum(dot);
+    bf16* o = ds + (size_t)row * cols;
+    for (uint32_t j = lane; j < cols; j += 32) {
+        float pv = __bfloat162float(pr[j]);
+        o[j] = __float2bfloat16(pv * (__bfloat162float(gr[j]) - dot));
+    }
+}
+
+// RMSNorm backward for x: r = 1/sqrt(mean(x²) + eps), m = mean(g⊙w⊙x),
+// dx = r ⊙ (g⊙w − x ⊙ r² m); one warp per row.
+extern "C" __global__ void rms_norm_bwd_bf16(const bf16* x, const bf16* w, const bf16* g, bf16* dx, uint32_t rows,
+                                             uint32_t cols, float eps) {
+    uint32_t row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const bf16* xr = x + (size_t)row * cols;
+    const bf16* gr = g + (size_t)row * cols;
+    float ss = 0.f, gwx = 0.f;
+    for (uint32_t j = lane; j < cols; j += 32) {
+        float xv = __bfloat162float(xr[j]);
+        ss += xv * xv;
+        gwx += __bfloat162float(gr[j]) * __bfloat162float(w[j]) * xv;
+    }
+    ss = warp_sum(ss);
+    gwx = warp_sum(gwx);
+    float r = rsqrtf(ss / cols + eps);
+    float m = gwx / cols;
+    bf16* o = dx + (size_t)row * cols;
+    for (uint32_t j = lane; j < cols; j += 32) {
+        float xv = __bfloat162float(xr[j]);
+        float gw = __bfloat162float(gr[j]) * __bfloat162float(w[j]);
+        o[j] = __float2bfloat16(r * (gw - xv * r * r * m));
+    }
+}
+
+// Cross-entropy forward over rows of `cols` logits; one block per row.
+// out[3·row + 0] = lse, [+1] = lse − x[t], [+2] = 1 when x[t] is the row maximum.
+extern "C" __global__ void ce_fwd_bf16(const bf16* x, const uint32_t* t, float* out, uint32_t rows, uint32_t cols) {
+    __shared__ float red[32];
+    uint32_t row = blockIdx.x;
+    if (row >= rows) return;
+    const bf16* xr = x + (size_t)row * cols;
+    int lane = threadIdx.x & 31, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+    float m = -INFINITY;
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) m = fmaxf(m, __bfloat162float(xr[j]));
+    m = warp_max(m);
+    if (lane == 0) red[wid] = m;
+    __syncthreads();
+    if (wid == 0) {
+        float v = lane < nw ? red[lane] : -INFINITY;
+        v = warp_max(v);
+        if (lane == 0) red[0] = v;
+    }
+    __syncthreads();
+    m = red[0];
+    __syncthreads();
+    float s = 0.f;
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) s += __expf(__bfloat162float(xr[j]) - m);
+    s = warp_sum(s);
+    if (lane == 0) red[wid] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float tot = 0.f;
+        for (int i = 0; i < nw; i++) tot += red[i];
+        float lse = m + logf(tot);
+        float xt = __bfloat162float(xr[t[row]]);
+        out[3 * (size_t)row] = lse;
+        out[3 * (size_t)row + 1] = lse - xt;
+        out[3 * (size_t)row + 2] = xt >= m ? 1.f : 0.f;
+    }
+}
+
+// Cross-entropy backward: dx = (exp(x − lse) − onehot(t)) · g per row.
+extern "C" __global__ void ce_bwd_bf16(const bf16* x, const uint32_t* t, const float* lse, const float* g, bf16* dx,
+                                       uint32_t rows, uint32_t cols) {
+    size_t n = (size_t)rows * cols;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t row = i / cols, j = i % cols;
+        float gv = g[row];
+        float d = __expf(__bfloat162float(x[i]) - lse[row]) * gv;
+        if (j == t[row]) d -= gv;
+        dx[i] = __float2bfloat16(d);
+    }
+}
