@@ -792,3 +792,21 @@ fn head_split_ops_match_reshape_transpose_and_rope() {
         assert!(d < 1e-5, "op {i}: gradients differ by {d}");
     }
 }
+
+#[test]
+fn swiglu_node_matches_silu_times_up_with_gradients() {
+    use candle_core::Var;
+    let dev = Device::Cpu;
+    let g = Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 7), &dev).unwrap()).unwrap();
+    let u = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap()).unwrap();
+    let r = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
+    let y1 = harness::model::ops::swiglu(g.as_tensor(), u.as_tensor()).unwrap();
+    let y2 = (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap();
+    assert!(max_diff(&y1, &y2) < 1e-6);
+    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, t) in [("g", &g), ("u", &u)] {
+        let d = max_diff(g1.get(t.as_tensor()).unwrap(), g2.get(t.as_tensor()).unwrap());
+        assert!(d < 1e-5, "d{name} differs by {d}");
+    }
+}

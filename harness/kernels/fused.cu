@@ -142,3 +142,24 @@ extern "C" __global__ void ce_bwd_bf16(const bf16* x, const uint32_t* t, const f
         dx[i] = __float2bfloat16(d);
     }
 }
+
+// SwiGLU: y = silu(g) ⊙ u, elementwise over n values.
+extern "C" __global__ void swiglu_fwd_bf16(const bf16* g, const bf16* u, bf16* y, uint64_t n) {
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float gv = __bfloat162float(g[i]);
+        float s = 1.f / (1.f + __expf(-gv));
+        y[i] = __float2bfloat16(gv * s * __bfloat162float(u[i]));
+    }
+}
+
+// SwiGLU backward: with s = σ(g), dg = dy·u·s·(1 + g(1 − s)), du = dy·g·s. out = [dg; du] (2n).
+extern "C" __global__ void swiglu_bwd_bf16(const bf16* g, const bf16* u, const bf16* dy, bf16* out, uint64_t n) {
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        float gv = __bfloat162float(g[i]);
+        float uv = __bfloat162float(u[i]);
+        float d = __bfloat162float(dy[i]);
+        float s = 1.f / (1.f + __expf(-gv));
+        out[i] = __float2bfloat16(d * uv * s * (1.f + gv * (1.f - s)));
+        out[n + i] = __float2bfloat16(d * gv * s);
+    }
+}

@@ -160,6 +160,12 @@ fn kernel_checks(device: &Device) -> Result<Vec<Check>> {
     push("cross-entropy hits", &h1, &h2)?;
     let gce = Tensor::randn(0f32, 1.0, 37, device)?;
     push("cross-entropy backward", &k::ce_bwd(&logits, &tg, &l2, &gce)?, &k::ce_bwd_composite(&logits, &tg, &l2, &gce)?)?;
+    let (g, u, dy) = (r(&[4, 7, 33], 2.0)?, r(&[4, 7, 33], 1.0)?, r(&[4, 7, 33], 1.0)?);
+    push("swiglu", &k::swiglu(&g, &u)?, &k::swiglu_composite(&g, &u)?)?;
+    let (a1, b1) = k::swiglu_bwd(&g, &u, &dy)?;
+    let (a2, b2) = k::swiglu_bwd_composite(&g, &u, &dy)?;
+    push("swiglu backward dg", &a1, &a2)?;
+    push("swiglu backward du", &b1, &b2)?;
     Ok(out)
 }
 

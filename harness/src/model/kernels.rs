@@ -108,6 +108,39 @@ pub fn ce_bwd_composite(x: &Tensor, t: &Tensor, lse: &Tensor, g: &Tensor) -> Res
     p.broadcast_mul(&g)?.scatter_add(&t, &g.neg()?, D::Minus1)?.to_dtype(x.dtype())
 }
 
+/// SwiGLU y = silu(g) ⊙ u (same shapes).
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    if fused_ok(g) && u.dtype() == DType::BF16 && g.dims() == u.dims() {
+        return imp::swiglu(g, u);
+    }
+    swiglu_composite(g, u)
+}
+
+/// The composite of [`swiglu`].
+pub fn swiglu_composite(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    g.silu()? * u
+}
+
+/// SwiGLU's gradients (dg, du) for output gradient `dy`: with s = σ(g),
+/// dg = dy·u·s·(1 + g(1 − s)), du = dy·g·s.
+pub fn swiglu_bwd(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    if fused_ok(g) && u.dtype() == DType::BF16 && dy.dtype() == DType::BF16 && g.dims() == u.dims() {
+        return imp::swiglu_bwd(g, u, dy);
+    }
+    swiglu_bwd_composite(g, u, dy)
+}
+
+/// The composite of [`swiglu_bwd`], in f32.
+pub fn swiglu_bwd_composite(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dt = g.dtype();
+    let (gf, uf, df) = (g.to_dtype(DType::F32)?, u.to_dtype(DType::F32)?, dy.to_dtype(DType::F32)?);
+    let s = candle_nn::ops::sigmoid(&gf)?;
+    let one_minus = s.affine(-1.0, 1.0)?;
+    let dg = ((&df * &uf)? * &s)?.mul(&((&gf * one_minus)? + 1.0)?)?;
+    let du = ((df * gf)? * s)?;
+    Ok((dg.to_dtype(dt)?, du.to_dtype(dt)?))
+}
+
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use candle_core::{Result, Tensor};
@@ -127,6 +160,12 @@ mod imp {
         Err(no())
     }
     pub fn ce_bwd(_: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
+        Err(no())
+    }
+    pub fn swiglu(_: &Tensor, _: &Tensor) -> Result<Tensor> {
+        Err(no())
+    }
+    pub fn swiglu_bwd(_: &Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor)> {
         Err(no())
     }
 }
@@ -402,5 +441,81 @@ mod imp {
         // lse (N, 1) and g (N,) travel as one (2N,) f32 buffer: [lse; g]
         let lg = Tensor::cat(&[&lse.flatten_all()?, &g.flatten_all()?], 0)?;
         x.contiguous()?.apply_op3_no_bwd(&t.contiguous()?, &lg, &CeBwd)
+    }
+
+    fn grid_stride(n: usize) -> LaunchConfig {
+        let blocks = (n as u64).div_ceil(256).clamp(1, 65_536) as u32;
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    struct SwigluFwd;
+    impl CustomOp2 for SwigluFwd {
+        fn name(&self) -> &'static str {
+            "swiglu"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            Err(cpu())
+        }
+        fn cuda_fwd(&self, g: &CudaStorage, gl: &Layout, u: &CudaStorage, ul: &Layout) -> Result<(CudaStorage, Shape)> {
+            let dev = g.device();
+            let n = gl.shape().elem_count();
+            let (gv, uv) = (view::<bf16>(g, gl)?, view::<bf16>(u, ul)?);
+            let out = unsafe { dev.alloc::<bf16>(n)? };
+            let func = dev.get_or_load_custom_func("swiglu_fwd_bf16", MODULE, PTX)?;
+            let mut b = func.builder();
+            let n64 = n as u64;
+            b.arg(&gv);
+            b.arg(&uv);
+            b.arg(&out);
+            b.arg(&n64);
+            // SAFETY: g, u and out hold n elements.
+            unsafe { b.launch(grid_stride(n)) }.map_err(err)?;
+            Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), gl.shape().clone()))
+        }
+    }
+
+    pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        g.contiguous()?.apply_op2_no_bwd(&u.contiguous()?, &SwigluFwd)
+    }
+
+    struct SwigluBwd;
+    impl CustomOp3 for SwigluBwd {
+        fn name(&self) -> &'static str {
+            "swiglu-bwd"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            Err(cpu())
+        }
+        fn cuda_fwd(
+            &self,
+            g: &CudaStorage,
+            gl: &Layout,
+            u: &CudaStorage,
+            ul: &Layout,
+            d: &CudaStorage,
+            dl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let dev = g.device();
+            let n = gl.shape().elem_count();
+            let (gv, uv, dv) = (view::<bf16>(g, gl)?, view::<bf16>(u, ul)?, view::<bf16>(d, dl)?);
+            let out = unsafe { dev.alloc::<bf16>(2 * n)? };
+            let func = dev.get_or_load_custom_func("swiglu_bwd_bf16", MODULE, PTX)?;
+            let mut b = func.builder();
+            let n64 = n as u64;
+            b.arg(&gv);
+            b.arg(&uv);
+            b.arg(&dv);
+            b.arg(&out);
+            b.arg(&n64);
+            // SAFETY: g, u, dy hold n elements, out 2n.
+            unsafe { b.launch(grid_stride(n)) }.map_err(err)?;
+            Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((2, n))))
+        }
+    }
+
+    pub fn swiglu_bwd(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let both = g.contiguous()?.apply_op3_no_bwd(&u.contiguous()?, &dy.contiguous()?, &SwigluBwd)?; // (2, n)
+        let shape = g.shape().clone();
+        Ok((both.get(0)?.reshape(&shape)?, both.get(1)?.reshape(&shape)?))
     }
 }

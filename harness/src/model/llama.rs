@@ -225,9 +225,9 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, ctx: &Fwd) -> candle_core::Result<Tensor> {
-        let g = self.gate_proj.forward(x, ctx)?.silu()?; // (B, L, F)
+        let g = self.gate_proj.forward(x, ctx)?; // (B, L, F)
         let u = self.up_proj.forward(x, ctx)?;
-        self.down_proj.forward(&(g * u)?, ctx)
+        self.down_proj.forward(&super::ops::swiglu(&g, &u)?, ctx)
     }
 }
 

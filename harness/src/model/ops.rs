@@ -193,11 +193,24 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Res<Tensor> {
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Res<Tensor> {
     let x = x.contiguous()?;
     if w.is_variable() || w.track_op() {
-        // Trainable weight (full fine-tuning): normalise with a unit weight through the fused op,
-        // then multiply by w so its gradient comes from candle's autograd.
-        let ones = Tensor::ones(w.shape(), x.dtype(), x.device())?;
-        let n = rms_norm(&x, &ones, eps)?;
-        return n.broadcast_mul(w);
+        // Trainable weight (full fine-tuning), one node: dx as below with w cast to x's dtype,
+        // dw = Σ_rows g ⊙ x/rms(x) (in f32, w's dtype).
+        let wc = w.detach().to_dtype(x.dtype())?;
+        let y = candle_nn::ops::rms_norm(&x.detach(), &wc, eps as f32)?;
+        let wdt = w.dtype();
+        return Attach2::apply(
+            "rms-norm-trainable",
+            [&x, w],
+            y,
+            Box::new(move |[x, _w], _y, g| {
+                let dx = super::kernels::rms_norm_bwd(x, &wc, g, eps)?;
+                let ones = Tensor::ones(wc.shape(), x.dtype(), x.device())?;
+                let n = candle_nn::ops::rms_norm(x, &ones, eps as f32)?; // x / rms(x)
+                let d = *x.dims().last().unwrap_or(&1);
+                let dw = (g.to_dtype(DType::F32)? * n.to_dtype(DType::F32)?)?.reshape(((), d))?.sum(0)?.to_dtype(wdt)?;
+                Ok([Some(dx), Some(dw)])
+            }),
+        );
     }
     let w = w.detach();
     let y = candle_nn::ops::rms_norm(&x.detach(), &w, eps as f32)?;
@@ -373,4 +386,22 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Res<Tensor> {
         return Ok(y);
     }
     Attach1::apply("split-heads", x, y, Box::new(move |_x, _y, g| g.transpose(1, 2)?.contiguous()?.reshape((b, l, hd))))
+}
+
+/// SwiGLU y = silu(g) ⊙ u in one graph node (one fused kernel each way on CUDA).
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Res<Tensor> {
+    let (g, u) = (g.contiguous()?, u.contiguous()?);
+    let y = super::kernels::swiglu(&g.detach(), &u.detach())?;
+    if !(g.track_op() || u.track_op()) {
+        return Ok(y);
+    }
+    Attach2::apply(
+        "swiglu",
+        [&g, &u],
+        y,
+        Box::new(|[g, u], _y, dy| {
+            let (dg, du) = super::kernels::swiglu_bwd(g, u, dy)?;
+            Ok([Some(dg), Some(du)])
+        }),
+    )
 }
