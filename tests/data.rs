@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use harness::data::clinical_rules::{self as cr, Sex};
+use harness::data::clinical_rules::{self as cr, OptionOrder, Sex};
 use harness::data::{
     self, DataConfig, DatasetKind, Item, PromptParts, ResponseFormat, Template, TemplateKind, TextEncoder,
 };
@@ -210,7 +210,7 @@ fn pubmedqa_fixture_splits_and_errors() {
     assert_eq!(p.test.len(), 10);
     assert_eq!(p.train.len() + p.dev.len(), 21);
     assert_eq!(p.dev.len(), 5);
-    assert_eq!(p.train[0].id == "999" || p.dev[0].id == "999", true);
+    assert!(p.train[0].id == "999" || p.dev[0].id == "999");
     assert!(p.test.windows(2).all(|w| w[0].id.parse::<u32>().unwrap() < w[1].id.parse::<u32>().unwrap()));
     assert!(p.test.iter().all(|t| t.gold == Some(0)));
     assert_eq!(p.test[0].parts.contexts.len(), 2);
@@ -445,12 +445,15 @@ fn rule_aki() {
 
 #[test]
 fn clinical_rules_generation_properties() {
-    let train = cr::generate(&[], 2000, false, 11).unwrap();
-    let test = cr::generate(&[], 500, true, 11).unwrap();
+    // All ten families with shuffled options (the behaviour before `option_order`).
+    let all = strings(&["all"]);
+    let gen = |n, test, seed| cr::generate(&all, n, test, seed, OptionOrder::Shuffled).unwrap();
+    let train = gen(2000, false, 11);
+    let test = gen(500, true, 11);
     assert_eq!((train.len(), test.len()), (2000, 500));
     // Deterministic per seed, different across seeds.
-    assert_eq!(cr::generate(&[], 2000, false, 11).unwrap(), train);
-    assert_ne!(cr::generate(&[], 2000, false, 12).unwrap()[..50], train[..50]);
+    assert_eq!(gen(2000, false, 11), train);
+    assert_ne!(gen(2000, false, 12)[..50], train[..50]);
 
     // Disjoint parameter values, and each side obeys the documented partition.
     let keys = |cs: &[cr::Case]| cs.iter().map(|c| (c.family, c.key.clone())).collect::<BTreeSet<_>>();
@@ -472,12 +475,12 @@ fn clinical_rules_generation_properties() {
         }
     };
     assert!(train.iter().all(|c| !side(c)));
-    assert!(test.iter().all(|c| side(c)));
+    assert!(test.iter().all(&side));
     assert!(cr::scalar_in_test(38, false) && !cr::scalar_in_test(38, true) && !cr::scalar_in_test(39, false));
     // Boundary values are seen in training: eGFR 30 (G3b starts) appears only in train.
-    let egfr30 = cr::generate(&["ckd-stage".to_string()], 600, false, 2).unwrap();
+    let egfr30 = cr::generate(&strings(&["ckd-stage"]), 600, false, 2, OptionOrder::Rule).unwrap();
     assert!(egfr30.iter().any(|c| c.key == "egfr=30"));
-    let test_ckd = cr::generate(&["ckd-stage".to_string()], 300, true, 2).unwrap();
+    let test_ckd = cr::generate(&strings(&["ckd-stage"]), 300, true, 2, OptionOrder::Rule).unwrap();
     let vals: BTreeSet<&str> = test_ckd.iter().map(|c| c.key.as_str()).collect();
     assert!(vals.contains("egfr=38") && !vals.contains("egfr=30") && !vals.contains("egfr=39"), "{vals:?}");
 
@@ -518,14 +521,196 @@ fn clinical_rules_generation_properties() {
 #[test]
 fn clinical_rules_rationale_agrees_with_rule() {
     // Rebuild the answer of a CKD item from the number in its prompt.
-    let cases = cr::generate(&["ckd-stage".to_string()], 60, true, 5).unwrap();
+    let cases = cr::generate(&strings(&["ckd-stage"]), 60, true, 5, OptionOrder::Rule).unwrap();
     for c in &cases {
         let e: u32 = c.key.trim_start_matches("egfr=").parse().unwrap();
         assert_eq!(cr::ckd_g_stage(e), c.category);
         assert!(c.item.parts.contexts[0].contains(&format!(" {e} mL/min")), "{}", c.item.parts.contexts[0]);
         assert!(c.item.rationale.as_deref().unwrap().starts_with(&format!("eGFR {e} is in")));
     }
-    assert!(cr::generate(&["no-such".to_string()], 5, true, 5).is_err());
+    assert!(cr::generate(&strings(&["no-such"]), 5, true, 5, OptionOrder::Rule).is_err());
+}
+
+fn strings(xs: &[&str]) -> Vec<String> {
+    xs.iter().map(|s| s.to_string()).collect()
+}
+
+/// Index of an option text in its family's option list (gold categories in rule order, then
+/// the one never-correct extra).
+fn rule_rank(family: &str, text: &str) -> usize {
+    let pool = cr::gold_categories(family).unwrap();
+    pool.iter().position(|p| *p == text).unwrap_or_else(|| {
+        assert_eq!((family, text), ("cha2ds2-vasc", "Aspirin monotherapy"));
+        pool.len()
+    })
+}
+
+#[test]
+fn clinical_rules_default_families_rule_order() {
+    assert_eq!(cr::DEFAULT_FAMILIES, ["blood-pressure", "ckd-stage", "anemia", "glycemia", "sodium", "potassium"]);
+    let train = cr::generate(&[], 2400, false, 11, OptionOrder::Rule).unwrap();
+    let test = cr::generate(&[], 600, true, 11, OptionOrder::Rule).unwrap();
+    let keys = |cs: &[cr::Case]| cs.iter().map(|c| (c.family, c.key.clone())).collect::<BTreeSet<_>>();
+    assert!(keys(&train).is_disjoint(&keys(&test)));
+
+    let mut letters = [0usize; 4];
+    let mut per_family: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+    for (i, c) in train.iter().enumerate().chain(test.iter().enumerate()) {
+        // Items cycle through the default families in their order.
+        assert_eq!(c.family, cr::DEFAULT_FAMILIES[i % 6]);
+        let it = &c.item;
+        let texts: Vec<String> = it.parts.options.iter().map(|o| o.1.clone()).collect();
+        assert_eq!(texts.len(), 4, "{}", it.id);
+        let ranks: Vec<usize> = texts.iter().map(|t| rule_rank(c.family, t)).collect();
+        // Listed in the rule's own order (strictly increasing, so also distinct).
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{}: {texts:?}", it.id);
+        let g = it.gold.unwrap();
+        assert_eq!(texts[g], c.category);
+        let pool = cr::gold_categories(c.family).unwrap();
+        if pool.len() == 4 {
+            // Four categories: all shown, each category always under the same letter.
+            assert_eq!(g, rule_rank(c.family, c.category), "{}", it.id);
+        }
+        letters[g] += 1;
+        *per_family.entry(c.family).or_default().entry(c.category).or_default() += 1;
+    }
+    // Categories balanced within one deck in every family.
+    assert_eq!(per_family.len(), 6);
+    for (fam, cats) in &per_family {
+        assert_eq!(cats.len(), cr::gold_categories(fam).unwrap().len(), "{fam}: {cats:?}");
+        let (lo, hi) = (cats.values().min().unwrap(), cats.values().max().unwrap());
+        assert!(hi - lo <= 2, "{fam}: {cats:?}");
+    }
+    // Gold letters over these 3000 items: A 759, B 747, C 756, D 738 (expected 750 each): a
+    // model that always answers one letter stays at chance.
+    for n in letters {
+        assert!((690..=810).contains(&n), "gold letters {letters:?}");
+    }
+    // Families with more than four categories show the gold and three random others, so the
+    // option list does not give the answer away: answering each list with its most frequent gold
+    // letter in train scores 73/300 (24%) on test; contiguous windows around the gold would let
+    // it score 128/300 (43%).
+    let list = |c: &cr::Case| (c.family, c.item.parts.options.iter().map(|o| o.1.clone()).collect::<Vec<_>>());
+    let mut by_list: BTreeMap<_, [usize; 4]> = BTreeMap::new();
+    for c in &train {
+        by_list.entry(list(c)).or_default()[c.item.gold.unwrap()] += 1;
+    }
+    let wide: Vec<&cr::Case> = test.iter().filter(|c| cr::gold_categories(c.family).unwrap().len() > 4).collect();
+    let hits = wide
+        .iter()
+        .filter(|c| {
+            let counts = by_list.get(&list(c)).copied().unwrap_or_default();
+            let top = (0..4).max_by_key(|&l| (counts[l], std::cmp::Reverse(l))).unwrap();
+            c.item.gold == Some(top)
+        })
+        .count();
+    assert_eq!(wide.len(), 300);
+    assert!(hits * 100 <= wide.len() * 32, "option list alone answers {hits}/{} test items", wide.len());
+}
+
+#[test]
+fn clinical_rules_rule_and_shuffled_orders() {
+    let fams = strings(&["all"]);
+    let rule = cr::generate(&fams, 400, false, 4, OptionOrder::Rule).unwrap();
+    let shuf = cr::generate(&fams, 400, false, 4, OptionOrder::Shuffled).unwrap();
+    // The default order is `rule`.
+    assert_eq!(OptionOrder::default(), OptionOrder::Rule);
+    assert_eq!(DataConfig::default().option_order, OptionOrder::Rule);
+    let mut unsorted = 0;
+    let mut moved = 0;
+    for (r, s) in rule.iter().zip(&shuf) {
+        // Same vignette, question, gold category and option set; only the order differs.
+        assert_eq!((r.family, &r.key, r.category), (s.family, &s.key, s.category));
+        assert_eq!((&r.item.parts.contexts, &r.item.parts.question), (&s.item.parts.contexts, &s.item.parts.question));
+        assert_eq!(r.item.rationale, s.item.rationale);
+        let set = |c: &cr::Case| c.item.parts.options.iter().map(|o| o.1.clone()).collect::<BTreeSet<_>>();
+        assert_eq!(set(r), set(s));
+        let ranks = |c: &cr::Case| c.item.parts.options.iter().map(|o| rule_rank(c.family, &o.1)).collect::<Vec<_>>();
+        assert!(ranks(r).windows(2).all(|w| w[0] < w[1]), "{:?}", r.item.parts.options);
+        unsorted += usize::from(!ranks(s).windows(2).all(|w| w[0] < w[1]));
+        moved += usize::from(r.item.gold != s.item.gold);
+        // The extra option of cha2ds2-vasc comes last in rule order, so its gold is A-C.
+        if r.family == "cha2ds2-vasc" {
+            assert_eq!(r.item.parts.options[3].1, "Aspirin monotherapy");
+            assert!(r.item.gold.unwrap() < 3);
+        }
+    }
+    // A random order of four is sorted 1 time in 24 and keeps the gold's letter 1 time in 4.
+    assert!(unsorted > 340, "only {unsorted}/400 shuffled items out of rule order");
+    assert!(moved > 250, "gold letter moved in only {moved}/400 items");
+    // Blood pressure, rule order: normal is always A and stage 2 always D; shuffled spreads them.
+    let bp = strings(&["blood-pressure"]);
+    let letters = |order| {
+        let cases = cr::generate(&bp, 200, true, 4, order).unwrap();
+        let normal = cases.iter().filter(|c| c.category == cr::BP_CATEGORIES[0]);
+        normal.map(|c| c.item.gold.unwrap()).collect::<BTreeSet<_>>()
+    };
+    assert_eq!(letters(OptionOrder::Rule), BTreeSet::from([0]));
+    assert_eq!(letters(OptionOrder::Shuffled).len(), 4);
+}
+
+#[test]
+fn clinical_rules_families_all_default_and_errors() {
+    let fams = |xs: &[&str]| cr::resolve_families(&strings(xs));
+    assert_eq!(fams(&[]).unwrap(), cr::DEFAULT_FAMILIES.to_vec());
+    assert_eq!(fams(&["all"]).unwrap(), cr::FAMILIES.to_vec());
+    assert_eq!(fams(&["aki", "bmi"]).unwrap(), vec!["aki", "bmi"]);
+    // The default set is the single-number families only.
+    for f in ["bmi", "curb-65", "cha2ds2-vasc", "aki"] {
+        assert!(!cr::DEFAULT_FAMILIES.contains(&f), "{f}");
+    }
+    let key = |r: harness::Result<Vec<&str>>| match r.unwrap_err() {
+        Error::Config { key, msg } => format!("{key}: {msg}"),
+        e => panic!("not a config error: {e}"),
+    };
+    assert!(key(fams(&["all", "bmi"])).starts_with("data.families: `all`"));
+    assert!(key(fams(&["bmi", "bmi"])).contains("listed twice"));
+    assert!(key(fams(&["nope"])).contains("unknown family `nope`"));
+
+    // `all` generates every family; the default generates the six.
+    let seen = |f: &[&str]| {
+        let cases = cr::generate(&strings(f), 60, false, 1, OptionOrder::Rule).unwrap();
+        cases.iter().map(|c| c.family).collect::<BTreeSet<_>>()
+    };
+    assert_eq!(seen(&["all"]), cr::FAMILIES.into_iter().collect());
+    assert_eq!(seen(&[]), cr::DEFAULT_FAMILIES.into_iter().collect());
+
+    // Spec strings.
+    let c = DataConfig::from_spec("clinical-rules:families=all,option_order=shuffled").unwrap();
+    assert_eq!((c.families.clone(), c.option_order), (Some(strings(&["all"])), OptionOrder::Shuffled));
+    let c = DataConfig::from_spec("clinical-rules:option_order=rule,families=bmi+aki").unwrap();
+    assert_eq!((c.families.clone(), c.option_order), (Some(strings(&["bmi", "aki"])), OptionOrder::Rule));
+    let err = |s: &str| match DataConfig::from_spec(s).unwrap_err() {
+        Error::Config { key, msg } => format!("{key}: {msg}"),
+        e => panic!("not a config error: {e}"),
+    };
+    assert_eq!(err("clinical-rules:option_order=sorted"), "data.option_order: `sorted`: expected rule or shuffled");
+    assert!(err("clinical-rules:families=all+bmi").starts_with("data.families: "));
+    assert!(err("pubmedqa:p,option_order=shuffled").starts_with("data.option_order: "));
+
+    // TOML: families as one string or a list; option_order by name.
+    let c: DataConfig = toml::from_str("families = \"all\"\noption_order = \"shuffled\"\n").unwrap();
+    assert_eq!((c.families.clone(), c.option_order), (Some(strings(&["all"])), OptionOrder::Shuffled));
+    let c: DataConfig = toml::from_str("families = \"bmi+ckd-stage\"\n").unwrap();
+    assert_eq!(c.families, Some(strings(&["bmi", "ckd-stage"])));
+    let c: DataConfig = toml::from_str("families = [\"sodium\"]\n").unwrap();
+    assert_eq!((c.families.clone(), c.option_order), (Some(strings(&["sodium"])), OptionOrder::Rule));
+    let round: DataConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+    assert_eq!(round, c);
+    // A bad value in a run config names the key.
+    let raw = harness::config::RawConfig::from_str_with;
+    let e = raw("[data]\noption_order = \"sorted\"\n", "t.toml", &[]).unwrap_err();
+    assert!(matches!(&e, Error::Config { key, .. } if key == "data.option_order"), "{e}");
+    let e = raw("", "t.toml", &["data.option_order=\"random\"".into()]).unwrap_err();
+    assert!(matches!(&e, Error::Config { key, .. } if key == "data.option_order"), "{e}");
+
+    // Through load: the default families and option order.
+    let cfg = DataConfig::from_spec("clinical-rules:n_train=60,n_test=12,families=ckd-stage").unwrap();
+    let s = data::load(&cfg).unwrap();
+    for it in s.train.iter().chain(&s.dev).chain(&s.test) {
+        let ranks: Vec<usize> = it.parts.options.iter().map(|o| rule_rank("ckd-stage", &o.1)).collect();
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{:?}", it.parts.options);
+    }
 }
 
 #[test]

@@ -14,14 +14,43 @@
 //! `cha2ds2-vasc` (Lip et al. 2010 / ESC 2020), `sodium` (Spasovski et al. 2014),
 //! `potassium` (hypokalaemia grades / UK Kidney Association 2020), `aki` (KDIGO 2012).
 //!
+//! **Default set** ([`DEFAULT_FAMILIES`], used when `data.families` is unset): the six families
+//! whose answer is one number read off the vignette and compared with fixed cut-points —
+//! `blood-pressure` (the higher of the systolic and diastolic categories), `ckd-stage`,
+//! `anemia`, `glycemia`, `sodium`, `potassium`. The other four need arithmetic before any
+//! threshold: `bmi` a division by the squared height, `curb-65` and `cha2ds2-vasc` a sum of
+//! points over five or seven findings written as text, `aki` a creatinine ratio. SmolLM2-135M
+//! fine-tuned on all ten for 600 steps × 16 items (LoRA 16, lr 1e-3, shuffled options) stayed
+//! at chance (27% on test, training loss on the answer letter about ln 4; issue 8), so the
+//! default keeps the families a small model can plausibly learn from a few thousand examples.
+//! All ten stay available by name, and `families = "all"` ([`ALL`]) asks for them all.
+//!
 //! ## Generation
 //! Items cycle through the chosen families in order (item i belongs to family i mod F). Within a
 //! family the gold category is balanced: categories are dealt from seeded shuffled decks, so each
 //! appears equally often up to one deck. Parameters are drawn at random until they fall in that
 //! category (and on the right side of the partition). Distractors are three other categories of
-//! the same rule (plus, for `cha2ds2-vasc` which has three outcomes, the never-correct
-//! "Aspirin monotherapy"); the four options are shuffled, so the gold letter is uniform. Names,
-//! ages, sexes and phrasings (three or more templates per family) vary. The rationale is a short
+//! the same rule, drawn at random (plus, for `cha2ds2-vasc` which has three outcomes, the
+//! never-correct "Aspirin monotherapy", which then is always one of the options). The order of
+//! the four options is `data.option_order` ([`OptionOrder`]):
+//! - `rule` (default): the rule's own order ([`gold_categories`], e.g. G1 before G2 ... before
+//!   G5, normal before stage 1 before stage 2), never-correct extras last. Rules with four
+//!   categories (`blood-pressure`, `anemia`, `glycemia`, `curb-65`, `aki`) always show all four
+//!   in the same order, so each category always has the same letter; rules with more
+//!   (`ckd-stage` 6, `sodium` 5, `potassium` 7, `bmi` 6) show the gold and three random others,
+//!   sorted. Random rather than contiguous windows keep the option list from hinting at the
+//!   answer: every 4-subset holding the gold is equally likely for each gold, so given the
+//!   options each of the four is equally likely to be gold (a contiguous window around the gold
+//!   would let a model guess the edge categories from which window is shown), and the gold's
+//!   rank within the list — its letter — is uniform in expectation. The gold letter is thus
+//!   uniform for every family except `cha2ds2-vasc` (gold A-C, "Aspirin monotherapy" always D).
+//! - `shuffled`: the four options in random order, so the gold letter is uniform in every family
+//!   and the model must find which letter carries the category (the behaviour before
+//!   `option_order` existed: for the same families and seed, the items are identical).
+//!
+//! Both orders draw the same random numbers, so for one seed they give the same vignettes, gold
+//! categories and option sets, and differ only in the order of the options. Names, ages, sexes
+//! and phrasings (three or more templates per family) vary. The rationale is a short
 //! explanation, e.g. `eGFR 38 is in 30-44: G3b`.
 //!
 //! ## Train/test partition
@@ -44,6 +73,7 @@
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use super::item::{Item, PromptParts};
 use super::rows;
@@ -62,6 +92,65 @@ pub const FAMILIES: [&str; 10] = [
     "potassium",
     "aki",
 ];
+
+/// The families generated when none are named: those whose answer is one number (for
+/// `blood-pressure`, the higher category of two) against fixed cut-points; see the module doc.
+pub const DEFAULT_FAMILIES: [&str; 6] = ["blood-pressure", "ckd-stage", "anemia", "glycemia", "sodium", "potassium"];
+
+/// The family name that stands for all of [`FAMILIES`] (`families = "all"`).
+pub const ALL: &str = "all";
+
+/// The order of an item's four options (`data.option_order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptionOrder {
+    /// The rule's own category order, never-correct extras last (default).
+    #[default]
+    Rule,
+    /// A random order: the gold letter is uniform in every family.
+    Shuffled,
+}
+
+impl OptionOrder {
+    /// The config spelling: `rule` or `shuffled`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OptionOrder::Rule => "rule",
+            OptionOrder::Shuffled => "shuffled",
+        }
+    }
+    /// Parses the config spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [OptionOrder::Rule, OptionOrder::Shuffled].into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// The families a `data.families` list names: [`DEFAULT_FAMILIES`] when empty, [`FAMILIES`] for
+/// `["all"]`, else the named ones in the order given. Unknown or repeated names, and `all`
+/// beside other names, are config errors keyed `data.families`.
+pub fn resolve_families(families: &[String]) -> Result<Vec<&'static str>> {
+    let bad = |m: String| Error::config("data.families", m);
+    if families.is_empty() {
+        return Ok(DEFAULT_FAMILIES.to_vec());
+    }
+    if families.iter().any(|f| f == ALL) {
+        if families.len() > 1 {
+            return Err(bad(format!("`{ALL}` stands for every family and cannot be combined with others")));
+        }
+        return Ok(FAMILIES.to_vec());
+    }
+    let mut out: Vec<&'static str> = Vec::with_capacity(families.len());
+    for f in families {
+        let known = FAMILIES.iter().copied().find(|k| k == f).ok_or_else(|| {
+            bad(format!("unknown family `{f}`; known: {}, or `{ALL}`", FAMILIES.join(", ")))
+        })?;
+        if out.contains(&known) {
+            return Err(bad(format!("`{f}` listed twice")));
+        }
+        out.push(known);
+    }
+    Ok(out)
+}
 
 /// Option labels of every item.
 pub const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
@@ -413,7 +502,7 @@ pub fn aki_stage(baseline_mg_dl: f64, current_mg_dl: f64) -> &'static str {
 
 /// Test side of a key of several decisive parameters: `splitmix64(fnv1a("<family>|<key>")) % 4 == 0`.
 pub fn hashed_in_test(family: &str, key: &str) -> bool {
-    rows::splitmix(rows::fnv1a(format!("{family}|{key}").as_bytes())) % 4 == 0
+    rows::splitmix(rows::fnv1a(format!("{family}|{key}").as_bytes())).is_multiple_of(4)
 }
 
 /// Test side of a single decisive integer value (in the family's units, e.g. eGFR or tenths of
@@ -444,7 +533,8 @@ pub fn gold_categories(family: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-/// Answer texts that may appear as distractors for a family (gold categories plus extras).
+/// Answer texts that may appear as options for a family: its gold categories in rule order,
+/// then never-correct extras.
 fn option_pool(family: &str) -> &'static [&'static str] {
     match family {
         "cha2ds2-vasc" => &CHA2DS2_VASC_CATEGORIES,
@@ -475,21 +565,12 @@ struct Draw {
     explanation: String,
 }
 
-/// Generates `n` items of `families` (all when empty) on the test side of the partition when
-/// `test` is set, else the train side. Deterministic in (`families`, `n`, `test`, `seed`).
-pub fn generate(families: &[String], n: usize, test: bool, seed: u64) -> Result<Vec<Case>> {
-    let fams: Vec<&'static str> = if families.is_empty() {
-        FAMILIES.to_vec()
-    } else {
-        families
-            .iter()
-            .map(|f| {
-                FAMILIES.iter().copied().find(|k| k == f).ok_or_else(|| {
-                    Error::config("data.families", format!("unknown family `{f}`; known: {}", FAMILIES.join(", ")))
-                })
-            })
-            .collect::<Result<_>>()?
-    };
+/// Generates `n` items of `families` ([`resolve_families`]: the default set when empty) on the
+/// test side of the partition when `test` is set, else the train side, with the options in
+/// `order`. Deterministic in (`families`, `n`, `test`, `seed`, `order`); the two orders give the
+/// same vignettes and option sets.
+pub fn generate(families: &[String], n: usize, test: bool, seed: u64, order: OptionOrder) -> Result<Vec<Case>> {
+    let fams = resolve_families(families)?;
     let split = if test { "test" } else { "train" };
     let mut rng = rows::rng_for(seed, &format!("clinical-rules/{split}"));
     let mut decks: Vec<Vec<&'static str>> = vec![Vec::new(); fams.len()];
@@ -517,17 +598,22 @@ pub fn generate(families: &[String], n: usize, test: bool, seed: u64) -> Result<
         let d = found.ok_or_else(|| {
             Error::msg(format!("clinical-rules: could not draw a {split} item of {family} with answer `{want}`"))
         })?;
-        out.push(to_case(family, d, format!("cr-{split}-{i:05}"), &mut rng));
+        out.push(to_case(family, d, format!("cr-{split}-{i:05}"), order, &mut rng));
     }
     Ok(out)
 }
 
-fn to_case(family: &'static str, d: Draw, id: String, rng: &mut ChaCha8Rng) -> Case {
-    let mut texts: Vec<&'static str> = option_pool(family).iter().copied().filter(|c| *c != d.category).collect();
+fn to_case(family: &'static str, d: Draw, id: String, order: OptionOrder, rng: &mut ChaCha8Rng) -> Case {
+    let pool = option_pool(family);
+    let mut texts: Vec<&'static str> = pool.iter().copied().filter(|c| *c != d.category).collect();
     texts.shuffle(rng);
     texts.truncate(3);
     texts.push(d.category);
+    // Both orders consume the same random numbers, so they differ only in the order below.
     texts.shuffle(rng);
+    if order == OptionOrder::Rule {
+        texts.sort_by_key(|t| pool.iter().position(|p| p == t));
+    }
     let gold = texts.iter().position(|t| *t == d.category);
     let options = LETTERS.iter().zip(&texts).map(|(l, t)| (l.to_string(), t.to_string())).collect();
     Case {

@@ -10,9 +10,11 @@
 //! A `PATH` (an argument without `=`) is allowed only as the first argument and sets `path`;
 //! for `pubmedqa` the path `hub` sets `source = "hub"` instead. `KEY` is any [`DataConfig`]
 //! field: `path`, `source`, `template`, `response_format`, `max_len`, `dev_fraction`, `seed`,
-//! `skip_bad_rows`, `n_train`, `n_test`, `limit_train`, `limit_test`, `families`. `families`
-//! takes names joined by `+` (`families=bmi+ckd-stage`). Unknown keys and unparsable values are
-//! config errors. Examples: `clinical-rules`, `clinical-rules:n_test=50,seed=3`,
+//! `skip_bad_rows`, `n_train`, `n_test`, `limit_train`, `limit_test`, `families`,
+//! `option_order`. `families` takes names joined by `+` (`families=bmi+ckd-stage`) or `all`;
+//! `option_order` is `rule` or `shuffled`. Unknown keys and unparsable values are config errors.
+//! Examples: `clinical-rules`, `clinical-rules:n_test=50,seed=3`,
+//! `clinical-rules:families=all,option_order=shuffled`,
 //! `pubmedqa:../shared/data/pubmedqa,dev_fraction=0.2`, `mcq:medqa.jsonl`,
 //! `alpaca:pairs.json,template=plain`. (Paths containing `,` or `=` must go through the TOML
 //! config instead.)
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use super::item::{Item, ResponseFormat};
 use super::rows;
 use super::template::TemplateKind;
+use super::clinical_rules::OptionOrder;
 use super::{alpaca, clinical_rules, mcq, pubmedqa};
 use crate::error::{Error, Result};
 
@@ -98,8 +101,35 @@ pub struct DataConfig {
     pub limit_train: Option<usize>,
     /// Keep only this many test items, the first after a seeded shuffle (quick runs).
     pub limit_test: Option<usize>,
-    /// clinical-rules: families to generate (default all; see `clinical_rules::FAMILIES`).
+    /// clinical-rules: families to generate, by name (see `clinical_rules::FAMILIES`), or
+    /// `["all"]` for all ten. Unset: the six single-number families of
+    /// `clinical_rules::DEFAULT_FAMILIES`. In TOML a list or one string (`"all"`,
+    /// `"bmi+ckd-stage"`).
+    #[serde(deserialize_with = "de_families")]
     pub families: Option<Vec<String>>,
+    /// clinical-rules: order of the four options, `rule` (the rule's category order, default)
+    /// or `shuffled` (random; the gold letter uniform in every family). See
+    /// `clinical_rules::OptionOrder`.
+    pub option_order: OptionOrder,
+}
+
+/// `families` as a TOML list of names or one string of names joined by `+`.
+fn de_families<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Families {
+        One(String),
+        List(Vec<String>),
+    }
+    Ok(Option::<Families>::deserialize(d)?.map(|f| match f {
+        Families::One(s) => split_families(&s),
+        Families::List(v) => v,
+    }))
+}
+
+/// Names joined by `+`, trimmed, empty ones dropped.
+fn split_families(s: &str) -> Vec<String> {
+    s.split('+').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
 }
 
 impl Default for DataConfig {
@@ -119,6 +149,7 @@ impl Default for DataConfig {
             limit_train: None,
             limit_test: None,
             families: None,
+            option_order: OptionOrder::Rule,
         }
     }
 }
@@ -225,8 +256,11 @@ impl DataConfig {
             "n_test" => self.n_test = parse_num(key, v)?,
             "limit_train" => self.limit_train = opt_usize(v)?,
             "limit_test" => self.limit_test = opt_usize(v)?,
-            "families" => {
-                self.families = Some(v.split('+').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            "families" => self.families = Some(split_families(v)),
+            "option_order" => {
+                self.option_order = OptionOrder::parse(v).ok_or_else(|| {
+                    Error::config("data.option_order", format!("`{v}`: expected rule or shuffled"))
+                })?
             }
             _ => return Err(Error::config(format!("data.{key}"), "unknown key")),
         }
@@ -271,24 +305,20 @@ pub fn validate(cfg: &DataConfig) -> Result<()> {
             }
             if let Some(fams) = &cfg.families {
                 if fams.is_empty() {
-                    return Err(Error::config("data.families", "empty list; leave it unset for all families"));
+                    return Err(Error::config(
+                        "data.families",
+                        "empty list; leave it unset for the default families, or \"all\"",
+                    ));
                 }
-                for (i, f) in fams.iter().enumerate() {
-                    if !clinical_rules::FAMILIES.contains(&f.as_str()) {
-                        return Err(Error::config(
-                            "data.families",
-                            format!("unknown family `{f}`; known: {}", clinical_rules::FAMILIES.join(", ")),
-                        ));
-                    }
-                    if fams[..i].contains(f) {
-                        return Err(Error::config("data.families", format!("`{f}` listed twice")));
-                    }
-                }
+                clinical_rules::resolve_families(fams)?;
             }
         }
         k => {
             if cfg.families.is_some() {
                 return Err(Error::config("data.families", "only clinical-rules has families"));
+            }
+            if cfg.option_order != OptionOrder::Rule {
+                return Err(Error::config("data.option_order", "only clinical-rules has an option order"));
             }
             if hub && cfg.path.is_some() {
                 return Err(Error::config("data.path", "give either path or source = \"hub\", not both"));
@@ -325,9 +355,11 @@ pub fn load(cfg: &DataConfig) -> Result<Splits> {
 
 fn load_clinical_rules(cfg: &DataConfig) -> Result<Splits> {
     let fams = cfg.families.clone().unwrap_or_default();
+    let order = cfg.option_order;
     let pool: Vec<Item> =
-        clinical_rules::generate(&fams, cfg.n_train, false, cfg.seed)?.into_iter().map(|c| c.item).collect();
-    let test = clinical_rules::generate(&fams, cfg.n_test, true, cfg.seed)?.into_iter().map(|c| c.item).collect();
+        clinical_rules::generate(&fams, cfg.n_train, false, cfg.seed, order)?.into_iter().map(|c| c.item).collect();
+    let test =
+        clinical_rules::generate(&fams, cfg.n_test, true, cfg.seed, order)?.into_iter().map(|c| c.item).collect();
     let (train, dev) = rows::split_dev(pool, cfg.dev_fraction, cfg.seed, "clinical-rules/dev");
     Ok(Splits { train, dev, test, bad_rows: 0, name: "clinical-rules".into() })
 }
