@@ -43,16 +43,17 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
 /// Ask git (run in `dir`) for the commit and whether the tree is dirty; changes under
 /// `results` (when it lies inside the checkout) do not count.
 pub fn git_info(dir: &Path, results: &Path) -> GitInfo {
-    let Some(commit) = git(dir, &["rev-parse", "HEAD"]) else {
-        // A copy of a checkout without .git (e.g. a GPU machine the tree was sent to) can name
-        // its commit through DDM_GIT_COMMIT (full hash) and DDM_GIT_DIRTY (1 = dirty).
-        if let Ok(c) = std::env::var("DDM_GIT_COMMIT") {
-            let c = c.trim().to_string();
-            if c.len() >= 7 && c.chars().all(|ch| ch.is_ascii_hexdigit()) {
-                let dirty = std::env::var("DDM_GIT_DIRTY").is_ok_and(|d| d.trim() == "1");
-                return GitInfo { short: Some(c[..7].to_string()), commit: Some(c), dirty, note: Some("commit from DDM_GIT_COMMIT (no .git here)".into()) };
-            }
+    // A copy of a checkout sent to another machine (e.g. a GPU machine, by scripts/gpu-pack.sh)
+    // names the commit it was packed from through DDM_GIT_COMMIT (full hash) and DDM_GIT_DIRTY
+    // (1 = dirty). That statement wins over any .git the copy carries, which may be stale.
+    if let Ok(c) = std::env::var("DDM_GIT_COMMIT") {
+        let c = c.trim().to_string();
+        if c.len() >= 7 && c.chars().all(|ch| ch.is_ascii_hexdigit()) {
+            let dirty = std::env::var("DDM_GIT_DIRTY").is_ok_and(|d| d.trim() == "1");
+            return GitInfo { short: Some(c[..7].to_string()), commit: Some(c), dirty, note: Some("commit from DDM_GIT_COMMIT".into()) };
         }
+    }
+    let Some(commit) = git(dir, &["rev-parse", "HEAD"]) else {
         return GitInfo { commit: None, short: None, dirty: false, note: Some("not a git checkout (or git is not installed)".into()) };
     };
     let short = git(dir, &["rev-parse", "--short", "HEAD"]);
