@@ -38,6 +38,9 @@ impl Dims {
     fn rep(&self) -> usize {
         self.h / self.hkv
     }
+    fn scale(&self) -> f64 {
+        1.0 / (self.dh as f64).sqrt()
+    }
 }
 
 /// P = softmax(q kᵀ · scale + bias): (B, H, L, T). The query heads sharing a kv head are
@@ -54,20 +57,8 @@ fn probs(q: &Tensor, k: &Tensor, bias: Option<&Tensor>, scale: f64, d: Dims) -> 
 /// Differentiable in q, k and v.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    let (b, h, l, dh) = q.dims4()?;
-    let (_, hkv, t, _) = k.dims4()?;
-    if hkv == 0 || h % hkv != 0 {
-        candle_core::bail!("attention: {h} query heads cannot share {hkv} key/value heads")
-    }
-    let d = Dims { b, h, hkv, l, t, dh };
-    let rep = d.rep();
-    let scale = 1.0 / (dh as f64).sqrt();
     let bias = bias.map(|b| b.detach());
-    let merge = |x: Tensor| -> Result<Tensor> { x.reshape((b, h, l, dh))?.transpose(1, 2)?.contiguous()?.reshape((b, l, h * dh)) };
-    let o = {
-        let p = probs(&q.detach(), &k.detach(), bias.as_ref(), scale, d)?;
-        merge(p.reshape((b, hkv, rep * l, t))?.matmul(&v.detach())?)? // (B, L, H·Dh)
-    };
+    let o = attention_fwd(&q.detach(), &k.detach(), &v.detach(), bias.as_ref())?; // (B, L, H·Dh)
     if !(q.track_op() || k.track_op() || v.track_op()) {
         return Ok(o); // inference: nothing to differentiate, no copy
     }
@@ -76,21 +67,46 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
         [&q, &k, &v],
         o,
         Box::new(move |[q, k, v], _o, g| {
-            // (B, L, H·Dh) → (B, H, L, Dh) → (B, Hkv, rep·L, Dh)
-            let gg = g.reshape((b, l, h, dh))?.transpose(1, 2)?.contiguous()?.reshape((b, hkv, rep * l, dh))?;
-            let p = probs(q, k, bias.as_ref(), scale, d)?; // (B, H, L, T)
-            let pg = p.reshape((b, hkv, rep * l, t))?;
-            let dv = pg.t()?.matmul(&gg)?; // (B, Hkv, T, Dh), summed over the group
-            let dp = gg.matmul(&v.t()?)?.reshape((b, h, l, t))?; // (B, H, L, T)
-            // dS = P ⊙ (dP − δ) with δ = rowsum(dP ⊙ P) = rowsum(dO ⊙ O); one fused pass on CUDA
-            let ds = kernels::softmax_bwd(&p, &dp)?;
-            let dsg = ds.reshape((b, hkv, rep * l, t))?;
-            let dq = (dsg.matmul(k)? * scale)?.reshape((b, h, l, dh))?; // (B, H, L, Dh)
-            let qg = q.reshape((b, hkv, rep * l, dh))?;
-            let dk = (dsg.t()?.matmul(&qg)? * scale)?; // (B, Hkv, T, Dh)
+            let (dq, dk, dv) = attention_bwd(q, k, v, bias.as_ref(), g)?;
             Ok([Some(dq), Some(dk), Some(dv)])
         }),
     )
+}
+
+/// Attention outside the graph: q (B, H, L, Dh), k, v (B, Hkv, T, Dh) → (B, L, H·Dh).
+pub fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let d = dims(q, k)?;
+    let p = probs(q, k, bias, d.scale(), d)?;
+    p.reshape((d.b, d.hkv, d.rep() * d.l, d.t))?.matmul(v)?.reshape((d.b, d.h, d.l, d.dh))?.transpose(1, 2)?.contiguous()?.reshape((d.b, d.l, d.h * d.dh))
+}
+
+/// Gradients (dq, dk, dv) of [`attention_fwd`] for the output gradient `g` (B, L, H·Dh), with
+/// P recomputed.
+pub fn attention_bwd(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let d = dims(q, k)?;
+    let (b, h, hkv, l, t, dh, rep, scale) = (d.b, d.h, d.hkv, d.l, d.t, d.dh, d.rep(), d.scale());
+    // (B, L, H·Dh) → (B, H, L, Dh) → (B, Hkv, rep·L, Dh)
+    let gg = g.reshape((b, l, h, dh))?.transpose(1, 2)?.contiguous()?.reshape((b, hkv, rep * l, dh))?;
+    let p = probs(q, k, bias, scale, d)?; // (B, H, L, T)
+    let pg = p.reshape((b, hkv, rep * l, t))?;
+    let dv = pg.t()?.matmul(&gg)?; // (B, Hkv, T, Dh), summed over the group
+    let dp = gg.matmul(&v.t()?)?.reshape((b, h, l, t))?; // (B, H, L, T)
+    // dS = P ⊙ (dP − δ) with δ = rowsum(dP ⊙ P) = rowsum(dO ⊙ O); one fused pass on CUDA
+    let ds = kernels::softmax_bwd(&p, &dp)?;
+    let dsg = ds.reshape((b, hkv, rep * l, t))?;
+    let dq = (dsg.matmul(k)? * scale)?.reshape((b, h, l, dh))?; // (B, H, L, Dh)
+    let qg = q.reshape((b, hkv, rep * l, dh))?;
+    let dk = (dsg.t()?.matmul(&qg)? * scale)?; // (B, Hkv, T, Dh)
+    Ok((dq, dk, dv))
+}
+
+fn dims(q: &Tensor, k: &Tensor) -> Result<Dims> {
+    let (b, h, l, dh) = q.dims4()?;
+    let (_, hkv, t, _) = k.dims4()?;
+    if hkv == 0 || h % hkv != 0 {
+        candle_core::bail!("attention: {h} query heads cannot share {hkv} key/value heads")
+    }
+    Ok(Dims { b, h, hkv, l, t, dh })
 }
 
 /// The reference composite (autograd through every op, k and v repeated), for tests. Returns

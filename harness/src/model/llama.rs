@@ -91,8 +91,8 @@ impl LlamaConfig {
 /// RMSNorm: x / sqrt(mean(x²) + eps) · w, computed in f32.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
-    weight: Weight,
-    eps: f64,
+    pub(crate) weight: Weight,
+    pub(crate) eps: f64,
 }
 
 impl RmsNorm {
@@ -239,6 +239,19 @@ struct Block {
     mlp: Mlp,
 }
 
+impl Block {
+    fn parts(&self) -> super::block::Parts<'_> {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        super::block::Parts {
+            norm1: (&self.input_layernorm.weight, self.input_layernorm.eps),
+            attn: [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj],
+            norm2: (&self.post_attention_layernorm.weight, self.post_attention_layernorm.eps),
+            mlp: [&m.gate_proj, &m.up_proj, &m.down_proj],
+            heads: (a.n_heads, a.n_kv),
+        }
+    }
+}
+
 /// Everything needed to build the model's parameters.
 pub struct BuildOpts<'a> {
     /// What trains.
@@ -255,6 +268,11 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Option<Linear>,
     rotary: Rotary,
+    /// Where fused layers put their parameters' gradients (shared with the [`Trainable`]).
+    sink: super::lora::GradSink,
+    /// Train each decoder layer as one graph node ([`super::block`]) where it can; false forces
+    /// the per-op path (for comparisons).
+    pub fused_blocks: bool,
     /// Model shape.
     pub cfg: LlamaConfig,
     /// Dtype of activations.
@@ -322,7 +340,8 @@ impl Llama {
             Some(Linear::new(w, "lm_head", &head_cfg, 0, opts.seed, &mut tr)?)
         };
         let rotary = Rotary::new(cfg, &device)?;
-        Ok((Self { embed_tokens, layers, norm, lm_head, rotary, cfg: cfg.clone(), dtype, device }, tr))
+        let sink = tr.sink.clone();
+        Ok((Self { embed_tokens, layers, norm, lm_head, rotary, sink, fused_blocks: true, cfg: cfg.clone(), dtype, device }, tr))
     }
 
     /// Final-normed hidden states. `ids`: (B, L) u32; `bias`: additive attention bias broadcastable
@@ -345,7 +364,18 @@ impl Llama {
                 c.layers = vec![LayerCache::default(); self.layers.len()];
             }
         }
+        let tables = if ctx.train && cache.is_none() && self.fused_blocks {
+            Some(self.rotary.tables(offset, ids.dim(1)?, self.dtype)?)
+        } else {
+            None
+        };
         for (i, layer) in self.layers.iter().enumerate() {
+            if let Some((cos, sin)) = &tables {
+                if let Some(y) = super::block::forward(&layer.parts(), &x, bias, cos, sin, &self.sink)? {
+                    x = y;
+                    continue;
+                }
+            }
             let h = layer.input_layernorm.forward(&x, ctx)?;
             let lc = cache.as_mut().map(|c| &mut c.layers[i]);
             let h = layer.self_attn.forward(&h, bias, &self.rotary, ctx, lc, offset)?;

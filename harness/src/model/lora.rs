@@ -85,6 +85,39 @@ impl Weight {
 pub struct Trainable {
     /// (name, parameter) pairs.
     pub entries: Vec<(String, Var)>,
+    /// Gradients that fused layers deliver beside candle's `GradStore` (see [`GradSink`]).
+    pub sink: GradSink,
+}
+
+/// Parameter gradients delivered outside candle's `GradStore`, keyed by the parameter's tensor
+/// id. A fused decoder layer ([`crate::model::block`]) is one graph node with one tensor input;
+/// its hand-written backward adds the gradients of the layer's parameters here, and
+/// [`crate::train::optim::GradAccum`] collects them after each backward pass. Shared (cloning
+/// shares the store).
+#[derive(Debug, Default, Clone)]
+pub struct GradSink(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<candle_core::TensorId, Tensor>>>);
+
+impl GradSink {
+    /// Add `g` to the gradient of `param`.
+    pub fn add(&self, param: &Tensor, g: Tensor) -> candle_core::Result<()> {
+        let mut m = self.0.lock().map_err(|_| candle_core::Error::Msg("gradient sink: poisoned lock".into()))?;
+        let g = match m.remove(&param.id()) {
+            Some(prev) => (prev + g)?,
+            None => g,
+        };
+        m.insert(param.id(), g);
+        Ok(())
+    }
+    /// Remove and return the gradient of `param`.
+    pub fn take(&self, param: &Tensor) -> Option<Tensor> {
+        self.0.lock().ok().and_then(|mut m| m.remove(&param.id()))
+    }
+    /// Drop every stored gradient.
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.0.lock() {
+            m.clear();
+        }
+    }
 }
 
 impl Trainable {

@@ -1,6 +1,7 @@
 //! The model: LLaMA-family transformer, attention (with recompute), masks, LoRA, fused ops,
 //! loading, tokenizer.
 pub mod attention;
+pub mod block;
 pub mod kernels;
 pub mod llama;
 pub mod load;

@@ -204,10 +204,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Res<Tensor> {
             y,
             Box::new(move |[x, _w], _y, g| {
                 let dx = super::kernels::rms_norm_bwd(x, &wc, g, eps)?;
-                let ones = Tensor::ones(wc.shape(), x.dtype(), x.device())?;
-                let n = candle_nn::ops::rms_norm(x, &ones, eps as f32)?; // x / rms(x)
-                let d = *x.dims().last().unwrap_or(&1);
-                let dw = (g.to_dtype(DType::F32)? * n.to_dtype(DType::F32)?)?.reshape(((), d))?.sum(0)?.to_dtype(wdt)?;
+                let dw = rms_norm_weight_grad(x, g, eps)?.to_dtype(wdt)?;
                 Ok([Some(dx), Some(dw)])
             }),
         );
@@ -289,20 +286,69 @@ fn unrows(y: Tensor, mut dims: Vec<usize>) -> Res<Tensor> {
     y.reshape(dims)
 }
 
+/// The adapters in the compute dtype `dt`: (A (r, in), s·B (out, r)).
+pub fn lora_cast(a: &Tensor, b: &Tensor, scale: f64, dt: DType) -> Res<(Tensor, Tensor)> {
+    Ok((a.detach().to_dtype(dt)?, (b.detach() * scale)?.to_dtype(dt)?))
+}
+
+/// LoRA forward on rows, outside the graph: x Wᵀ + (x Aᵀ)(s·B)ᵀ. `x` (N, in), `w` (out, in),
+/// `ad` = A and `bd` = s·B in x's dtype ([`lora_cast`]).
+pub fn lora_fwd(x: &Tensor, w: &Tensor, ad: &Tensor, bd: &Tensor) -> Res<Tensor> {
+    let base = frozen_linear(x, w)?; // (N, out)
+    base + x.matmul(&ad.t()?)?.matmul(&bd.t()?)?
+}
+
+/// LoRA backward on rows: with gb = g·sB, dx = g W + gb A, dA = gbᵀ x, dB = s·gᵀ (x Aᵀ)
+/// (gradients of the f32 adapters, in f32). `ad`, `bd` as in [`lora_fwd`].
+pub fn lora_bwd(x: &Tensor, g: &Tensor, w: &Tensor, ad: &Tensor, bd: &Tensor, scale: f64) -> Res<(Tensor, Tensor, Tensor)> {
+    let g = g.contiguous()?; // (N, out)
+    let gb = g.matmul(bd)?; // (N, r)
+    let dx = (g.matmul(w)? + gb.matmul(ad)?)?; // (N, in)
+    let da = gb.t()?.matmul(x)?.to_dtype(DType::F32)?; // (r, in)
+    let xa = x.matmul(&ad.t()?)?; // (N, r)
+    let db = (g.t()?.matmul(&xa)?.to_dtype(DType::F32)? * scale)?; // (out, r)
+    Ok((dx, da, db))
+}
+
+/// Fully trained linear backward on rows: dx = g W_c, dW = gᵀ x (f32). `wc`: (out, in) in the
+/// compute dtype.
+pub fn trainable_bwd(x: &Tensor, g: &Tensor, wc: &Tensor) -> Res<(Tensor, Tensor)> {
+    let g = g.contiguous()?; // (N, out)
+    let dx = g.matmul(wc)?; // (N, in)
+    let dw = g.t()?.matmul(x)?.to_dtype(DType::F32)?; // (out, in)
+    Ok((dx, dw))
+}
+
+/// Backward of [`rope_heads`]: (B, H, L, Dh) gradient → (B, L, H·Dh). `nsin` is −sin.
+pub fn rope_heads_bwd(g: &Tensor, cos: &Tensor, nsin: &Tensor) -> Res<Tensor> {
+    let (b, h, l, dh) = g.dims4()?;
+    let g = g.transpose(1, 2)?.contiguous()?; // (B, L, H, Dh)
+    candle_nn::rotary_emb::rope_thd(&g, cos, nsin)?.reshape((b, l, h * dh))
+}
+
+/// Forward of [`rope_heads`] outside the graph.
+pub fn rope_heads_fwd(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Res<Tensor> {
+    let (b, l, hd) = x.dims3()?;
+    candle_nn::rotary_emb::rope_thd(&x.contiguous()?.reshape((b, l, heads, hd / heads))?, cos, sin)?.transpose(1, 2)?.contiguous()
+}
+
+/// RMSNorm's weight gradient: Σ_rows g ⊙ x / rms(x), in f32. `x`, `g`: (..., D).
+pub fn rms_norm_weight_grad(x: &Tensor, g: &Tensor, eps: f64) -> Res<Tensor> {
+    let d = *x.dims().last().unwrap_or(&1);
+    let ones = Tensor::ones(d, x.dtype(), x.device())?;
+    let n = candle_nn::ops::rms_norm(&x.contiguous()?, &ones, eps as f32)?; // x / rms(x)
+    (g.to_dtype(DType::F32)? * n.to_dtype(DType::F32)?)?.reshape(((), d))?.sum(0)
+}
+
 /// A LoRA layer in one graph node: y = x Wᵀ + (x Aᵀ)(s·B)ᵀ with W (out, in) frozen and the f32
 /// adapters `a` (r, in), `b` (out, r) trainable. Backward, with g·sB = gb:
 /// dx = g W + gb A, dA = gbᵀ x, dB = s·gᵀ (x Aᵀ); no gradient for W.
 /// `x`: (..., in) → (..., out) in x's dtype.
 pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Res<Tensor> {
-    let dt = x.dtype();
     let (x2, dims) = rows(&x.contiguous()?)?; // (N, in)
     let w = w.detach();
-    let y = {
-        let ad = a.detach().to_dtype(dt)?; // (r, in)
-        let bd = (b.detach() * scale)?.to_dtype(dt)?; // (out, r)
-        let base = frozen_linear(&x2.detach(), &w)?; // (N, out)
-        (base + x2.detach().matmul(&ad.t()?)?.matmul(&bd.t()?)?)?
-    };
+    let (ad, bd) = lora_cast(a, b, scale, x.dtype())?;
+    let y = lora_fwd(&x2.detach(), &w, &ad, &bd)?;
     let y = if x.track_op() || a.track_op() || b.track_op() {
         let xd = x2.detach();
         let wd = w.clone();
@@ -310,15 +356,8 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -
             "lora-linear",
             [&x2, a, b],
             y,
-            Box::new(move |[_x, a, b], _y, g| {
-                let g = g.contiguous()?; // (N, out)
-                let ad = a.to_dtype(dt)?;
-                let bd = (b * scale)?.to_dtype(dt)?;
-                let gb = g.matmul(&bd)?; // (N, r)
-                let dx = (g.matmul(&wd)? + gb.matmul(&ad)?)?; // (N, in)
-                let da = gb.t()?.matmul(&xd)?.to_dtype(DType::F32)?; // (r, in)
-                let xa = xd.matmul(&ad.t()?)?; // (N, r)
-                let db = (g.t()?.matmul(&xa)?.to_dtype(DType::F32)? * scale)?; // (out, r)
+            Box::new(move |[_x, _a, _b], _y, g| {
+                let (dx, da, db) = lora_bwd(&xd, g, &wd, &ad, &bd, scale)?;
                 Ok([Some(dx), Some(da), Some(db)])
             }),
         )?
@@ -342,9 +381,7 @@ pub fn trainable_linear(x: &Tensor, w: &Tensor) -> Res<Tensor> {
             [&x2, w],
             y,
             Box::new(move |[_x, _w], _y, g| {
-                let g = g.contiguous()?; // (N, out)
-                let dx = g.matmul(&wc)?; // (N, in)
-                let dw = g.t()?.matmul(&xd)?.to_dtype(DType::F32)?; // (out, in)
+                let (dx, dw) = trainable_bwd(&xd, g, &wc)?;
                 Ok([Some(dx), Some(dw)])
             }),
         )?
@@ -358,23 +395,13 @@ pub fn trainable_linear(x: &Tensor, w: &Tensor) -> Res<Tensor> {
 /// reshape, transpose, copy and RoPE). `cos`, `sin`: (L, Dh/2). Backward: the inverse rotation
 /// of the gradient, moved back to (B, L, H·Dh).
 pub fn rope_heads(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Res<Tensor> {
-    let (b, l, hd) = x.dims3()?;
-    let dh = hd / heads;
     let x = x.contiguous()?;
-    let y = candle_nn::rotary_emb::rope_thd(&x.detach().reshape((b, l, heads, dh))?, cos, sin)?.transpose(1, 2)?.contiguous()?;
+    let y = rope_heads_fwd(&x.detach(), heads, cos, sin)?;
     if !x.track_op() {
         return Ok(y);
     }
     let (cos, nsin) = (cos.clone(), sin.neg()?);
-    Attach1::apply(
-        "rope-heads",
-        &x,
-        y,
-        Box::new(move |_x, _y, g| {
-            let g = g.transpose(1, 2)?.contiguous()?; // (B, L, H, Dh)
-            candle_nn::rotary_emb::rope_thd(&g, &cos, &nsin)?.reshape((b, l, hd))
-        }),
-    )
+    Attach1::apply("rope-heads", &x, y, Box::new(move |_x, _y, g| rope_heads_bwd(g, &cos, &nsin)))
 }
 
 /// (B, L, H·Dh) → (B, H, L, Dh) contiguous, in one graph node.

@@ -2,7 +2,7 @@
 //! global-norm clipping.
 
 use super::fused::{self, AdamWStep};
-use crate::model::lora::Trainable;
+use crate::model::lora::{GradSink, Trainable};
 use crate::Result;
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
@@ -102,20 +102,28 @@ pub struct Grads {
 pub struct GradAccum {
     params: Vec<Var>,
     sums: Vec<Option<Tensor>>,
+    sink: GradSink,
 }
 
 impl GradAccum {
     /// Empty sums for `params`.
     pub fn new(params: &Trainable) -> Self {
+        let sink = params.sink.clone();
         let params: Vec<Var> = params.entries.iter().map(|(_, v)| v.clone()).collect();
         let n = params.len();
-        Self { params, sums: vec![None; n] }
+        Self { params, sums: vec![None; n], sink }
     }
 
-    /// Add the gradients of one backward pass.
+    /// Add the gradients of one backward pass: candle's `GradStore` and what fused layers left
+    /// in the parameters' [`GradSink`] (which this empties).
     pub fn add(&mut self, grads: &GradStore) -> Result<()> {
         for (i, p) in self.params.iter().enumerate() {
-            if let Some(g) = grads.get(p.as_tensor()) {
+            let g = match (grads.get(p.as_tensor()), self.sink.take(p.as_tensor())) {
+                (Some(a), Some(b)) => Some((a.to_dtype(DType::F32)? + b.to_dtype(DType::F32)?)?),
+                (Some(a), None) => Some(a.clone()),
+                (None, b) => b,
+            };
+            if let Some(g) = g {
                 let g = g.to_dtype(DType::F32)?;
                 self.sums[i] = Some(match self.sums[i].take() {
                     Some(s) => (s + g)?,
