@@ -451,7 +451,8 @@ pub fn op_profile(dir: &std::path::Path, device: &str, quick: bool) -> Result<()
     let nw = r(&[d], bf)?;
     let kt = k.unsqueeze(2)?.broadcast_as((b, hkv, h / hkv, l, dh))?.reshape((b, h, l, dh))?;
     let qt = x3.reshape((b, l, h, d / h))?;
-    let mut ops: Vec<(String, Box<dyn Fn() -> candle_core::Result<Tensor> + '_>)> = vec![
+    type Op<'a> = Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>;
+    let mut ops: Vec<(String, Op)> = vec![
         ("matmul q kT (B,H,L,Dh)x(B,H,Dh,L)".into(), Box::new(|| q.matmul(&q.t()?))),
         ("matmul p v (B,H,L,L)x(B,H,L,Dh)".into(), Box::new(|| s.matmul(&q))),
         ("matmul pT g (transposed lhs)".into(), Box::new(|| s.t()?.matmul(&q))),

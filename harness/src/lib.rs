@@ -9,11 +9,16 @@
 //! - [`model`]: a LLaMA-family transformer ([`model::llama`]) whose attention takes an explicit
 //!   mask ([`model::mask`]: causal, full, annealed), LoRA wrappers ([`model::lora`]), loading
 //!   from GGUF or Hugging Face folders ([`model::load`]) and the tokenizer ([`model::tokenizer`]).
+//!   Training runs each decoder layer as one autograd node with a hand-written backward
+//!   ([`model::block`], parameter gradients through a [`model::lora::GradSink`]), built from
+//!   fused ops ([`model::ops`]), recomputing attention ([`model::attention`]) and bf16 CUDA
+//!   kernels ([`model::kernels`]), each with a composite twin the tests compare it with.
 //! - [`objective`]: the training objectives behind one trait, [`objective::Objective`]:
 //!   masked diffusion ([`objective::diffusion`]) and next-token AR ([`objective::autoregressive`]).
 //!   The training loop never asks which one it runs.
-//! - [`train`]: AdamW, the warmup + cosine schedule, gradient accumulation and clipping, the
-//!   step loop with metrics CSV, evaluation hook and checkpoints.
+//! - [`train`]: AdamW (one multi-tensor kernel on CUDA, [`train::fused`]), the warmup + cosine
+//!   schedule, gradient accumulation and clipping, the step loop with metrics CSV, evaluation hook
+//!   and checkpoints.
 //! - [`data`]: datasets (PubMedQA, multiple-choice JSONL, alpaca pairs, the synthetic
 //!   clinical-rules benchmark) yielding [`data::Item`]s, and prompt templates.
 //! - [`sample`]: decoding: iterative denoising for diffusion, greedy/sampled AR with a KV cache.

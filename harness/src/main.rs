@@ -185,7 +185,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bench { out, device, quick, steps, peak_tflops, no_decode, ops } => {
-            let dir = out.unwrap_or_else(|| harness::bench::default_dir());
+            let dir = out.unwrap_or_else(harness::bench::default_dir);
             if ops {
                 harness::bench::op_profile(&dir, &device, quick)?;
                 return Ok(());

@@ -63,13 +63,13 @@ impl LlamaConfig {
     /// Check the shape is consistent.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |k: &str, m: &str| Err(crate::Error::config(format!("model.arch.{k}"), m.to_string()));
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad("num_attention_heads", "must divide hidden_size");
         }
-        if self.kv_heads() == 0 || self.num_attention_heads % self.kv_heads() != 0 {
+        if self.kv_heads() == 0 || !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return bad("num_key_value_heads", "must divide num_attention_heads");
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad("hidden_size", "head dimension must be even for RoPE");
         }
         if self.vocab_size == 0 || self.num_hidden_layers == 0 || self.intermediate_size == 0 {
