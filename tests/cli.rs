@@ -65,6 +65,12 @@ fn tiny_run_trains_end_to_end() {
     assert_eq!(metrics.lines().count(), 7, "header + 6 steps");
     assert!(out.join("checkpoints/adapter.safetensors").is_file());
     assert!(out.join("summary.json").is_file());
+    // eval.at_end (the default): the test split is evaluated and DONE is written last
+    assert!(stdout.contains("accuracy"), "{stdout}");
+    let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert!(eval["n_items"].as_u64().unwrap() > 0);
+    assert!(out.join("predictions.jsonl").is_file());
+    assert!(out.join("DONE").is_file());
 }
 
 #[test]

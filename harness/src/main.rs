@@ -157,8 +157,9 @@ fn run(cli: Cli) -> Result<()> {
                 None => harness::run::new_run_dir(&raw.out_dir, &raw.name)?,
             };
             let stop = stop_flag();
-            let t = harness::run::train_run(raw, &dir, harness::run::RunOpts { stop: Some(&stop), hook: None })?;
-            let s = &t.summary.train;
+            // train, evaluate on the test split when eval.at_end, write DONE last
+            let rec = harness::run::execute(raw, &dir, harness::run::RunOpts { stop: Some(&stop), hook: None })?;
+            let s = &rec.summary.train;
             println!(
                 "run folder: {}\nsteps {}  first loss {:.4}  final loss {:.4}  {:.0} tokens/s  {:.1} s",
                 dir.display(),
@@ -168,6 +169,18 @@ fn run(cli: Cli) -> Result<()> {
                 s.tokens_per_s,
                 s.wall_s
             );
+            for m in rec.eval.iter().flat_map(|e| &e.methods) {
+                let (a, f) = (&m.report.accuracy, &m.report.macro_f1);
+                println!(
+                    "{}: accuracy {:.1}% [{:.1}, {:.1}]  macro-F1 {:.1}%  ({} items)",
+                    m.method,
+                    100.0 * a.estimate,
+                    100.0 * a.lo,
+                    100.0 * a.hi,
+                    100.0 * f.estimate,
+                    m.report.n
+                );
+            }
             Ok(())
         }
         Cmd::Selfcheck { device, out } => {
