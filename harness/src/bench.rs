@@ -51,7 +51,8 @@ pub struct TrainBench {
     pub ms_per_step: f64,
     /// Tokens (batch × seq) per second.
     pub tokens_per_s: f64,
-    /// Device memory in use at the high-water mark we observed (CUDA), GiB; 0 on CPU.
+    /// Device memory the process holds after the forward and after the backward pass (CUDA;
+    /// the allocator's pool keeps its high-water mark), GiB; 0 on CPU.
     pub peak_mem_gib: f64,
     /// Model FLOPs utilisation: 3 × forward matmul FLOPs per token × tokens/s ÷ peak.
     pub mfu: Option<f64>,
@@ -189,9 +190,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
         let p = obj.prepare(&b, step as u64, 0, 0)?;
         let ctx = Fwd { train: true, seed: 0, step: step as u64, micro: 0 };
         let parts = scored_loss(&model, &p, p.denom, 0, &ctx)?;
-        peak = peak.max(mem_in_use(&opts.device));
         let g = parts.loss.backward()?;
-        peak = peak.max(mem_in_use(&opts.device));
         acc.add(&g)?;
         drop(g);
         let (grads, _) = acc.take_clipped(1.0)?;
@@ -211,10 +210,12 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
         let parts = scored_loss(&model, &p, p.denom, 0, &ctx)?;
         let t_fwd_enq = t.elapsed().as_secs_f64();
         opts.device.synchronize()?;
+        peak = peak.max(mem_in_use(&opts.device));
         let t1 = Instant::now();
         let g = parts.loss.backward()?;
         let t_bwd_enq = t1.elapsed().as_secs_f64();
         opts.device.synchronize()?;
+        peak = peak.max(mem_in_use(&opts.device));
         let t2 = Instant::now();
         acc.add(&g)?;
         drop(g);
@@ -427,6 +428,7 @@ pub struct OpTiming {
 /// Time the tensor operations a training step is made of, at SmolLM2-135M shapes and batch 64
 /// (batch 2 and tiny widths with `quick`), into `dir/ops.jsonl`.
 pub fn op_profile(dir: &std::path::Path, device: &str, quick: bool) -> Result<()> {
+    use crate::model::{attention, kernels, ops};
     use candle_core::{Tensor, D};
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let dev = crate::config::device(&crate::config::resolve_device(device)?)?;
@@ -486,6 +488,17 @@ pub fn op_profile(dir: &std::path::Path, device: &str, quick: bool) -> Result<()
         ("gather (N,V) by (N,1)".into(), Box::new(|| logits.gather(&tgt, D::Minus1))),
         ("scatter_add (N,V) by (N,1)".into(), Box::new(|| logits.scatter_add(&tgt, &logits.narrow(1, 0, 1)?.contiguous()?, D::Minus1))),
         ("lm head (N,D)x(D,V)".into(), Box::new(|| x.narrow(0, 0, n)?.matmul(&logits.narrow(0, 0, d)?))),
+        // the pieces the fused training path is made of
+        ("kernels::softmax_bias (B,H,L,L)".into(), Box::new(|| kernels::softmax_bias(&s, None, 0.125))),
+        ("kernels::softmax_bwd (B,H,L,L)".into(), Box::new(|| kernels::softmax_bwd(&s, &s))),
+        ("kernels::rms_norm_bwd (B,L,D)".into(), Box::new(|| kernels::rms_norm_bwd(&x3, &nw, &x3, 1e-5))),
+        ("kernels::swiglu (B*L,F)".into(), Box::new(|| kernels::swiglu(&xf, &xf))),
+        ("kernels::swiglu_bwd (B*L,F)".into(), Box::new(|| Ok(kernels::swiglu_bwd(&xf, &xf, &xf)?.0))),
+        ("kernels::ce_fwd (N,V)".into(), Box::new(|| Ok(kernels::ce_fwd(&logits, &tgt.flatten_all()?)?.0))),
+        ("kernels::ce_bwd (N,V)".into(), Box::new(|| kernels::ce_bwd(&logits, &tgt.flatten_all()?, &row.flatten_all()?.narrow(0, 0, n)?.reshape((n, 1))?, &row.flatten_all()?.narrow(0, 0, n)?))),
+        ("attention_fwd (B,H,L,Dh), GQA".into(), Box::new(|| attention::attention_fwd(&q, &k, &k, None))),
+        ("attention_bwd (B,H,L,Dh), GQA".into(), Box::new(|| Ok(attention::attention_bwd(&q, &k, &k, None, &x3.reshape((b, l, ()))?.narrow(2, 0, h * dh)?.contiguous()?)?.0))),
+        ("rope_heads_fwd (B,L,H*Dh)".into(), Box::new(|| ops::rope_heads_fwd(&x3.reshape((b, l, ()))?.narrow(2, 0, h * dh)?.contiguous()?, h, &cos, &sin))),
     ];
     let path = dir.join("ops.jsonl");
     for (name, op) in ops.iter_mut() {

@@ -158,6 +158,7 @@ pub(crate) fn splitmix(mut z: u64) -> u64 {
 }
 
 /// Number of dev items carved out of `n` for `fraction` (rounded, kept below `n` when n > 0).
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(f > 0.0)` also rejects NaN
 pub(crate) fn dev_count(n: usize, fraction: f64) -> usize {
     if n == 0 || !(fraction > 0.0) {
         return 0;
