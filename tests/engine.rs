@@ -79,9 +79,9 @@ fn padding_key_mask_hides_pad_keys() {
     let bias = attention_bias(AttentionMode::Full, 0, 0, 3, Some(&kv), DType::F32, &Device::Cpu).unwrap().unwrap();
     let b = bias.squeeze(1).unwrap().to_vec3::<f32>().unwrap(); // (B, L, L)
     assert!(b[0].iter().flatten().all(|&x| x == 0.0));
-    for i in 0..3 {
-        assert_eq!(b[1][i][2], mask::MASKED_BIAS);
-        assert_eq!(b[1][i][0], 0.0);
+    for row in &b[1] {
+        assert_eq!(row[2], mask::MASKED_BIAS);
+        assert_eq!(row[0], 0.0);
     }
 }
 

@@ -51,8 +51,9 @@ pub struct TrainBench {
     pub ms_per_step: f64,
     /// Tokens (batch × seq) per second.
     pub tokens_per_s: f64,
-    /// Device memory the process holds after the forward and after the backward pass (CUDA;
-    /// the allocator's pool keeps its high-water mark), GiB; 0 on CPU.
+    /// Peak device memory allocated during the measured steps, GiB: on CUDA the high-water mark
+    /// of the allocator's pool (what `torch.cuda.max_memory_allocated` reports on the torch
+    /// side), else the driver's used memory after the forward and the backward pass; 0 on CPU.
     pub peak_mem_gib: f64,
     /// Model FLOPs utilisation: 3 × forward matmul FLOPs per token × tokens/s ÷ peak.
     pub mfu: Option<f64>,
@@ -156,6 +157,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     } else {
         AdapterConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() }
     };
+    crate::device::peak_allocated(&opts.device, true); // a new high-water mark for this configuration
     let (model, tr) = random_model_dtype(&opts.arch, &adapter, 0, opts.dtype, &opts.device)?;
     let obj: Box<dyn Objective> = if objective == "ddm" {
         Box::new(Diffusion {
@@ -227,6 +229,9 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
         ph[1] += t2.duration_since(t1).as_secs_f64();
         ph[2] += t3;
         ph[3] += t_fwd_enq + t_bwd_enq;
+    }
+    if let Some(bytes) = crate::device::peak_allocated(&opts.device, false) {
+        peak = bytes as f64 / (1u64 << 30) as f64;
     }
     let ms = |x: f64| x * 1e3 / reps as f64;
     let phases = Some(Phases { forward_ms: ms(ph[0]), backward_ms: ms(ph[1]), optimizer_ms: ms(ph[2]), enqueue_ms: ms(ph[3]) });

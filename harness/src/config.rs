@@ -519,63 +519,11 @@ pub fn device(resolved: &str) -> Result<candle_core::Device> {
     let dev = candle_core::Device::new_cuda(n)?;
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(c) = &dev {
-        cuda_setup::tune(c)?;
+        crate::device::tune(c)?;
     }
     Ok(dev)
 }
 
-/// Settings of a fresh CUDA device for a training process that owns it.
-#[cfg(feature = "cuda")]
-mod cuda_setup {
-    use candle_core::cuda_backend::cudarc::driver::sys;
-    use candle_core::cuda_backend::CudaDevice;
-
-    /// Two defaults of cudarc that cost a training step dearly, both switched off here:
-    /// - the stream-ordered allocator's pool gives its memory back to the driver at every
-    ///   synchronisation (release threshold 0), so each step — which synchronises once, to
-    ///   read its loss — maps its whole working set (GiBs at batch 64) anew; the threshold is
-    ///   raised to "never", as PyTorch's caching allocator behaves;
-    /// - with more than one stream in the context (candle makes its own), every buffer carries
-    ///   two CUDA events that are recorded and waited on around each kernel launch; candle
-    ///   launches everything on its one stream, so the tracking only costs host time. It is
-    ///   turned off before any tensor of ours is allocated.
-    ///
-    /// `DDM_CUDA_DEFAULTS=1` keeps cudarc's defaults (for A/B measurements). A driver that
-    /// refuses the pool setting leaves a warning, not an error: it only costs speed.
-    pub fn tune(dev: &CudaDevice) -> candle_core::Result<()> {
-        if std::env::var("DDM_CUDA_DEFAULTS").is_ok_and(|v| v == "1") {
-            return Ok(());
-        }
-        // SAFETY: all work of this process goes to `dev`'s single stream (candle's kernels,
-        // cuBLAS on that stream, and our kernels launched on `dev.cuda_stream()`).
-        unsafe { dev.disable_event_tracking() };
-        let stream = dev.cuda_stream();
-        let ctx = stream.context();
-        if !ctx.has_async_alloc() {
-            return Ok(()); // cudarc allocates synchronously: no pool to keep
-        }
-        ctx.bind_to_thread().map_err(|e| candle_core::Error::Msg(format!("cuda: {e:?}")))?;
-        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-        let mut threshold: u64 = u64::MAX;
-        // SAFETY: `pool` is written by the driver for a valid device; the attribute takes a u64.
-        let r = unsafe {
-            let r = sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device());
-            if r != sys::CUresult::CUDA_SUCCESS {
-                r
-            } else {
-                sys::cuMemPoolSetAttribute(
-                    pool,
-                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                    &mut threshold as *mut u64 as *mut std::ffi::c_void,
-                )
-            }
-        };
-        if r != sys::CUresult::CUDA_SUCCESS {
-            eprintln!("warning: cuda: the memory pool keeps its default release threshold ({r:?})");
-        }
-        Ok(())
-    }
-}
 
 /// The candle dtype for a resolved dtype string.
 pub fn dtype(resolved: &str) -> candle_core::DType {

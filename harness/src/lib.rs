@@ -30,7 +30,7 @@
 //! - [`run`]: one run end to end: resolved config written first, train, evaluate, `DONE` last.
 //! - [`report`]: rendering of result data (tables); the loop and the runners only write data.
 //! - [`bench`](mod@bench) and [`selfcheck`]: throughput at the SmolLM2-135M shape, and the pinned
-//!   cross-check on any device.
+//!   cross-check on any device; [`device`]: CUDA allocator settings and memory high-water mark.
 //!
 //! Binaries are thin: `src/main.rs` parses arguments and calls these modules.
 #![warn(missing_docs)]
@@ -38,6 +38,7 @@
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod model;
