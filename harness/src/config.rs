@@ -524,7 +524,6 @@ pub fn device(resolved: &str) -> Result<candle_core::Device> {
     Ok(dev)
 }
 
-
 /// The candle dtype for a resolved dtype string.
 pub fn dtype(resolved: &str) -> candle_core::DType {
     match resolved {
