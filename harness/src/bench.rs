@@ -129,17 +129,6 @@ pub struct BenchOpts {
     pub dtype: DType,
 }
 
-fn mem_in_use(dev: &Device) -> f64 {
-    #[cfg(feature = "cuda")]
-    if let Ok(c) = dev.as_cuda_device() {
-        if let Ok((free, total)) = c.cuda_stream().context().mem_get_info() {
-            return (total - free) as f64 / (1u64 << 30) as f64;
-        }
-    }
-    let _ = dev;
-    0.0
-}
-
 fn random_examples(n: usize, seq: usize, vocab: usize, seed: u64) -> Vec<Example> {
     let mut rng = rng_for(seed, Purpose::Init, 77, 0);
     (0..n)
@@ -149,6 +138,8 @@ fn random_examples(n: usize, seq: usize, vocab: usize, seed: u64) -> Vec<Example
         })
         .collect()
 }
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// Measure one training configuration.
 pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: usize) -> Result<TrainBench> {
@@ -212,12 +203,12 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
         let parts = scored_loss(&model, &p, p.denom, 0, &ctx)?;
         let t_fwd_enq = t.elapsed().as_secs_f64();
         opts.device.synchronize()?;
-        peak = peak.max(mem_in_use(&opts.device));
+        peak = peak.max(crate::device::driver_used(&opts.device).unwrap_or(0) as f64 / GIB);
         let t1 = Instant::now();
         let g = parts.loss.backward()?;
         let t_bwd_enq = t1.elapsed().as_secs_f64();
         opts.device.synchronize()?;
-        peak = peak.max(mem_in_use(&opts.device));
+        peak = peak.max(crate::device::driver_used(&opts.device).unwrap_or(0) as f64 / GIB);
         let t2 = Instant::now();
         acc.add(&g)?;
         drop(g);
@@ -231,7 +222,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
         ph[3] += t_fwd_enq + t_bwd_enq;
     }
     if let Some(bytes) = crate::device::peak_allocated(&opts.device, false) {
-        peak = bytes as f64 / (1u64 << 30) as f64;
+        peak = bytes as f64 / GIB;
     }
     let ms = |x: f64| x * 1e3 / reps as f64;
     let phases = Some(Phases { forward_ms: ms(ph[0]), backward_ms: ms(ph[1]), optimizer_ms: ms(ph[2]), enqueue_ms: ms(ph[3]) });
@@ -458,6 +449,10 @@ pub fn op_profile(dir: &std::path::Path, device: &str, quick: bool) -> Result<()
     let nw = r(&[d], bf)?;
     let kt = k.unsqueeze(2)?.broadcast_as((b, hkv, h / hkv, l, dh))?.reshape((b, h, l, dh))?;
     let qt = x3.reshape((b, l, h, d / h))?;
+    // cross-entropy backward's inputs: targets (N,), lse (N, 1), per-row gradient (N,)
+    let t_rows = tgt.flatten_all()?;
+    let g_rows = row.flatten_all()?.narrow(0, 0, n)?;
+    let lse = g_rows.reshape((n, 1))?;
     type Op<'a> = Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>;
     let mut ops: Vec<(String, Op)> = vec![
         ("matmul q kT (B,H,L,Dh)x(B,H,Dh,L)".into(), Box::new(|| q.matmul(&q.t()?))),
@@ -499,11 +494,11 @@ pub fn op_profile(dir: &std::path::Path, device: &str, quick: bool) -> Result<()
         ("kernels::rms_norm_bwd (B,L,D)".into(), Box::new(|| kernels::rms_norm_bwd(&x3, &nw, &x3, 1e-5))),
         ("kernels::swiglu (B*L,F)".into(), Box::new(|| kernels::swiglu(&xf, &xf))),
         ("kernels::swiglu_bwd (B*L,F)".into(), Box::new(|| Ok(kernels::swiglu_bwd(&xf, &xf, &xf)?.0))),
-        ("kernels::ce_fwd (N,V)".into(), Box::new(|| Ok(kernels::ce_fwd(&logits, &tgt.flatten_all()?)?.0))),
-        ("kernels::ce_bwd (N,V)".into(), Box::new(|| kernels::ce_bwd(&logits, &tgt.flatten_all()?, &row.flatten_all()?.narrow(0, 0, n)?.reshape((n, 1))?, &row.flatten_all()?.narrow(0, 0, n)?))),
+        ("kernels::ce_fwd (N,V)".into(), Box::new(|| Ok(kernels::ce_fwd(&logits, &t_rows)?.0))),
+        ("kernels::ce_bwd (N,V)".into(), Box::new(|| kernels::ce_bwd(&logits, &t_rows, &lse, &g_rows))),
         ("attention_fwd (B,H,L,Dh), GQA".into(), Box::new(|| attention::attention_fwd(&q, &k, &k, None))),
-        ("attention_bwd (B,H,L,Dh), GQA".into(), Box::new(|| Ok(attention::attention_bwd(&q, &k, &k, None, &x3.reshape((b, l, ()))?.narrow(2, 0, h * dh)?.contiguous()?)?.0))),
-        ("rope_heads_fwd (B,L,H*Dh)".into(), Box::new(|| ops::rope_heads_fwd(&x3.reshape((b, l, ()))?.narrow(2, 0, h * dh)?.contiguous()?, h, &cos, &sin))),
+        ("attention_bwd (B,H,L,Dh), GQA, g (B,L,D)".into(), Box::new(|| Ok(attention::attention_bwd(&q, &k, &k, None, &x3)?.0))),
+        ("rope_heads_fwd (B,L,D = H*Dh)".into(), Box::new(|| ops::rope_heads_fwd(&x3, h, &cos, &sin))),
     ];
     let path = dir.join("ops.jsonl");
     for (name, op) in ops.iter_mut() {

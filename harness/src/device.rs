@@ -1,4 +1,4 @@
-//! CUDA device settings for a training process, and the allocator's memory high-water mark.
+//! CUDA device settings for a training process, and device memory accounting.
 //!
 //! candle allocates through cudarc's stream-ordered allocator (`cuMemAllocAsync` on the
 //! device's default memory pool). Two of cudarc's defaults cost a training step dearly and are
@@ -84,5 +84,17 @@ pub fn peak_allocated(dev: &candle_core::Device, reset: bool) -> Option<u64> {
         return Some(high);
     }
     let _ = (dev, reset);
+    None
+}
+
+/// Device memory in use as the driver reports it (total − free: every process, the context and
+/// the allocator's cache included), in bytes. None on the CPU or without the `cuda` feature.
+pub fn driver_used(dev: &candle_core::Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(c) = dev {
+        let (free, total) = c.cuda_stream().context().mem_get_info().ok()?;
+        return Some((total - free) as u64);
+    }
+    let _ = dev;
     None
 }
