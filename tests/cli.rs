@@ -29,6 +29,14 @@ fn config_errors_name_the_key_and_exit_nonzero() {
         ("[objective]\nanneal_steps = 0\n", "objective.anneal_steps", "≥ 1"),
         ("[objective]\nloss_norm = \"tokens\"\n", "objective.loss_norm", "unknown variant"),
         ("[objective]\neps = 2.0\n", "objective.eps", "(0, 1)"),
+        // The objective is a tagged enum: the autoregressive one takes no diffusion field.
+        ("[objective]\nkind = \"autoregressive\"\nanneal_steps = 4\n", "objective.anneal_steps", "not a field of the autoregressive objective"),
+        ("[objective]\nshift = false\nkind = \"autoregressive\"\n", "objective.shift", "not a field of the autoregressive objective"),
+        ("[objective]\nkind = \"autoregressive\"\n[eval]\nsteps_sweep = [2]\n", "eval.steps_sweep", "autoregressive"),
+        ("[objective]\nkind = \"ddm\"\n", "objective", "unknown variant"),
+        // Methods and strategies are enums: a bad string names the key and the allowed values.
+        ("[eval]\nstrategy = \"greedy\"\n", "eval.strategy", "low_confidence"),
+        ("[eval]\nmethods = [\"generate\", \"likelyhood\"]\n", "eval.methods", "likelihood"),
         ("name = \"x\"\n[model]\nsource = \"nope.gguf\"\n", "model.source", "not found"),
         ("[train\nlr = 1\n", "", "line"),
     ];
@@ -45,6 +53,15 @@ fn config_errors_name_the_key_and_exit_nonzero() {
     let (code, _, err) = harness(&["train", "--config", &f, "--set", "train.micro_batch=0"]);
     assert_ne!(code, 0);
     assert!(err.contains("train.micro_batch"), "{err}");
+    // Switching a config with diffusion fields to AR by `--set objective.kind` is an error naming
+    // the field; replacing the whole table works.
+    let (code, _, err) = harness(&["train", "--config", "configs/tiny-random.toml", "--set", "objective.kind=autoregressive"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("objective.anneal_steps") && err.contains("autoregressive"), "{err}");
+    // The CLI parses methods into the same enum.
+    let (code, _, err) = harness(&["eval", "--base", "random", "--dataset", "clinical-rules", "--method", "generat"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--method") && err.contains("generate") && err.contains("likelihood"), "{err}");
     let (code, _, err) = harness(&["train", "--config", "/nonexistent/run.toml"]);
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent/run.toml"), "{err}");
@@ -71,6 +88,61 @@ fn tiny_run_trains_end_to_end() {
     assert!(eval["n_items"].as_u64().unwrap() > 0);
     assert!(out.join("predictions.jsonl").is_file());
     assert!(out.join("DONE").is_file());
+}
+
+#[test]
+fn tiny_ar_run_trains_and_evaluates_both_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let sets = ["objective={kind=\"autoregressive\"}", "train.max_steps=2", "eval.methods=[\"generate\", \"likelihood\"]", "eval.limit=4", "eval.mc_samples=2"];
+    let mut args = vec!["train", "--config", "configs/tiny-random.toml"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let out_s = out.display().to_string();
+    args.extend(["--out", &out_s]);
+    let (code, stdout, err) = harness(&args);
+    assert_eq!(code, 0, "{err}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["objective"], serde_json::json!({"kind": "autoregressive"}), "the tagged objective, no diffusion fields");
+    let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(eval["objective"], "autoregressive");
+    let methods: Vec<&str> = eval["methods"].as_array().unwrap().iter().map(|m| m["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["generate", "likelihood"], "{stdout}");
+    assert!(out.join("DONE").is_file());
+}
+
+#[test]
+fn every_study_expands() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(root().join("studies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let (code, stdout, err) = harness(&["study", &name, "--dry-run"]);
+        assert_eq!(code, 0, "study {name}: {err}");
+        assert!(stdout.contains(&format!("study {name}")), "{stdout}");
+        n += 1;
+    }
+    assert!(n >= 7, "{n} studies");
+    // A study over both objectives: the diffusion-only settings reach the ddm runs only.
+    let s = harness::study::load(&root().join("studies/baseline.toml"), &[]).unwrap();
+    let ddm: Vec<_> = s.points.iter().filter(|p| p.config.objective.kind() == harness::config::ObjectiveKind::Diffusion).collect();
+    let ar: Vec<_> = s.points.iter().filter(|p| p.id.starts_with("ar-")).collect();
+    assert!(!ddm.is_empty() && !ar.is_empty());
+    for p in &ddm {
+        assert!(p.id.starts_with("ddm-"), "{}", p.id);
+        assert_eq!(p.config.objective.diffusion().map(|d| d.anneal_steps), Some(50), "{}", p.id);
+        assert_eq!(p.config.eval.steps_sweep, vec![1, 2], "{}", p.id);
+    }
+    for p in &ar {
+        assert_eq!(p.config.objective, harness::config::ObjectiveConfig::Autoregressive, "{}", p.id);
+        assert!(p.config.eval.steps_sweep.is_empty(), "{}", p.id);
+    }
+    // ddm and AR runs still pair (the per-objective settings are not point overrides).
+    assert!(ddm.iter().all(|d| ar.iter().any(|a| a.pair_key() == d.pair_key())));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use harness::model::lora::{AdapterConfig, AdapterKind, Fwd};
 use harness::model::mask::{self, attention_bias, AttentionMode};
 use harness::model::tokenizer::MaskToken;
 use harness::model::{BuildOpts, Llama};
-use harness::objective::{self, Autoregressive, Batch, Diffusion, Example, LossNorm, Objective, TSampling};
+use harness::objective::{self, Autoregressive, Batch, Diffusion, DiffusionConfig, Example, LossNorm, Objective, TSampling};
 use harness::train::{self, TrainInputs};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,17 +19,19 @@ fn root() -> PathBuf {
 }
 
 fn diffusion(shift: bool, norm: LossNorm) -> Diffusion {
-    Diffusion {
-        mask_id: 31,
-        t_sampling: TSampling::Uniform,
-        logit_mean: 0.0,
-        logit_std: 1.0,
-        eps: 1e-3,
-        shift,
-        loss_norm: norm,
-        score_padding: false,
-        anneal_steps: 1,
-    }
+    Diffusion::new(
+        31,
+        DiffusionConfig {
+            t_sampling: TSampling::Uniform,
+            t_logit_mean: 0.0,
+            t_logit_std: 1.0,
+            eps: 1e-3,
+            shift,
+            loss_norm: norm,
+            score_padding: false,
+            anneal_steps: 1,
+        },
+    )
 }
 
 // ---------------------------------------------------------------- masks
@@ -182,7 +184,7 @@ fn prompt_tokens_are_never_masked_or_scored() {
 #[test]
 fn t_sampling_strategies() {
     let mut d = diffusion(true, LossNorm::Masked);
-    d.t_sampling = TSampling::Stratified;
+    d.cfg.t_sampling = TSampling::Stratified;
     let t = d.sample_t(8, 3, 0, 0).unwrap();
     let mut frac: Vec<f64> = t.iter().map(|x| (x - 1e-3) / (1.0 - 1e-3)).collect();
     frac.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -190,7 +192,7 @@ fn t_sampling_strategies() {
         assert!((w[1] - w[0] - 0.125).abs() < 1e-9, "stratified t are 1/B apart");
     }
     for s in [TSampling::Uniform, TSampling::LogitNormal] {
-        d.t_sampling = s;
+        d.cfg.t_sampling = s;
         let t = d.sample_t(1000, 5, 1, 0).unwrap();
         assert!(t.iter().all(|&x| (1e-3..=1.0).contains(&x)));
         assert_eq!(t, d.sample_t(1000, 5, 1, 0).unwrap());
@@ -362,7 +364,7 @@ fn tiny_model_overfits_eight_pairs_under_both_objectives() {
 #[test]
 fn same_seed_gives_identical_loss_trace() {
     let mut d = diffusion(true, LossNorm::Masked);
-    d.anneal_steps = 10;
+    d.cfg.anneal_steps = 10;
     let (_, _, a) = overfit(&d, AdapterKind::Lora, 12, 5e-3);
     let (_, _, b) = overfit(&d, AdapterKind::Lora, 12, 5e-3);
     let losses = |csv: &str| csv.lines().skip(1).map(|l| l.split(',').nth(3).unwrap().to_string()).collect::<Vec<_>>();

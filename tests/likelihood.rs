@@ -303,3 +303,27 @@ fn bad_inputs_are_errors() {
     assert!(exact_elbo(&model, &PROMPT, &[1; 17], MASK_ID, false).is_err());
     assert!(ar_logprob(&model, &PROMPT, &[1; 300]).is_err());
 }
+
+#[test]
+fn objectives_score_choices_with_their_own_scorer() {
+    use harness::config::{EvalConfig, ObjectiveConfig};
+    use harness::objective::{build, DiffusionConfig};
+    let model = sharp_model(3);
+    let choices = vec![ANSWER.to_vec(), vec![8, 12, 24], vec![9]];
+    let eval = EvalConfig { mc_samples: 6, batch_size: 1, ..EvalConfig::default() };
+    let seed = 11;
+    // AR: the exact log p, one forward pass per item.
+    let ar = build(&ObjectiveConfig::Autoregressive, MASK_ID).score_choices(&model, &PROMPT, &choices, 5, &eval, seed).unwrap();
+    assert_eq!(ar.scores, ar_choice_scores(&model, &PROMPT, &choices).unwrap());
+    assert_eq!(ar.nfe, 1);
+    // Diffusion: the MC ELBO with the configured samples, the trained shift, the item's own seed.
+    for shift in [true, false] {
+        let obj = build(&ObjectiveConfig::Diffusion(DiffusionConfig { shift, ..Default::default() }), MASK_ID);
+        let got = obj.score_choices(&model, &PROMPT, &choices, 5, &eval, seed).unwrap();
+        let want_cfg = DiffusionLikelihood { mask_id: MASK_ID, shift, n_samples: 6, batch: 4, seed }.for_item(5);
+        assert_eq!(got.scores, diffusion_choice_scores(&model, &PROMPT, &choices, &want_cfg).unwrap(), "shift={shift}");
+        assert_eq!(got.nfe, 3 * 2, "3 choices × ceil(6 samples / batch 4)");
+        let other_item = obj.score_choices(&model, &PROMPT, &choices, 6, &eval, seed).unwrap();
+        assert_ne!(other_item.scores, got.scores, "items draw independently");
+    }
+}

@@ -7,7 +7,7 @@ use harness::model::load::{random_model, tiny_config};
 use harness::model::{AdapterConfig, AttentionMode, Llama};
 use harness::rng::{rng_for, Purpose};
 use harness::sample::diffusion::{plan, BlockPlan};
-use harness::sample::{pick_token, ArSampler, Denoiser, DiffusionSampler, ModelDenoiser, Strategy};
+use harness::sample::{pick_token, ArSampler, Denoiser, DiffusionSampler, ModelDenoiser, Strategy, StrategyKind};
 use std::cell::RefCell;
 
 const V: usize = 200;
@@ -465,4 +465,29 @@ fn ar_cached_equals_full_recompute() {
     // Bad input is an error, not a panic.
     assert!(greedy.generate_cached(&model, &[], 0).is_err());
     assert!(greedy.generate_cached(&model, &[64], 0).is_err());
+}
+
+#[test]
+fn samplers_are_built_from_the_eval_config() {
+    use harness::config::EvalConfig;
+    let e = EvalConfig { steps: 5, max_new_tokens: 6, block_len: 3, temperature: 0.7, top_k: 4, top_p: 0.8, threshold: 0.6, batch_size: 2, ..EvalConfig::default() };
+    for (kind, want) in [(StrategyKind::LowConfidence, Strategy::LowConfidence), (StrategyKind::Random, Strategy::Random), (StrategyKind::Threshold, Strategy::Threshold(0.6))] {
+        let s = DiffusionSampler::from_eval(&EvalConfig { strategy: kind, ..e.clone() }, true, MASK, EOS, 9);
+        assert_eq!(s.strategy, want);
+        assert_eq!((s.steps, s.max_new_tokens, s.block_len, s.batch_size), (5, 6, Some(3), 2));
+        assert_eq!((s.temperature, s.top_k, s.top_p), (0.7, Some(4), Some(0.8)));
+        assert_eq!((s.shift, s.mask_id, s.eos_id, s.seed, s.early_stop), (true, MASK, EOS, 9, true));
+    }
+    // 0 / 1 mean off.
+    let off = EvalConfig::default();
+    let d = DiffusionSampler::from_eval(&off, false, MASK, EOS, 0);
+    assert_eq!((d.block_len, d.top_k, d.top_p, d.strategy), (None, None, None, Strategy::LowConfidence));
+    let a = ArSampler::from_eval(&e, EOS, 9);
+    assert_eq!(a, ArSampler { max_new_tokens: 6, temperature: 0.7, top_k: Some(4), top_p: Some(0.8), eos_id: EOS, seed: 9 });
+    assert_eq!(ArSampler::from_eval(&off, EOS, 0), ArSampler::greedy(off.max_new_tokens, EOS));
+    // The config spelling is serde's, and a bad one names the allowed values.
+    let k: StrategyKind = serde_json::from_str("\"threshold\"").unwrap();
+    assert_eq!(k, StrategyKind::Threshold);
+    let err = serde_json::from_str::<StrategyKind>("\"greedy\"").unwrap_err().to_string();
+    assert!(err.contains("low_confidence") && err.contains("random"), "{err}");
 }

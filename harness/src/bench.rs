@@ -3,12 +3,12 @@
 //! depend on their values. Results are data (JSON lines); `bench/table.py`-free rendering lives in
 //! [`crate::report`].
 
-use crate::config::TrainConfig;
+use crate::config::{ObjectiveConfig, TrainConfig};
 use crate::model::load::random_model_dtype;
 use crate::model::lora::{AdapterConfig, AdapterKind, Fwd};
 use crate::model::mask::AttentionMode;
 use crate::model::{Llama, LlamaConfig};
-use crate::objective::{scored_loss, Autoregressive, Batch, Diffusion, Example, LossNorm, Objective, TSampling};
+use crate::objective::{scored_loss, Batch, Example};
 use crate::rng::{rng_for, Purpose};
 use crate::sample::{ArSampler, DiffusionSampler, ModelDenoiser, Strategy};
 use crate::train::optim::{AdamW, AdamWParams, GradAccum};
@@ -150,21 +150,9 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     };
     crate::device::peak_allocated(&opts.device, true); // a new high-water mark for this configuration
     let (model, tr) = random_model_dtype(&opts.arch, &adapter, 0, opts.dtype, &opts.device)?;
-    let obj: Box<dyn Objective> = if objective == "ddm" {
-        Box::new(Diffusion {
-            mask_id: 0,
-            t_sampling: TSampling::Uniform,
-            logit_mean: 0.0,
-            logit_std: 1.0,
-            eps: 1e-3,
-            shift: true,
-            loss_norm: LossNorm::Masked,
-            score_padding: false,
-            anneal_steps: 1,
-        })
-    } else {
-        Box::new(Autoregressive)
-    };
+    // Diffusion at its defaults: shifted, uniform t, full attention from the first step.
+    let cfg = if objective == "ddm" { ObjectiveConfig::default() } else { ObjectiveConfig::Autoregressive };
+    let obj = crate::objective::build(&cfg, 0);
     let future = future_token_check(&model, obj.eval_attention())?;
     let tc = TrainConfig::default();
     let mut opt = AdamW::new(&tr, AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.adam_eps, weight_decay: 0.0 })?;

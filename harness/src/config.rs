@@ -11,7 +11,8 @@ use crate::data::DataConfig;
 use crate::model::lora::{AdapterConfig, AdapterKind};
 use crate::model::tokenizer::MaskToken;
 use crate::model::LlamaConfig;
-use crate::objective::{LossNorm, TSampling};
+use crate::objective::{DiffusionConfig, LossNorm, TSampling};
+use crate::sample::StrategyKind;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -99,37 +100,26 @@ impl Default for ModelConfig {
     }
 }
 
-/// Which objective trains, and the diffusion knobs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ObjectiveConfig {
-    /// `diffusion` (masked-diffusion SFT) or `autoregressive` (next-token SFT, the baseline).
-    pub kind: ObjectiveKind,
-    /// Diffusion: how t is drawn: `uniform`, `stratified` or `logit_normal`.
-    pub t_sampling: TSampling,
-    /// Diffusion, `logit_normal`: mean of the normal before the sigmoid.
-    pub t_logit_mean: f64,
-    /// Diffusion, `logit_normal`: std of the normal before the sigmoid (> 0).
-    pub t_logit_std: f64,
-    /// Diffusion: smallest t, in (0, 1). The references use 1e-3.
-    pub eps: f64,
-    /// Diffusion: output i predicts token i+1 (reuses an AR model's head).
-    pub shift: bool,
-    /// Diffusion: normaliser of the weighted loss: `masked`, `response` or `batch_response`.
-    pub loss_norm: LossNorm,
-    /// Diffusion: padding after the eos is maskable and scored (the references do; makes models
-    /// over-generate eos). Default: score the one eos, not padding.
-    pub score_padding: bool,
-    /// Diffusion: optimizer steps over which attention goes from causal to full (≥ 1; 1 = full
-    /// from the first step).
-    pub anneal_steps: u64,
+/// Which objective trains, with its settings: the `[objective]` table, tagged by `kind`.
+///
+/// `kind = "diffusion"` (the default when `kind` is absent) takes the fields of
+/// [`DiffusionConfig`]; `kind = "autoregressive"` takes none, and a diffusion field beside it is an
+/// error naming the field. `config.json` holds the same tagged form.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ObjectiveConfig {
+    /// Masked-diffusion SFT and its knobs.
+    Diffusion(DiffusionConfig),
+    /// Autoregressive (next-token) SFT, the baseline: no knobs.
+    Autoregressive,
 }
 
 /// Objective kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ObjectiveKind {
     /// Masked-diffusion SFT.
+    #[default]
     Diffusion,
     /// Autoregressive SFT.
     Autoregressive,
@@ -137,17 +127,136 @@ pub enum ObjectiveKind {
 
 impl Default for ObjectiveConfig {
     fn default() -> Self {
-        Self {
-            kind: ObjectiveKind::Diffusion,
-            t_sampling: TSampling::Uniform,
-            t_logit_mean: 0.0,
-            t_logit_std: 1.0,
-            eps: 1e-3,
-            shift: true,
-            loss_norm: LossNorm::Masked,
-            score_padding: false,
-            anneal_steps: 1,
+        ObjectiveConfig::Diffusion(DiffusionConfig::default())
+    }
+}
+
+impl ObjectiveConfig {
+    /// Which objective this is.
+    pub fn kind(&self) -> ObjectiveKind {
+        match self {
+            ObjectiveConfig::Diffusion(_) => ObjectiveKind::Diffusion,
+            ObjectiveConfig::Autoregressive => ObjectiveKind::Autoregressive,
         }
+    }
+
+    /// The default settings of objective `kind`.
+    pub fn default_for(kind: ObjectiveKind) -> Self {
+        match kind {
+            ObjectiveKind::Diffusion => ObjectiveConfig::default(),
+            ObjectiveKind::Autoregressive => ObjectiveConfig::Autoregressive,
+        }
+    }
+
+    /// The diffusion settings, when this is the diffusion objective.
+    pub fn diffusion(&self) -> Option<&DiffusionConfig> {
+        match self {
+            ObjectiveConfig::Diffusion(d) => Some(d),
+            ObjectiveConfig::Autoregressive => None,
+        }
+    }
+}
+
+/// The `[objective]` table as written: `kind` and every diffusion field, each optional, so that
+/// a diffusion field given to the autoregressive objective can be named.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectiveTable {
+    #[serde(default)]
+    kind: ObjectiveKind,
+    t_sampling: Option<TSampling>,
+    t_logit_mean: Option<f64>,
+    t_logit_std: Option<f64>,
+    eps: Option<f64>,
+    shift: Option<bool>,
+    loss_norm: Option<LossNorm>,
+    score_padding: Option<bool>,
+    anneal_steps: Option<u64>,
+}
+
+impl ObjectiveTable {
+    fn into_config(self) -> std::result::Result<ObjectiveConfig, String> {
+        match self.kind {
+            ObjectiveKind::Diffusion => {
+                let d = DiffusionConfig::default();
+                Ok(ObjectiveConfig::Diffusion(DiffusionConfig {
+                    t_sampling: self.t_sampling.unwrap_or(d.t_sampling),
+                    t_logit_mean: self.t_logit_mean.unwrap_or(d.t_logit_mean),
+                    t_logit_std: self.t_logit_std.unwrap_or(d.t_logit_std),
+                    eps: self.eps.unwrap_or(d.eps),
+                    shift: self.shift.unwrap_or(d.shift),
+                    loss_norm: self.loss_norm.unwrap_or(d.loss_norm),
+                    score_padding: self.score_padding.unwrap_or(d.score_padding),
+                    anneal_steps: self.anneal_steps.unwrap_or(d.anneal_steps),
+                }))
+            }
+            ObjectiveKind::Autoregressive => {
+                let given = [
+                    self.t_sampling.is_some(),
+                    self.t_logit_mean.is_some(),
+                    self.t_logit_std.is_some(),
+                    self.eps.is_some(),
+                    self.shift.is_some(),
+                    self.loss_norm.is_some(),
+                    self.score_padding.is_some(),
+                    self.anneal_steps.is_some(),
+                ];
+                // Every field present is the flat form `config.json` had before the objective was
+                // a tagged enum (it wrote all of them, unused): result folders stay readable.
+                if given.iter().all(|&g| g) {
+                    return Ok(ObjectiveConfig::Autoregressive);
+                }
+                match DiffusionConfig::KEYS.iter().zip(given).find(|(_, g)| *g) {
+                    Some((key, _)) => Err(format!(
+                        "objective.{key}: not a field of the autoregressive objective (it takes only `kind`; \
+                         to switch a diffusion config to AR, replace the table: --set 'objective={{kind=\"autoregressive\"}}')"
+                    )),
+                    None => Ok(ObjectiveConfig::Autoregressive),
+                }
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectiveConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        ObjectiveTable::deserialize(d)?.into_config().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An evaluation method (`eval.methods`, `harness eval --method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalMethod {
+    /// Decode an answer and parse its label strictly.
+    Generate,
+    /// Argmax over the choices of the objective's score (AR log p, diffusion ELBO).
+    Likelihood,
+}
+
+impl EvalMethod {
+    /// The config spelling, also the method label in `eval.json` and `predictions.jsonl`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EvalMethod::Generate => "generate",
+            EvalMethod::Likelihood => "likelihood",
+        }
+    }
+}
+
+impl std::fmt::Display for EvalMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EvalMethod {
+    type Err = String;
+
+    /// Parse the config spelling, through serde (so the CLI accepts what the config does).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        use serde::de::IntoDeserializer;
+        Self::deserialize(s.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
     }
 }
 
@@ -228,7 +337,7 @@ pub struct EvalConfig {
     /// Also evaluate accuracy at every `train.eval_every` step (costly), not only the dev loss.
     pub during_training: bool,
     /// Methods to run: `generate` and/or `likelihood`.
-    pub methods: Vec<String>,
+    pub methods: Vec<EvalMethod>,
     /// Evaluate at most this many test items (after a seeded shuffle); unset = all.
     pub limit: Option<usize>,
     /// Items per forward pass.
@@ -238,10 +347,11 @@ pub struct EvalConfig {
     /// Diffusion generation: denoising steps.
     pub steps: usize,
     /// Diffusion generation: also evaluate `generate` at each of these step counts (reported as
-    /// methods `generate@steps=N`), for accuracy against decoding steps. Empty = off.
+    /// methods `generate@steps=N`), for accuracy against decoding steps. Empty = off; must be
+    /// empty for the autoregressive objective.
     pub steps_sweep: Vec<usize>,
     /// Diffusion generation: `low_confidence`, `random` or `threshold`.
-    pub strategy: String,
+    pub strategy: StrategyKind,
     /// Diffusion `threshold` strategy: commit every position whose confidence exceeds this.
     pub threshold: f64,
     /// Diffusion generation: semi-autoregressive block length (0 = one block).
@@ -263,13 +373,13 @@ impl Default for EvalConfig {
         Self {
             at_end: true,
             during_training: false,
-            methods: vec!["generate".into()],
+            methods: vec![EvalMethod::Generate],
             limit: None,
             batch_size: 16,
             max_new_tokens: 8,
             steps: 8,
             steps_sweep: vec![],
-            strategy: "low_confidence".into(),
+            strategy: StrategyKind::LowConfidence,
             threshold: 0.9,
             block_len: 0,
             temperature: 0.0,
@@ -429,15 +539,13 @@ impl RawConfig {
                 }
             }
         }
-        let o = &self.objective;
-        if !(o.eps > 0.0 && o.eps < 1.0) {
-            return bad("objective.eps", "must be in (0, 1)");
-        }
-        if o.anneal_steps == 0 {
-            return bad("objective.anneal_steps", "must be ≥ 1 (1 = full attention from the start)");
-        }
-        if !(o.t_logit_std > 0.0) {
-            return bad("objective.t_logit_std", "must be > 0");
+        match &self.objective {
+            ObjectiveConfig::Diffusion(d) => d.validate()?,
+            ObjectiveConfig::Autoregressive => {
+                if !self.eval.steps_sweep.is_empty() {
+                    return bad("eval.steps_sweep", "a diffusion setting (decoding steps): must be empty for the autoregressive objective");
+                }
+            }
         }
         let m = &self.model;
         if !["auto", "f32", "bf16", "f16"].contains(&m.dtype.as_str()) {
@@ -453,14 +561,6 @@ impl RawConfig {
             arch.validate()?;
         }
         let e = &self.eval;
-        for meth in &e.methods {
-            if meth != "generate" && meth != "likelihood" {
-                return bad("eval.methods", &format!("unknown method `{meth}`: use generate or likelihood"));
-            }
-        }
-        if !["low_confidence", "random", "threshold"].contains(&e.strategy.as_str()) {
-            return bad("eval.strategy", "must be low_confidence, random or threshold");
-        }
         if e.steps_sweep.contains(&0) {
             return bad("eval.steps_sweep", "step counts must be ≥ 1");
         }

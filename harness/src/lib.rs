@@ -14,8 +14,10 @@
 //!   fused ops ([`model::ops`]), recomputing attention ([`model::attention`]) and bf16 CUDA
 //!   kernels ([`model::kernels`]), each with a composite twin the tests compare it with.
 //! - [`objective`]: the training objectives behind one trait, [`objective::Objective`]:
-//!   masked diffusion ([`objective::diffusion`]) and next-token AR ([`objective::autoregressive`]).
-//!   The training loop never asks which one it runs.
+//!   masked diffusion ([`objective::diffusion`]) and next-token AR ([`objective::autoregressive`]),
+//!   built once from the tagged `[objective]` config ([`objective::build`]). The objective also
+//!   owns how its model is read at evaluation time (attention, generation, choice scoring): the
+//!   training loop and the evaluation never ask which one they run.
 //! - [`train`]: AdamW (one multi-tensor kernel on CUDA, [`train::fused`]), the warmup + cosine
 //!   schedule, gradient accumulation and clipping, the step loop with metrics CSV, evaluation hook
 //!   and checkpoints.

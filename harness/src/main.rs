@@ -80,10 +80,10 @@ enum Cmd {
         dataset: Option<String>,
         /// `generate` or `likelihood` (repeatable; default generate).
         #[arg(long = "method")]
-        methods: Vec<String>,
-        /// How a base model is read: `autoregressive` (default) or `diffusion`.
-        #[arg(long, default_value = "autoregressive")]
-        objective: String,
+        methods: Vec<harness::config::EvalMethod>,
+        /// How a base model is read: `autoregressive` / `ar` (default) or `diffusion` / `ddm`.
+        #[arg(long, default_value = "autoregressive", value_parser = parse_objective)]
+        objective: harness::config::ObjectiveKind,
         /// Evaluate at most N test items.
         #[arg(long)]
         limit: Option<usize>,
@@ -146,6 +146,15 @@ fn stop_flag() -> Arc<AtomicBool> {
         eprintln!("\nstopping after the current step (Ctrl-C again to kill)");
     });
     stop
+}
+
+/// `--objective`: the config spelling or its short name.
+fn parse_objective(s: &str) -> std::result::Result<harness::config::ObjectiveKind, String> {
+    match s {
+        "autoregressive" | "ar" => Ok(harness::config::ObjectiveKind::Autoregressive),
+        "diffusion" | "ddm" => Ok(harness::config::ObjectiveKind::Diffusion),
+        o => Err(format!("must be autoregressive (ar) or diffusion (ddm), not `{o}`")),
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -225,14 +234,9 @@ fn run(cli: Cli) -> Result<()> {
                 None => {
                     let dataset = dataset.ok_or_else(|| anyhow::anyhow!("give --run RUN_DIR, or --dataset SPEC (with an optional --base MODEL)"))?;
                     let base = base.unwrap_or_else(|| harness::config::DEFAULT_MODEL.to_string());
-                    let kind = match objective.as_str() {
-                        "autoregressive" | "ar" => harness::config::ObjectiveKind::Autoregressive,
-                        "diffusion" | "ddm" => harness::config::ObjectiveKind::Diffusion,
-                        o => anyhow::bail!("--objective must be autoregressive or diffusion, not `{o}`"),
-                    };
                     let dir = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("eval-{stamp}")));
-                    let m = methods.unwrap_or_else(|| vec!["generate".into()]);
-                    (harness::run::eval_base(&base, &dataset, kind, m, limit, &sets, &dir)?, dir)
+                    let m = methods.unwrap_or_else(|| vec![harness::config::EvalMethod::Generate]);
+                    (harness::run::eval_base(&base, &dataset, objective, m, limit, &sets, &dir)?, dir)
                 }
             };
             println!("{} / {} split, {} items ({} prompts shortened to fit)", result.dataset, result.split, result.n_items, result.n_truncated);

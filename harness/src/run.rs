@@ -1,12 +1,12 @@
 //! One training run, end to end: resolve the config, load the model and data, write the resolved
 //! config into the run folder first, train, save the adapter, evaluate, write `DONE` last.
 
-use crate::config::{self, ObjectiveKind, RawConfig, RunConfig};
+use crate::config::{self, EvalMethod, ObjectiveConfig, ObjectiveKind, RawConfig, RunConfig};
 use crate::data::{self, Splits, Template, TextEncoder};
 use crate::model::load::{self, ModelSource};
 use crate::model::tokenizer::Tok;
 use crate::model::{BuildOpts, Llama, Trainable};
-use crate::objective::{Autoregressive, Diffusion, Example, Objective};
+use crate::objective::{Example, Objective};
 use crate::train::{self, EvalHook, TrainInputs, TrainOutcome};
 use crate::{Error, Result};
 use candle_nn::VarBuilder;
@@ -45,23 +45,9 @@ pub fn load_model(cfg: &RunConfig) -> Result<Loaded> {
     Ok(Loaded { model, trainable, tok, files: l.files })
 }
 
-/// The objective a config asks for.
+/// The objective a config asks for ([`crate::objective::build`]).
 pub fn objective(cfg: &RawConfig, mask_id: u32) -> Box<dyn Objective> {
-    let o = &cfg.objective;
-    match o.kind {
-        ObjectiveKind::Autoregressive => Box::new(Autoregressive),
-        ObjectiveKind::Diffusion => Box::new(Diffusion {
-            mask_id,
-            t_sampling: o.t_sampling,
-            logit_mean: o.t_logit_mean,
-            logit_std: o.t_logit_std,
-            eps: o.eps,
-            shift: o.shift,
-            loss_norm: o.loss_norm,
-            score_padding: o.score_padding,
-            anneal_steps: o.anneal_steps,
-        }),
-    }
+    crate::objective::build(&cfg.objective, mask_id)
 }
 
 /// Template and tokenize items into training examples (response + eos). Returns the examples
@@ -249,7 +235,7 @@ pub fn execute(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<RunRecor
 }
 
 /// Evaluate a finished run folder again (its config and saved adapter) into `out_dir`.
-pub fn eval_run_dir(run_dir: &Path, methods: Option<Vec<String>>, limit: Option<usize>, out_dir: &Path) -> Result<crate::eval::EvalResult> {
+pub fn eval_run_dir(run_dir: &Path, methods: Option<Vec<EvalMethod>>, limit: Option<usize>, out_dir: &Path) -> Result<crate::eval::EvalResult> {
     let cfg_path = run_dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let mut cfg: RunConfig = serde_json::from_str(&text).map_err(|e| Error::data(&cfg_path, e.to_string()))?;
@@ -271,11 +257,13 @@ pub fn eval_run_dir(run_dir: &Path, methods: Option<Vec<String>>, limit: Option<
 
 /// Evaluate a base model (no training) on a dataset spec into `out_dir`. `objective` says how the
 /// model is read: `autoregressive` (the base AR model) or `diffusion`.
-pub fn eval_base(model_source: &str, dataset: &str, objective: ObjectiveKind, methods: Vec<String>, limit: Option<usize>, sets: &[String], out_dir: &Path) -> Result<crate::eval::EvalResult> {
+pub fn eval_base(model_source: &str, dataset: &str, objective: ObjectiveKind, methods: Vec<EvalMethod>, limit: Option<usize>, sets: &[String], out_dir: &Path) -> Result<crate::eval::EvalResult> {
     let mut raw = RawConfig::from_str_with("", "harness eval", sets)?;
     raw.model.source = model_source.to_string();
     raw.data = data::DataConfig::from_spec(dataset)?;
-    raw.objective.kind = objective;
+    if raw.objective.kind() != objective {
+        raw.objective = ObjectiveConfig::default_for(objective);
+    }
     raw.eval.methods = methods;
     if limit.is_some() {
         raw.eval.limit = limit;

@@ -6,7 +6,7 @@
 
 use crate::model::lora::{AdapterConfig, Fwd};
 use crate::model::{BuildOpts, Llama, LlamaConfig};
-use crate::objective::{scored_loss, Autoregressive, Batch, Diffusion, LossNorm, Objective, TSampling};
+use crate::objective::{scored_loss, Autoregressive, Batch, Diffusion, DiffusionConfig, LossNorm, Objective, TSampling};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -60,7 +60,7 @@ pub fn fixture_batch() -> (Batch, Vec<bool>) {
 }
 
 fn diffusion(shift: bool) -> Diffusion {
-    Diffusion { mask_id: 63, t_sampling: TSampling::Uniform, logit_mean: 0.0, logit_std: 1.0, eps: 1e-3, shift, loss_norm: LossNorm::Masked, score_padding: false, anneal_steps: 1 }
+    Diffusion::new(63, DiffusionConfig { t_sampling: TSampling::Uniform, eps: 1e-3, shift, loss_norm: LossNorm::Masked, score_padding: false, anneal_steps: 1, ..Default::default() })
 }
 
 /// The three pinned losses and one step's gradient norm (LoRA 4) on `device` in `dtype`.

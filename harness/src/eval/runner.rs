@@ -1,15 +1,16 @@
 //! Evaluation of a model on a split: `generate` (decode, parse the label strictly) and
-//! `likelihood` (argmax over choices of log p for AR, of the Monte Carlo ELBO for diffusion).
+//! `likelihood` (argmax over choices of the objective's score: log p for AR, the Monte Carlo ELBO
+//! for diffusion). How a model is read is the objective's business ([`Objective::generate`],
+//! [`Objective::score_choices`]); this file only plans the methods, parses and counts.
 //! Writes `eval.json` (one report per method) and `predictions.jsonl` (one row per item and method).
 
-use super::likelihood::{ar_choice_scores, best_choice, diffusion_choice_scores, DiffusionLikelihood};
+use super::likelihood::best_choice;
 use super::metrics::{classification_report, ClassificationReport};
-use crate::config::{EvalConfig, ObjectiveKind, RawConfig};
+use crate::config::{EvalConfig, EvalMethod, ObjectiveConfig, ObjectiveKind, RawConfig};
 use crate::data::{Item, ResponseFormat, Template};
-use crate::model::mask::AttentionMode;
 use crate::model::tokenizer::Tok;
 use crate::model::Llama;
-use crate::sample::{ArSampler, DiffusionSampler, ModelDenoiser, Strategy};
+use crate::objective::{self, Objective};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -19,10 +20,9 @@ use std::time::Instant;
 /// How a model is read at evaluation time.
 #[derive(Debug, Clone)]
 pub struct EvalSetup {
-    /// AR (causal, left-to-right) or diffusion (full attention, denoising).
-    pub objective: ObjectiveKind,
-    /// Diffusion: the shift convention the model was trained with.
-    pub shift: bool,
+    /// The objective the model was trained with (diffusion: with its `shift`); it decides how
+    /// the model generates and scores.
+    pub objective: ObjectiveConfig,
     /// Prompt template.
     pub template: Template,
     /// Response format the model was trained to produce.
@@ -39,8 +39,7 @@ impl EvalSetup {
     /// The setup a run config implies.
     pub fn from_config(cfg: &RawConfig) -> Self {
         Self {
-            objective: cfg.objective.kind,
-            shift: cfg.objective.shift,
+            objective: cfg.objective.clone(),
             template: Template::new(cfg.data.template),
             response_format: cfg.data.response_format,
             max_len: cfg.data.max_len,
@@ -158,28 +157,12 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
     let pred_path = out_dir.join("predictions.jsonl");
     let mut pred_file = std::io::BufWriter::new(std::fs::File::create(&pred_path).map_err(|e| Error::io(&pred_path, e))?);
     let mut methods = Vec::new();
-    // (label, method, steps override): `generate@steps=N` for each step count of the sweep.
-    let mut plan: Vec<(String, &str, Option<usize>)> = Vec::new();
-    for m in &setup.eval.methods {
-        plan.push((m.clone(), m.as_str(), None));
-        if m == "generate" && setup.objective == ObjectiveKind::Diffusion {
-            for &s in &setup.eval.steps_sweep {
-                plan.push((format!("generate@steps={s}"), "generate", Some(s)));
-            }
-        }
-    }
-    for (method, kind, steps) in &plan {
+    let obj = objective::build(&setup.objective, tok.mask_id);
+    for (method, kind, eval) in plan(&setup.eval) {
         let start = Instant::now();
-        let (preds, gen_tokens, nfe) = match *kind {
-            "generate" => {
-                let mut s = setup.clone();
-                if let Some(st) = steps {
-                    s.eval.steps = *st;
-                }
-                generate(model, tok, &items, &prompts, &s)?
-            }
-            "likelihood" => likelihood(model, tok, &items, &prompts, setup)?,
-            m => return Err(Error::config("eval.methods", format!("unknown method `{m}`"))),
+        let (preds, gen_tokens, nfe) = match kind {
+            EvalMethod::Generate => generate(obj.as_ref(), model, tok, &items, &prompts, &eval, setup.seed)?,
+            EvalMethod::Likelihood => likelihood(obj.as_ref(), model, tok, &items, &prompts, &eval, setup.seed)?,
         };
         let wall = start.elapsed().as_secs_f64();
         let mut pairs = Vec::with_capacity(items.len());
@@ -202,13 +185,13 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
             writeln!(pred_file, "{line}").map_err(|e| Error::io(&pred_path, e))?;
         }
         let report = classification_report(&labels, &pairs, setup.eval.bootstrap.max(1), setup.seed)?;
-        let (throughput, unit) = if *kind == "generate" {
+        let (throughput, unit) = if kind == EvalMethod::Generate {
             (gen_tokens as f64 / wall.max(1e-9), "tokens/s")
         } else {
             (items.len() as f64 / wall.max(1e-9), "items/s")
         };
         methods.push(MethodResult {
-            method: method.clone(),
+            method,
             report,
             wall_s: wall,
             generated_tokens: gen_tokens,
@@ -218,77 +201,50 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
         });
     }
     pred_file.flush().map_err(|e| Error::io(&pred_path, e))?;
-    let result = EvalResult { dataset: dataset.into(), split: split.into(), n_items: items.len(), n_truncated, objective: setup.objective, methods };
+    let result = EvalResult { dataset: dataset.into(), split: split.into(), n_items: items.len(), n_truncated, objective: setup.objective.kind(), methods };
     crate::run::write_json(&out_dir.join("eval.json"), &result)?;
     Ok(result)
 }
 
+/// The evaluations `eval` asks for, in order: (label, method, settings). Each method once, and
+/// `generate` again at each step count of `eval.steps_sweep` (label `generate@steps=N`; the
+/// config admits a sweep only for diffusion).
+fn plan(eval: &EvalConfig) -> Vec<(String, EvalMethod, EvalConfig)> {
+    let mut plan = Vec::new();
+    for &m in &eval.methods {
+        plan.push((m.as_str().to_string(), m, eval.clone()));
+        if m == EvalMethod::Generate {
+            for &steps in &eval.steps_sweep {
+                plan.push((format!("generate@steps={steps}"), m, EvalConfig { steps, ..eval.clone() }));
+            }
+        }
+    }
+    plan
+}
+
 type Preds = Vec<(String, Option<usize>, Option<Vec<f64>>)>;
 
-fn generate(model: &Llama, tok: &Tok, items: &[&Item], prompts: &[Vec<u32>], setup: &EvalSetup) -> Result<(Preds, usize, usize)> {
-    let e = &setup.eval;
-    let top_k = (e.top_k > 0).then_some(e.top_k);
-    let top_p = (e.top_p < 1.0).then_some(e.top_p);
+fn generate(obj: &dyn Objective, model: &Llama, tok: &Tok, items: &[&Item], prompts: &[Vec<u32>], eval: &EvalConfig, seed: u64) -> Result<(Preds, usize, usize)> {
+    let outs = obj.generate(model, prompts, tok.eos_id, eval, seed)?;
     let mut out = Vec::with_capacity(items.len());
     let (mut gen, mut nfe) = (0usize, 0usize);
-    match setup.objective {
-        ObjectiveKind::Autoregressive => {
-            let s = ArSampler { max_new_tokens: e.max_new_tokens, temperature: e.temperature, top_k, top_p, eos_id: tok.eos_id, seed: setup.seed };
-            for (k, (it, p)) in items.iter().zip(prompts).enumerate() {
-                let o = s.generate_cached(model, p, k as u64)?;
-                gen += o.tokens.len();
-                nfe += o.nfe;
-                let text = tok.decode(&o.tokens, true)?;
-                out.push((text.clone(), parse_label(&text, &it.choices), None));
-            }
-        }
-        ObjectiveKind::Diffusion => {
-            let s = DiffusionSampler {
-                steps: e.steps,
-                max_new_tokens: e.max_new_tokens,
-                strategy: Strategy::from_name(&e.strategy, e.threshold)?,
-                block_len: (e.block_len > 0).then_some(e.block_len),
-                temperature: e.temperature,
-                top_k,
-                top_p,
-                shift: setup.shift,
-                mask_id: tok.mask_id,
-                eos_id: tok.eos_id,
-                seed: setup.seed,
-                early_stop: true,
-                batch_size: e.batch_size,
-            };
-            let d = ModelDenoiser::new(model, AttentionMode::Full);
-            let outs = s.generate(&d, prompts, 0)?;
-            for (it, o) in items.iter().zip(outs) {
-                gen += o.tokens.len();
-                nfe += o.nfe;
-                let text = tok.decode(&o.tokens, true)?;
-                out.push((text.clone(), parse_label(&text, &it.choices), None));
-            }
-        }
+    for (it, o) in items.iter().zip(outs) {
+        gen += o.tokens.len();
+        nfe += o.nfe;
+        let text = tok.decode(&o.tokens, true)?;
+        out.push((text.clone(), parse_label(&text, &it.choices), None));
     }
     Ok((out, gen, nfe))
 }
 
-fn likelihood(model: &Llama, tok: &Tok, items: &[&Item], prompts: &[Vec<u32>], setup: &EvalSetup) -> Result<(Preds, usize, usize)> {
+fn likelihood(obj: &dyn Objective, model: &Llama, tok: &Tok, items: &[&Item], prompts: &[Vec<u32>], eval: &EvalConfig, seed: u64) -> Result<(Preds, usize, usize)> {
     let mut out = Vec::with_capacity(items.len());
     let mut nfe = 0;
-    let base = DiffusionLikelihood { mask_id: tok.mask_id, shift: setup.shift, n_samples: setup.eval.mc_samples, batch: setup.eval.batch_size.max(1) * 4, seed: setup.seed };
     for (k, (it, p)) in items.iter().zip(prompts).enumerate() {
         let choices: Vec<Vec<u32>> = it.choices.iter().map(|c| tok.encode(c)).collect::<Result<_>>()?;
-        let scores = match setup.objective {
-            ObjectiveKind::Autoregressive => {
-                nfe += 1;
-                ar_choice_scores(model, p, &choices)?
-            }
-            ObjectiveKind::Diffusion => {
-                let cfg = base.for_item(k as u64);
-                nfe += choices.len() * cfg.n_samples.div_ceil(cfg.batch);
-                diffusion_choice_scores(model, p, &choices, &cfg)?
-            }
-        };
-        out.push((String::new(), best_choice(&scores), Some(scores)));
+        let s = obj.score_choices(model, p, &choices, k as u64, eval, seed)?;
+        nfe += s.nfe;
+        out.push((String::new(), best_choice(&s.scores), Some(s.scores)));
     }
     Ok((out, 0, nfe))
 }

@@ -1,8 +1,16 @@
 //! Autoregressive SFT: causal attention, next-token cross-entropy on response tokens only,
 //! normalised by the number of response tokens.
+//!
+//! At evaluation time the model is read causally: it decodes left to right with the KV cache
+//! ([`ArSampler::generate_cached`]) and scores a choice by its exact log-probability
+//! ([`ar_choice_scores`], one forward pass per item).
 
-use super::{key_valid, Batch, Objective, Prepared};
+use super::{key_valid, Batch, ChoiceScores, Generated, Objective, Prepared};
+use crate::config::EvalConfig;
+use crate::eval::likelihood::ar_choice_scores;
 use crate::model::mask::AttentionMode;
+use crate::model::Llama;
+use crate::sample::ArSampler;
 use crate::Result;
 
 /// The AR baseline objective.
@@ -41,5 +49,17 @@ impl Objective for Autoregressive {
 
     fn eval_attention(&self) -> AttentionMode {
         AttentionMode::Causal
+    }
+    fn generate(&self, model: &Llama, prompts: &[Vec<u32>], eos_id: u32, eval: &EvalConfig, seed: u64) -> Result<Vec<Generated>> {
+        let sampler = ArSampler::from_eval(eval, eos_id, seed);
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(k, p)| sampler.generate_cached(model, p, k as u64).map(|o| Generated { tokens: o.tokens, nfe: o.nfe }))
+            .collect()
+    }
+
+    fn score_choices(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], _item: u64, _eval: &EvalConfig, _seed: u64) -> Result<ChoiceScores> {
+        Ok(ChoiceScores { scores: ar_choice_scores(model, prompt, choices)?, nfe: 1 })
     }
 }

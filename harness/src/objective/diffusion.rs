@@ -5,9 +5,17 @@
 //! divide by the chosen normaliser. With `shift`, the output at position i predicts token i+1
 //! (an AR model's next-token head is reused unchanged); without it, the output at i predicts token i.
 //! The attention is annealed from causal to full over `anneal_steps` optimizer steps.
+//!
+//! At evaluation time the model is read with full attention: it generates by iterative
+//! denoising ([`DiffusionSampler`]) and scores choices by the Monte Carlo ELBO
+//! ([`diffusion_choice_scores`]), both with the training `shift`.
 
-use super::{key_valid, Batch, Objective, Prepared};
+use super::{key_valid, Batch, ChoiceScores, Generated, Objective, Prepared};
+use crate::config::EvalConfig;
+use crate::eval::likelihood::{diffusion_choice_scores, DiffusionLikelihood};
 use crate::model::mask::AttentionMode;
+use crate::model::Llama;
+use crate::sample::{DiffusionSampler, ModelDenoiser};
 use crate::rng::{rng_for, Purpose};
 use crate::{Error, Result};
 use rand::Rng;
@@ -40,35 +48,87 @@ pub enum LossNorm {
     BatchResponse,
 }
 
-/// The diffusion objective.
+/// The diffusion objective's settings: the `[objective]` table when `kind = "diffusion"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiffusionConfig {
+    /// How t is drawn: `uniform`, `stratified` or `logit_normal`.
+    pub t_sampling: TSampling,
+    /// `logit_normal`: mean of the normal before the sigmoid.
+    pub t_logit_mean: f64,
+    /// `logit_normal`: std of the normal before the sigmoid (> 0).
+    pub t_logit_std: f64,
+    /// Smallest t, in (0, 1). The references use 1e-3.
+    pub eps: f64,
+    /// Output i predicts token i+1 (reuses an AR model's head).
+    pub shift: bool,
+    /// Normaliser of the weighted loss: `masked`, `response` or `batch_response`.
+    pub loss_norm: LossNorm,
+    /// Padding after the eos is maskable and scored (the references do; makes models
+    /// over-generate eos). Default: score the one eos, not padding.
+    pub score_padding: bool,
+    /// Optimizer steps over which attention goes from causal to full (≥ 1; 1 = full from the
+    /// first step).
+    pub anneal_steps: u64,
+}
+
+impl Default for DiffusionConfig {
+    fn default() -> Self {
+        Self {
+            t_sampling: TSampling::Uniform,
+            t_logit_mean: 0.0,
+            t_logit_std: 1.0,
+            eps: 1e-3,
+            shift: true,
+            loss_norm: LossNorm::Masked,
+            score_padding: false,
+            anneal_steps: 1,
+        }
+    }
+}
+
+impl DiffusionConfig {
+    /// The config keys (`objective.<name>`) of these settings, in declaration order.
+    pub const KEYS: [&'static str; 8] =
+        ["t_sampling", "t_logit_mean", "t_logit_std", "eps", "shift", "loss_norm", "score_padding", "anneal_steps"];
+
+    /// Range checks; the first problem is returned, naming its key.
+    // The negated comparisons are deliberate: `!(x > 0.0)` also rejects NaN.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    pub fn validate(&self) -> Result<()> {
+        if !(self.eps > 0.0 && self.eps < 1.0) {
+            return Err(Error::config("objective.eps", "must be in (0, 1)"));
+        }
+        if self.anneal_steps == 0 {
+            return Err(Error::config("objective.anneal_steps", "must be ≥ 1 (1 = full attention from the start)"));
+        }
+        if !(self.t_logit_std > 0.0) {
+            return Err(Error::config("objective.t_logit_std", "must be > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// The diffusion objective: its settings and the mask token.
 #[derive(Debug, Clone)]
 pub struct Diffusion {
     /// Mask token id.
     pub mask_id: u32,
-    /// t-sampling strategy.
-    pub t_sampling: TSampling,
-    /// Mean of the logit-normal density.
-    pub logit_mean: f64,
-    /// Std of the logit-normal density.
-    pub logit_std: f64,
-    /// Smallest t.
-    pub eps: f64,
-    /// Output i predicts token i+1.
-    pub shift: bool,
-    /// Normaliser.
-    pub loss_norm: LossNorm,
-    /// Padding after the eos is maskable and scored (and attended to).
-    pub score_padding: bool,
-    /// Optimizer steps from causal to full attention (1 = full from the start).
-    pub anneal_steps: u64,
+    /// The settings, as configured (the one place `shift` and the rest live).
+    pub cfg: DiffusionConfig,
 }
 
 impl Diffusion {
+    /// The objective for `cfg` with mask token `mask_id`.
+    pub fn new(mask_id: u32, cfg: DiffusionConfig) -> Self {
+        Self { mask_id, cfg }
+    }
+
     /// Draw the times of a micro-batch of `b` sequences.
     pub fn sample_t(&self, b: usize, seed: u64, step: u64, micro: u64) -> Result<Vec<f64>> {
         let mut rng = rng_for(seed, Purpose::Time, step, micro);
-        let eps = self.eps;
-        let t: Vec<f64> = match self.t_sampling {
+        let eps = self.cfg.eps;
+        let t: Vec<f64> = match self.cfg.t_sampling {
             TSampling::Uniform => (0..b).map(|_| eps + (1.0 - eps) * rng.random::<f64>()).collect(),
             TSampling::Stratified => {
                 let u: f64 = rng.random();
@@ -77,7 +137,7 @@ impl Diffusion {
             TSampling::LogitNormal => (0..b)
                 .map(|_| {
                     let z: f64 = StandardNormal.sample(&mut rng);
-                    let s = 1.0 / (1.0 + (-(self.logit_mean + self.logit_std * z)).exp());
+                    let s = 1.0 / (1.0 + (-(self.cfg.t_logit_mean + self.cfg.t_logit_std * z)).exp());
                     eps + (1.0 - eps) * s
                 })
                 .collect(),
@@ -91,7 +151,7 @@ impl Diffusion {
     /// Positions of row `i` that may be masked: the response (eos included), plus padding when
     /// `score_padding`.
     pub fn maskable(&self, batch: &Batch, i: usize) -> std::ops::Range<usize> {
-        let end = if self.score_padding { batch.l } else { batch.len[i] };
+        let end = if self.cfg.score_padding { batch.l } else { batch.len[i] };
         batch.prompt_len[i]..end
     }
 
@@ -106,7 +166,7 @@ impl Diffusion {
             let range = self.maskable(batch, i);
             let n_maskable = range.len();
             let mut n_masked = 0usize;
-            let w_seq = match self.loss_norm {
+            let w_seq = match self.cfg.loss_norm {
                 LossNorm::Response => 1.0 / (t[i] * n_maskable.max(1) as f64),
                 _ => 1.0 / t[i],
             };
@@ -115,7 +175,7 @@ impl Diffusion {
                     continue;
                 }
                 input[i * l + pos] = self.mask_id;
-                let row = if self.shift {
+                let row = if self.cfg.shift {
                     if pos == 0 {
                         continue; // nothing precedes position 0 to predict it
                     }
@@ -128,18 +188,18 @@ impl Diffusion {
                 targets.push(batch.ids[i * l + pos]);
                 weights.push(w_seq as f32);
             }
-            denom += match self.loss_norm {
+            denom += match self.cfg.loss_norm {
                 LossNorm::Masked => n_masked as f64,
                 LossNorm::Response => 1.0,
                 LossNorm::BatchResponse => n_maskable as f64,
             };
         }
-        let key_valid = if self.score_padding { None } else { key_valid(batch) };
+        let key_valid = if self.cfg.score_padding { None } else { key_valid(batch) };
         Ok(Prepared {
             input,
             b,
             l,
-            attention: AttentionMode::Annealed { anneal_steps: self.anneal_steps },
+            attention: AttentionMode::Annealed { anneal_steps: self.cfg.anneal_steps },
             step,
             key_valid,
             rows,
@@ -169,5 +229,18 @@ impl Objective for Diffusion {
 
     fn eval_attention(&self) -> AttentionMode {
         AttentionMode::Full
+    }
+    fn generate(&self, model: &Llama, prompts: &[Vec<u32>], eos_id: u32, eval: &EvalConfig, seed: u64) -> Result<Vec<Generated>> {
+        let sampler = DiffusionSampler::from_eval(eval, self.cfg.shift, self.mask_id, eos_id, seed);
+        let denoiser = ModelDenoiser::new(model, self.eval_attention());
+        let outs = sampler.generate(&denoiser, prompts, 0)?;
+        Ok(outs.into_iter().map(|o| Generated { tokens: o.tokens, nfe: o.nfe }).collect())
+    }
+
+    fn score_choices(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], item: u64, eval: &EvalConfig, seed: u64) -> Result<ChoiceScores> {
+        let base = DiffusionLikelihood { mask_id: self.mask_id, shift: self.cfg.shift, n_samples: eval.mc_samples, batch: eval.batch_size.max(1) * 4, seed };
+        let cfg = base.for_item(item);
+        let scores = diffusion_choice_scores(model, prompt, choices, &cfg)?;
+        Ok(ChoiceScores { scores, nfe: choices.len() * cfg.n_samples.div_ceil(cfg.batch) })
     }
 }

@@ -6,11 +6,17 @@
 //! micro-batch of an optimizer step first, then computes each micro-batch's loss with
 //! [`scored_loss`] divided by that total — so gradient accumulation normalises over the whole
 //! accumulated batch. The loop never knows which objective it runs.
+//!
+//! The same trait owns what a model trained with the objective means at evaluation time: the
+//! attention it is read under ([`Objective::eval_attention`]), how it generates
+//! ([`Objective::generate`]) and how it scores answer choices ([`Objective::score_choices`]).
+//! [`build`] makes the objective a config asks for; nothing else matches on the kind.
 
 pub mod autoregressive;
 pub mod ce;
 pub mod diffusion;
 
+use crate::config::{EvalConfig, ObjectiveConfig};
 use crate::model::lora::Fwd;
 use crate::model::mask::{attention_bias, AttentionMode};
 use crate::model::Llama;
@@ -19,7 +25,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use autoregressive::Autoregressive;
-pub use diffusion::{Diffusion, LossNorm, TSampling};
+pub use diffusion::{Diffusion, DiffusionConfig, LossNorm, TSampling};
 
 /// A tokenized training pair. `response` ends with the end-of-sequence token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,7 +135,25 @@ impl LossParts {
     }
 }
 
-/// A training objective.
+/// What generation returns for one prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// Generated ids, excluding the eos.
+    pub tokens: Vec<u32>,
+    /// Forward passes spent on this prompt (NFE).
+    pub nfe: usize,
+}
+
+/// The scores of one item's answer choices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceScores {
+    /// One score per choice, in the item's order: larger = more likely given the prompt.
+    pub scores: Vec<f64>,
+    /// Forward passes spent on the item.
+    pub nfe: usize,
+}
+
+/// A training objective, and how a model trained with it is read at evaluation time.
 pub trait Objective: Send + Sync {
     /// Short name for logs.
     fn name(&self) -> &'static str;
@@ -137,6 +161,19 @@ pub trait Objective: Send + Sync {
     fn prepare(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared>;
     /// The attention used at evaluation and decoding time.
     fn eval_attention(&self) -> AttentionMode;
+    /// Generate an answer for every prompt with the decoding settings of `eval`; the draws are
+    /// seeded from `seed` and the prompt's index. Outputs are in prompt order.
+    fn generate(&self, model: &Llama, prompts: &[Vec<u32>], eos_id: u32, eval: &EvalConfig, seed: u64) -> Result<Vec<Generated>>;
+    /// Score each of `choices` as the answer to `prompt` (item number `item` keys the draws).
+    fn score_choices(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], item: u64, eval: &EvalConfig, seed: u64) -> Result<ChoiceScores>;
+}
+
+/// The objective `cfg` asks for; `mask_id` is the mask token (used by diffusion only).
+pub fn build(cfg: &ObjectiveConfig, mask_id: u32) -> Box<dyn Objective> {
+    match cfg {
+        ObjectiveConfig::Diffusion(d) => Box::new(Diffusion::new(mask_id, d.clone())),
+        ObjectiveConfig::Autoregressive => Box::new(Autoregressive),
+    }
 }
 
 /// Forward `p` through `model` and return Σ w·CE / `total_denom`, with unweighted CE and accuracy.

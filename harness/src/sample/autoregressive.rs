@@ -13,6 +13,7 @@
 //! passes, the prompt pass included; both paths report the same NFE.
 
 use super::{pick_token, validate_sampling, Denoiser};
+use crate::config::EvalConfig;
 use crate::model::{KvCache, Llama};
 use crate::rng::{rng_for, Purpose};
 use crate::{Error, Result};
@@ -47,6 +48,19 @@ pub struct ArOutput {
 }
 
 impl ArSampler {
+    /// The sampler `eval` configures (`max_new_tokens`, `temperature`, `top_k`/`top_p` with 0 / 1
+    /// meaning off).
+    pub fn from_eval(eval: &EvalConfig, eos_id: u32, seed: u64) -> Self {
+        Self {
+            max_new_tokens: eval.max_new_tokens,
+            temperature: eval.temperature,
+            top_k: (eval.top_k > 0).then_some(eval.top_k),
+            top_p: (eval.top_p < 1.0).then_some(eval.top_p),
+            eos_id,
+            seed,
+        }
+    }
+
     /// Greedy decoding of at most `max_new_tokens` tokens, seed 0.
     pub fn greedy(max_new_tokens: usize, eos_id: u32) -> Self {
         Self { max_new_tokens, temperature: 0.0, top_k: None, top_p: None, eos_id, seed: 0 }

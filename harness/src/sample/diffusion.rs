@@ -39,10 +39,12 @@
 //!   prompt length (equal lengths only, no padding). An item that finishes leaves the batch.
 
 use super::{pick_token, validate_sampling, Denoiser};
+use crate::config::EvalConfig;
 use crate::rng::{rng_for, ChaCha8Rng, Purpose};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Logit added to the mask token so it is never a candidate (finite: `pick_token` rejects infinities).
@@ -60,18 +62,28 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    /// Parse a config name (`low_confidence`, `random`, `threshold`); `threshold` takes τ.
-    pub fn from_name(name: &str, threshold: f64) -> Result<Self> {
-        match name {
-            "low_confidence" => Ok(Strategy::LowConfidence),
-            "random" => Ok(Strategy::Random),
-            "threshold" => Ok(Strategy::Threshold(threshold)),
-            other => Err(Error::config(
-                "eval.strategy",
-                format!("`{other}` is not one of low_confidence, random, threshold"),
-            )),
+    /// The strategy a config names; `threshold` takes τ (`eval.threshold`).
+    pub fn from_config(kind: StrategyKind, threshold: f64) -> Self {
+        match kind {
+            StrategyKind::LowConfidence => Strategy::LowConfidence,
+            StrategyKind::Random => Strategy::Random,
+            StrategyKind::Threshold => Strategy::Threshold(threshold),
         }
     }
+}
+
+/// The config spelling of a [`Strategy`] (`eval.strategy`): `low_confidence`, `random` or
+/// `threshold` (whose τ is `eval.threshold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    /// [`Strategy::LowConfidence`].
+    #[default]
+    LowConfidence,
+    /// [`Strategy::Random`].
+    Random,
+    /// [`Strategy::Threshold`].
+    Threshold,
 }
 
 /// One semi-autoregressive block of the canvas and its commit schedule.
@@ -205,6 +217,27 @@ impl DiffusionSampler {
             seed: 0,
             early_stop: true,
             batch_size: 1,
+        }
+    }
+
+    /// The sampler `eval` configures for a model trained with `shift`: steps, canvas length,
+    /// strategy, blocks (0 = one block), temperature, top-k/top-p (0 / 1 = off), batch size; early
+    /// stop on.
+    pub fn from_eval(eval: &EvalConfig, shift: bool, mask_id: u32, eos_id: u32, seed: u64) -> Self {
+        Self {
+            steps: eval.steps,
+            max_new_tokens: eval.max_new_tokens,
+            strategy: Strategy::from_config(eval.strategy, eval.threshold),
+            block_len: (eval.block_len > 0).then_some(eval.block_len),
+            temperature: eval.temperature,
+            top_k: (eval.top_k > 0).then_some(eval.top_k),
+            top_p: (eval.top_p < 1.0).then_some(eval.top_p),
+            shift,
+            mask_id,
+            eos_id,
+            seed,
+            early_stop: true,
+            batch_size: eval.batch_size,
         }
     }
 

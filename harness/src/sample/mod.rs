@@ -23,7 +23,7 @@ pub mod autoregressive;
 pub mod diffusion;
 
 pub use autoregressive::{ArOutput, ArSampler};
-pub use diffusion::{DiffusionOutput, DiffusionSampler, Strategy};
+pub use diffusion::{DiffusionOutput, DiffusionSampler, Strategy, StrategyKind};
 
 use crate::model::lora::Fwd;
 use crate::model::mask::{attention_bias, visibility, AttentionMode, MASKED_BIAS};

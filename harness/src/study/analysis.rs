@@ -170,7 +170,7 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
         let done: Vec<&RunRow> = group.iter().copied().filter(|r| r.status == RunStatus::Done).collect();
         let failed = group.iter().filter(|r| r.status == RunStatus::Failed).count();
         for m in &methods {
-            if !first.point.config.eval.methods.contains(m) {
+            if !first.point.config.eval.methods.iter().any(|x| x.as_str() == m) {
                 continue;
             }
             let reps: Vec<_> = done.iter().filter_map(|r| r.eval.as_ref()?.methods.iter().find(|x| &x.method == m).map(|x| &x.report)).collect();
@@ -194,7 +194,7 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
                 dataset: first.dataset(),
                 method: m.clone(),
                 zero_shot: first.point.zero_shot,
-                objective: first.point.config.objective.kind,
+                objective: first.point.config.objective.kind(),
                 primary_metric: first.point.primary_metric,
                 runs: group.len(),
                 done: done.len(),
@@ -216,11 +216,11 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
     // ddm vs AR pairs.
     let trained: Vec<&RunRow> = rows.iter().filter(|r| r.status == RunStatus::Done && !r.point.zero_shot).collect();
     let mut pairs = Vec::new();
-    for a in trained.iter().filter(|r| r.point.config.objective.kind == ObjectiveKind::Diffusion) {
+    for a in trained.iter().filter(|r| r.point.config.objective.kind() == ObjectiveKind::Diffusion) {
         let key = a.point.pair_key();
-        for b in trained.iter().filter(|r| r.point.config.objective.kind == ObjectiveKind::Autoregressive && r.point.pair_key() == key) {
+        for b in trained.iter().filter(|r| r.point.config.objective.kind() == ObjectiveKind::Autoregressive && r.point.pair_key() == key) {
             for m in &methods {
-                if !(a.point.config.eval.methods.contains(m) && b.point.config.eval.methods.contains(m)) {
+                if ![a, b].iter().all(|r| r.point.config.eval.methods.iter().any(|x| x.as_str() == m)) {
                     continue;
                 }
                 if let Some(c) = compare_runs(a, b, m)? {

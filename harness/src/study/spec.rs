@@ -24,6 +24,10 @@
 //! [[variants]]                   # explicit named override sets
 //! label = "pubmedqa"
 //! set = { "data.dataset" = "pubmedqa", "data.path" = "../shared/data/pubmedqa" }
+//!
+//! [by_objective.diffusion]       # laid over the points whose objective is diffusion, after the
+//! "objective.anneal_steps" = 50  # axes: settings only that objective takes (an autoregressive
+//! "eval.steps_sweep" = [1, 2]    # config with a diffusion field is an error)
 //! ```
 //! Points are variants × zip rows × grid product, each run once per seed. Keys inside `[grid]`,
 //! `[zip]` and `set` may be quoted (`"train.lr"`) or bare dotted keys (`train.lr`, which TOML
@@ -31,7 +35,7 @@
 //! edits on the base table and validated before anything runs; errors name the study file and
 //! the key.
 
-use crate::config::{self, ObjectiveKind, RawConfig};
+use crate::config::{self, ObjectiveConfig, ObjectiveKind, RawConfig};
 use crate::data::DatasetKind;
 use crate::model::lora::AdapterKind;
 use crate::{Error, Result};
@@ -75,6 +79,11 @@ pub struct StudyFile {
     /// Also evaluate the base model without training (read as AR), once per dataset and model.
     #[serde(default)]
     pub zero_shot: bool,
+    /// Per objective kind (`diffusion`, `autoregressive`): dotted run-config key → value, laid over
+    /// the points of that objective after the axes. Part of the base, not of a point's overrides
+    /// (ddm and AR points still pair).
+    #[serde(default)]
+    pub by_objective: toml::Table,
 }
 
 /// One `[[variants]]` entry.
@@ -279,6 +288,12 @@ fn deserialize(table: &toml::Table, origin: &str) -> Result<RawConfig> {
     config::from_toml_str(&text, origin)
 }
 
+/// The `objective.kind` a run-config table names (`diffusion` when it names none).
+fn objective_of(t: &toml::Table) -> String {
+    let kind = t.get("objective").and_then(|o| o.get("kind")).and_then(|k| k.as_str());
+    kind.unwrap_or("diffusion").to_string()
+}
+
 fn objective_short(k: ObjectiveKind) -> &'static str {
     match k {
         ObjectiveKind::Diffusion => "ddm",
@@ -373,6 +388,16 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
     if variants.is_empty() {
         variants.push((None, Vec::new()));
     }
+    let mut by_objective: std::collections::BTreeMap<String, Overrides> = Default::default();
+    for (kind, v) in &file.by_objective {
+        let key = format!("by_objective.{kind}");
+        let kind_value = toml::Value::String(kind.clone());
+        toml::Value::try_into::<ObjectiveKind>(kind_value).map_err(|_| err(path, &key, "must be by_objective.diffusion or by_objective.autoregressive"))?;
+        let table = v.as_table().ok_or_else(|| err(path, &key, "must be a table of dotted run-config keys"))?;
+        let mut set = Vec::new();
+        flatten("", table, &mut set);
+        by_objective.insert(kind.clone(), set);
+    }
     let seeds = file.seeds.clone().unwrap_or_else(|| vec![base_raw.seed]);
     if seeds.is_empty() {
         return Err(err(path, "seeds", "needs at least one seed"));
@@ -438,9 +463,12 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
                             id_parts.push(format!("{}={}", short(k), value_label(v)));
                         }
                     }
+                    for (k, v) in by_objective.get(&objective_of(&t)).into_iter().flatten() {
+                        set_key(&mut t, k, v.clone())?;
+                    }
                     t.insert("seed".into(), toml::Value::Integer(seed as i64));
                     let probe = deserialize(&t, &origin)?;
-                    id_parts.insert(0, objective_short(probe.objective.kind).to_string());
+                    id_parts.insert(0, objective_short(probe.objective.kind()).to_string());
                     let config_id = sanitize(&id_parts.join("-"));
                     let id = format!("{config_id}-seed{seed}");
                     t.insert("name".into(), toml::Value::String(id.clone()));
@@ -459,7 +487,8 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
                 continue;
             }
             let mut raw = p.config.clone();
-            raw.objective.kind = ObjectiveKind::Autoregressive;
+            raw.objective = ObjectiveConfig::Autoregressive;
+            raw.eval.steps_sweep.clear(); // a diffusion setting
             raw.adapter.kind = AdapterKind::Lora;
             raw.adapter.targets.clear();
             raw.adapter.train_embeddings = false;

@@ -124,8 +124,8 @@ pub fn methods(points: &[Point]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for p in points {
         for m in &p.config.eval.methods {
-            if !out.contains(m) {
-                out.push(m.clone());
+            if !out.iter().any(|o| o == m.as_str()) {
+                out.push(m.as_str().to_string());
             }
         }
     }
@@ -177,7 +177,7 @@ pub fn write_csv(folder: &Path, manifest: &Manifest, rows: &[RunRow]) -> Result<
         let t = r.summary.as_ref().map(|s| &s.train);
         rec.extend([
             p.seed.to_string(),
-            serde_json::to_value(p.config.objective.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            serde_json::to_value(p.config.objective.kind()).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
             r.dataset(),
             p.primary_metric.as_str().to_string(),
             r.status.as_str().to_string(),
