@@ -11,7 +11,7 @@ use crate::data::DataConfig;
 use crate::model::lora::{AdapterConfig, AdapterKind};
 use crate::model::tokenizer::MaskToken;
 use crate::model::LlamaConfig;
-use crate::objective::{DiffusionConfig, LossNorm, TSampling};
+pub use crate::objective::config::ObjectiveConfig;
 use crate::sample::StrategyKind;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -100,20 +100,6 @@ impl Default for ModelConfig {
     }
 }
 
-/// Which objective trains, with its settings: the `[objective]` table, tagged by `kind`.
-///
-/// `kind = "diffusion"` (the default when `kind` is absent) takes the fields of
-/// [`DiffusionConfig`]; `kind = "autoregressive"` takes none, and a diffusion field beside it is an
-/// error naming the field. `config.json` holds the same tagged form.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ObjectiveConfig {
-    /// Masked-diffusion SFT and its knobs.
-    Diffusion(DiffusionConfig),
-    /// Autoregressive (next-token) SFT, the baseline: no knobs.
-    Autoregressive,
-}
-
 /// Objective kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -123,105 +109,6 @@ pub enum ObjectiveKind {
     Diffusion,
     /// Autoregressive SFT.
     Autoregressive,
-}
-
-impl Default for ObjectiveConfig {
-    fn default() -> Self {
-        ObjectiveConfig::Diffusion(DiffusionConfig::default())
-    }
-}
-
-impl ObjectiveConfig {
-    /// Which objective this is.
-    pub fn kind(&self) -> ObjectiveKind {
-        match self {
-            ObjectiveConfig::Diffusion(_) => ObjectiveKind::Diffusion,
-            ObjectiveConfig::Autoregressive => ObjectiveKind::Autoregressive,
-        }
-    }
-
-    /// The default settings of objective `kind`.
-    pub fn default_for(kind: ObjectiveKind) -> Self {
-        match kind {
-            ObjectiveKind::Diffusion => ObjectiveConfig::default(),
-            ObjectiveKind::Autoregressive => ObjectiveConfig::Autoregressive,
-        }
-    }
-
-    /// The diffusion settings, when this is the diffusion objective.
-    pub fn diffusion(&self) -> Option<&DiffusionConfig> {
-        match self {
-            ObjectiveConfig::Diffusion(d) => Some(d),
-            ObjectiveConfig::Autoregressive => None,
-        }
-    }
-}
-
-/// The `[objective]` table as written: `kind` and every diffusion field, each optional, so that
-/// a diffusion field given to the autoregressive objective can be named.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ObjectiveTable {
-    #[serde(default)]
-    kind: ObjectiveKind,
-    t_sampling: Option<TSampling>,
-    t_logit_mean: Option<f64>,
-    t_logit_std: Option<f64>,
-    eps: Option<f64>,
-    shift: Option<bool>,
-    loss_norm: Option<LossNorm>,
-    score_padding: Option<bool>,
-    anneal_steps: Option<u64>,
-}
-
-impl ObjectiveTable {
-    fn into_config(self) -> std::result::Result<ObjectiveConfig, String> {
-        match self.kind {
-            ObjectiveKind::Diffusion => {
-                let d = DiffusionConfig::default();
-                Ok(ObjectiveConfig::Diffusion(DiffusionConfig {
-                    t_sampling: self.t_sampling.unwrap_or(d.t_sampling),
-                    t_logit_mean: self.t_logit_mean.unwrap_or(d.t_logit_mean),
-                    t_logit_std: self.t_logit_std.unwrap_or(d.t_logit_std),
-                    eps: self.eps.unwrap_or(d.eps),
-                    shift: self.shift.unwrap_or(d.shift),
-                    loss_norm: self.loss_norm.unwrap_or(d.loss_norm),
-                    score_padding: self.score_padding.unwrap_or(d.score_padding),
-                    anneal_steps: self.anneal_steps.unwrap_or(d.anneal_steps),
-                }))
-            }
-            ObjectiveKind::Autoregressive => {
-                let given = [
-                    self.t_sampling.is_some(),
-                    self.t_logit_mean.is_some(),
-                    self.t_logit_std.is_some(),
-                    self.eps.is_some(),
-                    self.shift.is_some(),
-                    self.loss_norm.is_some(),
-                    self.score_padding.is_some(),
-                    self.anneal_steps.is_some(),
-                ];
-                // Every field present is the flat form `config.json` had before the objective was
-                // a tagged enum (it wrote all of them, unused): result folders stay readable.
-                if given.iter().all(|&g| g) {
-                    return Ok(ObjectiveConfig::Autoregressive);
-                }
-                match DiffusionConfig::KEYS.iter().zip(given).find(|(_, g)| *g) {
-                    Some((key, _)) => Err(format!(
-                        "objective.{key}: not a field of the autoregressive objective (it takes only `kind`; \
-                         to switch a diffusion config to AR, replace the table: --set 'objective={{kind=\"autoregressive\"}}')"
-                    )),
-                    None => Ok(ObjectiveConfig::Autoregressive),
-                }
-            }
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for ObjectiveConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        ObjectiveTable::deserialize(d)?.into_config().map_err(serde::de::Error::custom)
-    }
 }
 
 /// An evaluation method (`eval.methods`, `harness eval --method`).

@@ -14,6 +14,7 @@
 
 pub mod autoregressive;
 pub mod ce;
+pub mod config;
 pub mod diffusion;
 
 use crate::config::{EvalConfig, ObjectiveConfig};

@@ -1,0 +1,162 @@
+//! The `[objective]` table: a tagged enum, `kind = "diffusion"` with the diffusion fields or
+//! `kind = "autoregressive"` with none. Read through a table of optional fields so
+//! that a diffusion field given to the autoregressive objective is an error naming it.
+
+use super::{DiffusionConfig, LossNorm, TSampling};
+use crate::config::ObjectiveKind;
+use serde::{Deserialize, Serialize};
+
+/// Which objective trains, with its settings: the `[objective]` table, tagged by `kind`.
+///
+/// `kind = "diffusion"` (the default when `kind` is absent) takes the fields of
+/// [`DiffusionConfig`]; `kind = "autoregressive"` takes none, and a diffusion field beside it is an
+/// error naming the field. `config.json` holds the same tagged form.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ObjectiveConfig {
+    /// Masked-diffusion SFT and its knobs.
+    Diffusion(DiffusionConfig),
+    /// Autoregressive (next-token) SFT, the baseline: no knobs.
+    Autoregressive,
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        ObjectiveConfig::Diffusion(DiffusionConfig::default())
+    }
+}
+
+impl ObjectiveConfig {
+    /// Which objective this is.
+    pub fn kind(&self) -> ObjectiveKind {
+        match self {
+            ObjectiveConfig::Diffusion(_) => ObjectiveKind::Diffusion,
+            ObjectiveConfig::Autoregressive => ObjectiveKind::Autoregressive,
+        }
+    }
+
+    /// The default settings of objective `kind`.
+    pub fn default_for(kind: ObjectiveKind) -> Self {
+        match kind {
+            ObjectiveKind::Diffusion => ObjectiveConfig::default(),
+            ObjectiveKind::Autoregressive => ObjectiveConfig::Autoregressive,
+        }
+    }
+
+    /// The diffusion settings, when this is the diffusion objective.
+    pub fn diffusion(&self) -> Option<&DiffusionConfig> {
+        match self {
+            ObjectiveConfig::Diffusion(d) => Some(d),
+            ObjectiveConfig::Autoregressive => None,
+        }
+    }
+}
+
+/// The `[objective]` table as written: `kind` and every diffusion field, each optional, so that
+/// a diffusion field given to the autoregressive objective can be named.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectiveTable {
+    #[serde(default)]
+    kind: ObjectiveKind,
+    t_sampling: Option<TSampling>,
+    t_logit_mean: Option<f64>,
+    t_logit_std: Option<f64>,
+    eps: Option<f64>,
+    shift: Option<bool>,
+    loss_norm: Option<LossNorm>,
+    score_padding: Option<bool>,
+    anneal_steps: Option<u64>,
+}
+
+impl ObjectiveTable {
+    fn into_config(self) -> std::result::Result<ObjectiveConfig, String> {
+        match self.kind {
+            ObjectiveKind::Diffusion => {
+                let d = DiffusionConfig::default();
+                Ok(ObjectiveConfig::Diffusion(DiffusionConfig {
+                    t_sampling: self.t_sampling.unwrap_or(d.t_sampling),
+                    t_logit_mean: self.t_logit_mean.unwrap_or(d.t_logit_mean),
+                    t_logit_std: self.t_logit_std.unwrap_or(d.t_logit_std),
+                    eps: self.eps.unwrap_or(d.eps),
+                    shift: self.shift.unwrap_or(d.shift),
+                    loss_norm: self.loss_norm.unwrap_or(d.loss_norm),
+                    score_padding: self.score_padding.unwrap_or(d.score_padding),
+                    anneal_steps: self.anneal_steps.unwrap_or(d.anneal_steps),
+                }))
+            }
+            ObjectiveKind::Autoregressive => {
+                let given = [
+                    self.t_sampling.is_some(),
+                    self.t_logit_mean.is_some(),
+                    self.t_logit_std.is_some(),
+                    self.eps.is_some(),
+                    self.shift.is_some(),
+                    self.loss_norm.is_some(),
+                    self.score_padding.is_some(),
+                    self.anneal_steps.is_some(),
+                ];
+                // Every field present is the flat form `config.json` had before the objective was
+                // a tagged enum (it wrote all of them, unused): result folders stay readable.
+                if given.iter().all(|&g| g) {
+                    return Ok(ObjectiveConfig::Autoregressive);
+                }
+                match DiffusionConfig::KEYS.iter().zip(given).find(|(_, g)| *g) {
+                    Some((key, _)) => Err(format!(
+                        "objective.{key}: not a field of the autoregressive objective (it takes only `kind`; \
+                         to switch a diffusion config to AR, replace the table: --set 'objective={{kind=\"autoregressive\"}}')"
+                    )),
+                    None => Ok(ObjectiveConfig::Autoregressive),
+                }
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectiveConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        ObjectiveTable::deserialize(d)?.into_config().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> crate::Result<ObjectiveConfig> {
+        crate::config::from_toml_str(text, "test")
+    }
+
+    #[test]
+    fn kind_defaults_to_diffusion_and_round_trips_tagged() {
+        assert_eq!(parse("").unwrap(), ObjectiveConfig::default());
+        let d = parse("anneal_steps = 7\nshift = false").unwrap();
+        assert_eq!(d, ObjectiveConfig::Diffusion(DiffusionConfig { anneal_steps: 7, shift: false, ..Default::default() }));
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["kind"], "diffusion");
+        assert_eq!(json["anneal_steps"], 7);
+        assert_eq!(serde_json::from_value::<ObjectiveConfig>(json).unwrap(), d);
+        let ar = parse("kind = \"autoregressive\"").unwrap();
+        assert_eq!(ar.kind(), ObjectiveKind::Autoregressive);
+        assert_eq!(serde_json::to_value(&ar).unwrap(), serde_json::json!({"kind": "autoregressive"}));
+    }
+
+    #[test]
+    fn autoregressive_rejects_each_diffusion_field_by_name() {
+        let values = ["\"stratified\"", "0.5", "2.0", "0.01", "false", "\"response\"", "true", "3"];
+        for (key, v) in DiffusionConfig::KEYS.iter().zip(values) {
+            let e = parse(&format!("kind = \"autoregressive\"\n{key} = {v}")).unwrap_err().to_string();
+            assert!(e.contains(&format!("objective.{key}: not a field of the autoregressive objective")), "{e}");
+            // The same value is fine on the diffusion objective.
+            parse(&format!("kind = \"diffusion\"\n{key} = {v}")).unwrap();
+        }
+    }
+
+    #[test]
+    fn flat_config_json_of_earlier_runs_still_reads() {
+        // What config.json held before the objective was tagged: every field, kind beside them.
+        let old = serde_json::json!({"kind": "autoregressive", "t_sampling": "uniform", "t_logit_mean": 0.0, "t_logit_std": 1.0,
+            "eps": 0.001, "shift": true, "loss_norm": "masked", "score_padding": false, "anneal_steps": 50});
+        assert_eq!(serde_json::from_value::<ObjectiveConfig>(old).unwrap(), ObjectiveConfig::Autoregressive);
+    }
+}
