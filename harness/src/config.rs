@@ -112,7 +112,7 @@ pub enum ObjectiveKind {
 }
 
 /// An evaluation method (`eval.methods`, `harness eval --method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EvalMethod {
     /// Decode an answer and parse its label strictly.
@@ -128,12 +128,6 @@ impl EvalMethod {
             EvalMethod::Generate => "generate",
             EvalMethod::Likelihood => "likelihood",
         }
-    }
-}
-
-impl std::fmt::Display for EvalMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
