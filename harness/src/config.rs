@@ -125,15 +125,7 @@ pub struct ObjectiveConfig {
     pub anneal_steps: u64,
 }
 
-/// Objective kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ObjectiveKind {
-    /// Masked-diffusion SFT.
-    Diffusion,
-    /// Autoregressive SFT.
-    Autoregressive,
-}
+pub use ddm_schema::ObjectiveKind;
 
 impl Default for ObjectiveConfig {
     fn default() -> Self {
