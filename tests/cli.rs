@@ -71,6 +71,12 @@ fn tiny_run_trains_end_to_end() {
     assert!(eval["n_items"].as_u64().unwrap() > 0);
     assert!(out.join("predictions.jsonl").is_file());
     assert!(out.join("DONE").is_file());
+    // The same folder read through the schema types (what the notebooks use).
+    let dir = harness::schema::RunDir::new(&out);
+    assert!(dir.is_done());
+    assert_eq!(dir.read_summary().unwrap().expect("summary.json").train.steps, 6);
+    assert_eq!(dir.read_metrics().unwrap().len(), 6);
+    assert!(dir.read_eval().unwrap().expect("eval.json").n_items > 0);
 }
 
 #[test]

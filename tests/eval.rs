@@ -47,6 +47,12 @@ fn tiny_model_evaluation_writes_consistent_files() {
     let preds: Vec<serde_json::Value> = std::fs::read_to_string(out.join("predictions.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(ev["n_items"], 12);
     assert_eq!(preds.len(), 24, "one row per item and method");
+    // The same files read through the schema types (what the notebooks use).
+    let dir = harness::schema::RunDir::new(&out);
+    let typed = dir.read_eval().unwrap().expect("eval.json");
+    assert_eq!(typed.n_items, 12);
+    assert_eq!(typed.methods.len(), 2);
+    assert_eq!(dir.read_predictions().unwrap().len(), 24);
     for m in ev["methods"].as_array().unwrap() {
         let name = m["method"].as_str().unwrap();
         let rows: Vec<&serde_json::Value> = preds.iter().filter(|p| p["method"] == name).collect();

@@ -39,6 +39,9 @@
 //! Binaries are thin: `src/main.rs` parses arguments and calls these modules.
 #![warn(missing_docs)]
 
+/// The result folders' layout and records (the `ddm-schema` crate).
+pub use ddm_schema as schema;
+
 pub mod bench;
 pub mod config;
 pub mod data;

@@ -10,7 +10,7 @@ use crate::model::load::{self, ModelSource};
 use crate::model::tokenizer::Tok;
 use crate::model::{BuildOpts, Llama, Trainable};
 use crate::objective::{Autoregressive, Diffusion, Example, Objective};
-use crate::train::{self, EvalHook, TrainInputs, TrainOutcome};
+use crate::train::{self, EvalHook, TrainInputs};
 use crate::{Error, Result};
 use candle_nn::VarBuilder;
 use ddm_schema::{EvalResult, RunDir};

@@ -19,7 +19,7 @@
 //! [`paired_comparison`] compares two systems on the same items.
 
 use crate::error::{Error, Result};
-use crate::stats::{self, Interval};
+use crate::stats;
 pub use ddm_schema::{ClassMetrics, ClassificationReport, Confusion, LabelCount, MajorityBaseline, PairedComparison};
 
 /// Confidence level of every interval in these reports.

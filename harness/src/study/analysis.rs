@@ -11,7 +11,7 @@ use crate::config::ObjectiveKind;
 use crate::eval::metrics::{paired_comparison, PairedComparison, REPORT_CONFIDENCE};
 use crate::eval::Prediction;
 use crate::stats;
-use crate::{Error, Result};
+use crate::Result;
 use ddm_schema::RunDir;
 use std::path::Path;
 
