@@ -88,6 +88,23 @@ fn tiny_run_trains_end_to_end() {
     assert!(eval["n_items"].as_u64().unwrap() > 0);
     assert!(out.join("predictions.jsonl").is_file());
     assert!(out.join("DONE").is_file());
+    // The same folder read through the schema types (what the notebooks use).
+    let dir = harness::schema::RunDir::new(&out);
+    assert!(dir.is_done());
+    assert_eq!(dir.read_summary().unwrap().expect("summary.json").train.steps, 6);
+    assert_eq!(dir.read_metrics().unwrap().len(), 6);
+    let at_end = dir.read_eval().unwrap().expect("eval.json");
+    assert!(at_end.n_items > 0);
+    // `harness eval --run DIR` reads the folder's config and saved adapter: the same model, the
+    // same seed, so the same predictions as the evaluation at the end of training.
+    let again = dir.path().join("evals/again");
+    let (code, _, err) = harness(&["eval", "--run", &out.display().to_string(), "--out", &again.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let re = harness::schema::RunDir::new(&again);
+    let e = re.read_eval().unwrap().expect("eval.json of eval --run");
+    assert_eq!(e.n_items, at_end.n_items);
+    assert_eq!(e.methods.iter().map(|m| (&m.method, m.report.correct)).collect::<Vec<_>>(), at_end.methods.iter().map(|m| (&m.method, m.report.correct)).collect::<Vec<_>>());
+    assert_eq!(re.read_predictions().unwrap().iter().map(|p| &p.predicted).collect::<Vec<_>>(), dir.read_predictions().unwrap().iter().map(|p| &p.predicted).collect::<Vec<_>>());
 }
 
 #[test]
@@ -142,7 +159,7 @@ fn every_study_expands() {
         assert!(p.config.eval.steps_sweep.is_empty(), "{}", p.id);
     }
     // ddm and AR runs still pair (the per-objective settings are not point overrides).
-    assert!(ddm.iter().all(|d| ar.iter().any(|a| a.pair_key() == d.pair_key())));
+    assert!(ddm.iter().all(|d| ar.iter().any(|a| harness::study::spec::pair_key(a) == harness::study::spec::pair_key(d))));
 }
 
 #[test]

@@ -52,6 +52,12 @@ fn tiny_model_evaluation_writes_consistent_files() {
         let ev: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
         let preds: Vec<serde_json::Value> = std::fs::read_to_string(out.join("predictions.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(ev["n_items"], 12);
+        // The same files read through the schema types (what the notebooks use).
+        let typed_dir = harness::schema::RunDir::new(&out);
+        let typed = typed_dir.read_eval().unwrap().expect("eval.json");
+        assert_eq!(typed.n_items, 12);
+        assert_eq!(typed.methods.len(), labels.len());
+        assert_eq!(typed_dir.read_predictions().unwrap().len(), 12 * labels.len());
         assert_eq!(ev["objective"], objective);
         assert_eq!(preds.len(), 12 * labels.len(), "one row per item and method");
         let names: Vec<&str> = ev["methods"].as_array().unwrap().iter().map(|m| m["method"].as_str().unwrap()).collect();

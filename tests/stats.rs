@@ -1,7 +1,7 @@
 //! Tests of `harness::stats` and `harness::eval::metrics` against hand-computed values.
 
 use harness::eval::metrics::{
-    classification_report, paired_comparison, ClassificationReport, Confusion,
+    classification_report, paired_comparison, ClassificationReport, Confusion, ConfusionStats,
 };
 use harness::stats::{
     bonferroni, bonferroni_adjust, bootstrap_interval, holm, mcnemar_exact,

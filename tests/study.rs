@@ -2,7 +2,7 @@
 //! one summary row per run, study-file errors naming file and key, the report.
 //! Tiny random model (vocab 49152) on clinical-rules, a few steps per run: about a second each.
 
-use harness::study::manifest::Manifest;
+use harness::study::manifest;
 use harness::study::{report, run_study, StudyOpts};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -139,7 +139,7 @@ fn resume_after_a_simulated_kill_skips_done_runs_and_redoes_partial_ones() {
     let stop = AtomicBool::new(true);
     let o = run_study(&env.study.display().to_string(), env.opts(Some(&stop))).unwrap();
     assert!(o.interrupted && o.done == 0 && o.total == 4, "{o:?}");
-    assert!(Manifest::read(&o.folder).unwrap().end.is_none());
+    assert!(manifest::read(&o.folder).unwrap().end.is_none());
     assert!(!env.results().join("resume/latest").exists());
     let first = o.folder;
 
@@ -157,9 +157,9 @@ fn resume_after_a_simulated_kill_skips_done_runs_and_redoes_partial_ones() {
         std::fs::remove_file(runs.join("ar-seed1").join(f)).unwrap();
     }
     std::fs::write(runs.join("ar-seed1/partial.bin"), b"half").unwrap();
-    let mut m = Manifest::read(&folder).unwrap();
+    let mut m = manifest::read(&folder).unwrap();
     m.end = None;
-    m.write(&folder).unwrap();
+    manifest::write(&m, &folder).unwrap();
     let kept_a = snapshot(&runs.join("ar-seed0"));
     let kept_b = snapshot(&runs.join("ddm-seed1"));
 
@@ -175,8 +175,8 @@ fn resume_after_a_simulated_kill_skips_done_runs_and_redoes_partial_ones() {
     let ids = csv_col(&folder.join("summary.csv"), "run_id");
     assert_eq!(ids, vec!["ddm-seed0", "ar-seed0", "ddm-seed1", "ar-seed1"], "one row per run");
     assert!(csv_col(&folder.join("summary.csv"), "status").iter().all(|s| s == "done"));
-    assert!(Manifest::read(&folder).unwrap().end.is_some());
-    assert_eq!(Manifest::read(&folder).unwrap().resumed.len(), 2);
+    assert!(manifest::read(&folder).unwrap().end.is_some());
+    assert_eq!(manifest::read(&folder).unwrap().resumed.len(), 2);
     assert_eq!(std::fs::read_dir(env.results().join("resume")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count(), 1);
     // Checkpoints went to the cache, not into results.
     assert!(env.dir.join("cache/resume").join(folder.file_name().unwrap()).join("ddm-seed0/adapter.safetensors").is_file());
@@ -221,7 +221,7 @@ fn a_diverging_run_is_marked_failed_and_the_study_goes_on() {
     assert_eq!(csv_rows(&s).len(), 2, "one row per run");
     assert_eq!(csv_col(&s, "status"), vec!["done", "failed"]);
     assert_eq!(csv_col(&s, "failed_step")[1], failed["step"].to_string());
-    assert!(Manifest::read(&o.folder).unwrap().end.is_some(), "complete, with a failure");
+    assert!(manifest::read(&o.folder).unwrap().end.is_some(), "complete, with a failure");
     let (_, r) = report::report(&o.folder).unwrap();
     assert!(r.terminal().contains("Failed runs"), "{}", r.terminal());
 }

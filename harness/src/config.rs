@@ -100,16 +100,8 @@ impl Default for ModelConfig {
     }
 }
 
-/// Objective kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ObjectiveKind {
-    /// Masked-diffusion SFT.
-    #[default]
-    Diffusion,
-    /// Autoregressive SFT.
-    Autoregressive,
-}
+/// Objective kind (the schema crate's enum: run records carry it too).
+pub use ddm_schema::ObjectiveKind;
 
 /// An evaluation method (`eval.methods`, `harness eval --method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

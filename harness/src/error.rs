@@ -54,6 +54,9 @@ pub enum Error {
     /// The user interrupted (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
+    /// A result file (run or study folder) could not be read, parsed or written.
+    #[error(transparent)]
+    Schema(#[from] ddm_schema::Error),
     /// Anything else, with a message.
     #[error("{0}")]
     Msg(String),

@@ -29,13 +29,20 @@
 //! - [`study`]: studies (sweeps over run configs × seeds) into resumable result folders, and
 //!   their reports.
 //! - [`rng`]: every random draw comes from a generator seeded from (run seed, purpose, step).
-//! - [`run`]: one run end to end: resolved config written first, train, evaluate, `DONE` last.
+//! - [`run`]: one run end to end: resolved config written first, train, evaluate, `DONE` last;
+//!   [`run::evaluate`] is the one evaluation path (trained model, run folder, base model).
+//! - The result folders' layout (`RunDir`, `StudyDir`) and records (run summary, eval result,
+//!   prediction, manifest, analysis) live in the `ddm-schema` crate (`schema/`), which the
+//!   notebooks' `ddm-results` reads them with.
 //! - [`report`]: rendering of result data (tables); the loop and the runners only write data.
 //! - [`bench`](mod@bench) and [`selfcheck`]: throughput at the SmolLM2-135M shape, and the pinned
 //!   cross-check on any device; [`device`]: CUDA allocator settings and memory high-water mark.
 //!
 //! Binaries are thin: `src/main.rs` parses arguments and calls these modules.
 #![warn(missing_docs)]
+
+/// The result folders' layout and records (the `ddm-schema` crate).
+pub use ddm_schema as schema;
 
 pub mod bench;
 pub mod config;

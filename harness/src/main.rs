@@ -275,7 +275,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Report { path } => {
             let (folder, r) = harness::study::report::report(&path)?;
             print!("{}", r.terminal());
-            println!("written to {}", folder.join("report.md").display());
+            println!("written to {}", ddm_schema::StudyDir::new(&folder).report_md().display());
             Ok(())
         }
         Cmd::Compare { a, b } => {

@@ -1,5 +1,8 @@
 //! One training run, end to end: resolve the config, load the model and data, write the resolved
 //! config into the run folder first, train, save the adapter, evaluate, write `DONE` last.
+//!
+//! Every evaluation (after training, of a finished run folder, of a base model, of a study's
+//! zero-shot point) goes through [`evaluate`]; the folder layout is `ddm_schema::RunDir`'s.
 
 use crate::config::{self, EvalMethod, ObjectiveConfig, ObjectiveKind, RawConfig, RunConfig};
 use crate::data::{self, Splits, Template, TextEncoder};
@@ -7,9 +10,10 @@ use crate::model::load::{self, ModelSource};
 use crate::model::tokenizer::Tok;
 use crate::model::{BuildOpts, Llama, Trainable};
 use crate::objective::{Example, Objective};
-use crate::train::{self, EvalHook, TrainInputs, TrainOutcome};
+use crate::train::{self, EvalHook, TrainInputs};
 use crate::{Error, Result};
 use candle_nn::VarBuilder;
+use ddm_schema::{EvalResult, RunDir};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -75,13 +79,13 @@ struct DevAccuracy<'a> {
     tok: &'a Tok,
     items: &'a [data::Item],
     setup: crate::eval::EvalSetup,
-    dir: PathBuf,
+    run: RunDir,
     dataset: String,
 }
 
 impl EvalHook for DevAccuracy<'_> {
     fn evaluate(&mut self, step: u64, model: &Llama) -> Result<Vec<(String, f64)>> {
-        let r = crate::eval::evaluate(model, self.tok, self.items, &self.setup, &self.dataset, "dev", &self.dir.join(format!("step-{step:06}")))?;
+        let r = crate::eval::evaluate(model, self.tok, self.items, &self.setup, &self.dataset, "dev", self.run.dev_eval(step).path())?;
         let mut out = Vec::new();
         for m in &r.methods {
             out.push((format!("dev_accuracy_{}", m.method), m.report.accuracy.estimate));
@@ -91,18 +95,7 @@ impl EvalHook for DevAccuracy<'_> {
     }
 }
 
-/// What `summary.json` of a run holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunSummary {
-    /// Run name.
-    pub name: String,
-    /// Training outcome.
-    pub train: TrainOutcome,
-    /// Dataset name.
-    pub dataset: String,
-    /// Train / dev / test sizes.
-    pub sizes: (usize, usize, usize),
-}
+pub use ddm_schema::RunSummary;
 
 /// Create a fresh run folder `<out_dir>/<name>-<utc stamp>` (never reusing an existing one).
 pub fn new_run_dir(out_dir: &Path, name: &str) -> Result<PathBuf> {
@@ -116,11 +109,7 @@ pub fn new_run_dir(out_dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Write a JSON file (pretty).
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::msg(e.to_string()))?;
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
-}
+pub use ddm_schema::write_json;
 
 /// Options of [`train_run`] beyond the config.
 #[derive(Default)]
@@ -146,7 +135,8 @@ pub struct Trained {
 /// Train one run into `run_dir` (created; must not hold a finished run).
 pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Trained> {
     let mut cfg = raw.resolve()?;
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    let dir = RunDir::new(run_dir);
+    dir.create()?;
     let loaded = load_model(&cfg)?;
     let splits = data::load(&cfg.raw.data)?;
     let (train_ex, trunc) = encode_items(&splits.train, &cfg.raw, &loaded.tok)?;
@@ -158,14 +148,14 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
     cfg.resolved.n_train = Some(train_ex.len());
     cfg.resolved.n_truncated = Some(trunc);
     // The resolved config goes into the run folder before training starts.
-    write_json(&run_dir.join("config.json"), &cfg)?;
+    dir.write_config(&cfg)?;
     let objective = objective(&cfg.raw, loaded.tok.mask_id);
     // Periodic accuracy on the dev split (never the test split) when asked for.
     let mut dev_hook = DevAccuracy {
         tok: &loaded.tok,
         items: &splits.dev,
         setup: crate::eval::EvalSetup::from_config(&cfg.raw),
-        dir: run_dir.join("dev_evals"),
+        run: dir.clone(),
         dataset: splits.name.clone(),
     };
     let hook: Option<&mut dyn EvalHook> = match opts.hook {
@@ -173,7 +163,7 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
         None if cfg.raw.eval.during_training && !splits.dev.is_empty() => Some(&mut dev_hook),
         None => None,
     };
-    let checkpoint_dir = cfg.raw.train.checkpoint_dir.clone().unwrap_or_else(|| run_dir.join("checkpoints"));
+    let checkpoint_dir = checkpoint_dir(&cfg.raw, &dir);
     let outcome = train::train(
         &loaded.model,
         &loaded.trainable,
@@ -197,8 +187,54 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
         dataset: splits.name.clone(),
         sizes: (splits.train.len(), splits.dev.len(), splits.test.len()),
     };
-    write_json(&run_dir.join("summary.json"), &summary)?;
+    dir.write_summary(&summary)?;
     Ok(Trained { loaded, splits, cfg, summary })
+}
+
+/// The checkpoint folder of a run: `train.checkpoint_dir`, else `<run>/checkpoints`.
+fn checkpoint_dir(cfg: &RawConfig, run: &RunDir) -> PathBuf {
+    cfg.train.checkpoint_dir.clone().unwrap_or_else(|| run.checkpoints())
+}
+
+/// Which model [`evaluate`] reads.
+pub enum EvalSource<'a> {
+    /// A model in memory (just trained) with its data.
+    Trained {
+        /// The model and tokenizer.
+        loaded: &'a Loaded,
+        /// Its data splits (the test split is evaluated).
+        splits: &'a Splits,
+    },
+    /// The base model of the config with a saved adapter (a finished run's
+    /// `checkpoints/adapter.safetensors`) loaded into it.
+    Adapter(PathBuf),
+    /// The base model of the config, untrained.
+    Base,
+}
+
+/// Evaluate on the test split of `cfg.raw.data` the model `source` names, read as `cfg` says,
+/// writing `eval.json` and `predictions.jsonl` into `out_dir`. The one evaluation path: after
+/// training ([`execute`]), of a run folder ([`eval_run_dir`]), of a base model ([`eval_base`])
+/// and of a study's zero-shot point ([`execute_zero_shot`]).
+pub fn evaluate(cfg: &RunConfig, source: EvalSource, out_dir: &Path) -> Result<EvalResult> {
+    let owned;
+    let (loaded, splits) = match source {
+        EvalSource::Trained { loaded, splits } => (loaded, splits),
+        EvalSource::Adapter(_) | EvalSource::Base => {
+            let loaded = load_model(cfg)?;
+            if let EvalSource::Adapter(adapter) = &source {
+                loaded.trainable.load(adapter)?;
+            }
+            owned = (loaded, data::load(&cfg.raw.data)?);
+            (&owned.0, &owned.1)
+        }
+    };
+    let setup = crate::eval::EvalSetup::from_config(&cfg.raw);
+    crate::eval::evaluate(&loaded.model, &loaded.tok, &splits.test, &setup, &splits.name, "test", out_dir)
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339()
 }
 
 /// Everything a finished run reports (`summary.json` plus evaluation), returned by [`execute`].
@@ -207,7 +243,7 @@ pub struct RunRecord {
     /// Training summary.
     pub summary: RunSummary,
     /// Test-split evaluation, when `eval.at_end`.
-    pub eval: Option<crate::eval::EvalResult>,
+    pub eval: Option<EvalResult>,
 }
 
 /// Train, evaluate on the test split (when `eval.at_end`), and write `DONE` last. Files in
@@ -216,29 +252,34 @@ pub struct RunRecord {
 pub fn execute(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<RunRecord> {
     let trained = train_run(raw, run_dir, opts)?;
     let eval = if trained.cfg.raw.eval.at_end {
-        let setup = crate::eval::EvalSetup::from_config(&trained.cfg.raw);
-        Some(crate::eval::evaluate(
-            &trained.loaded.model,
-            &trained.loaded.tok,
-            &trained.splits.test,
-            &setup,
-            &trained.splits.name,
-            "test",
-            run_dir,
-        )?)
+        Some(evaluate(&trained.cfg, EvalSource::Trained { loaded: &trained.loaded, splits: &trained.splits }, run_dir)?)
     } else {
         None
     };
-    let rec = RunRecord { summary: trained.summary, eval };
-    std::fs::write(run_dir.join("DONE"), chrono::Utc::now().to_rfc3339() + "\n").map_err(|e| Error::io(run_dir.join("DONE"), e))?;
-    Ok(rec)
+    RunDir::new(run_dir).mark_done(&now())?;
+    Ok(RunRecord { summary: trained.summary, eval })
+}
+
+/// Resolve `raw`, write it as `config.json` into `dir`, and evaluate its untrained base model.
+fn evaluate_base_into(raw: RawConfig, dir: &RunDir) -> Result<EvalResult> {
+    let cfg = raw.resolve()?;
+    dir.write_config(&cfg)?;
+    evaluate(&cfg, EvalSource::Base, dir.path())
+}
+
+/// A study's zero-shot point: evaluate the untrained base model of `raw` into `run_dir`
+/// (`config.json` first, `eval.json`, `predictions.jsonl`, `DONE` last).
+pub fn execute_zero_shot(raw: RawConfig, run_dir: &Path) -> Result<EvalResult> {
+    let dir = RunDir::new(run_dir);
+    let eval = evaluate_base_into(raw, &dir)?;
+    dir.mark_done(&now())?;
+    Ok(eval)
 }
 
 /// Evaluate a finished run folder again (its config and saved adapter) into `out_dir`.
-pub fn eval_run_dir(run_dir: &Path, methods: Option<Vec<EvalMethod>>, limit: Option<usize>, out_dir: &Path) -> Result<crate::eval::EvalResult> {
-    let cfg_path = run_dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let mut cfg: RunConfig = serde_json::from_str(&text).map_err(|e| Error::data(&cfg_path, e.to_string()))?;
+pub fn eval_run_dir(run_dir: &Path, methods: Option<Vec<EvalMethod>>, limit: Option<usize>, out_dir: &Path) -> Result<EvalResult> {
+    let run = RunDir::new(run_dir);
+    let mut cfg: RunConfig = run.read_config()?;
     if let Some(m) = methods {
         cfg.raw.eval.methods = m;
     }
@@ -247,17 +288,13 @@ pub fn eval_run_dir(run_dir: &Path, methods: Option<Vec<EvalMethod>>, limit: Opt
     }
     cfg.raw.validate()?;
     cfg.resolved.device = config::resolve_device(&cfg.raw.model.device)?;
-    let loaded = load_model(&cfg)?;
-    let ckpt = cfg.raw.train.checkpoint_dir.clone().unwrap_or_else(|| run_dir.join("checkpoints")).join("adapter.safetensors");
-    loaded.trainable.load(&ckpt)?;
-    let splits = data::load(&cfg.raw.data)?;
-    let setup = crate::eval::EvalSetup::from_config(&cfg.raw);
-    crate::eval::evaluate(&loaded.model, &loaded.tok, &splits.test, &setup, &splits.name, "test", out_dir)
+    let adapter = checkpoint_dir(&cfg.raw, &run).join(RunDir::ADAPTER);
+    evaluate(&cfg, EvalSource::Adapter(adapter), out_dir)
 }
 
 /// Evaluate a base model (no training) on a dataset spec into `out_dir`. `objective` says how the
 /// model is read: `autoregressive` (the base AR model) or `diffusion`.
-pub fn eval_base(model_source: &str, dataset: &str, objective: ObjectiveKind, methods: Vec<EvalMethod>, limit: Option<usize>, sets: &[String], out_dir: &Path) -> Result<crate::eval::EvalResult> {
+pub fn eval_base(model_source: &str, dataset: &str, objective: ObjectiveKind, methods: Vec<EvalMethod>, limit: Option<usize>, sets: &[String], out_dir: &Path) -> Result<EvalResult> {
     let mut raw = RawConfig::from_str_with("", "harness eval", sets)?;
     raw.model.source = model_source.to_string();
     raw.data = data::DataConfig::from_spec(dataset)?;
@@ -269,10 +306,5 @@ pub fn eval_base(model_source: &str, dataset: &str, objective: ObjectiveKind, me
         raw.eval.limit = limit;
     }
     raw.adapter.targets.clear();
-    let cfg = raw.resolve()?;
-    let loaded = load_model(&cfg)?;
-    let splits = data::load(&cfg.raw.data)?;
-    let setup = crate::eval::EvalSetup::from_config(&cfg.raw);
-    write_json(&{ std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?; out_dir.join("config.json") }, &cfg)?;
-    crate::eval::evaluate(&loaded.model, &loaded.tok, &splits.test, &setup, &splits.name, "test", out_dir)
+    evaluate_base_into(raw, &RunDir::new(out_dir))
 }

@@ -17,38 +17,10 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+pub use ddm_schema::{Interval, McNemar, SeedSummary};
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal, StudentsT};
 
 use crate::error::{Error, Result};
-
-/// A point estimate with a two-sided interval `lo ..= hi`.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
-pub struct Interval {
-    /// The point estimate.
-    pub estimate: f64,
-    /// Lower bound.
-    pub lo: f64,
-    /// Upper bound.
-    pub hi: f64,
-}
-
-impl Interval {
-    /// Half of the interval's width, `(hi - lo) / 2`.
-    pub fn half_width(&self) -> f64 {
-        (self.hi - self.lo) / 2.0
-    }
-
-    /// Whether `x` lies in `lo ..= hi`.
-    pub fn contains(&self, x: f64) -> bool {
-        self.lo <= x && x <= self.hi
-    }
-
-    /// Whether the interval excludes zero (for intervals of a difference).
-    pub fn excludes_zero(&self) -> bool {
-        !self.contains(0.0)
-    }
-}
 
 fn check_confidence(confidence: f64) -> Result<()> {
     if confidence.is_finite() && confidence > 0.0 && confidence < 1.0 {
@@ -158,20 +130,6 @@ pub fn mean_t_interval(xs: &[f64], confidence: f64) -> Result<Interval> {
     Ok(Interval { estimate: m, lo: m - half, hi: m + half })
 }
 
-/// Summary of one configuration across seeds, for reports: always defined for one or more
-/// values, with the spread and the interval left out (`None`) when there is a single value.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct SeedSummary {
-    /// Number of values (seeds).
-    pub n: usize,
-    /// Mean of the values.
-    pub mean: f64,
-    /// Sample standard deviation; `None` with a single value.
-    pub std_dev: Option<f64>,
-    /// Student-t interval of the mean; `None` with a single value.
-    pub interval: Option<Interval>,
-}
-
 /// Summarize values across seeds: mean, standard deviation and t-interval (see
 /// [`mean_t_interval`]). Errors only on an empty slice, non-finite values or a bad `confidence`.
 pub fn summarize(xs: &[f64], confidence: f64) -> Result<SeedSummary> {
@@ -186,17 +144,6 @@ pub fn summarize(xs: &[f64], confidence: f64) -> Result<SeedSummary> {
         std_dev: Some(std_dev(xs)?),
         interval: Some(mean_t_interval(xs, confidence)?),
     })
-}
-
-/// Result of an exact McNemar test.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
-pub struct McNemar {
-    /// Discordant items that system A got right and system B got wrong.
-    pub b: u64,
-    /// Discordant items that system A got wrong and system B got right.
-    pub c: u64,
-    /// Two-sided exact p-value.
-    pub p_value: f64,
 }
 
 /// Exact (binomial) two-sided McNemar test on the discordant pairs.

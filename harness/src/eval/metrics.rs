@@ -18,27 +18,15 @@
 //! [`classification_report`] gathers everything a report needs for one run on one split;
 //! [`paired_comparison`] compares two systems on the same items.
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
-use crate::stats::{self, Interval, McNemar};
+use crate::stats;
+pub use ddm_schema::{ClassMetrics, ClassificationReport, Confusion, LabelCount, MajorityBaseline, PairedComparison};
 
 /// Confidence level of every interval in these reports.
 pub const REPORT_CONFIDENCE: f64 = 0.95;
 
 /// Share of predictions on a single label at or above which a run is flagged as collapsed.
 pub const COLLAPSE_SHARE: f64 = 0.9;
-
-/// Confusion table of gold labels against predictions.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct Confusion {
-    /// Class labels; indices into this list are the class ids.
-    pub labels: Vec<String>,
-    /// `counts[gold][pred]`: items of gold class `gold` predicted as class `pred`.
-    pub counts: Vec<Vec<u64>>,
-    /// `invalid[gold]`: items of gold class `gold` whose prediction could not be parsed.
-    pub invalid: Vec<u64>,
-}
 
 /// Per-class counts sufficient for accuracy, macro-F1 and balanced accuracy.
 struct Tally {
@@ -154,12 +142,61 @@ fn check_pairs(labels: &[String], pairs: &[(usize, Option<usize>)]) -> Result<()
     Ok(())
 }
 
-impl Confusion {
+/// The statistics of a [`Confusion`] table (the record lives in `ddm_schema`; its arithmetic
+/// lives here, beside the metrics it feeds).
+pub trait ConfusionStats: Sized {
     /// Build the table from `(gold, pred)` pairs (`pred = None`: invalid prediction).
     ///
     /// Errors when `labels` is empty or has duplicates, or an index is out of range. An empty
     /// `pairs` gives an all-zero table.
-    pub fn from_pairs(labels: &[String], pairs: &[(usize, Option<usize>)]) -> Result<Self> {
+    fn from_pairs(labels: &[String], pairs: &[(usize, Option<usize>)]) -> Result<Self>;
+    /// Check that `counts` is `k × k` and `invalid` has `k` entries for `k` labels (a table
+    /// read back from JSON may not be). The other methods do not panic on a malformed table:
+    /// they ignore cells outside the `k × k` shape.
+    fn validate(&self) -> Result<()>;
+    /// Number of items.
+    fn n(&self) -> u64;
+    /// Number of correct predictions (the diagonal).
+    fn correct(&self) -> u64;
+    /// Number of invalid (unparseable) predictions.
+    fn total_invalid(&self) -> u64;
+    /// Items per gold class (including those with invalid predictions).
+    fn gold_counts(&self) -> Vec<u64>;
+    /// Valid predictions per class.
+    fn predicted_counts(&self) -> Vec<u64>;
+    /// Accuracy `correct / n`; 0 for an empty table.
+    fn accuracy(&self) -> f64;
+    /// Macro-F1 under the module's convention (see the module docs); 0 for an empty table.
+    fn macro_f1(&self) -> f64;
+    /// Balanced accuracy: mean recall over the classes present in gold; 0 for an empty table.
+    fn balanced_accuracy(&self) -> f64;
+    /// Precision, recall, F1 and support of every label, in label order.
+    fn per_class(&self) -> Vec<ClassMetrics>;
+}
+
+/// Cell `[gold][pred]` of `c`, 0 outside the table.
+fn cell(c: &Confusion, g: usize, p: usize) -> u64 {
+    c.counts.get(g).and_then(|row| row.get(p)).copied().unwrap_or(0)
+}
+
+/// Per-class counts of `c`.
+fn tally(c: &Confusion) -> Tally {
+    let k = c.labels.len();
+    let mut t = Tally::new(k);
+    for g in 0..k {
+        t.tp[g] = cell(c, g, g);
+        t.gold[g] = c.invalid.get(g).copied().unwrap_or(0);
+        for p in 0..k {
+            let n = cell(c, g, p);
+            t.gold[g] += n;
+            t.pred[p] += n;
+        }
+    }
+    t
+}
+
+impl ConfusionStats for Confusion {
+    fn from_pairs(labels: &[String], pairs: &[(usize, Option<usize>)]) -> Result<Self> {
         check_labels(labels)?;
         check_pairs(labels, pairs)?;
         let k = labels.len();
@@ -174,10 +211,7 @@ impl Confusion {
         Ok(Confusion { labels: labels.to_vec(), counts, invalid })
     }
 
-    /// Check that `counts` is `k × k` and `invalid` has `k` entries for `k` labels (a table
-    /// read back from JSON may not be). The other methods do not panic on a malformed table:
-    /// they ignore cells outside the `k × k` shape.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         check_labels(&self.labels)?;
         let k = self.labels.len();
         if self.counts.len() != k || self.counts.iter().any(|row| row.len() != k) {
@@ -192,69 +226,40 @@ impl Confusion {
         Ok(())
     }
 
-    /// Cell `[gold][pred]`, 0 outside the table.
-    fn cell(&self, g: usize, p: usize) -> u64 {
-        self.counts.get(g).and_then(|row| row.get(p)).copied().unwrap_or(0)
+    fn n(&self) -> u64 {
+        tally(self).gold.iter().sum()
     }
 
-    fn tally(&self) -> Tally {
-        let k = self.labels.len();
-        let mut t = Tally::new(k);
-        for g in 0..k {
-            t.tp[g] = self.cell(g, g);
-            t.gold[g] = self.invalid.get(g).copied().unwrap_or(0);
-            for p in 0..k {
-                let c = self.cell(g, p);
-                t.gold[g] += c;
-                t.pred[p] += c;
-            }
-        }
-        t
+    fn correct(&self) -> u64 {
+        tally(self).tp.iter().sum()
     }
 
-    /// Number of items.
-    pub fn n(&self) -> u64 {
-        self.tally().gold.iter().sum()
-    }
-
-    /// Number of correct predictions (the diagonal).
-    pub fn correct(&self) -> u64 {
-        self.tally().tp.iter().sum()
-    }
-
-    /// Number of invalid (unparseable) predictions.
-    pub fn total_invalid(&self) -> u64 {
+    fn total_invalid(&self) -> u64 {
         self.invalid.iter().take(self.labels.len()).sum()
     }
 
-    /// Items per gold class (including those with invalid predictions).
-    pub fn gold_counts(&self) -> Vec<u64> {
-        self.tally().gold
+    fn gold_counts(&self) -> Vec<u64> {
+        tally(self).gold
     }
 
-    /// Valid predictions per class.
-    pub fn predicted_counts(&self) -> Vec<u64> {
-        self.tally().pred
+    fn predicted_counts(&self) -> Vec<u64> {
+        tally(self).pred
     }
 
-    /// Accuracy `correct / n`; 0 for an empty table.
-    pub fn accuracy(&self) -> f64 {
+    fn accuracy(&self) -> f64 {
         ratio(self.correct(), self.n())
     }
 
-    /// Macro-F1 under the module's convention (see the module docs); 0 for an empty table.
-    pub fn macro_f1(&self) -> f64 {
-        self.tally().macro_f1()
+    fn macro_f1(&self) -> f64 {
+        tally(self).macro_f1()
     }
 
-    /// Balanced accuracy: mean recall over the classes present in gold; 0 for an empty table.
-    pub fn balanced_accuracy(&self) -> f64 {
-        self.tally().balanced_accuracy()
+    fn balanced_accuracy(&self) -> f64 {
+        tally(self).balanced_accuracy()
     }
 
-    /// Precision, recall, F1 and support of every label, in label order.
-    pub fn per_class(&self) -> Vec<ClassMetrics> {
-        let t = self.tally();
+    fn per_class(&self) -> Vec<ClassMetrics> {
+        let t = tally(self);
         self.labels
             .iter()
             .enumerate()
@@ -272,78 +277,6 @@ impl Confusion {
             })
             .collect()
     }
-}
-
-/// Metrics of one class.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct ClassMetrics {
-    /// The class label.
-    pub label: String,
-    /// Correct predictions of this class / valid predictions of this class (`0/0 := 0`).
-    pub precision: f64,
-    /// Correct predictions of this class / gold items of this class (`0/0 := 0`).
-    pub recall: f64,
-    /// Harmonic mean of precision and recall (0 when both are 0).
-    pub f1: f64,
-    /// Gold items of this class.
-    pub support: u64,
-    /// Valid predictions of this class.
-    pub predicted: u64,
-}
-
-/// How often one label was predicted.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct LabelCount {
-    /// The label.
-    pub label: String,
-    /// Number of predictions of this label.
-    pub count: u64,
-    /// `count / n`, n counting all items (invalid ones included).
-    pub share: f64,
-}
-
-/// The majority-class baseline of a split: always predict the most frequent gold label.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct MajorityBaseline {
-    /// The most frequent gold label (the first in label order on ties).
-    pub label: String,
-    /// Its share of the gold labels: the accuracy of always predicting it.
-    pub accuracy: f64,
-}
-
-/// Everything a report shows for one run on one split.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct ClassificationReport {
-    /// Number of items.
-    pub n: u64,
-    /// Number of correct predictions.
-    pub correct: u64,
-    /// Accuracy with its Wilson 95% interval.
-    pub accuracy: Interval,
-    /// Number of invalid (unparseable) predictions; they count as wrong.
-    pub invalid: u64,
-    /// `invalid / n`.
-    pub invalid_rate: f64,
-    /// Macro-F1 (module convention) with a bootstrap 95% interval over items.
-    pub macro_f1: Interval,
-    /// Balanced accuracy with a bootstrap 95% interval over items.
-    pub balanced_accuracy: Interval,
-    /// Precision, recall, F1 and support per label, in label order.
-    pub per_class: Vec<ClassMetrics>,
-    /// Distribution of the valid predictions over the labels, in label order (invalid ones are
-    /// in `invalid`).
-    pub predicted: Vec<LabelCount>,
-    /// The label that received at least [`COLLAPSE_SHARE`] of all predictions, if any: the
-    /// model may have collapsed onto one answer.
-    pub collapse: Option<String>,
-    /// The majority-class baseline of this split.
-    pub majority_baseline: MajorityBaseline,
-    /// The confusion table.
-    pub confusion: Confusion,
-    /// Bootstrap resamples behind the intervals.
-    pub bootstrap_resamples: usize,
-    /// Seed of the bootstrap.
-    pub seed: u64,
 }
 
 /// Build the [`ClassificationReport`] of `(gold, pred)` pairs over `labels`.
@@ -380,7 +313,7 @@ pub fn classification_report(
         REPORT_CONFIDENCE,
         |idx| Tally::of(k, pairs, idx).balanced_accuracy(),
     )?;
-    let t = confusion.tally();
+    let t = tally(&confusion);
     let predicted: Vec<LabelCount> = labels
         .iter()
         .zip(&t.pred)
@@ -413,31 +346,6 @@ pub fn classification_report(
         bootstrap_resamples,
         seed,
     })
-}
-
-/// Two systems (A and B, e.g. ddm and AR) compared on the same items.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct PairedComparison {
-    /// Number of items.
-    pub n: u64,
-    /// Accuracy of A.
-    pub a_accuracy: f64,
-    /// Accuracy of B.
-    pub b_accuracy: f64,
-    /// Items both got right.
-    pub both_correct: u64,
-    /// Items both got wrong.
-    pub both_wrong: u64,
-    /// Exact McNemar test on correctness (`b`: only A right, `c`: only B right).
-    pub mcnemar: McNemar,
-    /// Accuracy of A minus accuracy of B, with a paired bootstrap 95% interval.
-    pub accuracy_diff: Interval,
-    /// Macro-F1 of A minus macro-F1 of B, with a paired bootstrap 95% interval.
-    pub macro_f1_diff: Interval,
-    /// Bootstrap resamples behind the intervals.
-    pub bootstrap_resamples: usize,
-    /// Seed of the bootstrap.
-    pub seed: u64,
 }
 
 /// Compare systems A and B on the same items: `a[i]` and `b[i]` are their `(gold, pred)` pairs

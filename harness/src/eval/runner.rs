@@ -5,15 +5,14 @@
 //! Writes `eval.json` (one report per method) and `predictions.jsonl` (one row per item and method).
 
 use super::likelihood::best_choice;
-use super::metrics::{classification_report, ClassificationReport};
-use crate::config::{EvalConfig, EvalMethod, ObjectiveConfig, ObjectiveKind, RawConfig};
+use super::metrics::classification_report;
+use crate::config::{EvalConfig, EvalMethod, ObjectiveConfig, RawConfig};
 use crate::data::{Item, ResponseFormat, Template};
 use crate::model::tokenizer::Tok;
 use crate::model::Llama;
 use crate::objective::{self, Objective};
 use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
-use std::io::Write;
+use ddm_schema::RunDir;
 use std::path::Path;
 use std::time::Instant;
 
@@ -49,61 +48,7 @@ impl EvalSetup {
     }
 }
 
-/// One row of `predictions.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Prediction {
-    /// Item id.
-    pub id: String,
-    /// `generate` or `likelihood`.
-    pub method: String,
-    /// Gold label.
-    pub gold: String,
-    /// Predicted label; `None` when the output could not be parsed (counted wrong).
-    pub predicted: Option<String>,
-    /// Decoded text (generate) or empty (likelihood).
-    pub raw: String,
-    /// Per-choice scores (likelihood), in the item's choice order.
-    pub scores: Option<Vec<f64>>,
-    /// Whether `predicted == gold`.
-    pub correct: bool,
-}
-
-/// Results of one method on one split.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MethodResult {
-    /// `generate` or `likelihood`.
-    pub method: String,
-    /// Accuracy (Wilson), macro-F1 and balanced accuracy (bootstrap), confusion, invalid rate,
-    /// predicted-label distribution, collapse flag, majority baseline.
-    pub report: ClassificationReport,
-    /// Seconds spent.
-    pub wall_s: f64,
-    /// Tokens generated (generate) — 0 for likelihood.
-    pub generated_tokens: usize,
-    /// Generated tokens per second (generate) or items per second (likelihood).
-    pub throughput: f64,
-    /// Unit of `throughput`: `tokens/s` or `items/s`.
-    pub throughput_unit: String,
-    /// Mean forward passes per item.
-    pub mean_nfe: f64,
-}
-
-/// What `eval.json` holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalResult {
-    /// Dataset name.
-    pub dataset: String,
-    /// Split evaluated.
-    pub split: String,
-    /// Items evaluated.
-    pub n_items: usize,
-    /// Prompts whose contexts were shortened to fit `max_len`.
-    pub n_truncated: usize,
-    /// How the model was read (`autoregressive` / `diffusion`).
-    pub objective: ObjectiveKind,
-    /// One entry per method.
-    pub methods: Vec<MethodResult>,
-}
+pub use ddm_schema::{EvalResult, MethodResult, Prediction};
 
 /// Strict label parsing: the output's first word (up to whitespace or one of `.,;:)!`), with an
 /// optional leading `(`, must equal one choice label, case-insensitively. "yes", "Yes.", "B",
@@ -153,9 +98,8 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
         n_truncated += r.truncated as usize;
         prompts.push(r.prompt_ids);
     }
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let pred_path = out_dir.join("predictions.jsonl");
-    let mut pred_file = std::io::BufWriter::new(std::fs::File::create(&pred_path).map_err(|e| Error::io(&pred_path, e))?);
+    let out = RunDir::new(out_dir);
+    let mut pred_file = out.predictions_writer()?;
     let mut methods = Vec::new();
     let obj = objective::build(&setup.objective, tok.mask_id);
     for (method, kind, eval) in plan(&setup.eval) {
@@ -181,8 +125,7 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
                 raw: raw.clone(),
                 scores: scores.clone(),
             };
-            let line = serde_json::to_string(&row).map_err(|e| Error::msg(e.to_string()))?;
-            writeln!(pred_file, "{line}").map_err(|e| Error::io(&pred_path, e))?;
+            pred_file.write(&row)?;
         }
         let report = classification_report(&labels, &pairs, setup.eval.bootstrap.max(1), setup.seed)?;
         let (throughput, unit) = if kind == EvalMethod::Generate {
@@ -200,9 +143,9 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
             mean_nfe: nfe as f64 / items.len() as f64,
         });
     }
-    pred_file.flush().map_err(|e| Error::io(&pred_path, e))?;
+    pred_file.finish()?;
     let result = EvalResult { dataset: dataset.into(), split: split.into(), n_items: items.len(), n_truncated, objective: setup.objective.kind(), methods };
-    crate::run::write_json(&out_dir.join("eval.json"), &result)?;
+    out.write_eval(&result)?;
     Ok(result)
 }
 

@@ -5,123 +5,26 @@
 //! Holm-adjusted p-values across the study. Data only; `report` renders it.
 
 use super::manifest::Manifest;
-use super::spec::PrimaryMetric;
+use super::spec::{self, PrimaryMetric};
 use super::summary::{self, RunRow, RunStatus};
 use crate::config::ObjectiveKind;
-use crate::eval::metrics::{paired_comparison, MajorityBaseline, PairedComparison, REPORT_CONFIDENCE};
+use crate::eval::metrics::{paired_comparison, PairedComparison, REPORT_CONFIDENCE};
 use crate::eval::Prediction;
-use crate::stats::{self, Interval, SeedSummary};
-use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
+use crate::stats;
+use crate::Result;
+use ddm_schema::RunDir;
 use std::path::Path;
 
-/// One configuration × evaluation method, across seeds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ConfigStats {
-    /// Configuration id (run id without the seed).
-    pub config_id: String,
-    /// Dataset name.
-    pub dataset: String,
-    /// Evaluation method.
-    pub method: String,
-    /// An evaluation of the untrained base model.
-    pub zero_shot: bool,
-    /// `diffusion` or `autoregressive`.
-    pub objective: ObjectiveKind,
-    /// The metric rows are sorted by.
-    pub primary_metric: PrimaryMetric,
-    /// Runs of this configuration.
-    pub runs: usize,
-    /// Of which done.
-    pub done: usize,
-    /// Of which failed.
-    pub failed: usize,
-    /// Primary metric across seeds.
-    pub primary: Option<SeedSummary>,
-    /// Accuracy across seeds.
-    pub accuracy: Option<SeedSummary>,
-    /// Macro-F1 across seeds.
-    pub macro_f1: Option<SeedSummary>,
-    /// With a single done run: its Wilson accuracy interval.
-    pub single_accuracy: Option<Interval>,
-    /// With a single done run: its bootstrap macro-F1 interval.
-    pub single_macro_f1: Option<Interval>,
-    /// Majority-class baseline of the test items (first done run).
-    pub majority: Option<MajorityBaseline>,
-    /// Mean invalid-prediction rate.
-    pub invalid_rate: Option<f64>,
-    /// Labels the runs collapsed onto (one entry per collapsed run).
-    pub collapsed: Vec<String>,
-    /// Mean final training loss.
-    pub final_loss: Option<f64>,
-    /// Mean training throughput, real tokens per second.
-    #[serde(default)]
-    pub train_tokens_per_s: Option<f64>,
-    /// Mean evaluation throughput of this method (generated tokens/s or items/s) and its unit.
-    #[serde(default)]
-    pub eval_throughput: Option<(f64, String)>,
-}
-
-impl ConfigStats {
-    /// The mean of the primary metric, for sorting.
-    pub fn primary_mean(&self) -> Option<f64> {
-        self.primary.as_ref().map(|s| s.mean)
-    }
-}
-
-/// ddm (A) against AR (B) on the same items.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PairRow {
-    /// The diffusion run.
-    pub ddm: String,
-    /// The AR run.
-    pub ar: String,
-    /// Their shared settings (overrides apart from `objective.*`).
-    pub label: String,
-    /// Seed of both runs.
-    pub seed: u64,
-    /// Dataset name.
-    pub dataset: String,
-    /// Evaluation method.
-    pub method: String,
-    /// McNemar and paired bootstrap differences (ddm − AR).
-    pub comparison: PairedComparison,
-    /// Holm-adjusted McNemar p-value across every comparison of the study.
-    pub holm_p: f64,
-}
-
-/// Everything a study report shows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Analysis {
-    /// Per configuration and method.
-    pub configs: Vec<ConfigStats>,
-    /// ddm-vs-AR comparisons.
-    pub pairs: Vec<PairRow>,
-    /// Multiple-comparisons note, when there is more than one comparison.
-    pub note: Option<String>,
-    /// Runs done, failed, total.
-    pub counts: (usize, usize, usize),
-}
+pub use ddm_schema::{Analysis, ConfigStats, PairRow};
 
 fn mean(xs: &[f64]) -> Option<f64> {
     stats::mean(xs).ok()
 }
 
-/// Read `predictions.jsonl` of a run folder.
-pub fn read_predictions(dir: &Path) -> Result<Vec<Prediction>> {
-    let p = dir.join("predictions.jsonl");
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::data(&p, format!("line {}: {e}", i + 1))))
-        .collect()
-}
-
 /// Compare two runs' predictions of `method`, matched by item id.
 fn compare_runs(a: &RunRow, b: &RunRow, method: &str) -> Result<Option<PairedComparison>> {
-    let pa: Vec<Prediction> = read_predictions(&a.dir)?.into_iter().filter(|p| p.method == method).collect();
-    let pb: Vec<Prediction> = read_predictions(&b.dir)?.into_iter().filter(|p| p.method == method).collect();
+    let pa: Vec<Prediction> = RunDir::new(&a.dir).read_predictions()?.into_iter().filter(|p| p.method == method).collect();
+    let pb: Vec<Prediction> = RunDir::new(&b.dir).read_predictions()?.into_iter().filter(|p| p.method == method).collect();
     let mut labels: Vec<String> = Vec::new();
     let mut add = |l: &str| {
         if !labels.iter().any(|x| x == l) {
@@ -217,8 +120,8 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
     let trained: Vec<&RunRow> = rows.iter().filter(|r| r.status == RunStatus::Done && !r.point.zero_shot).collect();
     let mut pairs = Vec::new();
     for a in trained.iter().filter(|r| r.point.config.objective.kind() == ObjectiveKind::Diffusion) {
-        let key = a.point.pair_key();
-        for b in trained.iter().filter(|r| r.point.config.objective.kind() == ObjectiveKind::Autoregressive && r.point.pair_key() == key) {
+        let key = spec::pair_key(&a.point);
+        for b in trained.iter().filter(|r| r.point.config.objective.kind() == ObjectiveKind::Autoregressive && spec::pair_key(&r.point) == key) {
             for m in &methods {
                 if ![a, b].iter().all(|r| r.point.config.eval.methods.iter().any(|x| x.as_str() == m)) {
                     continue;

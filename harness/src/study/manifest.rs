@@ -5,35 +5,12 @@
 use super::spec::{hex, Point, Study};
 use crate::config::{self, RawConfig};
 use crate::{data, run, Error, Result};
-use serde::{Deserialize, Serialize};
+pub use ddm_schema::{DeviceInfo, FileHash, GitInfo, Resumption};
+use ddm_schema::StudyDir;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// The git state of the code that ran.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GitInfo {
-    /// Full commit hash; `None` when not a git checkout.
-    pub commit: Option<String>,
-    /// Short commit hash.
-    pub short: Option<String>,
-    /// Uncommitted changes (outside the results folder) were present.
-    pub dirty: bool,
-    /// Why the commit is unknown, when it is.
-    pub note: Option<String>,
-}
-
-impl GitInfo {
-    /// The folder-name suffix: `<short sha>[-dirty]`, or `nogit`.
-    pub fn suffix(&self) -> String {
-        match &self.short {
-            Some(s) if self.dirty => format!("{s}-dirty"),
-            Some(s) => s.clone(),
-            None => "nogit".into(),
-        }
-    }
-}
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new("git").args(args).current_dir(dir).output().ok()?;
@@ -86,21 +63,6 @@ fn abs(p: &Path) -> std::io::Result<PathBuf> {
     }
 }
 
-/// The machine the runs used.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceInfo {
-    /// Resolved device of the runs: `cpu` or `cuda:N`.
-    pub device: String,
-    /// GPU name (CUDA) or CPU model.
-    pub name: String,
-    /// NVIDIA driver version (CUDA).
-    pub driver_version: Option<String>,
-    /// CUDA version the driver reports (CUDA).
-    pub cuda_version: Option<String>,
-    /// Host name.
-    pub host: String,
-}
-
 /// Describe the device `spec` (a `model.device` value) resolves to.
 pub fn device_info(spec: &str) -> Result<DeviceInfo> {
     let device = config::resolve_device(spec)?;
@@ -134,17 +96,6 @@ pub fn device_info(spec: &str) -> Result<DeviceInfo> {
             .unwrap_or_else(|| "unknown CPU".into());
         Ok(DeviceInfo { device, name: cpu, driver_version: None, cuda_version: None, host })
     }
-}
-
-/// A file (or generated content) and its sha256.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FileHash {
-    /// `model`, `dataset`.
-    pub role: String,
-    /// The path, or a description of generated content.
-    pub what: String,
-    /// Hex sha256.
-    pub sha256: String,
 }
 
 /// sha256 of a file, streamed.
@@ -218,102 +169,40 @@ pub fn hashes(points: &[Point]) -> Result<Vec<FileHash>> {
     Ok(out)
 }
 
-/// A later invocation that resumed the folder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Resumption {
-    /// UTC time (RFC 3339).
-    pub time: String,
-    /// Its command line.
-    pub command: Vec<String>,
+/// What `manifest.json` holds, with each point's full run config.
+pub type Manifest = ddm_schema::Manifest<RawConfig>;
+
+/// A manifest for a new folder (no end time).
+pub fn new(study: &Study, folder: &str, git: GitInfo, device: DeviceInfo, hashes: Vec<FileHash>, command: Vec<String>) -> Result<Manifest> {
+    Ok(Manifest {
+        study: study.name.clone(),
+        folder: folder.to_string(),
+        study_path: study.path.clone(),
+        study_toml: study.text.clone(),
+        sets: study.sets.clone(),
+        base_toml: study.base_toml.clone(),
+        question: study.file.question.clone(),
+        axis_keys: study.axis_keys.clone(),
+        points: study.points.clone(),
+        fingerprint: study.fingerprint()?,
+        git,
+        harness_version: env!("CARGO_PKG_VERSION").to_string(),
+        candle_version: env!("HARNESS_CANDLE_VERSION").to_string(),
+        device,
+        start: chrono::Utc::now().to_rfc3339(),
+        end: None,
+        command,
+        resumed: Vec::new(),
+        hashes,
+    })
 }
 
-/// What `manifest.json` holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Study name.
-    pub study: String,
-    /// This folder's name (`<yyyymmdd-hhmmss>-<sha>[-dirty]`).
-    pub folder: String,
-    /// The study file.
-    pub study_path: PathBuf,
-    /// The study file's text.
-    pub study_toml: String,
-    /// `--set` overrides of the base config.
-    pub sets: Vec<String>,
-    /// The base run config after `base_config`, `[base]` and `--set`.
-    pub base_toml: String,
-    /// The question the study answers (from the study file).
-    pub question: Option<String>,
-    /// Swept keys (zip, then grid).
-    pub axis_keys: Vec<String>,
-    /// The expanded points, each with its full run config.
-    pub points: Vec<Point>,
-    /// Digest of the points; a rerun with the same digest and commit resumes this folder.
-    pub fingerprint: String,
-    /// Git state.
-    pub git: GitInfo,
-    /// `harness` version.
-    pub harness_version: String,
-    /// candle version (from Cargo.lock at build time).
-    pub candle_version: String,
-    /// Device and host.
-    pub device: DeviceInfo,
-    /// UTC start time (RFC 3339).
-    pub start: String,
-    /// UTC end time, written once every run is done or failed.
-    pub end: Option<String>,
-    /// Command line that created the folder.
-    pub command: Vec<String>,
-    /// Later invocations that resumed it.
-    pub resumed: Vec<Resumption>,
-    /// Model and dataset hashes.
-    pub hashes: Vec<FileHash>,
+/// Read `<folder>/manifest.json`.
+pub fn read(folder: &Path) -> Result<Manifest> {
+    Ok(StudyDir::new(folder).read_manifest()?)
 }
 
-impl Manifest {
-    /// A manifest for a new folder (no end time).
-    pub fn new(study: &Study, folder: &str, git: GitInfo, device: DeviceInfo, hashes: Vec<FileHash>, command: Vec<String>) -> Result<Self> {
-        Ok(Manifest {
-            study: study.name.clone(),
-            folder: folder.to_string(),
-            study_path: study.path.clone(),
-            study_toml: study.text.clone(),
-            sets: study.sets.clone(),
-            base_toml: study.base_toml.clone(),
-            question: study.file.question.clone(),
-            axis_keys: study.axis_keys.clone(),
-            points: study.points.clone(),
-            fingerprint: study.fingerprint()?,
-            git,
-            harness_version: env!("CARGO_PKG_VERSION").to_string(),
-            candle_version: env!("HARNESS_CANDLE_VERSION").to_string(),
-            device,
-            start: chrono::Utc::now().to_rfc3339(),
-            end: None,
-            command,
-            resumed: Vec::new(),
-            hashes,
-        })
-    }
-
-    /// Read `<folder>/manifest.json`.
-    pub fn read(folder: &Path) -> Result<Self> {
-        let p = folder.join("manifest.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::data(&p, e.to_string()))
-    }
-
-    /// Write `<folder>/manifest.json` atomically.
-    pub fn write(&self, folder: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| Error::msg(e.to_string()))?;
-        write_atomic(&folder.join("manifest.json"), (text + "\n").as_bytes())
-    }
-}
-
-/// Write a file through a temporary sibling and a rename, so readers never see half of it.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+/// Write `<folder>/manifest.json` atomically.
+pub fn write(m: &Manifest, folder: &Path) -> Result<()> {
+    Ok(StudyDir::new(folder).write_manifest(m)?)
 }

@@ -10,6 +10,9 @@
 //! - [`analysis`]: statistics across seeds and ddm-vs-AR paired comparisons.
 //! - [`report`]: terminal and Markdown tables (`report.md`), and `compare`.
 //!
+//! The file names and the records in these files belong to the `ddm-schema` crate
+//! (`ddm_schema::StudyDir`, `ddm_schema::RunDir`), shared with the notebooks.
+//!
 //! ## Folder layout
 //! ```text
 //! results/

@@ -3,10 +3,11 @@
 //! Reads data only; every number comes from [`super::analysis`].
 
 use super::analysis::{analyze, Analysis, ConfigStats};
-use super::manifest::Manifest;
+use super::manifest::{self, Manifest};
 use super::spec::PrimaryMetric;
 use crate::stats::{Interval, SeedSummary};
 use crate::{Error, Result};
+use ddm_schema::StudyDir;
 use comfy_table::{presets, Attribute, Cell, Table};
 use std::path::{Path, PathBuf};
 
@@ -92,14 +93,14 @@ impl Rendered {
 /// A study result folder from `PATH`: the folder itself (it has `manifest.json`), or a study's
 /// results directory (`results/<study>`), meaning the folder its `latest` names.
 pub fn resolve_folder(path: &Path) -> Result<PathBuf> {
-    if path.join("manifest.json").is_file() {
+    if StudyDir::is_study_folder(path) {
         return Ok(path.to_path_buf());
     }
-    let latest = path.join("latest");
+    let latest = StudyDir::latest_file(path);
     if latest.is_file() {
         let name = std::fs::read_to_string(&latest).map_err(|e| Error::io(&latest, e))?;
         let folder = path.join(name.trim());
-        if folder.join("manifest.json").is_file() {
+        if StudyDir::is_study_folder(&folder) {
             return Ok(folder);
         }
         return Err(Error::data(&latest, format!("names `{}`, which has no manifest.json", name.trim())));
@@ -266,7 +267,7 @@ fn failed_table(folder: &Path, man: &Manifest) -> Result<Option<Tab>> {
 /// Markdown to `report.md` in the folder. Returns the folder and the rendering.
 pub fn report(path: &Path) -> Result<(PathBuf, Rendered)> {
     let folder = resolve_folder(path)?;
-    let man = Manifest::read(&folder)?;
+    let man = manifest::read(&folder)?;
     let a = analyze(&folder, &man)?;
     let mut preamble = vec![format!("Study `{}` — {}", man.study, man.folder)];
     if let Some(q) = &man.question {
@@ -290,10 +291,11 @@ pub fn report(path: &Path) -> Result<(PathBuf, Rendered)> {
     ];
     notes.extend(a.note.clone());
     let r = Rendered { preamble, tables, notes };
-    let md = folder.join("report.md");
+    let dir = StudyDir::new(&folder);
+    let md = dir.report_md();
     std::fs::write(&md, r.markdown()).map_err(|e| Error::io(&md, e))?;
     // The numbers behind the tables, as data for notebooks (which do not compile candle).
-    crate::run::write_json(&folder.join("analysis.json"), &a)?;
+    dir.write_analysis(&a)?;
     // Keep results/index.csv in step with the folders (e.g. after copying folders in).
     if let Some(root) = folder.parent().and_then(|p| p.parent()) {
         super::summary::write_index(root)?;
@@ -306,7 +308,7 @@ pub fn report(path: &Path) -> Result<(PathBuf, Rendered)> {
 pub fn compare(a_path: &Path, b_path: &Path) -> Result<Rendered> {
     let fa = resolve_folder(a_path)?;
     let fb = resolve_folder(b_path)?;
-    let (ma, mb) = (Manifest::read(&fa)?, Manifest::read(&fb)?);
+    let (ma, mb) = (manifest::read(&fa)?, manifest::read(&fb)?);
     let (aa, ab) = (analyze(&fa, &ma)?, analyze(&fb, &mb)?);
     let mut t = Tab {
         title: format!("A = {}/{}  vs  B = {}/{}", ma.study, ma.folder, mb.study, mb.folder),

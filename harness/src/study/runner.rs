@@ -1,17 +1,19 @@
 //! Running a study into `results/<study>/<UTC stamp>-<sha>[-dirty]/`, resumably.
 //!
 //! The folder is created with `manifest.json` (no end time); each run goes to `runs/<id>/`
-//! through [`crate::run::execute`] (which writes `DONE` last), `summary.csv` is rewritten after
+//! through [`crate::run::execute`] or, for a zero-shot point, [`crate::run::execute_zero_shot`]
+//! (both write `DONE` last, through `RunDir::mark_done`), `summary.csv` is rewritten after
 //! every run, and when every run is done or failed the manifest gets its end time, `latest`
 //! names the folder and `results/index.csv` is rebuilt. A rerun with the same commit, dirty flag
 //! and resolved study resumes the newest such folder while it is unfinished: `DONE` and
 //! `FAILED` runs are kept, a half-written run folder is deleted and redone. Finished folders are
 //! never touched again.
 
-use super::manifest::{self, write_atomic, Manifest};
+use super::manifest::{self, Manifest};
 use super::spec::{self, Point, Study};
 use super::summary::{self, Failure, RunStatus};
-use crate::{data, eval, run, Error, Result};
+use crate::{run, Error, Result};
+use ddm_schema::{RunDir, StudyDir};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -76,7 +78,7 @@ fn resumable(study_dir: &Path, fingerprint: &str, git: &manifest::GitInfo) -> Op
     let mut folders: Vec<PathBuf> = std::fs::read_dir(study_dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
     folders.sort();
     folders.into_iter().rev().find_map(|f| {
-        let m = Manifest::read(&f).ok()?;
+        let m = manifest::read(&f).ok()?;
         (m.fingerprint == fingerprint && m.git.commit == git.commit && m.git.dirty == git.dirty).then_some((f, m))
     })
     .filter(|(_, m)| m.end.is_none())
@@ -98,23 +100,6 @@ fn new_folder(study_dir: &Path, suffix: &str) -> Result<PathBuf> {
     Err(Error::msg(format!("{}: could not find a free folder name", study_dir.display())))
 }
 
-/// Evaluate the untrained base model of a zero-shot point into `run_dir`.
-fn zero_shot(raw: crate::config::RawConfig, run_dir: &Path) -> Result<()> {
-    let cfg = raw.resolve()?;
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    run::write_json(&run_dir.join("config.json"), &cfg)?;
-    let loaded = run::load_model(&cfg)?;
-    let splits = data::load(&cfg.raw.data)?;
-    let setup = eval::EvalSetup::from_config(&cfg.raw);
-    eval::evaluate(&loaded.model, &loaded.tok, &splits.test, &setup, &splits.name, "test", run_dir)?;
-    write_done(run_dir)
-}
-
-fn write_done(run_dir: &Path) -> Result<()> {
-    let p = run_dir.join("DONE");
-    std::fs::write(&p, chrono::Utc::now().to_rfc3339() + "\n").map_err(|e| Error::io(&p, e))
-}
-
 fn remove_dir(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -123,14 +108,18 @@ fn remove_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// Run one point into `run_dir`; `Ok(Some(failure))` when its loss diverged.
-fn run_point(p: &Point, run_dir: &Path, ckpt: PathBuf, stop: Option<&AtomicBool>) -> Result<Option<Failure>> {
+/// Run one point into `run_dir`; when its loss diverged, `FAILED` is written and returned.
+fn run_point(p: &Point, run_dir: &RunDir, ckpt: PathBuf, stop: Option<&AtomicBool>) -> Result<Option<Failure>> {
     let mut raw = p.config.clone();
     raw.train.checkpoint_dir = Some(ckpt);
-    let res = if p.zero_shot { zero_shot(raw, run_dir) } else { run::execute(raw, run_dir, run::RunOpts { stop, hook: None }).map(|_| ()) };
+    let res = if p.zero_shot {
+        run::execute_zero_shot(raw, run_dir.path()).map(|_| ())
+    } else {
+        run::execute(raw, run_dir.path(), run::RunOpts { stop, hook: None }).map(|_| ())
+    };
     match res {
         Ok(()) => Ok(None),
-        Err(e @ Error::Diverged { step, .. }) => Ok(Some(Failure { step: Some(step), message: e.to_string(), time: chrono::Utc::now().to_rfc3339() })),
+        Err(e @ Error::Diverged { step, .. }) => Ok(Some(run_dir.mark_failed(Some(step), &e.to_string(), &chrono::Utc::now().to_rfc3339())?)),
         Err(e) => Err(e),
     }
 }
@@ -147,7 +136,7 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
     let (folder, mut man, resumed) = match resumable(&study_dir, &fingerprint, &git) {
         Some((folder, mut m)) => {
             m.resumed.push(manifest::Resumption { time: chrono::Utc::now().to_rfc3339(), command: opts.command.clone() });
-            m.write(&folder)?;
+            manifest::write(&m, &folder)?;
             (folder, m, true)
         }
         None => {
@@ -157,12 +146,13 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
             let hashes = manifest::hashes(&study.points)?;
             let folder = new_folder(&study_dir, &git.suffix())?;
             let name = folder.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            let m = Manifest::new(&study, &name, git.clone(), device, hashes, opts.command.clone())?;
-            m.write(&folder)?;
+            let m = manifest::new(&study, &name, git.clone(), device, hashes, opts.command.clone())?;
+            manifest::write(&m, &folder)?;
             (folder, m, false)
         }
     };
-    let runs_dir = folder.join("runs");
+    let study_folder = StudyDir::new(&folder);
+    let runs_dir = study_folder.runs();
     std::fs::create_dir_all(&runs_dir).map_err(|e| Error::io(&runs_dir, e))?;
     let ckpt_root = opts.cache.join(&man.study).join(&man.folder);
     let total = man.points.len();
@@ -176,8 +166,9 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
     summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
     let points = man.points.clone();
     for (i, p) in points.iter().enumerate() {
-        let dir = summary::run_dir(&folder, &p.id);
-        match summary::status_of(&dir) {
+        let run_dir = study_folder.run(&p.id);
+        let dir = run_dir.path().to_path_buf();
+        match run_dir.status() {
             RunStatus::Done => {
                 out.done += 1;
                 out.skipped += 1;
@@ -202,12 +193,10 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
         remove_dir(&ckpt)?;
         bar.set_message(p.id.clone());
         bar.println(format!("[{}/{}] {}", i + 1, total, p.id));
-        let res = bar.suspend(|| run_point(p, &dir, ckpt.clone(), opts.stop));
+        let res = bar.suspend(|| run_point(p, &run_dir, ckpt.clone(), opts.stop));
         match res {
             Ok(None) => out.done += 1,
             Ok(Some(f)) => {
-                let text = serde_json::to_string_pretty(&f).map_err(|e| Error::msg(e.to_string()))?;
-                write_atomic(&dir.join("FAILED"), (text + "\n").as_bytes())?;
                 bar.println(format!("  failed: {}", f.message));
                 out.failed += 1;
             }
@@ -229,8 +218,8 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
     bar.finish_and_clear();
     if !out.interrupted && out.done + out.failed == total {
         man.end = Some(chrono::Utc::now().to_rfc3339());
-        man.write(&folder)?;
-        write_atomic(&study_dir.join("latest"), format!("{}\n", man.folder).as_bytes())?;
+        manifest::write(&man, &folder)?;
+        study_folder.mark_latest()?;
     }
     summary::write_index(&opts.results)?;
     Ok(out)

@@ -97,68 +97,29 @@ pub struct VariantSpec {
     pub set: toml::Table,
 }
 
-/// The metric a study is judged by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PrimaryMetric {
-    /// Macro-F1 over the answer labels.
-    MacroF1,
-    /// Accuracy.
-    Accuracy,
-}
+pub use ddm_schema::PrimaryMetric;
 
-impl PrimaryMetric {
-    /// The config spelling.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            PrimaryMetric::MacroF1 => "macro_f1",
-            PrimaryMetric::Accuracy => "accuracy",
-        }
-    }
-    /// The default for a dataset: macro-F1 for PubMedQA (unbalanced yes/no/maybe), else accuracy.
-    pub fn default_for(d: DatasetKind) -> Self {
-        if d == DatasetKind::Pubmedqa {
-            PrimaryMetric::MacroF1
-        } else {
-            PrimaryMetric::Accuracy
-        }
+/// The default primary metric for a dataset: macro-F1 for PubMedQA (unbalanced yes/no/maybe),
+/// else accuracy.
+pub fn default_primary_metric(d: DatasetKind) -> PrimaryMetric {
+    if d == DatasetKind::Pubmedqa {
+        PrimaryMetric::MacroF1
+    } else {
+        PrimaryMetric::Accuracy
     }
 }
 
-/// One run of a study: a validated run config and where it came from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Point {
-    /// Run id, stable from the overrides: `ddm-anneal_steps=50-seed1`.
-    pub id: String,
-    /// The id without the seed: runs that share it form one configuration.
-    pub config_id: String,
-    /// Variant label, when the study has variants.
-    pub variant: Option<String>,
-    /// Every override of this point besides the seed (variant set, zip, grid), in order, as
-    /// dotted key → value in TOML syntax.
-    pub overrides: Vec<(String, String)>,
-    /// Swept (zip and grid) values only: dotted key → value in TOML syntax.
-    pub axes: Vec<(String, String)>,
-    /// Seed of the run.
-    pub seed: u64,
-    /// An evaluation of the untrained base model.
-    pub zero_shot: bool,
-    /// The metric this run is judged by.
-    pub primary_metric: PrimaryMetric,
-    /// The run config (validated; `train.checkpoint_dir` is set when the run starts).
-    pub config: RawConfig,
-}
+/// One run of a study: a validated run config and where it came from (the record is
+/// `ddm_schema::Point`, as `manifest.json` holds it).
+pub type Point = ddm_schema::Point<RawConfig>;
 
-impl Point {
-    /// Key of ddm-vs-AR pairing: every override except `objective.*`, and the seed. Two runs
-    /// with the same key differ at most in their objective.
-    pub fn pair_key(&self) -> String {
-        let mut parts: Vec<String> =
-            self.overrides.iter().filter(|(k, _)| !k.starts_with("objective.")).map(|(k, v)| format!("{k}={v}")).collect();
-        parts.push(format!("data={}", self.config.data.dataset.as_str()));
-        parts.push(format!("seed={}", self.seed));
-        parts.join(" ")
-    }
+/// Key of ddm-vs-AR pairing: every override except `objective.*`, the dataset and the seed. Two
+/// runs with the same key differ at most in their objective.
+pub fn pair_key(p: &Point) -> String {
+    let mut parts: Vec<String> = p.overrides.iter().filter(|(k, _)| !k.starts_with("objective.")).map(|(k, v)| format!("{k}={v}")).collect();
+    parts.push(format!("data={}", p.config.data.dataset.as_str()));
+    parts.push(format!("seed={}", p.seed));
+    parts.join(" ")
 }
 
 /// A loaded, expanded and validated study.
@@ -474,7 +435,7 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
                     t.insert("name".into(), toml::Value::String(id.clone()));
                     let raw = deserialize(&t, &format!("{origin}, run {id}"))?;
                     raw.validate().map_err(|e| err(path, &format!("run {id}"), describe(&e)))?;
-                    let primary_metric = file.primary_metric.unwrap_or(PrimaryMetric::default_for(raw.data.dataset));
+                    let primary_metric = file.primary_metric.unwrap_or(default_primary_metric(raw.data.dataset));
                     points.push(Point { id, config_id, variant: label.clone(), overrides, axes, seed, zero_shot: false, primary_metric, config: raw });
                 }
             }

@@ -2,47 +2,13 @@
 //! `FAILED`, `DONE`), and the CSV files written from them: `summary.csv` (one row per point)
 //! and `results/index.csv` (one row per study folder).
 
-use super::manifest::{write_atomic, Manifest};
+use super::manifest::{self, Manifest};
 use super::spec::Point;
-use crate::eval::EvalResult;
-use crate::run::RunSummary;
 use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
+use ddm_schema::summary::{summary_header, INDEX_COLUMNS, METHOD_COLUMNS};
+use ddm_schema::{EvalResult, RunSummary, StudyDir, SummaryCsv};
+pub use ddm_schema::{Failure, RunStatus};
 use std::path::{Path, PathBuf};
-
-/// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// `DONE` written.
-    Done,
-    /// `FAILED` written (the loss diverged).
-    Failed,
-    /// Not run yet (or half-written: it will be redone).
-    Pending,
-}
-
-impl RunStatus {
-    /// Lower-case name.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RunStatus::Done => "done",
-            RunStatus::Failed => "failed",
-            RunStatus::Pending => "pending",
-        }
-    }
-}
-
-/// What `FAILED` holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Failure {
-    /// Optimizer step at which the run failed, when known.
-    pub step: Option<u64>,
-    /// The error.
-    pub message: String,
-    /// UTC time (RFC 3339).
-    pub time: String,
-}
 
 /// One run of a study folder as read from disk.
 #[derive(Debug, Clone)]
@@ -78,43 +44,20 @@ impl RunRow {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| Error::data(path, e.to_string()))
-}
-
-/// The folder of run `id` in a study folder.
-pub fn run_dir(folder: &Path, id: &str) -> PathBuf {
-    folder.join("runs").join(id)
-}
-
-/// Status of a run folder: `DONE` → done, `FAILED` → failed, else pending.
-pub fn status_of(dir: &Path) -> RunStatus {
-    if dir.join("DONE").is_file() {
-        RunStatus::Done
-    } else if dir.join("FAILED").is_file() {
-        RunStatus::Failed
-    } else {
-        RunStatus::Pending
-    }
-}
-
 /// Read every point's run folder.
 pub fn collect(folder: &Path, points: &[Point]) -> Result<Vec<RunRow>> {
+    let study = StudyDir::new(folder);
     points
         .iter()
         .map(|p| {
-            let dir = run_dir(folder, &p.id);
-            let status = status_of(&dir);
+            let run = study.run(&p.id);
+            let status = run.status();
             let (summary, eval, failure) = match status {
-                RunStatus::Done => (read_json(&dir.join("summary.json"))?, read_json(&dir.join("eval.json"))?, None),
-                RunStatus::Failed => (None, None, read_json::<Failure>(&dir.join("FAILED")).ok().flatten()),
+                RunStatus::Done => (run.read_summary()?, run.read_eval()?, None),
+                RunStatus::Failed => (None, None, run.read_failure().ok().flatten()),
                 RunStatus::Pending => (None, None, None),
             };
-            Ok(RunRow { point: p.clone(), dir, status, failure, summary, eval })
+            Ok(RunRow { point: p.clone(), dir: run.path().to_path_buf(), status, failure, summary, eval })
         })
         .collect()
 }
@@ -141,30 +84,9 @@ fn num(x: Option<f64>) -> String {
 /// Wilson interval, macro-F1 with its bootstrap interval, balanced accuracy, invalid rate,
 /// majority baseline, collapse flag and throughput.
 pub fn write_csv(folder: &Path, manifest: &Manifest, rows: &[RunRow]) -> Result<()> {
-    let path = folder.join("summary.csv");
     let methods = methods(&manifest.points);
     let has_variants = manifest.points.iter().any(|p| p.variant.is_some());
-    let mut header: Vec<String> = vec!["run_id".into(), "configuration".into(), "zero_shot".into()];
-    if has_variants {
-        header.push("variant".into());
-    }
-    header.extend(manifest.axis_keys.iter().cloned());
-    for h in [
-        "seed", "objective", "dataset", "primary_metric", "status", "failed_step", "failed_message", "steps", "first_loss", "final_loss", "dev_loss",
-        "train_tokens_per_s", "train_wall_s", "wall_s",
-    ] {
-        header.push(h.into());
-    }
-    for m in &methods {
-        for f in [
-            "n", "accuracy", "accuracy_lo", "accuracy_hi", "macro_f1", "macro_f1_lo", "macro_f1_hi", "balanced_accuracy", "invalid_rate", "majority_baseline",
-            "majority_label", "collapse", "throughput", "throughput_unit",
-        ] {
-            header.push(format!("{m}_{f}"));
-        }
-    }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(&header).map_err(|e| Error::data(&path, e.to_string()))?;
+    let mut table = SummaryCsv { header: summary_header(has_variants, &manifest.axis_keys, &methods), rows: Vec::with_capacity(rows.len()) };
     for r in rows {
         let p = &r.point;
         let mut rec: Vec<String> = vec![p.id.clone(), p.config_id.clone(), p.zero_shot.to_string()];
@@ -177,7 +99,7 @@ pub fn write_csv(folder: &Path, manifest: &Manifest, rows: &[RunRow]) -> Result<
         let t = r.summary.as_ref().map(|s| &s.train);
         rec.extend([
             p.seed.to_string(),
-            serde_json::to_value(p.config.objective.kind()).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            p.config.objective.kind().as_str().to_string(),
             r.dataset(),
             p.primary_metric.as_str().to_string(),
             r.status.as_str().to_string(),
@@ -212,13 +134,12 @@ pub fn write_csv(folder: &Path, manifest: &Manifest, rows: &[RunRow]) -> Result<
                         x.throughput_unit.clone(),
                     ]);
                 }
-                None => rec.extend(std::iter::repeat_n(String::new(), 14)),
+                None => rec.extend(std::iter::repeat_n(String::new(), METHOD_COLUMNS.len())),
             }
         }
-        w.write_record(&rec).map_err(|e| Error::data(&path, e.to_string()))?;
+        table.rows.push(rec);
     }
-    let bytes = w.into_inner().map_err(|e| Error::data(&path, e.to_string()))?;
-    write_atomic(&path, &bytes)
+    Ok(StudyDir::new(folder).write_summary(&table)?)
 }
 
 /// Rewrite `<results>/index.csv` from every `<results>/<study>/<folder>/manifest.json`: study,
@@ -234,14 +155,15 @@ pub fn write_index(results: &Path) -> Result<()> {
         let mut folders: Vec<PathBuf> = std::fs::read_dir(&s)
             .map_err(|e| Error::io(&s, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("manifest.json").is_file())
+            .filter(|p| StudyDir::is_study_folder(p))
             .collect();
         folders.sort();
         for f in folders {
-            let Ok(m) = Manifest::read(&f) else { continue };
+            let Ok(m) = manifest::read(&f) else { continue };
+            let study = StudyDir::new(&f);
             let (mut done, mut failed) = (0, 0);
             for p in &m.points {
-                match status_of(&run_dir(&f, &p.id)) {
+                match study.run(&p.id).status() {
                     RunStatus::Done => done += 1,
                     RunStatus::Failed => failed += 1,
                     RunStatus::Pending => {}
@@ -261,13 +183,6 @@ pub fn write_index(results: &Path) -> Result<()> {
             ]);
         }
     }
-    let path = results.join("index.csv");
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let header = ["study", "folder", "commit", "dirty", "device", "start", "end", "runs_done", "runs_failed", "runs_total"];
-    w.write_record(header).map_err(|e| Error::data(&path, e.to_string()))?;
-    for r in rows {
-        w.write_record(&r).map_err(|e| Error::data(&path, e.to_string()))?;
-    }
-    let bytes = w.into_inner().map_err(|e| Error::data(&path, e.to_string()))?;
-    write_atomic(&path, &bytes)
+    let table = SummaryCsv { header: INDEX_COLUMNS.iter().map(|h| h.to_string()).collect(), rows };
+    Ok(table.write(&StudyDir::index_csv(results))?)
 }

@@ -11,57 +11,12 @@ use crate::objective::{scored_loss, Batch, Example, Objective};
 use crate::rng::{derive_seed, rng_for, Purpose};
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// One row of `metrics.csv`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepMetrics {
-    /// Optimizer step (1-based, after the update).
-    pub step: u64,
-    /// Fractional epoch reached.
-    pub epoch: f64,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Weighted loss (what is differentiated).
-    pub loss: f64,
-    /// Unweighted CE over scored tokens.
-    pub ce: f64,
-    /// Argmax accuracy over scored tokens.
-    pub token_acc: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Scored tokens in the step.
-    pub scored_tokens: usize,
-    /// Real (unpadded) tokens through the model in the step.
-    pub tokens: usize,
-    /// Real tokens per second over the step.
-    pub tokens_per_s: f64,
-    /// Seconds since training started.
-    pub elapsed_s: f64,
-}
-
-/// What the loop reports at the end.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainOutcome {
-    /// Steps run.
-    pub steps: u64,
-    /// Mean weighted loss over the last 10% of steps (at least one).
-    pub final_loss: f64,
-    /// Loss of the first step.
-    pub first_loss: f64,
-    /// Mean real tokens per second over the run.
-    pub tokens_per_s: f64,
-    /// Seconds of training.
-    pub wall_s: f64,
-    /// Trainable parameters.
-    pub trainable_params: usize,
-    /// Final dev loss, when a dev split was given.
-    pub dev_loss: Option<f64>,
-}
+pub use ddm_schema::{StepMetrics, TrainOutcome};
 
 /// Called every `eval_every` steps and at the end with the model in its current state; returns
 /// named metrics that go to `eval_metrics.csv`.
@@ -171,9 +126,9 @@ pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, in
         return Err(Error::msg("the training split is empty"));
     }
     std::fs::create_dir_all(&inp.checkpoint_dir).map_err(|e| Error::io(&inp.checkpoint_dir, e))?;
-    let metrics_path = inp.run_dir.join("metrics.csv");
+    let metrics_path = ddm_schema::RunDir::new(inp.run_dir).metrics_csv();
     let mut metrics = csv::Writer::from_path(&metrics_path).map_err(|e| Error::data(&metrics_path, e.to_string()))?;
-    let eval_path = inp.run_dir.join("eval_metrics.csv");
+    let eval_path = ddm_schema::RunDir::new(inp.run_dir).eval_metrics_csv();
     let mut eval_csv = csv_writer(&eval_path, "step,metric,value")?;
     let mut opt = AdamW::new(trainable, AdamWParams { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.adam_eps, weight_decay: cfg.weight_decay })?;
     let mut accum = GradAccum::new(trainable);
@@ -279,7 +234,7 @@ pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, in
         }
     }
     let dev_final = evaluate(inp.total_steps, model, &mut hook)?;
-    trainable.save(&inp.checkpoint_dir.join("adapter.safetensors"))?;
+    trainable.save(&inp.checkpoint_dir.join(ddm_schema::RunDir::ADAPTER))?;
     bar.finish_with_message(format!("loss {:.4}", losses.last().copied().unwrap_or(f64::NAN)));
     let wall = start.elapsed().as_secs_f64();
     let tail = (losses.len() / 10).max(1);

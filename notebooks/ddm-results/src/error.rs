@@ -30,6 +30,12 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl From<ddm_schema::Error> for Error {
+    fn from(e: ddm_schema::Error) -> Self {
+        Error(e.to_string())
+    }
+}
+
 impl<E: std::error::Error + Send + Sync> From<plotters::drawing::DrawingAreaErrorKind<E>> for Error {
     fn from(e: plotters::drawing::DrawingAreaErrorKind<E>) -> Self {
         Error(format!("plot: {e}"))

@@ -39,7 +39,7 @@ pub fn accuracy(study: &Study) -> Result<Figure> {
                     .iter()
                     .filter(|c| &c.method == m)
                     .filter_map(|c| {
-                        let e = if f1 { c.macro_f1() } else { c.accuracy() }?;
+                        let e = if f1 { c.macro_f1_estimate() } else { c.accuracy_estimate() }?;
                         Some((rows.iter().position(|r| *r == c.config_id)?, e.value, e.interval.map(clamp01)))
                     })
                     .collect(),

@@ -6,11 +6,8 @@
 //! from the working directory and then from its parents, so `results/...` works from the
 //! repository root and from `notebooks/` (where the kernel runs) alike.
 
-use crate::analysis::Analysis;
-use crate::manifest::{Manifest, Point};
-use crate::run::{self, EvalResult, StepRow};
-use crate::summary::Summary;
 use crate::{Error, Result};
+use ddm_schema::{Analysis, EvalResult, Manifest, Point, RunDir, RunStatus, StepMetrics, StudyDir, SummaryCsv};
 use std::path::{Path, PathBuf};
 
 /// Default folder of `diffusion_vs_ar.ipynb`.
@@ -51,14 +48,14 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
         let cwd = std::env::current_dir().map(|c| c.display().to_string()).unwrap_or_default();
         return Err(Error(format!("no study results at `{spec}` (looked from {cwd} and its parents): {hint}")));
     };
-    let latest = if found.is_file() { Some(found.clone()) } else { Some(found.join("latest")).filter(|l| l.is_file()) };
-    if found.is_dir() && found.join("manifest.json").is_file() {
+    let latest = if found.is_file() { Some(found.clone()) } else { Some(StudyDir::latest_file(&found)).filter(|l| l.is_file()) };
+    if found.is_dir() && StudyDir::is_study_folder(&found) {
         return Ok(found);
     }
     if let Some(l) = latest {
         let name = std::fs::read_to_string(&l).map_err(|e| Error::file(&l, e))?.trim().to_string();
         let dir = l.parent().unwrap_or(Path::new(".")).join(&name);
-        if name.is_empty() || !dir.join("manifest.json").is_file() {
+        if name.is_empty() || !StudyDir::is_study_folder(&dir) {
             return Err(Error(format!("{} names `{name}`, which is not a study result folder (no manifest.json)", l.display())));
         }
         return Ok(dir);
@@ -79,7 +76,7 @@ pub struct Study {
     /// `manifest.json`.
     pub manifest: Manifest,
     /// `summary.csv`.
-    pub summary: Summary,
+    pub summary: SummaryCsv,
     /// `analysis.json`.
     pub analysis: Analysis,
 }
@@ -100,18 +97,9 @@ impl Study {
     /// failed) or that has no `summary.csv` / `analysis.json`.
     pub fn open(spec: &str) -> Result<Study> {
         let dir = resolve(spec)?;
-        let mp = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&mp).map_err(|e| Error::file(&mp, e))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| Error::file(&mp, format!("not a study manifest: {e}")))?;
-        let pending: Vec<&str> = manifest
-            .points
-            .iter()
-            .filter(|p| {
-                let r = dir.join("runs").join(&p.id);
-                !(r.join("DONE").is_file() || r.join("FAILED").is_file())
-            })
-            .map(|p| p.id.as_str())
-            .collect();
+        let folder = StudyDir::new(&dir);
+        let manifest: Manifest = folder.read_manifest().map_err(|e| Error(format!("not a study manifest: {e}")))?;
+        let pending: Vec<&str> = manifest.points.iter().filter(|p| folder.run(&p.id).status() == RunStatus::Pending).map(|p| p.id.as_str()).collect();
         if manifest.end.is_none() || !pending.is_empty() {
             let shown: Vec<&str> = pending.iter().take(5).copied().collect();
             let more = if pending.len() > 5 { format!(" and {} more", pending.len() - 5) } else { String::new() };
@@ -124,33 +112,30 @@ impl Study {
                 manifest.study
             )));
         }
-        let sp = dir.join("summary.csv");
-        if !sp.is_file() {
+        if !folder.summary_csv().is_file() {
             return Err(Error(format!("{}: no summary.csv; rerun `harness report {}`", dir.display(), dir.display())));
         }
-        let summary = Summary::read(&sp)?;
-        let ap = dir.join("analysis.json");
-        if !ap.is_file() {
+        let summary = folder.read_summary()?;
+        if !folder.analysis_json().is_file() {
             return Err(Error(format!("{}: no analysis.json; write it with `harness report {}`", dir.display(), dir.display())));
         }
-        let text = std::fs::read_to_string(&ap).map_err(|e| Error::file(&ap, e))?;
-        let analysis: Analysis = serde_json::from_str(&text).map_err(|e| Error::file(&ap, e))?;
+        let analysis: Analysis = folder.read_analysis()?;
         Ok(Study { spec: spec.to_string(), dir, manifest, summary, analysis })
     }
 
     /// The folder of run `id`.
-    pub fn run_dir(&self, id: &str) -> PathBuf {
-        self.dir.join("runs").join(id)
+    pub fn run_dir(&self, id: &str) -> RunDir {
+        StudyDir::new(&self.dir).run(id)
     }
 
     /// `metrics.csv` of run `id` (empty for zero-shot runs).
-    pub fn metrics(&self, id: &str) -> Result<Vec<StepRow>> {
-        run::read_metrics(&self.run_dir(id))
+    pub fn metrics(&self, id: &str) -> Result<Vec<StepMetrics>> {
+        Ok(self.run_dir(id).read_metrics()?)
     }
 
     /// `eval.json` of run `id` (`None` for failed runs).
     pub fn eval(&self, id: &str) -> Result<Option<EvalResult>> {
-        run::read_eval(&self.run_dir(id))
+        Ok(self.run_dir(id).read_eval()?)
     }
 
     /// Trained (not zero-shot) points.
@@ -169,11 +154,10 @@ impl Study {
     pub fn counts(&self) -> (usize, usize, usize) {
         let (mut done, mut failed) = (0, 0);
         for p in &self.manifest.points {
-            let r = self.run_dir(&p.id);
-            if r.join("DONE").is_file() {
-                done += 1;
-            } else if r.join("FAILED").is_file() {
-                failed += 1;
+            match self.run_dir(&p.id).status() {
+                RunStatus::Done => done += 1,
+                RunStatus::Failed => failed += 1,
+                RunStatus::Pending => {}
             }
         }
         (done, failed, self.manifest.points.len())

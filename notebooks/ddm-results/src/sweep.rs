@@ -1,8 +1,7 @@
 //! What a study varies: the swept value of `study.ipynb`'s x axis, the series drawn over it,
 //! and the decoding-step sweep of the diffusion sampler (`generate@steps=N`).
 
-use crate::manifest::Point;
-use crate::run::MethodResult;
+use ddm_schema::{MethodResult, Point};
 use crate::summary::Spread;
 use crate::tables::Table;
 use crate::{Result, Study};
@@ -157,9 +156,9 @@ pub fn points(study: &Study, axis: &Axis, metric: Metric) -> Vec<SweepPoint> {
         let Some(p) = first(&c.config_id) else { continue };
         let Some(x) = axis.index(&p) else { continue };
         let e = match metric {
-            Metric::Primary => c.primary(),
-            Metric::Accuracy => c.accuracy(),
-            _ => c.macro_f1(),
+            Metric::Primary => c.primary_estimate(),
+            Metric::Accuracy => c.accuracy_estimate(),
+            _ => c.macro_f1_estimate(),
         };
         if let Some(e) = e {
             out.push(SweepPoint { series: format!("{} · {}", axis.series(&p), c.method), x, y: e.value, interval: e.interval.map(|(lo, hi)| (lo.max(0.0), hi.min(1.0))) });
@@ -183,9 +182,9 @@ pub fn table(study: &Study, axis: &Axis) -> Table {
             if c.zero_shot { c.config_id.clone() } else { axis.series(p) },
             c.method.clone(),
             format!("{}/{}", c.done, c.runs),
-            format!("{} {}", c.primary_metric, c.primary().map(|e| e.text()).unwrap_or_default()),
-            c.accuracy().map(|e| e.text()).unwrap_or_default(),
-            c.macro_f1().map(|e| e.text()).unwrap_or_default(),
+            format!("{} {}", c.primary_metric.as_str(), c.primary_estimate().map(|e| e.text()).unwrap_or_default()),
+            c.accuracy_estimate().map(|e| e.text()).unwrap_or_default(),
+            c.macro_f1_estimate().map(|e| e.text()).unwrap_or_default(),
             mean("final_loss", 3),
             mean("train_tokens_per_s", 0),
         ]);

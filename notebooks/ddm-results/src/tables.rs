@@ -106,15 +106,15 @@ pub fn accuracy(study: &Study) -> Table {
         &["configuration", "dataset", "method", "runs", "primary", "accuracy", "macro-F1", "interval", "majority baseline", "invalid", "collapsed onto", "final loss"],
     );
     for c in &study.analysis.configs {
-        let acc = c.accuracy();
+        let acc = c.accuracy_estimate();
         t.rows.push(vec![
             c.config_id.clone(),
             c.dataset.clone(),
             c.method.clone(),
             format!("{}/{}{}", c.done, c.runs, if c.failed > 0 { format!(" ({} failed)", c.failed) } else { String::new() }),
-            c.primary_metric.clone(),
+            c.primary_metric.as_str().to_string(),
             acc.map(|e| e.text()).unwrap_or_default(),
-            c.macro_f1().map(|e| e.text()).unwrap_or_default(),
+            c.macro_f1_estimate().map(|e| e.text()).unwrap_or_default(),
             acc.map(|e| e.source.to_string()).unwrap_or_default(),
             c.majority.as_ref().map(|m| format!("{:.3} ({})", m.accuracy, m.label)).unwrap_or_default(),
             c.invalid_rate.map(|x| format!("{x:.3}")).unwrap_or_default(),

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 fn report(acc: f64) -> serde_json::Value {
     json!({"n": 4, "correct": 2, "accuracy": {"estimate": acc, "lo": 0.1, "hi": 0.9}, "invalid": 0, "invalid_rate": 0.0,
-           "macro_f1": {"estimate": acc / 2.0, "lo": 0.0, "hi": 0.8}, "majority_baseline": {"label": "yes", "accuracy": 0.5}, "collapse": null})
+           "macro_f1": {"estimate": acc / 2.0, "lo": 0.0, "hi": 0.8}, "balanced_accuracy": {"estimate": acc, "lo": 0.0, "hi": 1.0},
+           "per_class": [], "predicted": [], "majority_baseline": {"label": "yes", "accuracy": 0.5}, "collapse": null,
+           "confusion": {"labels": ["yes", "no"], "counts": [[1, 1], [1, 1]], "invalid": [0, 0]}, "bootstrap_resamples": 10, "seed": 0})
 }
 
 fn point(id: &str, cfg: &str, kind: &str, anneal: Option<u64>, zero_shot: bool) -> serde_json::Value {
