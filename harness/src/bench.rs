@@ -5,7 +5,8 @@
 
 use crate::config::TrainConfig;
 use crate::model::load::random_model_dtype;
-use crate::model::lora::{AdapterConfig, AdapterKind, Fwd};
+use crate::model::lora::{AdapterConfig, AdapterKind};
+use crate::model::params::Fwd;
 use crate::model::mask::AttentionMode;
 use crate::model::{Llama, LlamaConfig};
 use crate::objective::{scored_loss, Autoregressive, Batch, Diffusion, Example, LossNorm, Objective, TSampling};
@@ -424,7 +425,8 @@ pub struct OpTiming {
 /// Time the tensor operations a training step is made of, at SmolLM2-135M shapes and batch 64
 /// (batch 2 and tiny widths with `quick`), into `dir/ops.jsonl`.
 pub fn op_profile(dir: &std::path::Path, device: &str, quick: bool) -> Result<()> {
-    use crate::model::{attention, kernels, ops};
+    use crate::kernels::fused as kernels;
+    use crate::model::{attention, ops};
     use candle_core::{Tensor, D};
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let dev = crate::config::device(&crate::config::resolve_device(device)?)?;

@@ -40,6 +40,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod kernels;
 pub mod eval;
 pub mod model;
 pub mod report;

@@ -1,5 +1,4 @@
 //! The training loop: AdamW, schedule, accumulation, clipping, metrics, checkpoints.
-pub mod fused;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;

@@ -5,7 +5,7 @@
 use super::optim::{AdamW, AdamWParams, GradAccum};
 use super::schedule::lr_at;
 use crate::config::TrainConfig;
-use crate::model::lora::{Fwd, Trainable};
+use crate::model::params::{Fwd, Trainable};
 use crate::model::Llama;
 use crate::objective::{scored_loss, Batch, Example, Objective};
 use crate::rng::{derive_seed, rng_for, Purpose};
