@@ -308,7 +308,11 @@ impl DecoderLayer {
             dx2 + dx1
         };
         match anchor {
-            Some(anchor) => Attach2::apply("decoder-layer", [&x, &anchor], x3, Box::new(move |_, _, dy| Ok([if x_tracks { Some(bwd(dy)?) } else { None }, None]))),
+            // the backward always runs (it delivers the parameter gradients); dx only when x tracks
+            Some(anchor) => Attach2::apply("decoder-layer", [&x, &anchor], x3, Box::new(move |_, _, dy| {
+                let dx = bwd(dy)?;
+                Ok([x_tracks.then_some(dx), None])
+            })),
             // nothing in the layer trains: a node on the input alone, or no node at all
             None if x_tracks => Attach1::apply("decoder-layer", &x, x3, Box::new(move |_, _, dy| bwd(dy))),
             None => Ok(x3),
