@@ -84,12 +84,11 @@ pub fn losses(device: &Device, dtype: DType) -> Result<Vec<(String, f64)>> {
     let full = AdapterConfig { kind: crate::model::lora::AdapterKind::Full, ..Default::default() };
     let (model, tr) = model_on(device, dtype, &full)?;
     let p = diffusion(true).prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
-    let parts = scored_loss(&model, &p, p.denom, 0, &Fwd { train: true, ..Default::default() })?;
-    let grads = parts.loss.backward()?;
     let mut acc = crate::train::optim::GradAccum::new(&tr);
-    acc.add(&grads)?;
-    let (_, norm) = acc.take_clipped(0.0)?;
-    out.push(("ddm_shift_grad_norm".into(), norm));
+    let mut opt = crate::train::optim::AdamW::new(&tr, Default::default())?;
+    let sc = crate::train::step::StepCtx { seed: 0, step: 0, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 0.0 };
+    let v = crate::train::step::train_step(&model, std::slice::from_ref(&p), sc)?;
+    out.push(("ddm_shift_grad_norm".into(), v.grad_norm));
     Ok(out)
 }
 
