@@ -106,7 +106,7 @@ impl Trainable {
 /// Per-forward context: training flag and the counters that seed dropout.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fwd {
-    /// Training (dropout on, differentiable kernels) or inference.
+    /// Training (dropout on; each layer on the model's [`crate::model::LayerPath`]) or inference.
     pub train: bool,
     /// Run seed.
     pub seed: u64,
