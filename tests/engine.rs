@@ -74,6 +74,27 @@ fn annealed_mask_is_reproducible_dense_as_promised_and_keeps_causal_part() {
 }
 
 #[test]
+fn the_one_bias_builder_serves_the_kv_cache_and_left_padding() {
+    let pic = |t: &Tensor| -> String {
+        let (b, _, l, k) = t.dims4().unwrap();
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        (0..b * l).map(|r| (0..k).map(|j| if v[r * k + j] == 0.0 { '#' } else { '.' }).collect::<String>() + "\n").collect()
+    };
+    // three new queries after two cached positions: query i sees keys 0..=2+i
+    let c = mask::cache_bias(3, 2, DType::F32, &Device::Cpu).unwrap().unwrap();
+    assert_eq!(c.dims(), &[1, 1, 3, 5]);
+    assert_eq!(pic(&c), "###..\n####.\n#####\n");
+    assert!(mask::cache_bias(1, 7, DType::F32, &Device::Cpu).unwrap().is_none(), "one query sees every key");
+    // a left-padded causal row: the pad query sees nothing (Hidden) or keeps itself (KeepSelf)
+    let vis = mask::visibility(AttentionMode::Causal, 3, 0, 0);
+    let kv = vec![vec![false, true, true]];
+    let hidden = mask::additive_bias(&vis, (3, 3), Some(&kv), mask::EmptyRow::Hidden, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(pic(&hidden), "...\n.#.\n.##\n");
+    let keep = mask::additive_bias(&vis, (3, 3), Some(&kv), mask::EmptyRow::KeepSelf, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(pic(&keep), "#..\n.#.\n.##\n");
+}
+
+#[test]
 fn padding_key_mask_hides_pad_keys() {
     let kv = vec![vec![true, true, true], vec![true, true, false]];
     let bias = attention_bias(AttentionMode::Full, 0, 0, 3, Some(&kv), DType::F32, &Device::Cpu).unwrap().unwrap();
