@@ -5,7 +5,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use harness::config::TrainConfig;
 use harness::model::load::{self, permute_qk, random_model, tiny_config};
-use harness::model::lora::{AdapterConfig, AdapterKind, Fwd};
+use harness::model::{AdapterConfig, AdapterKind, Fwd, LayerPath};
 use harness::model::mask::{self, attention_bias, AttentionMode};
 use harness::model::tokenizer::MaskToken;
 use harness::model::{BuildOpts, Llama};
@@ -73,6 +73,27 @@ fn annealed_mask_is_reproducible_dense_as_promised_and_keeps_causal_part() {
     assert_eq!(mask::visibility(one, 5, 0, 3), mask::visibility(AttentionMode::Full, 5, 0, 3));
     assert_eq!(mode.at_step(99), AttentionMode::Full);
     assert!(attention_bias(one, 0, 3, 5, None, DType::F32, &Device::Cpu).unwrap().is_none());
+}
+
+#[test]
+fn the_one_bias_builder_serves_the_kv_cache_and_left_padding() {
+    let pic = |t: &Tensor| -> String {
+        let (b, _, l, k) = t.dims4().unwrap();
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        (0..b * l).map(|r| (0..k).map(|j| if v[r * k + j] == 0.0 { '#' } else { '.' }).collect::<String>() + "\n").collect()
+    };
+    // three new queries after two cached positions: query i sees keys 0..=2+i
+    let c = mask::cache_bias(3, 2, DType::F32, &Device::Cpu).unwrap().unwrap();
+    assert_eq!(c.dims(), &[1, 1, 3, 5]);
+    assert_eq!(pic(&c), "###..\n####.\n#####\n");
+    assert!(mask::cache_bias(1, 7, DType::F32, &Device::Cpu).unwrap().is_none(), "one query sees every key");
+    // a left-padded causal row: the pad query sees nothing (Hidden) or keeps itself (KeepSelf)
+    let vis = mask::visibility(AttentionMode::Causal, 3, 0, 0);
+    let kv = vec![vec![false, true, true]];
+    let hidden = mask::additive_bias(&vis, (3, 3), Some(&kv), mask::EmptyRow::Hidden, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(pic(&hidden), "...\n.#.\n.##\n");
+    let keep = mask::additive_bias(&vis, (3, 3), Some(&kv), mask::EmptyRow::KeepSelf, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(pic(&keep), "#..\n.#.\n.##\n");
 }
 
 #[test]
@@ -536,9 +557,9 @@ fn gguf_f32_model_equals_the_original_model() {
     let loaded = load::load_gguf(&path, DType::F32, &Device::Cpu, &MaskToken::Auto).unwrap();
     let none = AdapterConfig { targets: vec![], ..Default::default() };
     let vb = candle_nn::VarBuilder::from_tensors(loaded.tensors, DType::F32, &Device::Cpu);
-    let (m1, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0 }).unwrap();
+    let (m1, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused }).unwrap();
     let vb = candle_nn::VarBuilder::from_tensors(orig, DType::F32, &Device::Cpu);
-    let (m2, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0 }).unwrap();
+    let (m2, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused }).unwrap();
     let ids = [1u32, 200, 3000, 45000, 7];
     assert_eq!(logits_of(&m1, &ids), logits_of(&m2, &ids));
 }
@@ -559,7 +580,7 @@ fn torch_cross_check() {
     assert!(loaded.tok.is_none());
     let none = AdapterConfig { targets: vec![], ..Default::default() };
     let vb = candle_nn::VarBuilder::from_tensors(loaded.tensors, DType::F32, &Device::Cpu);
-    let (model, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0 }).unwrap();
+    let (model, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused }).unwrap();
     let (batch, masked) = harness::selfcheck::fixture_batch();
     for (shift, want) in [(true, DDM_SHIFT), (false, DDM_NOSHIFT)] {
         let mut d = diffusion(shift, LossNorm::Masked);
@@ -579,8 +600,9 @@ fn torch_cross_check() {
 // ---------------------------------------------------------------- fused kernels' backward
 
 #[test]
-fn fused_ops_gradients_match_composite_ops() {
+fn hand_written_backward_pieces_match_autograd_of_the_composites() {
     use candle_core::Var;
+    use harness::kernels::fused as kernels;
     use harness::model::ops;
     let dev = Device::Cpu;
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap()).unwrap();
@@ -589,36 +611,37 @@ fn fused_ops_gradients_match_composite_ops() {
         let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()
     };
+    let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
     let close = |a: &[f32], b: &[f32], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}");
         let m = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
         assert!(m < 1e-4, "{what}: max gradient difference {m}");
     };
-    // softmax
-    let a = grad(ops::softmax_last_dim(x.as_tensor()).unwrap());
+    // softmax: dS = P ⊙ (g − Σ g⊙P)
+    let p = candle_nn::ops::softmax_last_dim(x.as_tensor()).unwrap();
+    let a = flat(kernels::softmax_bwd(&p, &r).unwrap());
     let b = grad(candle_nn::ops::softmax(x.as_tensor(), candle_core::D::Minus1).unwrap());
     close(&a, &b, "softmax");
-    // rope
+    // rope over the head split: the inverse rotation, moved to (B, L, H·Dh)
     let cos = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap();
     let sin = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap();
-    let a = grad(ops::rope(x.as_tensor(), &cos, &sin).unwrap());
-    let b = grad(candle_nn::rotary_emb::rope_slow(x.as_tensor(), &cos, &sin).unwrap());
+    let a = flat(ops::rope_heads_bwd(&r, &cos, &sin.neg().unwrap()).unwrap());
+    let g = (candle_nn::rotary_emb::rope_slow(x.as_tensor(), &cos, &sin).unwrap() * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let b = flat(g.get(x.as_tensor()).unwrap().transpose(1, 2).unwrap().contiguous().unwrap());
     close(&a, &b, "rope");
-    // rms norm, frozen weight
+    // rms norm, frozen weight: the input gradient
     let w = Tensor::randn(1f32, 0.5, 8, &dev).unwrap();
-    let a = grad(ops::rms_norm(x.as_tensor(), &w, 1e-5).unwrap());
+    let a = flat(kernels::rms_norm_bwd(x.as_tensor(), &w, &r, 1e-5).unwrap());
     let b = grad(candle_nn::ops::rms_norm_slow(x.as_tensor(), &w, 1e-5).unwrap());
     close(&a, &b, "rms_norm");
     // rms norm, trainable weight: both gradients
     let wv = Var::from_tensor(&w).unwrap();
-    let y1 = ops::rms_norm(x.as_tensor(), wv.as_tensor(), 1e-5).unwrap();
-    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let y2 = candle_nn::ops::rms_norm_slow(x.as_tensor(), wv.as_tensor(), 1e-5).unwrap();
     let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    for t in [x.as_tensor(), wv.as_tensor()] {
-        let p: Vec<f32> = g1.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let q: Vec<f32> = g2.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        close(&p, &q, "rms_norm trainable");
-    }
+    let dx: Vec<f32> = flat(g2.get(x.as_tensor()).unwrap().clone());
+    close(&flat(kernels::rms_norm_bwd(x.as_tensor(), &w, &r, 1e-5).unwrap()), &dx, "rms_norm trainable: dx");
+    let dw: Vec<f32> = flat(g2.get(wv.as_tensor()).unwrap().clone());
+    close(&flat(ops::rms_norm_weight_grad(x.as_tensor(), &r, 1e-5).unwrap()), &dw, "rms_norm trainable: dw");
 }
 
 /// Max |a − b| over two tensors' elements.
@@ -632,7 +655,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn recomputing_attention_matches_autograd_attention_values_and_gradients() {
     use candle_core::Var;
-    use harness::model::attention::{attention, attention_reference};
+    use harness::model::attention::{attention_bwd, attention_fwd, attention_reference};
     let dev = Device::Cpu;
     // GQA: 6 query heads share 2 key/value heads; L = 5 queries over T = 7 keys; a padding bias
     let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 6, 5, 8), &dev).unwrap()).unwrap();
@@ -646,18 +669,18 @@ fn recomputing_attention_matches_autograd_attention_values_and_gradients() {
     let bias = Tensor::from_vec(bias, (2, 1, 5, 7), &dev).unwrap();
     let r = Tensor::randn(0f32, 1.0, (2, 5, 48), &dev).unwrap();
     for b in [None, Some(&bias)] {
-        let y1 = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), b).unwrap();
+        let y1 = attention_fwd(q.as_tensor(), k.as_tensor(), v.as_tensor(), b).unwrap();
         let y2 = attention_reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), b).unwrap();
         assert!(max_diff(&y1, &y2) < 1e-5, "values differ by {}", max_diff(&y1, &y2));
-        let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (dq, dk1, dv) = attention_bwd(q.as_tensor(), k.as_tensor(), v.as_tensor(), b, &r).unwrap();
         let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
-            let d = max_diff(g1.get(t.as_tensor()).unwrap(), g2.get(t.as_tensor()).unwrap());
+        for (name, t, d1) in [("q", &q, &dq), ("k", &k, &dk1), ("v", &v, &dv)] {
+            let d = max_diff(d1, g2.get(t.as_tensor()).unwrap());
             assert!(d < 1e-4, "d{name} differs by {d} (bias {})", b.is_some());
         }
         // the masked keys get no gradient from the padded row
         if b.is_some() {
-            let dk: Vec<f32> = g1.get(k.as_tensor()).unwrap().get(1).unwrap().narrow(1, 5, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let dk: Vec<f32> = dk1.get(1).unwrap().narrow(1, 5, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             assert!(dk.iter().all(|x| x.abs() < 1e-12), "masked keys got a gradient: {dk:?}");
         }
     }
@@ -666,7 +689,7 @@ fn recomputing_attention_matches_autograd_attention_values_and_gradients() {
 #[test]
 fn fused_cross_entropy_matches_composite_values_hits_and_gradients() {
     use candle_core::Var;
-    use harness::objective::ce::{cross_entropy, cross_entropy_reference};
+    use harness::kernels::ce::{cross_entropy, cross_entropy_reference};
     let dev = Device::Cpu;
     let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (6, 11), &dev).unwrap()).unwrap();
     let t = Tensor::new(&[0u32, 10, 3, 3, 7, 1], &dev).unwrap();
@@ -739,89 +762,94 @@ fn adamw_step_matches_the_update_rule_by_hand_with_clipping() {
 }
 
 #[test]
-fn one_node_linear_layers_match_the_composite_layer() {
+fn fused_linear_rows_match_the_autograd_linear() {
     use candle_core::Var;
-    use harness::model::lora::Linear;
+    use harness::model::linear::Linear;
+    use harness::model::params::GradSink;
     let dev = Device::Cpu;
     let w = Tensor::randn(0f32, 1.0, (5, 6), &dev).unwrap();
     let r = Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap();
-    for kind in [AdapterKind::Lora, AdapterKind::Full] {
-        let cfg = AdapterConfig { kind, rank: 2, alpha: 4.0, targets: vec!["q_proj".into()], ..Default::default() };
+    for (kind, dropout) in [(AdapterKind::Lora, 0.0), (AdapterKind::Lora, 0.3), (AdapterKind::Full, 0.0)] {
+        let cfg = AdapterConfig { kind, rank: 2, alpha: 4.0, dropout, targets: vec!["q_proj".into()], ..Default::default() };
         let mut tr = harness::model::Trainable::default();
         let lin = Linear::new(w.clone(), "model.layers.0.self_attn.q_proj", &cfg, 1, 3, &mut tr).unwrap();
         if let Some(l) = &lin.lora {
             l.b.set(&Tensor::randn(0f32, 1.0, (5, 2), &dev).unwrap()).unwrap(); // B ≠ 0
         }
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 6), &dev).unwrap()).unwrap();
-        let ctx = Fwd { train: true, ..Default::default() };
-        let y1 = lin.forward(x.as_tensor(), &ctx).unwrap();
-        let y2 = lin.forward_composite(x.as_tensor(), &ctx).unwrap();
-        assert_eq!(y1.dims(), &[2, 3, 5]);
-        assert!(max_diff(&y1, &y2) < 1e-5, "{kind:?}: values differ by {}", max_diff(&y1, &y2));
-        let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let ctx = Fwd { train: true, seed: 4, step: 2, micro: 1 };
+        // the fused rows, outside the graph, with the backward called by hand
+        let sink = GradSink::default();
+        let (y1, saved) = lin.fwd_rows(&x.as_tensor().reshape((6, 6)).unwrap(), &ctx).unwrap();
+        let dx1 = lin.bwd_rows(&saved, &r.reshape((6, 5)).unwrap(), &sink).unwrap();
+        // the plain forward through autograd
+        let y2 = lin.forward(x.as_tensor(), &ctx).unwrap();
+        assert_eq!(y2.dims(), &[2, 3, 5]);
+        let y1 = y1.reshape((2, 3, 5)).unwrap();
+        assert!(max_diff(&y1, &y2) < 1e-5, "{kind:?} p={dropout}: values differ by {}", max_diff(&y1, &y2));
+        if dropout > 0.0 {
+            let plain = lin.forward(x.as_tensor(), &Fwd::default()).unwrap();
+            assert!(max_diff(&plain, &y2) > 1e-3, "dropout changed nothing");
+        }
         let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let mut checked = vec![("x".to_string(), x.as_tensor().clone())];
-        checked.extend(tr.entries.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())));
-        assert_eq!(checked.len(), if kind == AdapterKind::Lora { 3 } else { 2 });
-        for (name, t) in checked {
-            let d = max_diff(g1.get(&t).unwrap(), g2.get(&t).unwrap());
-            assert!(d < 1e-4, "{kind:?}: gradient of {name} differs by {d}");
+        let d = max_diff(&dx1.reshape((2, 3, 6)).unwrap(), g2.get(x.as_tensor()).unwrap());
+        assert!(d < 1e-4, "{kind:?} p={dropout}: gradient of x differs by {d}");
+        assert_eq!(tr.entries.len(), if kind == AdapterKind::Lora { 2 } else { 1 });
+        for (name, v) in &tr.entries {
+            let d = max_diff(&sink.take(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-4, "{kind:?} p={dropout}: gradient of {name} differs by {d}");
         }
     }
 }
 
 #[test]
-fn head_split_ops_match_reshape_transpose_and_rope() {
-    use candle_core::Var;
-    use harness::model::ops::{rope_heads, split_heads};
+fn head_split_rope_matches_reshape_transpose_and_rope() {
+    use harness::model::ops::rope_heads_fwd;
     let dev = Device::Cpu;
     let (b, l, h, dh) = (2, 5, 3, 8);
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, l, h * dh), &dev).unwrap()).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (b, l, h * dh), &dev).unwrap();
     let cos = Tensor::randn(0f32, 1.0, (l, dh / 2), &dev).unwrap();
     let sin = Tensor::randn(0f32, 1.0, (l, dh / 2), &dev).unwrap();
-    let r = Tensor::randn(0f32, 1.0, (b, h, l, dh), &dev).unwrap();
-    let split = |x: &Tensor| x.reshape((b, l, h, dh)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
-    let pairs = [
-        (rope_heads(x.as_tensor(), h, &cos, &sin).unwrap(), candle_nn::rotary_emb::rope_slow(&split(x.as_tensor()), &cos, &sin).unwrap()),
-        (split_heads(x.as_tensor(), h).unwrap(), split(x.as_tensor())),
-    ];
-    for (i, (y1, y2)) in pairs.into_iter().enumerate() {
-        assert_eq!(y1.dims(), &[b, h, l, dh]);
-        assert!(max_diff(&y1, &y2) < 1e-5, "op {i}: values differ");
-        let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let d = max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
-        assert!(d < 1e-5, "op {i}: gradients differ by {d}");
-    }
+    let split = x.reshape((b, l, h, dh)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let y1 = rope_heads_fwd(&x, h, &cos, &sin).unwrap();
+    let y2 = candle_nn::rotary_emb::rope_slow(&split, &cos, &sin).unwrap();
+    assert_eq!(y1.dims(), &[b, h, l, dh]);
+    assert!(max_diff(&y1, &y2) < 1e-5, "values differ by {}", max_diff(&y1, &y2));
 }
 
 #[test]
-fn swiglu_node_matches_silu_times_up_with_gradients() {
+fn swiglu_kernels_match_silu_times_up_with_gradients() {
     use candle_core::Var;
+    use harness::kernels::fused::{swiglu, swiglu_bwd};
     let dev = Device::Cpu;
     let g = Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 7), &dev).unwrap()).unwrap();
     let u = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap()).unwrap();
     let r = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
-    let y1 = harness::model::ops::swiglu(g.as_tensor(), u.as_tensor()).unwrap();
+    let y1 = swiglu(g.as_tensor(), u.as_tensor()).unwrap();
     let y2 = (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap();
     assert!(max_diff(&y1, &y2) < 1e-6);
-    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (dg, du) = swiglu_bwd(g.as_tensor(), u.as_tensor(), &r).unwrap();
     let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    for (name, t) in [("g", &g), ("u", &u)] {
-        let d = max_diff(g1.get(t.as_tensor()).unwrap(), g2.get(t.as_tensor()).unwrap());
+    for (name, t, d1) in [("g", &g, &dg), ("u", &u, &du)] {
+        let d = max_diff(d1, g2.get(t.as_tensor()).unwrap());
         assert!(d < 1e-5, "d{name} differs by {d}");
     }
 }
 
 #[test]
-fn fused_decoder_layers_give_the_per_op_gradients() {
+fn fused_decoder_layers_give_the_reference_gradients() {
     use harness::train::optim::GradAccum;
     let cfg = tiny_config(40);
     let data = pairs();
     let refs: Vec<&Example> = data.iter().take(5).collect();
     let batch = Batch::collate(&refs, 0); // rows of different lengths: padding bias under AR
-    for kind in [AdapterKind::Lora, AdapterKind::Full] {
-        let adapter = AdapterConfig { kind, rank: 4, alpha: 8.0, ..Default::default() };
+    let mut annealed = diffusion(true, LossNorm::Masked);
+    annealed.cfg.anneal_steps = 10; // at step 4: each future key visible with p = 0.5
+    let lora = AdapterConfig { rank: 4, alpha: 8.0, ..Default::default() };
+    // LoRA with dropout on the adapter inputs and trained embeddings (so the first layer's input
+    // gradient is checked too), and full fine-tuning (embeddings train: the same)
+    let adapters = [lora.clone(), AdapterConfig { dropout: 0.25, train_embeddings: true, ..lora }, AdapterConfig { kind: AdapterKind::Full, ..Default::default() }];
+    for adapter in adapters {
         let (mut model, tr) = random_model(&cfg, &adapter, 5, &Device::Cpu).unwrap();
         // B ≠ 0 so that every LoRA tensor gets a non-zero gradient
         for (name, v) in &tr.entries {
@@ -829,17 +857,26 @@ fn fused_decoder_layers_give_the_per_op_gradients() {
                 v.set(&Tensor::randn(0f32, 0.3, v.dims(), &Device::Cpu).unwrap()).unwrap();
             }
         }
-        for obj in [&diffusion(true, LossNorm::Masked) as &dyn Objective, &Autoregressive] {
-            let p = obj.prepare(&batch, 3, 0, 9).unwrap();
-            let ctx = Fwd { train: true, seed: 9, step: 3, micro: 0 };
+        let what = format!("{:?} dropout={} embeddings={}", adapter.kind, adapter.dropout, adapter.train_embeddings);
+        let mut partial_seen = false;
+        for obj in [&diffusion(true, LossNorm::Masked) as &dyn Objective, &annealed, &Autoregressive] {
+            let p = obj.prepare(&batch, 4, 0, 9).unwrap();
+            if let AttentionMode::Annealed { .. } = p.attention.at_step(p.step) {
+                partial_seen = true;
+                // the annealed mask is partial: some future keys hidden, some visible
+                let vis = mask::visibility(p.attention, p.l, p.step, 9);
+                let future: Vec<bool> = (0..p.l).flat_map(|i| (i + 1..p.l).map(move |j| (i, j))).map(|(i, j)| vis[i * p.l + j]).collect();
+                assert!(future.iter().any(|&v| v) && future.iter().any(|&v| !v), "annealed mask is not partial");
+            }
+            let ctx = Fwd { train: true, seed: 9, step: 4, micro: 0 };
             let mut runs = Vec::new();
-            for fused in [true, false] {
-                model.fused_blocks = fused;
+            for path in [LayerPath::Fused, LayerPath::Reference] {
+                model.set_layer_path(path);
                 let parts = objective::scored_loss(&model, &p, p.denom, 9, &ctx).unwrap();
                 let g = parts.loss.backward().unwrap();
                 // fused: the layers' parameter gradients arrive through the sink, not the GradStore
                 let (_, v0) = tr.entries.iter().find(|(n, _)| n.contains("layers.0.")).unwrap();
-                assert_eq!(g.get(v0.as_tensor()).is_none(), fused, "{kind:?} fused={fused}");
+                assert_eq!(g.get(v0.as_tensor()).is_none(), path == LayerPath::Fused, "{what} {path:?}");
                 let mut acc = GradAccum::new(&tr);
                 acc.add(&g).unwrap();
                 let (grads, norm) = acc.take_clipped(0.0).unwrap();
@@ -847,13 +884,21 @@ fn fused_decoder_layers_give_the_per_op_gradients() {
             }
             let (l1, g1, n1) = &runs[0];
             let (l2, g2, n2) = &runs[1];
-            assert!((l1 - l2).abs() < 1e-5, "{kind:?} {}: loss {l1} vs {l2}", obj.name());
-            assert!(*n2 > 0.0 && (n1 - n2).abs() < 1e-4 * n2, "{kind:?} {}: grad norm {n1} vs {n2}", obj.name());
+            assert!((l1 - l2).abs() < 1e-5, "{what} {}: loss {l1} vs {l2}", obj.name());
+            assert!(*n2 > 0.0 && (n1 - n2).abs() < 1e-4 * n2, "{what} {}: grad norm {n1} vs {n2}", obj.name());
+            let mut input_checked = false;
             for ((name, _), (a, b)) in tr.entries.iter().zip(g1.iter().zip(g2)) {
                 let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-3);
                 let d = max_diff(a, b);
-                assert!(d <= 1e-4 * scale.max(1.0), "{kind:?} {}: {name} differs by {d} (scale {scale})", obj.name());
+                assert!(d <= 1e-4 * scale.max(1.0), "{what} {}: {name} differs by {d} (scale {scale})", obj.name());
+                // the embedding's gradient is the first layer's input gradient, gathered per token
+                if name.contains("embed_tokens") {
+                    assert!(scale > 1e-3, "{what}: no input gradient");
+                    input_checked = true;
+                }
             }
+            assert_eq!(input_checked, adapter.train_embeddings || adapter.kind == AdapterKind::Full, "{what}");
         }
+        assert!(partial_seen, "no objective ran with a partial annealed mask");
     }
 }

@@ -5,13 +5,15 @@
 
 use crate::config::{ObjectiveConfig, TrainConfig};
 use crate::model::load::random_model_dtype;
-use crate::model::lora::{AdapterConfig, AdapterKind, Fwd};
+use crate::model::lora::{AdapterConfig, AdapterKind};
+use crate::model::params::Fwd;
 use crate::model::mask::AttentionMode;
-use crate::model::{Llama, LlamaConfig};
-use crate::objective::{scored_loss, Batch, Example};
+use crate::model::{LayerPath, Llama, LlamaConfig};
+use crate::objective::{Batch, Example};
 use crate::rng::{rng_for, Purpose};
 use crate::sample::{ArSampler, DiffusionSampler, ModelDenoiser, Strategy};
 use crate::train::optim::{AdamW, AdamWParams, GradAccum};
+use crate::train::step::{self as phase, train_step, StepCtx};
 use crate::Result;
 use candle_core::{DType, Device};
 use rand::Rng;
@@ -39,6 +41,10 @@ pub fn smollm2_135m() -> LlamaConfig {
 pub struct TrainBench {
     /// Always `candle`.
     pub impl_name: String,
+    /// How training ran each decoder layer (`model.layer_path`; absent in files written before
+    /// this field existed).
+    #[serde(default)]
+    pub layer_path: LayerPath,
     /// `ddm` or `ar`.
     pub objective: String,
     /// LoRA rank, 0 for full fine-tuning.
@@ -74,11 +80,11 @@ pub struct TrainBench {
 /// Milliseconds of one training step by phase (each phase ends with a device synchronisation).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Phases {
-    /// Corruption, forward pass and loss.
+    /// Corruption, forward pass and loss ([`crate::train::step::forward`]).
     pub forward_ms: f64,
-    /// Backward pass (gradients of every trainable tensor).
+    /// Backward pass and gradient accumulation ([`crate::train::step::backward`]).
     pub backward_ms: f64,
-    /// Gradient norm, clipping and the AdamW update.
+    /// Gradient norm, clipping and the AdamW update ([`crate::train::step::update`]).
     pub optimizer_ms: f64,
     /// Host time to enqueue forward + backward without waiting for the device: when it is close
     /// to forward + backward, the step is bound by the host (kernel launches), not the GPU.
@@ -169,39 +175,29 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
             t0 = Instant::now();
         }
         let p = obj.prepare(&b, step as u64, 0, 0)?;
-        let ctx = Fwd { train: true, seed: 0, step: step as u64, micro: 0 };
-        let parts = scored_loss(&model, &p, p.denom, 0, &ctx)?;
-        let g = parts.loss.backward()?;
-        acc.add(&g)?;
-        drop(g);
-        let (grads, _) = acc.take_clipped(1.0)?;
-        opt.step(&grads, 1e-4)?;
-        loss = parts.read()?.loss;
+        let sc = StepCtx { seed: 0, step: step as u64, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 1.0 };
+        loss = train_step(&model, std::slice::from_ref(&p), sc)?.loss;
     }
     opts.device.synchronize()?;
     let dt = t0.elapsed().as_secs_f64() / opts.steps as f64;
-    // phase profile: three more steps, synchronising after each phase
+    // phase profile: three more steps through the step's phases, synchronising after each
     let mut ph = [0f64; 4];
     let reps = 3;
     for rep in 0..reps {
         let step = (opts.warmup + opts.steps + rep) as u64;
-        let ctx = Fwd { train: true, seed: 0, step, micro: 0 };
         let t = Instant::now();
         let p = obj.prepare(&b, step, 0, 0)?;
-        let parts = scored_loss(&model, &p, p.denom, 0, &ctx)?;
+        let parts = phase::forward(&model, &p, p.denom, 0, step, 0)?;
         let t_fwd_enq = t.elapsed().as_secs_f64();
         opts.device.synchronize()?;
         peak = peak.max(crate::device::driver_used(&opts.device).unwrap_or(0) as f64 / GIB);
         let t1 = Instant::now();
-        let g = parts.loss.backward()?;
+        phase::backward(&parts, &mut acc)?;
         let t_bwd_enq = t1.elapsed().as_secs_f64();
         opts.device.synchronize()?;
         peak = peak.max(crate::device::driver_used(&opts.device).unwrap_or(0) as f64 / GIB);
         let t2 = Instant::now();
-        acc.add(&g)?;
-        drop(g);
-        let (grads, _) = acc.take_clipped(1.0)?;
-        opt.step(&grads, 1e-4)?;
+        phase::update(&mut acc, &mut opt, 1e-4, 1.0, step)?;
         opts.device.synchronize()?;
         let t3 = t2.elapsed().as_secs_f64();
         ph[0] += t1.duration_since(t).as_secs_f64();
@@ -218,6 +214,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     let mfu = opts.peak_flops.map(|p| 3.0 * opts.arch.forward_flops_per_token(opts.seq) * tps / p);
     Ok(TrainBench {
         impl_name: "candle".into(),
+        layer_path: model.layer_path(),
         objective: objective.into(),
         lora_rank: rank,
         batch,
@@ -412,7 +409,8 @@ pub struct OpTiming {
 /// Time the tensor operations a training step is made of, at SmolLM2-135M shapes and batch 64
 /// (batch 2 and tiny widths with `quick`), into `dir/ops.jsonl`.
 pub fn op_profile(dir: &std::path::Path, device: &str, quick: bool) -> Result<()> {
-    use crate::model::{attention, kernels, ops};
+    use crate::kernels::fused as kernels;
+    use crate::model::{attention, ops};
     use candle_core::{Tensor, D};
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let dev = crate::config::device(&crate::config::resolve_device(device)?)?;

@@ -9,6 +9,7 @@
 
 use crate::data::DataConfig;
 use crate::model::lora::{AdapterConfig, AdapterKind};
+use crate::model::LayerPath;
 use crate::model::tokenizer::MaskToken;
 use crate::model::LlamaConfig;
 pub use crate::objective::config::ObjectiveConfig;
@@ -80,6 +81,10 @@ pub struct ModelConfig {
     pub init_std: f64,
     /// Shape of a random model (`source = "random"`), HF config.json field names.
     pub arch: Option<LlamaConfig>,
+    /// How training runs each decoder layer: `fused` (one graph node per layer with a
+    /// hand-written backward, the default) or `reference` (autograd through every op; slow, for
+    /// checking).
+    pub layer_path: LayerPath,
 }
 
 /// The default base model, as `make setup` places it.
@@ -96,6 +101,7 @@ impl Default for ModelConfig {
             device: "auto".into(),
             init_std: 0.02,
             arch: None,
+            layer_path: LayerPath::Fused,
         }
     }
 }
@@ -279,6 +285,9 @@ pub struct Resolved {
     pub n_train: Option<usize>,
     /// Examples truncated to fit `data.max_len`.
     pub n_truncated: Option<usize>,
+    /// How training runs each decoder layer (`model.layer_path`), as the model was built.
+    #[serde(default)]
+    pub layer_path: LayerPath,
 }
 
 /// The validated configuration a run uses.
@@ -456,9 +465,10 @@ impl RawConfig {
             "auto" => "f32".to_string(),
             d => d.to_string(),
         };
+        let layer_path = self.model.layer_path;
         Ok(RunConfig {
             raw: self,
-            resolved: Resolved { device, dtype, mask_id: None, total_steps: None, n_train: None, n_truncated: None },
+            resolved: Resolved { device, dtype, mask_id: None, total_steps: None, n_train: None, n_truncated: None, layer_path },
         })
     }
 }

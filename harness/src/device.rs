@@ -2,7 +2,7 @@
 //!
 //! candle allocates through cudarc's stream-ordered allocator (`cuMemAllocAsync` on the
 //! device's default memory pool). Two of cudarc's defaults cost a training step dearly and are
-//! changed by [`tune`] when [`crate::config::device`] opens a CUDA device:
+//! changed by `tune` (CUDA builds only) when [`crate::config::device`] opens a CUDA device:
 //! - the pool hands its memory back to the driver at every synchronisation (release threshold
 //!   0), so each step — which synchronises once, to read its loss — maps its whole working set
 //!   (GiBs at batch 64) again; the threshold is raised to "never", as PyTorch's caching

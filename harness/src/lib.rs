@@ -7,20 +7,25 @@
 //! - [`config`]: the run configuration in two stages: raw serde TOML (what the user wrote) →
 //!   validated [`config::RunConfig`] (what the run uses, saved into the run folder first).
 //! - [`model`]: a LLaMA-family transformer ([`model::llama`]) whose attention takes an explicit
-//!   mask ([`model::mask`]: causal, full, annealed), LoRA wrappers ([`model::lora`]), loading
+//!   mask ([`model::mask`]: causal, full, annealed, and the one attention-bias builder), loading
 //!   from GGUF or Hugging Face folders ([`model::load`]) and the tokenizer ([`model::tokenizer`]).
-//!   Training runs each decoder layer as one autograd node with a hand-written backward
-//!   ([`model::block`], parameter gradients through a [`model::lora::GradSink`]), built from
-//!   fused ops ([`model::ops`]), recomputing attention ([`model::attention`]) and bf16 CUDA
-//!   kernels ([`model::kernels`]), each with a composite twin the tests compare it with.
+//!   The layer is [`model::decoder`]: one type with two ways to run in training, chosen once by
+//!   `model.layer_path` ([`model::LayerPath`]) — fused (one autograd node with a hand-written
+//!   backward, parameter gradients through a [`model::params::GradSink`]) or reference (autograd
+//!   through candle's composite ops, which inference also uses). One linear type
+//!   ([`model::linear`]: frozen, LoRA ([`model::lora`]) or trained fully), parameters in
+//!   [`model::params`], graph plumbing in [`model::ops`], attention with recompute in
+//!   [`model::attention`].
+//! - [`kernels`]: the CUDA kernels (row-wise bf16 training kernels, fused cross-entropy,
+//!   multi-tensor AdamW), each beside its composite twin the tests and `selfcheck` compare it with.
 //! - [`objective`]: the training objectives behind one trait, [`objective::Objective`]:
 //!   masked diffusion ([`objective::diffusion`]) and next-token AR ([`objective::autoregressive`]),
 //!   built once from the tagged `[objective]` config ([`objective::build`]). The objective also
 //!   owns how its model is read at evaluation time (attention, generation, choice scoring): the
 //!   training loop and the evaluation never ask which one they run.
-//! - [`train`]: AdamW (one multi-tensor kernel on CUDA, [`train::fused`]), the warmup + cosine
-//!   schedule, gradient accumulation and clipping, the step loop with metrics CSV, evaluation hook
-//!   and checkpoints.
+//! - [`train`]: AdamW ([`train::optim`], one multi-tensor kernel on CUDA), the warmup + cosine
+//!   schedule, the one training step ([`train::step`]: accumulation, clipping, update; also what
+//!   `bench` and `selfcheck` run), the step loop with metrics CSV, evaluation hook and checkpoints.
 //! - [`data`]: datasets (PubMedQA, multiple-choice JSONL, alpaca pairs, the synthetic
 //!   clinical-rules benchmark) yielding [`data::Item`]s, and prompt templates.
 //! - [`sample`]: decoding: iterative denoising for diffusion, greedy/sampled AR with a KV cache.
@@ -49,6 +54,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod kernels;
 pub mod eval;
 pub mod model;
 pub mod report;

@@ -4,7 +4,8 @@
 //! CPU numbers, plus one training step's gradient norm. Passes when every number is within its
 //! tolerance: 1e-4 for f32, 2% relative for bf16.
 
-use crate::model::lora::{AdapterConfig, Fwd};
+use crate::model::lora::AdapterConfig;
+use crate::model::params::Fwd;
 use crate::model::{BuildOpts, Llama, LlamaConfig};
 use crate::objective::{scored_loss, Autoregressive, Batch, Diffusion, DiffusionConfig, LossNorm, Objective, TSampling};
 use crate::{Error, Result};
@@ -41,7 +42,7 @@ fn model_on(device: &Device, dtype: DType, adapter: &AdapterConfig) -> Result<(L
         .map(|(k, v)| Ok((k, v.to_dtype(dtype)?.to_device(device)?)))
         .collect::<candle_core::Result<_>>()?;
     let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
-    Llama::load(vb, &cfg, &BuildOpts { adapter, seed: 0 })
+    Llama::load(vb, &cfg, &BuildOpts { adapter, seed: 0, layer_path: crate::model::LayerPath::Fused })
 }
 
 /// The pinned batch of `tests/scripts/torch_crosscheck.py`: two rows of 10 tokens (prompts of 4
@@ -83,12 +84,11 @@ pub fn losses(device: &Device, dtype: DType) -> Result<Vec<(String, f64)>> {
     let full = AdapterConfig { kind: crate::model::lora::AdapterKind::Full, ..Default::default() };
     let (model, tr) = model_on(device, dtype, &full)?;
     let p = diffusion(true).prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
-    let parts = scored_loss(&model, &p, p.denom, 0, &Fwd { train: true, ..Default::default() })?;
-    let grads = parts.loss.backward()?;
     let mut acc = crate::train::optim::GradAccum::new(&tr);
-    acc.add(&grads)?;
-    let (_, norm) = acc.take_clipped(0.0)?;
-    out.push(("ddm_shift_grad_norm".into(), norm));
+    let mut opt = crate::train::optim::AdamW::new(&tr, Default::default())?;
+    let sc = crate::train::step::StepCtx { seed: 0, step: 0, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 0.0 };
+    let v = crate::train::step::train_step(&model, std::slice::from_ref(&p), sc)?;
+    out.push(("ddm_shift_grad_norm".into(), v.grad_norm));
     Ok(out)
 }
 
@@ -120,9 +120,9 @@ pub fn run(device: &Device) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
-/// The fused bf16 kernels (model/kernels.rs) against their composite expressions on `device`.
+/// The fused bf16 kernels (kernels/fused.rs) against their composite expressions on `device`.
 fn kernel_checks(device: &Device) -> Result<Vec<Check>> {
-    use crate::model::kernels as k;
+    use crate::kernels::fused as k;
     let bf = DType::BF16;
     let r = |shape: &[usize], std: f64| -> Result<Tensor> { Ok(Tensor::randn(0f32, std as f32, shape, device)?.to_dtype(bf)?) };
     let on = format!("{:?} BF16", device.location());

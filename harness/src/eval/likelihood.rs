@@ -25,7 +25,7 @@
 //! its own seed with [`DiffusionLikelihood::for_item`].
 
 use crate::error::{Error, Result};
-use crate::model::lora::Fwd;
+use crate::model::params::Fwd;
 use crate::model::mask::{attention_bias, AttentionMode};
 use crate::model::Llama;
 use crate::objective::token_ce;

@@ -1,4 +1,4 @@
-//! Scaled dot-product attention for training, with the attention matrix recomputed in backward.
+//! Scaled dot-product attention, with the attention matrix recomputed in backward.
 //!
 //! The forward computes P = softmax(q kᵀ/√d + bias) and O = P v outside the graph and keeps
 //! only q, k and v for backward — no (B, H, L, T) matrix survives the forward pass. The
@@ -10,8 +10,7 @@
 //! rows, so k and v are never repeated and their gradients come summed over the group from the
 //! matmuls themselves. The output is already merged to (B, L, H·Dh).
 
-use super::kernels;
-use super::ops::Attach3;
+use crate::kernels::fused as kernels;
 use candle_core::{Result, Tensor, D};
 
 /// (B, Hkv, T, Dh) → (B, Hkv·rep, T, Dh): head h of the result is head h / rep of the input.
@@ -52,28 +51,8 @@ fn probs(q: &Tensor, k: &Tensor, bias: Option<&Tensor>, scale: f64, d: Dims) -> 
     kernels::softmax_bias(&s, bias, scale) // one fused pass on CUDA
 }
 
-/// Attention of `q` (B, H, L, Dh) over `k`, `v` (B, Hkv, T, Dh) with an additive `bias`
-/// broadcastable to (B, H, L, T). Returns the heads concatenated per position: (B, L, H·Dh).
-/// Differentiable in q, k and v.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    let bias = bias.map(|b| b.detach());
-    let o = attention_fwd(&q.detach(), &k.detach(), &v.detach(), bias.as_ref())?; // (B, L, H·Dh)
-    if !(q.track_op() || k.track_op() || v.track_op()) {
-        return Ok(o); // inference: nothing to differentiate, no copy
-    }
-    Attach3::apply(
-        "attention",
-        [&q, &k, &v],
-        o,
-        Box::new(move |[q, k, v], _o, g| {
-            let (dq, dk, dv) = attention_bwd(q, k, v, bias.as_ref(), g)?;
-            Ok([Some(dq), Some(dk), Some(dv)])
-        }),
-    )
-}
-
-/// Attention outside the graph: q (B, H, L, Dh), k, v (B, Hkv, T, Dh) → (B, L, H·Dh).
+/// Attention outside the graph: q (B, H, L, Dh) over k, v (B, Hkv, T, Dh) with an additive
+/// `bias` broadcastable to (B, H, L, T) → the heads concatenated per position, (B, L, H·Dh).
 pub fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let d = dims(q, k)?;
     let p = probs(q, k, bias, d.scale(), d)?;
@@ -109,8 +88,8 @@ fn dims(q: &Tensor, k: &Tensor) -> Result<Dims> {
     Ok(Dims { b, h, hkv, l, t, dh })
 }
 
-/// The reference composite (autograd through every op, k and v repeated), for tests. Returns
-/// (B, L, H·Dh) like [`attention`].
+/// The reference composite (autograd through every op, k and v repeated): the reference layer
+/// path trains through it. Returns (B, L, H·Dh) like [`attention_fwd`].
 pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (_, h, _, dh) = q.dims4()?;
     let rep = h / k.dim(1)?;

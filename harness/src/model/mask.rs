@@ -89,7 +89,54 @@ pub fn picture(v: &[bool], l: usize) -> String {
     s
 }
 
-/// Additive attention bias for a batch, or `None` when nothing is hidden (full attention, no padding).
+/// What [`additive_bias`] does with a query that would see no key at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyRow {
+    /// It keeps its own position (query i, key i), so its softmax stays finite: for right-padded
+    /// training batches, where such a row is a pad row and never scored.
+    KeepSelf,
+    /// Its bias stays uniformly [`MASKED_BIAS`] (finite, so its softmax stays finite): for
+    /// left-padded prompts, where such a row is a pad row whose output is unused.
+    Hidden,
+}
+
+/// The one builder of additive attention biases. Query i (of `l`) of sequence b sees key j (of
+/// `t`) iff `visible[i * t + j]` and, with `key_valid`, `key_valid[b][j]` (false = padding);
+/// hidden keys get [`MASKED_BIAS`], visible ones 0. Returns (B, 1, L, T) with `key_valid`, else
+/// (1, 1, L, T), in `dtype`.
+pub fn additive_bias(
+    visible: &[bool],
+    (l, t): (usize, usize),
+    key_valid: Option<&[Vec<bool>]>,
+    empty: EmptyRow,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let rows: Vec<Option<&Vec<bool>>> = match key_valid {
+        Some(kv) => kv.iter().map(Some).collect(),
+        None => vec![None],
+    };
+    let mut out = vec![0f32; rows.len() * l * t];
+    for (bi, row) in rows.iter().enumerate() {
+        for i in 0..l {
+            let r = &mut out[(bi * l + i) * t..(bi * l + i + 1) * t];
+            for (j, x) in r.iter_mut().enumerate() {
+                let ok = visible[i * t + j] && row.is_none_or(|kv| kv.get(j).copied().unwrap_or(false));
+                if !ok {
+                    *x = MASKED_BIAS;
+                }
+            }
+            if empty == EmptyRow::KeepSelf && i < t && r.iter().all(|&x| x == MASKED_BIAS) {
+                r[i] = 0.0;
+            }
+        }
+    }
+    Tensor::from_vec(out, (rows.len(), 1, l, t), device)?.to_dtype(dtype)
+}
+
+/// Additive attention bias for a training batch, or `None` when nothing is hidden (full
+/// attention, no padding): the visibility of `mode` at `step`, right padding from `key_valid`
+/// (a query that sees no key keeps its own position, [`EmptyRow::KeepSelf`]).
 ///
 /// `key_valid`: per sequence, which key positions hold real tokens (false = padding).
 /// Returns `(B, 1, L, L)` when there is padding, else `(1, 1, L, L)`, in `dtype`.
@@ -108,33 +155,18 @@ pub fn attention_bias(
         return Ok(None);
     }
     let vis = visibility(mode, l, step, seed);
-    let bias = match key_valid {
-        Some(kv) if has_pad => {
-            let b = kv.len();
-            let mut out = vec![0f32; b * l * l];
-            for (bi, row) in kv.iter().enumerate() {
-                for i in 0..l {
-                    for j in 0..l {
-                        let ok = vis[i * l + j] && row.get(j).copied().unwrap_or(false);
-                        if !ok {
-                            out[(bi * l + i) * l + j] = MASKED_BIAS;
-                        }
-                    }
-                    // A query that sees no key at all (a padded row with every visible key
-                    // padded) keeps its own position, so its softmax stays finite; such a row
-                    // is never scored.
-                    let r = &mut out[(bi * l + i) * l..(bi * l + i + 1) * l];
-                    if r.iter().all(|&x| x == MASKED_BIAS) {
-                        r[i] = 0.0;
-                    }
-                }
-            }
-            Tensor::from_vec(out, (b, 1, l, l), device)?
-        }
-        _ => {
-            let out: Vec<f32> = vis.iter().map(|&x| if x { 0.0 } else { MASKED_BIAS }).collect();
-            Tensor::from_vec(out, (1, 1, l, l), device)?
-        }
-    };
-    Ok(Some(bias.to_dtype(dtype)?))
+    let kv = key_valid.filter(|_| has_pad);
+    Ok(Some(additive_bias(&vis, (l, l), kv, EmptyRow::KeepSelf, dtype, device)?))
+}
+
+/// Causal bias of a chunk of `l` new queries continuing `cached` positions of a KV cache: new
+/// query i (absolute position cached + i) sees keys 0..=cached + i. (1, 1, l, cached + l), or
+/// None for a single query (it sees every key).
+pub fn cache_bias(l: usize, cached: usize, dtype: DType, device: &Device) -> candle_core::Result<Option<Tensor>> {
+    if l <= 1 {
+        return Ok(None);
+    }
+    let t = cached + l;
+    let vis: Vec<bool> = (0..l * t).map(|k| k % t <= cached + k / t).collect();
+    Ok(Some(additive_bias(&vis, (l, t), None, EmptyRow::Hidden, dtype, device)?))
 }

@@ -13,12 +13,11 @@
 //! [`build`] makes the objective a config asks for; nothing else matches on the kind.
 
 pub mod autoregressive;
-pub mod ce;
 pub mod config;
 pub mod diffusion;
 
 use crate::config::{EvalConfig, ObjectiveConfig};
-use crate::model::lora::Fwd;
+use crate::model::params::Fwd;
 use crate::model::mask::{attention_bias, AttentionMode};
 use crate::model::Llama;
 use crate::Result;
@@ -217,7 +216,7 @@ fn weighted_ce(logits: &Tensor, p: &Prepared, total_denom: f64) -> Result<LossPa
         return Err(crate::Error::msg(format!("target token {bad} is outside the vocabulary of {vocab}")));
     }
     let t = Tensor::from_vec(p.targets.clone(), p.targets.len(), dev)?; // (N,)
-    let (ce, hits) = ce::cross_entropy(logits, &t)?; // (N,), (N,)
+    let (ce, hits) = crate::kernels::ce::cross_entropy(logits, &t)?; // (N,), (N,)
     let w = Tensor::from_vec(p.weights.clone(), p.weights.len(), dev)?;
     let loss = ((&ce * w)?.sum_all()? / total_denom)?;
     let stats = Tensor::stack(&[loss.detach(), ce.detach().sum_all()?, hits.sum_all()?], 0)?; // (3,)
@@ -231,7 +230,7 @@ pub fn token_ce(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, usize)> {
         return Err(crate::Error::msg(format!("target token {bad} is outside the vocabulary of {vocab}")));
     }
     let t = Tensor::from_vec(targets.to_vec(), targets.len(), logits.device())?;
-    let (ce, hits) = ce::cross_entropy(logits, &t)?;
+    let (ce, hits) = crate::kernels::ce::cross_entropy(logits, &t)?;
     let correct = hits.sum_all()?.to_scalar::<f32>()?.round() as usize;
     Ok((ce, correct))
 }

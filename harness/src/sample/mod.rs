@@ -25,8 +25,8 @@ pub mod diffusion;
 pub use autoregressive::{ArOutput, ArSampler};
 pub use diffusion::{DiffusionOutput, DiffusionSampler, Strategy, StrategyKind};
 
-use crate::model::lora::Fwd;
-use crate::model::mask::{attention_bias, visibility, AttentionMode, MASKED_BIAS};
+use crate::model::params::Fwd;
+use crate::model::mask::{additive_bias, attention_bias, visibility, AttentionMode, EmptyRow};
 use crate::model::Llama;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
@@ -109,34 +109,15 @@ impl Denoiser for ModelDenoiser<'_> {
         let mode = self.mode.at_step(u64::MAX);
         let has_pad = key_valid.is_some_and(|kv| kv.iter().any(|row| row.iter().any(|&v| !v)));
         let bias = match key_valid {
-            Some(kv) if has_pad => Some(padded_bias(mode, l, kv, &self.model.device)?.to_dtype(self.model.dtype)?),
+            // left-padded prompts: a pad query sees nothing (its output is unused); no key is exempt,
+            // unlike training's right padding
+            Some(kv) if has_pad => Some(additive_bias(&visibility(mode, l, u64::MAX, 0), (l, l), Some(kv), EmptyRow::Hidden, self.model.dtype, &self.model.device)?),
             _ => attention_bias(mode, u64::MAX, 0, l, None, self.model.dtype, &self.model.device)?,
         }; // (B|1, 1, L, L)
         let ids = ids.to_device(&self.model.device)?;
         let out = self.model.forward(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, V)
         Ok(out.to_dtype(DType::F32)?)
     }
-}
-
-/// Additive bias (B, 1, L, L) f32 for `mode` (causal or full) with key padding: query i of row b
-/// sees key j iff the mode lets it and `key_valid[b][j]`. Unlike
-/// [`crate::model::mask::attention_bias`], no key is exempt (that one keeps key 0 visible to every
-/// query, which suits right padding only); a query row whose keys are all hidden is a pad row, its
-/// bias is uniformly [`MASKED_BIAS`] (finite, so its softmax stays finite) and its output is unused.
-fn padded_bias(mode: AttentionMode, l: usize, key_valid: &[Vec<bool>], device: &candle_core::Device) -> Result<Tensor> {
-    let vis = visibility(mode, l, u64::MAX, 0);
-    let b = key_valid.len();
-    let mut out = vec![0f32; b * l * l];
-    for (bi, row) in key_valid.iter().enumerate() {
-        for i in 0..l {
-            for j in 0..l {
-                if !(vis[i * l + j] && row.get(j).copied().unwrap_or(false)) {
-                    out[(bi * l + i) * l + j] = MASKED_BIAS;
-                }
-            }
-        }
-    }
-    Ok(Tensor::from_vec(out, (b, 1, l, l), device)?)
 }
 
 /// Check the sampling knobs shared by every sampler.

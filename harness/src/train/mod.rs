@@ -1,7 +1,7 @@
 //! The training loop: AdamW, schedule, accumulation, clipping, metrics, checkpoints.
-pub mod fused;
 pub mod optim;
 pub mod schedule;
+pub mod step;
 pub mod trainer;
 
 pub use trainer::{dev_loss, steps_for, train, EvalHook, StepMetrics, TrainInputs, TrainOutcome};

@@ -1,8 +1,8 @@
 //! AdamW with decoupled weight decay on f32 master parameters, gradient accumulation and
 //! global-norm clipping.
 
-use super::fused::{self, AdamWStep};
-use crate::model::lora::{GradSink, Trainable};
+use crate::kernels::optim::{self as fused, AdamWStep};
+use crate::model::params::{GradSink, Trainable};
 use crate::Result;
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 

@@ -1,11 +1,12 @@
 //! The step loop. It knows nothing about which objective it runs: it asks the objective to
-//! prepare every micro-batch of a step, sums their loss normalisers, then backpropagates
-//! Σ w·CE / total for each micro-batch and updates with AdamW.
+//! prepare every micro-batch of a step, then runs the one training step
+//! ([`super::step::train_step`]: Σ w·CE / total per micro-batch, backward, clip, AdamW).
 
 use super::optim::{AdamW, AdamWParams, GradAccum};
+use super::step::{train_step, StepCtx};
 use super::schedule::lr_at;
 use crate::config::TrainConfig;
-use crate::model::lora::{Fwd, Trainable};
+use crate::model::params::{Fwd, Trainable};
 use crate::model::Llama;
 use crate::objective::{scored_loss, Batch, Example, Objective};
 use crate::rng::{derive_seed, rng_for, Purpose};
@@ -175,34 +176,18 @@ pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, in
             step_tokens += batch.len.iter().sum::<usize>();
             prepared.push(objective.prepare(&batch, step, micro as u64, inp.seed)?);
         }
-        let total_denom: f64 = prepared.iter().map(|p| p.denom).sum();
-        // 2. forward/backward each micro-batch with the shared normaliser.
-        let (mut loss, mut ce, mut scored, mut correct) = (0.0, 0.0, 0usize, 0usize);
-        for (micro, p) in prepared.iter().enumerate() {
-            let ctx = Fwd { train: true, seed: inp.seed, step, micro: micro as u64 };
-            let parts = scored_loss(model, p, total_denom, inp.seed, &ctx)?;
-            // backward before reading the loss: no device synchronisation between the passes
-            if parts.n_scored > 0 {
-                let grads = parts.loss.backward()?;
-                accum.add(&grads)?;
+        // 2. forward/backward each micro-batch with the shared normaliser, clip and update.
+        let sc = StepCtx { seed: inp.seed, step, accum: &mut accum, opt: &mut opt, lr, max_grad_norm: cfg.max_grad_norm };
+        let v = match train_step(model, &prepared, sc) {
+            Ok(v) => v,
+            Err(e) => {
+                if let Error::Diverged { step, .. } = &e {
+                    bar.abandon_with_message(format!("diverged at step {step}"));
+                }
+                return Err(e);
             }
-            let v = parts.read()?;
-            if !v.loss.is_finite() {
-                bar.abandon_with_message(format!("diverged at step {}", step + 1));
-                return Err(Error::Diverged { step: step + 1, value: v.loss });
-            }
-            loss += v.loss;
-            ce += v.ce_sum;
-            scored += v.n_scored;
-            correct += v.n_correct;
-        }
-        // 3. clip and update.
-        let (grads, grad_norm) = accum.take_clipped(cfg.max_grad_norm)?;
-        if !grad_norm.is_finite() {
-            bar.abandon_with_message(format!("diverged at step {}", step + 1));
-            return Err(Error::Diverged { step: step + 1, value: grad_norm });
-        }
-        opt.step(&grads, lr)?;
+        };
+        let (loss, ce, scored, correct, grad_norm) = (v.loss, v.ce_sum, v.n_scored, v.n_correct, v.grad_norm);
         let dt = t0.elapsed().as_secs_f64();
         total_tokens += step_tokens;
         losses.push(loss);

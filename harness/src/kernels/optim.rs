@@ -1,4 +1,4 @@
-//! Multi-tensor optimizer kernels on CUDA (kernels/optim.cu): the global gradient norm and the
+//! Multi-tensor optimizer kernels on CUDA (harness/kernels/optim.cu): the global gradient norm and the
 //! AdamW update of every parameter each take one kernel launch, instead of two and about twelve
 //! launches per parameter tensor with candle's element-wise ops. A LoRA-16 SmolLM2 has 420
 //! adapter tensors, so that is ~6000 launches less per optimizer step.

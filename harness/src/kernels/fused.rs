@@ -1,4 +1,4 @@
-//! Row-wise fused CUDA kernels (kernels/fused.cu) for the bf16 training path, each with the
+//! Row-wise fused CUDA kernels (harness/kernels/fused.cu) for the bf16 training path, each with the
 //! composite candle expression it replaces as the fallback (CPU, f32, or a build without the
 //! `cuda` feature). `harness selfcheck` compares the two on the GPU.
 //!

@@ -6,7 +6,7 @@
 //! the composite (to f32, shift, exp, sum, log, gather) would keep several (N, V) f32 copies,
 //! which at 49k vocabulary entries dominate the memory of a step.
 
-use crate::model::kernels;
+use crate::kernels::fused as kernels;
 use crate::model::ops::Attach1;
 use candle_core::{DType, Result, Tensor, D};
 

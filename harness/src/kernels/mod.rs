@@ -1,0 +1,13 @@
+//! The project's CUDA kernels (`harness/kernels/*.cu`, compiled to PTX by `build.rs`), each
+//! beside the composite candle expression it replaces. The composite is the fallback (CPU, f32,
+//! a build without the `cuda` feature) and the reference `harness selfcheck` compares the kernel
+//! with on a GPU.
+//!
+//! - [`fused`]: row-wise bf16 kernels of the training path: masked softmax and its backward,
+//!   RMSNorm's backward, SwiGLU and its backward, cross-entropy forward/backward over the
+//!   vocabulary;
+//! - [`ce`]: token cross-entropy as one autograd node, built on the cross-entropy kernels;
+//! - [`optim`]: the multi-tensor AdamW update and global gradient norm.
+pub mod ce;
+pub mod fused;
+pub mod optim;

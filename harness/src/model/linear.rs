@@ -1,0 +1,195 @@
+//! The one linear layer of the model (no bias: LLaMA has none): frozen, frozen with a LoRA
+//! adapter, or trained fully. Two ways to run it, the same arithmetic:
+//! - [`Linear::forward`]: plain candle ops, differentiable by autograd (inference, and the
+//!   reference the fused path is tested against);
+//! - [`Linear::fwd_rows`] / [`Linear::bwd_rows`]: outside the graph, for the fused decoder layer
+//!   ([`crate::model::decoder`]), which calls the backward itself and hands the parameter
+//!   gradients to a [`GradSink`].
+//!
+//! With W (out, in), the adapter's A (r, in), B (out, r), s = alpha/r and the dropout multiplier
+//! m on the adapter input (1 without dropout), y = x Wᵀ + ((x⊙m) Aᵀ)(s·B)ᵀ. Backward, with
+//! gb = g·sB: dx = g W + (gb A)⊙m, dA = gbᵀ (x⊙m), dB = s·gᵀ ((x⊙m) Aᵀ); no gradient for a frozen
+//! W. A fully trained W: dx = g W_c, dW = gᵀ x (in f32), W_c its compute-dtype copy.
+
+use super::lora::{AdapterConfig, AdapterKind, LoraAdapter};
+use super::ops::frozen_linear;
+use super::params::{Fwd, GradSink, Trainable, Weight};
+use candle_core::{DType, Tensor, Var};
+use candle_nn::VarBuilder;
+
+type Res<T> = candle_core::Result<T>;
+
+/// A linear layer, optionally with a LoRA adapter.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// (out, in).
+    pub weight: Weight,
+    /// The adapter, when this module is a LoRA target.
+    pub lora: Option<LoraAdapter>,
+    /// Index used to seed this layer's adapter initialisation and dropout.
+    pub index: u64,
+    /// When true the adapter is skipped (base model output).
+    pub disabled: bool,
+}
+
+/// What [`Linear::fwd_rows`] keeps for [`Linear::bwd_rows`].
+pub struct Saved {
+    /// The input rows (N, in).
+    x: Tensor,
+    /// The compute-dtype copies of this step: A and s·B (LoRA) or W (full).
+    cast: Cast,
+}
+
+enum Cast {
+    Frozen,
+    /// A (r, in), s·B (out, r), the adapter input x⊙m and the dropout multiplier m.
+    Lora { ad: Tensor, bd: Tensor, xin: Tensor, mask: Option<Tensor> },
+    /// W_c (out, in).
+    Full { wc: Tensor },
+}
+
+impl Linear {
+    /// Load the weight (out, in) at `vb`, whose prefix is the module's HF name (e.g.
+    /// `model.layers.0.self_attn.q_proj`); what trains follows `cfg` (parameters registered in
+    /// `tr` under that name).
+    pub fn load(vb: &VarBuilder, (out_dim, in_dim): (usize, usize), cfg: &AdapterConfig, index: u64, seed: u64, tr: &mut Trainable) -> crate::Result<Self> {
+        let w = vb.get((out_dim, in_dim), "weight")?;
+        Self::new(w, &vb.prefix(), cfg, index, seed, tr)
+    }
+
+    /// Wrap `weight` (out, in) of the module named `prefix`.
+    pub fn new(weight: Tensor, prefix: &str, cfg: &AdapterConfig, index: u64, seed: u64, tr: &mut Trainable) -> crate::Result<Self> {
+        let module = prefix.rsplit('.').next().unwrap_or(prefix);
+        let shape = weight.dims2()?;
+        let full = cfg.kind == AdapterKind::Full;
+        let dev = weight.device().clone();
+        let weight = if full {
+            let v = Var::from_tensor(&weight.to_dtype(DType::F32)?)?;
+            tr.push(format!("{prefix}.weight"), v.clone());
+            Weight::Trainable(v)
+        } else {
+            Weight::Frozen(weight)
+        };
+        let lora = if !full && cfg.targets.iter().any(|t| t == module) {
+            Some(LoraAdapter::init(prefix, shape, cfg, index, seed, &dev, tr)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, lora, index, disabled: false })
+    }
+
+    fn adapter(&self) -> Option<&LoraAdapter> {
+        self.lora.as_ref().filter(|_| !self.disabled)
+    }
+
+    /// `x`: (..., in) → (..., out), plain candle ops (differentiable in x and the trained tensors).
+    pub fn forward(&self, x: &Tensor, ctx: &Fwd) -> Res<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
+        let x2 = x.reshape(((), in_dim))?; // (N, in)
+        let mut y = match &self.weight {
+            Weight::Frozen(w) if w.dtype() == x.dtype() => frozen_linear(&x2, w)?,
+            w => x2.matmul(&w.get(x.dtype())?.t()?)?,
+        }; // (N, out)
+        if let Some(l) = self.adapter() {
+            let xin = match l.dropout_mask(&x2, self.index, ctx)? {
+                Some(m) => (&x2 * m)?,
+                None => x2.clone(),
+            };
+            let ad = l.a.as_tensor().to_dtype(x.dtype())?; // (r, in)
+            let bd = (l.b.as_tensor() * l.scale)?.to_dtype(x.dtype())?; // (out, r)
+            y = (y + xin.matmul(&ad.t()?)?.matmul(&bd.t()?)?)?;
+        }
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = y.dim(1)?;
+        y.reshape(out_dims)
+    }
+
+    /// A trainable tensor of this layer, if any (the fused layer's graph anchor).
+    pub fn param(&self) -> Option<&Tensor> {
+        match (&self.weight, self.adapter()) {
+            (Weight::Trainable(v), _) => Some(v.as_tensor()),
+            (Weight::Frozen(_), Some(l)) => Some(l.a.as_tensor()),
+            (Weight::Frozen(_), None) => None,
+        }
+    }
+
+    /// Rows `x` (N, in) → (N, out) outside the graph, and what the backward needs. A frozen
+    /// weight must already be in x's dtype (no silent cast): otherwise an error naming
+    /// `model.layer_path`.
+    pub fn fwd_rows(&self, x: &Tensor, ctx: &Fwd) -> Res<(Tensor, Saved)> {
+        let dt = x.dtype();
+        let (y, cast) = match (&self.weight, self.adapter()) {
+            (Weight::Frozen(w), _) if w.dtype() != dt => candle_core::bail!(
+                "model.layer_path = \"fused\" needs frozen weights in the activation dtype (weight {:?}, activations {dt:?}); use \"reference\"",
+                w.dtype()
+            ),
+            (Weight::Frozen(w), None) => (frozen_linear(x, w)?, Cast::Frozen),
+            (Weight::Frozen(w), Some(l)) => {
+                let ad = l.a.as_tensor().detach().to_dtype(dt)?; // (r, in)
+                let bd = (l.b.as_tensor().detach() * l.scale)?.to_dtype(dt)?; // (out, r)
+                let mask = l.dropout_mask(x, self.index, ctx)?;
+                let xin = match &mask {
+                    Some(m) => (x * m)?,
+                    None => x.clone(),
+                };
+                let y = (frozen_linear(x, w)? + xin.matmul(&ad.t()?)?.matmul(&bd.t()?)?)?; // (N, out)
+                (y, Cast::Lora { ad, bd, xin, mask })
+            }
+            (Weight::Trainable(v), _) => {
+                let wc = v.as_tensor().detach().to_dtype(dt)?; // (out, in)
+                (x.matmul(&wc.t()?)?, Cast::Full { wc })
+            }
+        };
+        Ok((y, Saved { x: x.clone(), cast }))
+    }
+
+    /// Input gradient (N, in) for the output gradient `g` (N, out) of [`Linear::fwd_rows`];
+    /// parameter gradients (f32) go to `sink`.
+    pub fn bwd_rows(&self, s: &Saved, g: &Tensor, sink: &GradSink) -> Res<Tensor> {
+        let g = g.contiguous()?; // (N, out)
+        match (&s.cast, &self.weight, &self.lora) {
+            (Cast::Frozen, Weight::Frozen(w), _) => g.matmul(w),
+            (Cast::Lora { ad, bd, xin, mask }, Weight::Frozen(w), Some(l)) => {
+                let gb = g.matmul(bd)?; // (N, r)
+                let mut dlow = gb.matmul(ad)?; // (N, in)
+                if let Some(m) = mask {
+                    dlow = (dlow * m)?;
+                }
+                let dx = (g.matmul(w)? + dlow)?;
+                sink.add(l.a.as_tensor(), gb.t()?.matmul(xin)?.to_dtype(DType::F32)?)?; // (r, in)
+                let xa = xin.matmul(&ad.t()?)?; // (N, r)
+                sink.add(l.b.as_tensor(), (g.t()?.matmul(&xa)?.to_dtype(DType::F32)? * l.scale)?)?; // (out, r)
+                Ok(dx)
+            }
+            (Cast::Full { wc }, Weight::Trainable(v), _) => {
+                sink.add(v.as_tensor(), g.t()?.matmul(&s.x)?.to_dtype(DType::F32)?)?; // (out, in)
+                g.matmul(wc)
+            }
+            _ => candle_core::bail!("linear: backward does not match its forward"),
+        }
+    }
+
+    /// W + (alpha/r)·B A (or W when there is no adapter), in f32.
+    pub fn merged_weight(&self) -> Res<Tensor> {
+        let w = self.weight.stored().to_dtype(DType::F32)?;
+        match &self.lora {
+            Some(l) => w + (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?,
+            None => Ok(w),
+        }
+    }
+
+    /// Fold the adapter into the weight (the result is frozen) and drop the adapter.
+    pub fn merge(&mut self) -> Res<()> {
+        if self.lora.is_some() {
+            let dtype = match &self.weight {
+                Weight::Frozen(t) => t.dtype(),
+                Weight::Trainable(_) => DType::F32,
+            };
+            self.weight = Weight::Frozen(self.merged_weight()?.to_dtype(dtype)?);
+            self.lora = None;
+        }
+        Ok(())
+    }
+}
