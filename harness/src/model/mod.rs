@@ -2,6 +2,7 @@
 //! loading, tokenizer.
 pub mod attention;
 pub mod block;
+pub mod gguf_tokenizer;
 pub mod kernels;
 pub mod llama;
 pub mod load;
