@@ -713,6 +713,35 @@ fn clinical_rules_families_all_default_and_errors() {
     }
 }
 
+#[test]
+fn clinical_rules_family_table() {
+    // The table is the one list of families: names, default set and gold pools all come from it.
+    assert_eq!(cr::FAMILIES.to_vec(), cr::TABLE.iter().map(|f| f.name).collect::<Vec<_>>());
+    let defaults: Vec<&str> = cr::TABLE.iter().filter(|f| f.default).map(|f| f.name).collect();
+    assert_eq!(cr::DEFAULT_FAMILIES.to_vec(), defaults);
+    let names: BTreeSet<&str> = cr::FAMILIES.into_iter().collect();
+    assert_eq!(names.len(), cr::TABLE.len(), "family names repeat");
+    for f in cr::TABLE {
+        assert!(!f.rule.is_empty() && !f.citation.is_empty(), "{}", f.name);
+        // At least four options (the item shows four), the gold pool first, no repeats.
+        assert!(f.options.len() >= 4 && (1..=f.options.len()).contains(&f.n_gold), "{}", f.name);
+        assert_eq!(f.options.iter().collect::<BTreeSet<_>>().len(), f.options.len(), "{}", f.name);
+        assert_eq!(cr::gold_categories(f.name), Some(f.gold()));
+        let found = cr::family(f.name).unwrap();
+        assert_eq!((found.name, found.citation, found.options), (f.name, f.citation, f.options));
+    }
+    assert_eq!(cr::gold_categories("cha2ds2-vasc").unwrap(), &cr::CHA2DS2_VASC_CATEGORIES[..3]);
+    assert_eq!(cr::gold_categories("no-such"), None);
+    // An unknown name is an error keyed `data.families` that lists every valid name.
+    let e = cr::generate(&strings(&["ckd-stage", "no-such"]), 4, false, 1, OptionOrder::Rule).unwrap_err();
+    let Error::Config { key, msg } = e else { panic!("not a config error: {e}") };
+    assert_eq!(key, "data.families");
+    assert!(msg.contains("unknown family `no-such`"), "{msg}");
+    for name in cr::FAMILIES.into_iter().chain([cr::ALL]) {
+        assert!(msg.contains(name), "{msg} lacks {name}");
+    }
+}
+
 /// 64-bit FNV-1a of the JSON of every item (and, for cases, its family, key and category), in
 /// order: a fingerprint of generated data that changes with any text, option, gold or order.
 fn fingerprint<'a>(rows: impl IntoIterator<Item = (&'a Item, String)>) -> u64 {

@@ -5,7 +5,7 @@
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::vignettes::Draw;
+use super::vignettes::{Draw, Side};
 use super::{resolve, Family, OptionOrder};
 use crate::data::item::{Item, PromptParts};
 use crate::data::rows;
@@ -72,7 +72,11 @@ pub fn generate(families: &[String], n: usize, test: bool, seed: u64, order: Opt
         let mut found = None;
         for _ in 0..MAX_TRIES {
             let d = (family.draw)(&mut rng);
-            if d.category == want && d.test_side == test {
+            let test_side = match d.side {
+                Side::Scalar(t) => t,
+                Side::Hashed => hashed_in_test(name, &d.key),
+            };
+            if d.category == want && test_side == test {
                 found = Some(d);
                 break;
             }

@@ -279,9 +279,6 @@ impl OptionOrder {
     }
 }
 
-/// The families a `data.families` list names: [`DEFAULT_FAMILIES`] when empty, [`FAMILIES`] for
-/// `["all"]`, else the named ones in the order given. Unknown or repeated names, and `all`
-
 /// The row of [`TABLE`] named `name`, if any.
 pub fn family(name: &str) -> Option<&'static Family> {
     TABLE.iter().find(|f| f.name == name)

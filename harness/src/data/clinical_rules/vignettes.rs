@@ -6,15 +6,25 @@ use rand::seq::IndexedRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::generate::{hashed_in_test, scalar_side};
+use super::generate::scalar_side;
 use super::rules::*;
+
+/// How a draw's side of the train/test partition is decided (see the module doc of
+/// [`clinical_rules`](super)).
+pub(super) enum Side {
+    /// One decisive number: its side, from [`scalar_in_test`](super::scalar_in_test).
+    Scalar(bool),
+    /// Several decisive numbers: [`hashed_in_test`](super::hashed_in_test) of the family's
+    /// name and the key.
+    Hashed,
+}
 
 /// A drawn vignette before it becomes an item.
 pub(super) struct Draw {
     /// Canonical key of the decisive parameters, e.g. `egfr=38`.
     pub(super) key: String,
-    /// Whether the key is on the test side of the partition.
-    pub(super) test_side: bool,
+    /// How its side of the train/test partition is decided.
+    pub(super) side: Side,
     /// The gold category.
     pub(super) category: &'static str,
     /// The vignette.
@@ -78,7 +88,7 @@ pub(super) fn draw_bp(rng: &mut ChaCha8Rng) -> Draw {
     let category = bp_category(sbp, dbp);
     let why = BP_CRITERIA[rank(&BP_CATEGORIES, category)];
     Draw {
-        test_side: hashed_in_test("blood-pressure", &format!("sbp={sbp},dbp={dbp}")),
+        side: Side::Hashed,
         key: format!("sbp={sbp},dbp={dbp}"),
         category,
         context,
@@ -107,7 +117,7 @@ pub(super) fn draw_bmi(rng: &mut ChaCha8Rng) -> Draw {
     let category = bmi_class(b);
     let range = BMI_RANGES[rank(&BMI_CLASSES, category)];
     Draw {
-        test_side: hashed_in_test("bmi", &format!("h={h},w={w}")),
+        side: Side::Hashed,
         key: format!("h={h},w={w}"),
         category,
         context,
@@ -137,7 +147,7 @@ pub(super) fn draw_ckd(rng: &mut ChaCha8Rng) -> Draw {
     // The stage's code is its name up to the colon (`G3b: moderately ...` → `G3b`).
     let code = category.split(':').next().unwrap_or(category);
     Draw {
-        test_side: scalar_side(i64::from(e), |v| ckd_g_stage(v.max(0) as u32)),
+        side: Side::Scalar(scalar_side(i64::from(e), |v| ckd_g_stage(v.max(0) as u32))),
         key: format!("egfr={e}"),
         category,
         context,
@@ -167,7 +177,7 @@ pub(super) fn draw_anemia(rng: &mut ChaCha8Rng) -> Draw {
     let ranges = if sex == Sex::Female { &ANEMIA_RANGES_FEMALE } else { &ANEMIA_RANGES_MALE };
     let range = ranges[rank(&ANEMIA_SEVERITIES, category)];
     Draw {
-        test_side: scalar_side(i64::from(hb), |v| anemia_severity(v as f64 / 10.0, sex)),
+        side: Side::Scalar(scalar_side(i64::from(hb), |v| anemia_severity(v as f64 / 10.0, sex))),
         key: format!("sex={},hb={hb}", if sex == Sex::Female { "f" } else { "m" }),
         category,
         context,
@@ -195,7 +205,7 @@ pub(super) fn draw_glycemia(rng: &mut ChaCha8Rng) -> Draw {
         let category = glycemia_from_fpg(g);
         let range = FPG_RANGES[rank(&GLYCEMIA_CATEGORIES, category)];
         Draw {
-            test_side: scalar_side(i64::from(g), |v| glycemia_from_fpg(v.max(0) as u32)),
+            side: Side::Scalar(scalar_side(i64::from(g), |v| glycemia_from_fpg(v.max(0) as u32))),
             key: format!("fpg={g}"),
             category,
             context,
@@ -213,7 +223,7 @@ pub(super) fn draw_glycemia(rng: &mut ChaCha8Rng) -> Draw {
         let category = glycemia_from_hba1c(a);
         let range = HBA1C_RANGES[rank(&GLYCEMIA_CATEGORIES, category)];
         Draw {
-            test_side: scalar_side(i64::from(t), |v| glycemia_from_hba1c(v as f64 / 10.0)),
+            side: Side::Scalar(scalar_side(i64::from(t), |v| glycemia_from_hba1c(v as f64 / 10.0))),
             key: format!("a1c={t}"),
             category,
             context,
@@ -262,7 +272,7 @@ pub(super) fn draw_curb65(rng: &mut ChaCha8Rng) -> Draw {
     let b = |x: bool| u32::from(x);
     let key = format!("c={},u={},rr={rr},sbp={sbp},dbp={d},age={}", b(f.confused), tenths(u), f.age);
     Draw {
-        test_side: hashed_in_test("curb-65", &key),
+        side: Side::Hashed,
         key,
         category,
         context,
@@ -353,7 +363,7 @@ pub(super) fn draw_cha2ds2_vasc(rng: &mut ChaCha8Rng) -> Draw {
         b(f.vascular)
     );
     Draw {
-        test_side: hashed_in_test("cha2ds2-vasc", &key),
+        side: Side::Hashed,
         key,
         category,
         context,
@@ -382,7 +392,7 @@ pub(super) fn draw_sodium(rng: &mut ChaCha8Rng) -> Draw {
     let category = sodium_category(na);
     let range = SODIUM_RANGES[rank(&SODIUM_CATEGORIES, category)];
     Draw {
-        test_side: scalar_side(i64::from(na), |v| sodium_category(v.max(0) as u32)),
+        side: Side::Scalar(scalar_side(i64::from(na), |v| sodium_category(v.max(0) as u32))),
         key: format!("na={na}"),
         category,
         context,
@@ -409,7 +419,7 @@ pub(super) fn draw_potassium(rng: &mut ChaCha8Rng) -> Draw {
     let category = potassium_category(k);
     let range = POTASSIUM_RANGES[rank(&POTASSIUM_CATEGORIES, category)];
     Draw {
-        test_side: scalar_side(i64::from(t), |v| potassium_category(v as f64 / 10.0)),
+        side: Side::Scalar(scalar_side(i64::from(t), |v| potassium_category(v as f64 / 10.0))),
         key: format!("k={t}"),
         category,
         context,
@@ -440,7 +450,7 @@ pub(super) fn draw_aki(rng: &mut ChaCha8Rng) -> Draw {
     let why = AKI_CRITERIA[rank(&AKI_STAGES, category)];
     let ratio = f64::from(ct) / f64::from(bt);
     Draw {
-        test_side: hashed_in_test("aki", &format!("b={bt},c={ct}")),
+        side: Side::Hashed,
         key: format!("b={bt},c={ct}"),
         category,
         context,
