@@ -1,7 +1,6 @@
 //! The rules: each a pure function citing its source, with its categories in the rule's order
 //! and the thresholds that the generated rationales quote.
 
-
 /// Biological sex, as the rules that depend on it use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sex {
@@ -15,7 +14,6 @@ pub enum Sex {
 pub(super) fn tenths(x: f64) -> i64 {
     (x * 10.0).round() as i64
 }
-
 
 /// Blood-pressure categories (ACC/AHA 2017), in increasing order.
 pub const BP_CATEGORIES: [&str; 4] =
