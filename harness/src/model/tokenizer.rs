@@ -6,7 +6,7 @@
 //!   `tokenizer_config.json` naming the eos / bos / pad tokens;
 //! - the tokenizer metadata of a GGUF model file ([`Tok::from_gguf`], [`Tok::from_gguf_path`]),
 //!   rebuilt as a GPT-2 style byte-level BPE from the file's own `tokenizer.ggml.*` keys
-//!   ([`gguf_tokenizer`](super::gguf_tokenizer), which lists the supported pre-tokenizers), so
+//!   ([`gguf_tokenizer`], which lists the supported pre-tokenizers), so
 //!   a GGUF model needs no separate tokenizer download.
 //!
 //! ## The mask token
@@ -269,7 +269,7 @@ impl Tok {
     /// Builds a byte-level BPE tokenizer from a GGUF file's `tokenizer.ggml.*` metadata.
     ///
     /// Required keys: `tokenizer.ggml.model` (must be `"gpt2"`), `tokenizer.ggml.pre` (see
-    /// [`gguf_tokenizer`](super::gguf_tokenizer)), `tokenizer.ggml.tokens`, `tokenizer.ggml.merges`,
+    /// [`gguf_tokenizer`]), `tokenizer.ggml.tokens`, `tokenizer.ggml.merges`,
     /// `tokenizer.ggml.eos_token_id`. Optional: `tokenizer.ggml.token_type` (3 = control →
     /// special added token, 4 = user-defined → non-special added token),
     /// `tokenizer.ggml.bos_token_id`, `tokenizer.ggml.padding_token_id` (default: eos),
