@@ -714,6 +714,77 @@ fn clinical_rules_families_all_default_and_errors() {
 }
 
 #[test]
+fn clinical_rules_family_table() {
+    // The table is the one list of families: names, default set and gold pools all come from it.
+    assert_eq!(cr::FAMILIES.to_vec(), cr::TABLE.iter().map(|f| f.name).collect::<Vec<_>>());
+    let defaults: Vec<&str> = cr::TABLE.iter().filter(|f| f.default).map(|f| f.name).collect();
+    assert_eq!(cr::DEFAULT_FAMILIES.to_vec(), defaults);
+    let names: BTreeSet<&str> = cr::FAMILIES.into_iter().collect();
+    assert_eq!(names.len(), cr::TABLE.len(), "family names repeat");
+    for f in cr::TABLE {
+        assert!(!f.rule.is_empty() && !f.citation.is_empty(), "{}", f.name);
+        // At least four options (the item shows four), the gold pool first, no repeats.
+        assert!(f.options.len() >= 4 && (1..=f.options.len()).contains(&f.n_gold), "{}", f.name);
+        assert_eq!(f.options.iter().collect::<BTreeSet<_>>().len(), f.options.len(), "{}", f.name);
+        assert_eq!(cr::gold_categories(f.name), Some(f.gold()));
+        let found = cr::family(f.name).unwrap();
+        assert_eq!((found.name, found.citation, found.options), (f.name, f.citation, f.options));
+    }
+    assert_eq!(cr::gold_categories("cha2ds2-vasc").unwrap(), &cr::CHA2DS2_VASC_CATEGORIES[..3]);
+    assert_eq!(cr::gold_categories("no-such"), None);
+    // An unknown name is an error keyed `data.families` that lists every valid name.
+    let e = cr::generate(&strings(&["ckd-stage", "no-such"]), 4, false, 1, OptionOrder::Rule).unwrap_err();
+    let Error::Config { key, msg } = e else { panic!("not a config error: {e}") };
+    assert_eq!(key, "data.families");
+    assert!(msg.contains("unknown family `no-such`"), "{msg}");
+    for name in cr::FAMILIES.into_iter().chain([cr::ALL]) {
+        assert!(msg.contains(name), "{msg} lacks {name}");
+    }
+}
+
+/// 64-bit FNV-1a of the JSON of every item (and, for cases, its family, key and category), in
+/// order: a fingerprint of generated data that changes with any text, option, gold or order.
+fn fingerprint<'a>(rows: impl IntoIterator<Item = (&'a Item, String)>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (it, extra) in rows {
+        let json = serde_json::to_string(it).unwrap();
+        for b in json.bytes().chain(extra.bytes()).chain([b'\n']) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[test]
+fn clinical_rules_generated_data_pinned() {
+    // Fingerprints of the data generated before the family table existed (main at ffe32af,
+    // when `clinical_rules.rs` matched on family names): the table must reproduce the same
+    // items, texts, options, order and splits for the same seed and config.
+    let splits = |spec: &str| {
+        let s = data::load(&DataConfig::from_spec(spec).unwrap()).unwrap();
+        let one = |xs: &[Item]| fingerprint(xs.iter().map(|it| (it, String::new())));
+        [one(&s.train), one(&s.dev), one(&s.test)]
+    };
+    let cases = |fams: &[&str], n, test, seed, order| {
+        let cs = cr::generate(&strings(fams), n, test, seed, order).unwrap();
+        fingerprint(cs.iter().map(|c| (&c.item, format!("{}|{}|{}", c.family, c.key, c.category))))
+    };
+    let got = [
+        splits("clinical-rules"),
+        splits("clinical-rules:families=all"),
+        splits("clinical-rules:families=all,option_order=shuffled,seed=7"),
+    ];
+    let got_cases = [
+        cases(&["all"], 1000, false, 11, OptionOrder::Rule),
+        cases(&["all"], 300, true, 11, OptionOrder::Shuffled),
+        cases(&[], 600, true, 3, OptionOrder::Rule),
+    ];
+    assert_eq!(got, PINNED_SPLITS);
+    assert_eq!(got_cases, PINNED_CASES);
+}
+
+#[test]
 fn clinical_rules_through_load() {
     let cfg = DataConfig::from_spec("clinical-rules:n_train=200,n_test=40,seed=9,families=bmi+ckd-stage").unwrap();
     let s = data::load(&cfg).unwrap();
@@ -858,3 +929,13 @@ fn toml_section() {
     let round: DataConfig = toml::from_str(&toml::to_string(&DataConfig::default()).unwrap()).unwrap();
     assert_eq!(round, DataConfig::default());
 }
+
+/// [`fingerprint`]s of (train, dev, test) of `data::load` for the three specs of
+/// `clinical_rules_generated_data_pinned`, computed with the code of main at ffe32af.
+const PINNED_SPLITS: [[u64; 3]; 3] = [
+    [0xabff7fe056191efd, 0xddccaf80d63878fe, 0x003d8af2f201617f],
+    [0xa3a98857b8cdea98, 0x31b86fa2a1b7b3df, 0x502c729f5223c407],
+    [0x10d49bb0aae83805, 0x51ecd29812d26b86, 0x7b78e6c69908fe6a],
+];
+/// [`fingerprint`]s of the three `cr::generate` calls of the same test, from the same code.
+const PINNED_CASES: [u64; 3] = [0xdf3a686cd773246d, 0x8dd0e4a976913377, 0x87d5cba7717cad5b];

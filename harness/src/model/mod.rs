@@ -2,9 +2,10 @@
 //! ([`linear`], with its LoRA adapter in [`lora`]), graph plumbing ([`ops`]), attention with
 //! recompute ([`attention`]), masks and the one attention-bias builder ([`mask`]), the decoder
 //! layer and its two ways to run ([`decoder`]), the LLaMA model ([`llama`]), loading
-//! ([`load`]) and the tokenizer ([`tokenizer`]).
+//! ([`load`]) and the tokenizer ([`tokenizer`], rebuilt from GGUF metadata in [`gguf_tokenizer`]).
 pub mod attention;
 pub mod decoder;
+pub mod gguf_tokenizer;
 pub mod linear;
 pub mod llama;
 pub mod load;
