@@ -27,7 +27,8 @@
 //!   schedule, the one training step ([`train::step`]: accumulation, clipping, update; also what
 //!   `bench` and `selfcheck` run), the step loop with metrics CSV, evaluation hook and checkpoints.
 //! - [`data`]: datasets (PubMedQA, multiple-choice JSONL, alpaca pairs, the synthetic
-//!   clinical-rules benchmark) yielding [`data::Item`]s, and prompt templates.
+//!   clinical-rules benchmark, one row per family in [`data::clinical_rules::TABLE`]) yielding
+//!   [`data::Item`]s, and prompt templates.
 //! - [`sample`]: decoding: iterative denoising for diffusion, greedy/sampled AR with a KV cache.
 //! - [`eval`]: generation and likelihood evaluation, metrics with intervals.
 //! - [`stats`]: Wilson, t-intervals, McNemar, bootstrap, Holm.
@@ -44,6 +45,19 @@
 //!   cross-check on any device; [`device`]: CUDA allocator settings and memory high-water mark.
 //!
 //! Binaries are thin: `src/main.rs` parses arguments and calls these modules.
+//!
+//! ## Where one thing lives
+//! | what | file |
+//! |---|---|
+//! | the decoder layer (both paths) | `src/model/decoder.rs` |
+//! | the linear layer (frozen / LoRA / full) | `src/model/linear.rs` |
+//! | the diffusion objective (masking, 1/t weight, shift; how it generates and scores choices) | `src/objective/diffusion.rs` |
+//! | the AR objective | `src/objective/autoregressive.rs` |
+//! | attention masks and the one bias builder | `src/model/mask.rs` |
+//! | the diffusion sampler | `src/sample/diffusion.rs` |
+//! | the AR sampler (KV cache) | `src/sample/autoregressive.rs` |
+//! | the training step | `src/train/step.rs` |
+//! | the result-folder schema | `schema/src/layout.rs` (files), `schema/src/*.rs` (records) |
 #![warn(missing_docs)]
 
 /// The result folders' layout and records (the `ddm-schema` crate).
