@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use harness::data::clinical_rules::{self as cr, OptionOrder, Sex};
 use harness::data::{
-    self, DataConfig, DatasetKind, Item, PromptParts, ResponseFormat, Template, TemplateKind, TextEncoder,
+    self, DataConfig, DatasetKind, FileSplit, Fit, Item, OnOverlong, PromptParts, ResponseFormat, Template,
+    TemplateKind, TextEncoder,
 };
 use harness::{Error, Result};
 
@@ -939,3 +940,107 @@ const PINNED_SPLITS: [[u64; 3]; 3] = [
 ];
 /// [`fingerprint`]s of the three `cr::generate` calls of the same test, from the same code.
 const PINNED_CASES: [u64; 3] = [0xdf3a686cd773246d, 0x8dd0e4a976913377, 0x87d5cba7717cad5b];
+
+// ---------------------------------------------------------------------------------------------
+// Input forms, empty files, oversized rows, over-long items (issue 13)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn single_file_as_test_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "medqa.jsonl", &[MEDQA_OK; 7].join("\n"));
+    let cfg = DataConfig::from_spec(&format!("mcq:{},file_split=test", p.display())).unwrap();
+    assert_eq!(cfg.file_split, FileSplit::Test);
+    let s = data::load(&cfg).unwrap();
+    assert_eq!((s.train.len(), s.dev.len(), s.test.len()), (0, 0, 7));
+    assert_eq!(s.name, "mcq:medqa");
+    // The default (training) still splits the file into train and dev.
+    let s = data::load(&DataConfig::from_spec(&format!("mcq:{}", p.display())).unwrap()).unwrap();
+    assert_eq!((s.train.len() + s.dev.len(), s.test.len()), (7, 0));
+    // file_split does not change a folder's layout.
+    let sub = dir.path().join("f");
+    std::fs::create_dir(&sub).unwrap();
+    write(&sub, "train.jsonl", &[MEDQA_OK; 4].join("\n"));
+    write(&sub, "test.jsonl", &[MEDMCQA_OK; 2].join("\n"));
+    let s = data::load(&DataConfig::from_spec(&format!("mcq:{},file_split=test", sub.display())).unwrap()).unwrap();
+    assert_eq!((s.train.len() + s.dev.len(), s.test.len()), (4, 2));
+    let e = err_text(DataConfig::from_spec("mcq:x.jsonl,file_split=dev").unwrap_err());
+    assert!(e.contains("data.file_split"), "{e}");
+}
+
+#[test]
+fn empty_files_are_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "empty.jsonl", "\n\n");
+    let e = err_text(data::load(&DataConfig::from_spec(&format!("mcq:{}", p.display())).unwrap()).unwrap_err());
+    assert!(e.contains(&p.display().to_string()) && e.contains("no items"), "{e}");
+    // Every row malformed and skipped: the same, with the count.
+    let p = write(dir.path(), "bad.jsonl", "{\"question\": 1}\n");
+    let e = err_text(
+        data::load(&DataConfig::from_spec(&format!("mcq:{},skip_bad_rows=true", p.display())).unwrap()).unwrap_err(),
+    );
+    assert!(e.contains("bad.jsonl") && e.contains("1 malformed"), "{e}");
+    // An empty test file of a folder names that file.
+    let sub = dir.path().join("f");
+    std::fs::create_dir(&sub).unwrap();
+    write(&sub, "train.jsonl", MEDQA_OK);
+    let test = write(&sub, "test.jsonl", "");
+    let e = err_text(data::load(&DataConfig::from_spec(&format!("mcq:{}", sub.display())).unwrap()).unwrap_err());
+    assert!(e.contains(&test.display().to_string()), "{e}");
+}
+
+#[test]
+fn oversized_rows_refused_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = format!(
+        r#"{{"question": "{}", "options": {{"A": "a", "B": "b"}}, "answer_idx": "A"}}"#,
+        "word ".repeat(data::MAX_ROW_BYTES / 5 + 10)
+    );
+    let p = write(dir.path(), "big.jsonl", &format!("{MEDQA_OK}\n{big}\n{MEDQA_OK}\n"));
+    let e = err_text(data::mcq::load_file(&p, false).unwrap_err());
+    assert!(e.contains("big.jsonl") && e.contains("line 2") && e.contains("bytes"), "{e}");
+    assert!(e.len() < 2000, "the row is not echoed: {} bytes", e.len());
+    let (items, bad) = data::mcq::load_file(&p, true).unwrap();
+    assert_eq!((items.len(), bad), (2, 1));
+    // A JSON array entry: named by its entry number.
+    let p = write(dir.path(), "big.json", &format!("[{MEDQA_OK}, {big}]"));
+    let e = err_text(data::mcq::load_file(&p, false).unwrap_err());
+    assert!(e.contains("big.json") && e.contains("entry 2") && e.contains("bytes"), "{e}");
+    // A row just under the bound loads.
+    let ok = format!(
+        r#"{{"question": "{}", "options": {{"A": "a", "B": "b"}}, "answer_idx": "A"}}"#,
+        "w".repeat(data::MAX_ROW_BYTES - 200)
+    );
+    let p = write(dir.path(), "ok.jsonl", &ok);
+    assert_eq!(data::mcq::load_file(&p, false).unwrap().0.len(), 1);
+}
+
+#[test]
+fn overlong_items_fit_or_not() {
+    let it = long_item();
+    let t = Template::new(TemplateKind::Plain);
+    // Question and options alone exceed the budget: Overlong, with the token counts.
+    match t.render_fit(&it, ResponseFormat::Answer, &Words, 22).unwrap() {
+        Fit::Overlong { prompt_tokens, target_tokens } => assert_eq!((prompt_tokens, target_tokens), (21, 1)),
+        Fit::Fits(r) => panic!("fits: {r:?}"),
+    }
+    assert!(matches!(t.render_fit(&it, ResponseFormat::Answer, &Words, 23).unwrap(), Fit::Fits(r) if r.truncated));
+    // Spec key, default per use, and the messages.
+    let mut cfg = DataConfig::from_spec("mcq:m.jsonl,on_overlong=skip,max_len=64").unwrap();
+    assert_eq!(cfg.on_overlong, Some(OnOverlong::Skip));
+    assert_eq!(cfg.on_overlong_or(OnOverlong::Error), OnOverlong::Skip);
+    cfg.on_overlong = None;
+    assert_eq!(cfg.on_overlong_or(OnOverlong::Error), OnOverlong::Error);
+    let ids: Vec<String> = (0..12).map(|i| format!("q{i}")).collect();
+    let e = err_text(cfg.overlong_error("train", &ids));
+    assert!(e.starts_with("m.jsonl: 12 train item(s) exceed data.max_len = 64"), "{e}");
+    assert!(e.contains("q0, q1") && e.contains("q9") && !e.contains("q10") && e.contains("and 2 more"), "{e}");
+    assert!(e.contains("on_overlong"), "{e}");
+    let e = err_text(DataConfig::from_spec("mcq:m.jsonl,on_overlong=drop").unwrap_err());
+    assert!(e.contains("data.on_overlong") && e.contains("skip or error"), "{e}");
+    // Round trip through TOML with the key set.
+    let round: DataConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(round, cfg);
+    let c: DataConfig = toml::from_str("dataset = \"mcq\"\npath = \"m\"\non_overlong = \"error\"\nfile_split = \"test\"\n").unwrap();
+    assert_eq!((c.on_overlong, c.file_split), (Some(OnOverlong::Error), FileSplit::Test));
+}

@@ -87,8 +87,9 @@ enum Cmd {
         /// Evaluate at most N test items.
         #[arg(long)]
         limit: Option<usize>,
-        /// Config overrides for a base evaluation (`--set eval.max_new_tokens=4`).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
+        /// Config overrides for a base evaluation (`--set eval.max_new_tokens=4`,
+        /// `--set data.max_len=1400`: applied on top of the dataset spec). Not with `--run`.
+        #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "run")]
         sets: Vec<String>,
         /// Output folder (default: `<run>/evals/<stamp>` or `runs/eval-<stamp>`).
         #[arg(long)]
@@ -239,7 +240,10 @@ fn run(cli: Cli) -> Result<()> {
                     (harness::run::eval_base(&base, &dataset, objective, m, limit, &sets, &dir)?, dir)
                 }
             };
-            println!("{} / {} split, {} items ({} prompts shortened to fit)", result.dataset, result.split, result.n_items, result.n_truncated);
+            println!(
+                "{} / {} split, {} items ({} prompts shortened to fit, {} over-long items skipped)",
+                result.dataset, result.split, result.n_items, result.n_truncated, result.n_overlong
+            );
             println!("{}", harness::report::eval_table(&result));
             println!("written to {}", dir.display());
             Ok(())

@@ -54,14 +54,23 @@ pub fn objective(cfg: &RawConfig, mask_id: u32) -> Box<dyn Objective> {
     crate::objective::build(&cfg.objective, mask_id)
 }
 
-/// Template and tokenize items into training examples (response + eos). Returns the examples
-/// and how many were truncated.
-pub fn encode_items(items: &[data::Item], cfg: &RawConfig, tok: &Tok) -> Result<(Vec<Example>, usize)> {
+/// Template and tokenize the items of `split` into training examples (response + eos). Returns
+/// the examples and how many were truncated. Items over `data.max_len` even without their
+/// contexts are an error listing them (`data.on_overlong`, default `error` for training) or are
+/// left out with a line on stderr (`skip`).
+pub fn encode_items(items: &[data::Item], split: &str, cfg: &RawConfig, tok: &Tok) -> Result<(Vec<Example>, usize)> {
     let template = Template::new(cfg.data.template);
     let mut out = Vec::with_capacity(items.len());
     let mut truncated = 0;
+    let mut overlong = Vec::new();
     for it in items {
-        let r = template.render(it, cfg.data.response_format, tok, cfg.data.max_len)?;
+        let r = match template.render_fit(it, cfg.data.response_format, tok, cfg.data.max_len)? {
+            data::Fit::Fits(r) => r,
+            data::Fit::Overlong { .. } => {
+                overlong.push(it.id.clone());
+                continue;
+            }
+        };
         if tok.contains_mask_literal(&r.prompt) || tok.contains_mask_literal(&r.target) {
             return Err(Error::data(&it.id, format!("item text contains the mask token literal `{}`", tok.mask_token())));
         }
@@ -69,6 +78,12 @@ pub fn encode_items(items: &[data::Item], cfg: &RawConfig, tok: &Tok) -> Result<
         let mut response = r.target_ids;
         response.push(tok.eos_id);
         out.push(Example { prompt: r.prompt_ids, response });
+    }
+    if !overlong.is_empty() {
+        if cfg.data.on_overlong_or(data::OnOverlong::Error) == data::OnOverlong::Error {
+            return Err(cfg.data.overlong_error(split, &overlong));
+        }
+        eprintln!("{}: skipped {}", cfg.data.source().display(), cfg.data.overlong_message(split, &overlong));
     }
     Ok((out, truncated))
 }
@@ -136,18 +151,18 @@ pub struct Trained {
 pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Trained> {
     let mut cfg = raw.resolve()?;
     let dir = RunDir::new(run_dir);
-    dir.create()?;
+    // Model and data are loaded before the folder exists: a run that fails here leaves none.
     let loaded = load_model(&cfg)?;
     let splits = data::load(&cfg.raw.data)?;
-    let (train_ex, trunc) = encode_items(&splits.train, &cfg.raw, &loaded.tok)?;
-    let (dev_ex, _) = encode_items(&splits.dev, &cfg.raw, &loaded.tok)?;
+    let (train_ex, trunc) = encode_items(&splits.train, "train", &cfg.raw, &loaded.tok)?;
+    let (dev_ex, _) = encode_items(&splits.dev, "dev", &cfg.raw, &loaded.tok)?;
     let t = &cfg.raw.train;
     let total = t.max_steps.unwrap_or_else(|| train::steps_for(train_ex.len(), t.epochs, t.micro_batch, t.grad_accum));
     cfg.resolved.mask_id = Some(loaded.tok.mask_id);
     cfg.resolved.total_steps = Some(total);
     cfg.resolved.n_train = Some(train_ex.len());
     cfg.resolved.n_truncated = Some(trunc);
-    // The resolved config goes into the run folder before training starts.
+    // The resolved config goes into the run folder (created here) before training starts.
     dir.write_config(&cfg)?;
     let objective = objective(&cfg.raw, loaded.tok.mask_id);
     // Periodic accuracy on the dev split (never the test split) when asked for.
@@ -261,10 +276,28 @@ pub fn execute(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<RunRecor
 }
 
 /// Resolve `raw`, write it as `config.json` into `dir`, and evaluate its untrained base model.
+/// When `dir` did not exist and the evaluation fails before writing anything but
+/// `config.json` (bad model, bad data), the folder is removed again.
 fn evaluate_base_into(raw: RawConfig, dir: &RunDir) -> Result<EvalResult> {
-    let cfg = raw.resolve()?;
-    dir.write_config(&cfg)?;
-    evaluate(&cfg, EvalSource::Base, dir.path())
+    let existed = dir.path().exists();
+    let result = raw.resolve().and_then(|cfg| {
+        dir.write_config(&cfg)?;
+        evaluate(&cfg, EvalSource::Base, dir.path())
+    });
+    if result.is_err() && !existed {
+        remove_if_unstarted(dir.path());
+    }
+    result
+}
+
+/// Removes `path` when it holds nothing but `config.json` (best effort: the error that led
+/// here is the one reported).
+fn remove_if_unstarted(path: &Path) {
+    let Ok(entries) = std::fs::read_dir(path) else { return };
+    let only_config = entries.flatten().all(|e| e.file_name() == RunDir::CONFIG);
+    if only_config {
+        let _ = std::fs::remove_dir_all(path);
+    }
 }
 
 /// A study's zero-shot point: evaluate the untrained base model of `raw` into `run_dir`
@@ -295,9 +328,18 @@ pub fn eval_run_dir(run_dir: &Path, methods: Option<Vec<EvalMethod>>, limit: Opt
 /// Evaluate a base model (no training) on a dataset spec into `out_dir`. `objective` says how the
 /// model is read: `autoregressive` (the base AR model) or `diffusion`.
 pub fn eval_base(model_source: &str, dataset: &str, objective: ObjectiveKind, methods: Vec<EvalMethod>, limit: Option<usize>, sets: &[String], out_dir: &Path) -> Result<EvalResult> {
-    let mut raw = RawConfig::from_str_with("", "harness eval", sets)?;
+    let mut spec = data::DataConfig::from_spec(dataset)?;
+    // A single file given to `harness eval` is the test set, unless the spec says otherwise.
+    if !dataset.contains("file_split") {
+        spec.file_split = data::FileSplit::Test;
+    }
+    // The spec is the `[data]` section; `--set data.*` applies on top of it.
+    let data_table = toml::Table::try_from(&spec).map_err(|e| Error::config("data", e.to_string()))?;
+    let mut table = toml::Table::new();
+    table.insert("data".to_string(), toml::Value::Table(data_table));
+    let text = toml::to_string(&table).map_err(|e| Error::config("data", e.to_string()))?;
+    let mut raw = RawConfig::from_str_with(&text, "harness eval", sets)?;
     raw.model.source = model_source.to_string();
-    raw.data = data::DataConfig::from_spec(dataset)?;
     if raw.objective.kind() != objective {
         raw.objective = ObjectiveConfig::default_for(objective);
     }

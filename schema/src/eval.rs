@@ -185,6 +185,10 @@ pub struct EvalResult {
     pub n_items: usize,
     /// Prompts whose contexts were shortened to fit `max_len`.
     pub n_truncated: usize,
+    /// Items left out because they exceed `max_len` even with their contexts dropped
+    /// (`data.on_overlong = "skip"`); not in `n_items`. 0 in files written before the count.
+    #[serde(default)]
+    pub n_overlong: usize,
     /// How the model was read (`autoregressive` / `diffusion`).
     pub objective: ObjectiveKind,
     /// One entry per method.

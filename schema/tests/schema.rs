@@ -45,6 +45,7 @@ fn eval_result() -> EvalResult {
         split: "test".into(),
         n_items: 4,
         n_truncated: 1,
+        n_overlong: 2,
         objective: ObjectiveKind::Diffusion,
         methods: vec![MethodResult {
             method: "generate@steps=4".into(),
@@ -291,4 +292,13 @@ fn committed_folders_parse_through_the_schema() {
         same_json(&s.analysis_json(), &a);
         same_json(&s.manifest_json(), &m);
     }
+}
+
+#[test]
+fn eval_json_without_n_overlong_still_parses() {
+    let mut v = serde_json::to_value(eval_result()).unwrap();
+    v.as_object_mut().unwrap().remove("n_overlong");
+    let back: EvalResult = serde_json::from_value(v).unwrap();
+    assert_eq!(back.n_overlong, 0);
+    assert_eq!(back.n_truncated, 1);
 }

@@ -17,5 +17,6 @@ pub mod spec;
 pub mod template;
 
 pub use item::{Item, PromptParts, ResponseFormat};
-pub use spec::{load, validate, DataConfig, DatasetKind, Splits};
-pub use template::{Rendered, Template, TemplateKind, TextEncoder, CHATML_END_OF_TURN};
+pub use rows::MAX_ROW_BYTES;
+pub use spec::{load, validate, DataConfig, DatasetKind, FileSplit, OnOverlong, Splits};
+pub use template::{Fit, Rendered, Template, TemplateKind, TextEncoder, CHATML_END_OF_TURN};

@@ -13,6 +13,26 @@ use crate::error::{Error, Result};
 /// How many offending rows an error message lists.
 pub(crate) const SHOWN_BAD_ROWS: usize = 5;
 
+/// Most bytes one row may hold (1 MiB): a JSONL line, or the text of a JSON-array entry. A
+/// longer row is malformed (named by file and line or entry) and never reaches the tokenizer;
+/// real questions are a few KiB.
+pub const MAX_ROW_BYTES: usize = 1 << 20;
+
+/// The message of a row over [`MAX_ROW_BYTES`].
+fn oversized(bytes: usize) -> String {
+    format!("row is {bytes} bytes, over the bound of {MAX_ROW_BYTES} bytes per row (checked before tokenizing)")
+}
+
+/// Bytes of text in a JSON value: string lengths (keys included) and a byte per other leaf.
+fn text_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(text_bytes).sum(),
+        Value::Object(o) => o.iter().map(|(k, v)| k.len() + text_bytes(v)).sum(),
+        _ => 1,
+    }
+}
+
 /// One row of a data file with where it came from.
 pub(crate) struct Row {
     /// Human-readable location: `line 7` (JSONL) or `entry 3` (JSON array, 1-based).
@@ -25,7 +45,8 @@ pub(crate) struct Row {
 
 /// Reads `path` as a JSON array of objects (first non-blank character `[`) or as JSONL (one
 /// object per non-blank line). Unparseable JSONL lines come back as `Err` rows so the caller
-/// can skip or report them; an unparseable JSON array is an error of the whole file.
+/// can skip or report them, as do rows over [`MAX_ROW_BYTES`]; an unparseable JSON array is an
+/// error of the whole file.
 pub(crate) fn read_rows(path: &Path) -> Result<Vec<Row>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
@@ -38,7 +59,11 @@ pub(crate) fn read_rows(path: &Path) -> Result<Vec<Row>> {
         return Ok(rows
             .into_iter()
             .enumerate()
-            .map(|(i, value)| Row { loc: format!("entry {}", i + 1), num: i + 1, value: Ok(value) })
+            .map(|(i, value)| {
+                let n = text_bytes(&value);
+                let value = if n > MAX_ROW_BYTES { Err(oversized(n)) } else { Ok(value) };
+                Row { loc: format!("entry {}", i + 1), num: i + 1, value }
+            })
             .collect());
     }
     Ok(text
@@ -48,7 +73,11 @@ pub(crate) fn read_rows(path: &Path) -> Result<Vec<Row>> {
         .map(|(i, l)| Row {
             loc: format!("line {}", i + 1),
             num: i + 1,
-            value: serde_json::from_str::<Value>(l).map_err(|e| format!("bad JSON: {e}")),
+            value: if l.len() > MAX_ROW_BYTES {
+                Err(oversized(l.len()))
+            } else {
+                serde_json::from_str::<Value>(l).map_err(|e| format!("bad JSON: {e}"))
+            },
         })
         .collect())
 }

@@ -11,7 +11,7 @@
 //! for `pubmedqa` the path `hub` sets `source = "hub"` instead. `KEY` is any [`DataConfig`]
 //! field: `path`, `source`, `template`, `response_format`, `max_len`, `dev_fraction`, `seed`,
 //! `skip_bad_rows`, `n_train`, `n_test`, `limit_train`, `limit_test`, `families`,
-//! `option_order`. `families` takes names joined by `+` (`families=bmi+ckd-stage`) or `all`;
+//! `option_order`, `on_overlong`, `file_split`. `families` takes names joined by `+` (`families=bmi+ckd-stage`) or `all`;
 //! `option_order` is `rule` or `shuffled`. Unknown keys and unparsable values are config errors.
 //! Examples: `clinical-rules`, `clinical-rules:n_test=50,seed=3`,
 //! `clinical-rules:families=all,option_order=shuffled`,
@@ -21,9 +21,11 @@
 //!
 //! ## Files of `mcq` and `alpaca`
 //! `path` is a file or a folder. A file is split into train and dev (seeded `dev_fraction`) and
-//! gives no test items. A folder must hold `train.jsonl` (or `train.json`) and may hold
-//! `dev`/`validation`/`valid` and `test` files of the same kinds; without a dev file, dev is
-//! carved from train.
+//! gives no test items (`file_split = "train"`, the default of training), or is the test split
+//! whole (`file_split = "test"`, what `harness eval --dataset mcq:FILE` sets). A folder must hold
+//! `train.jsonl` (or `train.json`) and may hold `dev`/`validation`/`valid` and `test` files of
+//! the same kinds; without a dev file, dev is carved from train (`file_split` does not apply).
+//! A file that yields no items is an error naming it.
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +71,38 @@ impl DatasetKind {
     }
 }
 
+/// What to do with an item whose prompt does not fit `data.max_len` even after the template
+/// shortened its contexts (the question and options are never cut).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOverlong {
+    /// Leave the item out and count it (`eval.json`'s `n_overlong`, a line on stderr).
+    Skip,
+    /// Fail, naming how many items are over-long and which.
+    Error,
+}
+
+impl OnOverlong {
+    /// The config spelling: `skip` or `error`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OnOverlong::Skip => "skip",
+            OnOverlong::Error => "error",
+        }
+    }
+}
+
+/// What a single `mcq` / `alpaca` file (not a folder) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FileSplit {
+    /// Split into train and dev (seeded `dev_fraction`); no test items. The default.
+    #[default]
+    Train,
+    /// The whole file is the test split (no train or dev items).
+    Test,
+}
+
 /// The `[data]` section of the run config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -111,6 +145,13 @@ pub struct DataConfig {
     /// or `shuffled` (random; the gold letter uniform in every family). See
     /// `clinical_rules::OptionOrder`.
     pub option_order: OptionOrder,
+    /// Items over `max_len` after the template's own shortening: `skip` (count them) or
+    /// `error`. Unset: `error` for training, `skip` for evaluation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_overlong: Option<OnOverlong>,
+    /// A single `mcq`/`alpaca` file is `train` (split into train and dev, default) or `test`
+    /// (all of it the test split; `harness eval --dataset mcq:FILE` sets this).
+    pub file_split: FileSplit,
 }
 
 /// `families` as a TOML list of names or one string of names joined by `+`.
@@ -150,6 +191,8 @@ impl Default for DataConfig {
             limit_test: None,
             families: None,
             option_order: OptionOrder::Rule,
+            on_overlong: None,
+            file_split: FileSplit::Train,
         }
     }
 }
@@ -262,9 +305,60 @@ impl DataConfig {
                     Error::config("data.option_order", format!("`{v}`: expected rule or shuffled"))
                 })?
             }
+            "on_overlong" => {
+                self.on_overlong = Some(match v {
+                    "skip" => OnOverlong::Skip,
+                    "error" => OnOverlong::Error,
+                    _ => return Err(Error::config("data.on_overlong", format!("`{v}`: expected skip or error"))),
+                })
+            }
+            "file_split" => {
+                self.file_split = match v {
+                    "train" => FileSplit::Train,
+                    "test" => FileSplit::Test,
+                    _ => return Err(Error::config("data.file_split", format!("`{v}`: expected train or test"))),
+                }
+            }
             _ => return Err(Error::config(format!("data.{key}"), "unknown key")),
         }
         Ok(())
+    }
+}
+
+/// How many over-long item ids an error or warning lists.
+const SHOWN_OVERLONG: usize = 10;
+
+impl DataConfig {
+    /// What data errors name: the file or folder `path`, else the dataset's name.
+    pub fn source(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| PathBuf::from(self.dataset.as_str()))
+    }
+
+    /// The `on_overlong` in force: the configured one, else `default` (error for training,
+    /// skip for evaluation).
+    pub fn on_overlong_or(&self, default: OnOverlong) -> OnOverlong {
+        self.on_overlong.unwrap_or(default)
+    }
+
+    /// What to say about `ids`, the items of a split over `max_len` even with their contexts
+    /// dropped: how many, and the first few ids.
+    pub fn overlong_message(&self, split: &str, ids: &[String]) -> String {
+        let shown = ids.iter().take(SHOWN_OVERLONG).cloned().collect::<Vec<_>>().join(", ");
+        let more = if ids.len() > SHOWN_OVERLONG { format!(" and {} more", ids.len() - SHOWN_OVERLONG) } else { String::new() };
+        format!(
+            "{} {split} item(s) exceed data.max_len = {} even with their contexts dropped (the question and \
+             options are never cut): {shown}{more}",
+            ids.len(),
+            self.max_len
+        )
+    }
+
+    /// The error for over-long items under `on_overlong = "error"`, naming the data source.
+    pub fn overlong_error(&self, split: &str, ids: &[String]) -> Error {
+        Error::data(
+            self.source(),
+            format!("{}; raise data.max_len or set data.on_overlong = \"skip\"", self.overlong_message(split, ids)),
+        )
     }
 }
 
@@ -374,6 +468,16 @@ fn find_split(dir: &Path, stems: &[&str]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `loader` on `path`, failing with an error naming the file when it yields no items.
+fn load_nonempty(loader: FileLoader, path: &Path, skip_bad_rows: bool) -> Result<(Vec<Item>, usize)> {
+    let (items, bad) = loader(path, skip_bad_rows)?;
+    if items.is_empty() {
+        let why = if bad > 0 { format!("no items ({bad} malformed row(s) skipped)") } else { "no items (the file is empty)".to_string() };
+        return Err(Error::data(path, why));
+    }
+    Ok((items, bad))
+}
+
 fn load_files(cfg: &DataConfig, loader: FileLoader) -> Result<Splits> {
     let Some(path) = cfg.path.as_deref() else {
         return Err(Error::config("data.path", format!("{} needs a path", cfg.dataset.as_str())));
@@ -383,10 +487,10 @@ fn load_files(cfg: &DataConfig, loader: FileLoader) -> Result<Splits> {
     if path.is_dir() {
         let train_path = find_split(path, &["train"])
             .ok_or_else(|| Error::data(path, "folder has no train.jsonl or train.json"))?;
-        let (pool, mut bad) = loader(&train_path, cfg.skip_bad_rows)?;
+        let (pool, mut bad) = load_nonempty(loader, &train_path, cfg.skip_bad_rows)?;
         let (train, dev) = match find_split(path, &["dev", "validation", "valid"]) {
             Some(p) => {
-                let (dev, b) = loader(&p, cfg.skip_bad_rows)?;
+                let (dev, b) = load_nonempty(loader, &p, cfg.skip_bad_rows)?;
                 bad += b;
                 (pool, dev)
             }
@@ -394,7 +498,7 @@ fn load_files(cfg: &DataConfig, loader: FileLoader) -> Result<Splits> {
         };
         let test = match find_split(path, &["test"]) {
             Some(p) => {
-                let (test, b) = loader(&p, cfg.skip_bad_rows)?;
+                let (test, b) = load_nonempty(loader, &p, cfg.skip_bad_rows)?;
                 bad += b;
                 test
             }
@@ -405,7 +509,10 @@ fn load_files(cfg: &DataConfig, loader: FileLoader) -> Result<Splits> {
     if !path.is_file() {
         return Err(Error::data(path, "no such file or folder"));
     }
-    let (pool, bad_rows) = loader(path, cfg.skip_bad_rows)?;
+    let (pool, bad_rows) = load_nonempty(loader, path, cfg.skip_bad_rows)?;
+    if cfg.file_split == FileSplit::Test {
+        return Ok(Splits { train: Vec::new(), dev: Vec::new(), test: pool, bad_rows, name });
+    }
     let (train, dev) = rows::split_dev(pool, cfg.dev_fraction, cfg.seed, "files/dev");
     Ok(Splits { train, dev, test: Vec::new(), bad_rows, name })
 }

@@ -71,6 +71,21 @@ pub struct Rendered {
     pub truncated: bool,
 }
 
+/// The outcome of [`Template::render_fit`]: a rendered example, or an item too long for the
+/// budget even with its contexts dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fit {
+    /// The example fits `max_len` (possibly after shortening).
+    Fits(Rendered),
+    /// A labelled item whose prompt without any context plus target and eos exceeds `max_len`.
+    Overlong {
+        /// Tokens of the prompt with every context dropped.
+        prompt_tokens: usize,
+        /// Tokens of the target.
+        target_tokens: usize,
+    },
+}
+
 impl Template {
     /// A template of `kind` with the default system message.
     pub fn new(kind: TemplateKind) -> Self {
@@ -131,13 +146,26 @@ impl Template {
     /// free-form items (alpaca) have their target ids cut at the end instead, as long as at
     /// least one target token fits. `truncated` is set whenever anything was cut.
     pub fn render(&self, item: &Item, format: ResponseFormat, enc: &dyn TextEncoder, max_len: usize) -> Result<Rendered> {
+        match self.render_fit(item, format, enc, max_len)? {
+            Fit::Fits(r) => Ok(r),
+            Fit::Overlong { prompt_tokens, target_tokens } => Err(Error::msg(format!(
+                "item {}: prompt without any context is {prompt_tokens} tokens and the target {target_tokens} tokens; \
+                 with 1 for eos that exceeds max_len = {max_len} (question and options are never cut: raise data.max_len)",
+                item.id
+            ))),
+        }
+    }
+
+    /// [`Template::render`], with an over-long labelled item as [`Fit::Overlong`] instead of an
+    /// error, so that callers can count and skip such items.
+    pub fn render_fit(&self, item: &Item, format: ResponseFormat, enc: &dyn TextEncoder, max_len: usize) -> Result<Fit> {
         let target = item.target_text(format)?;
         let target_ids = enc.encode(&target)?;
         let budget = max_len.saturating_sub(1);
         let full_prompt = self.prompt(&item.parts, &item.choices);
         let full_ids = enc.encode(&full_prompt)?;
         if full_ids.len() + target_ids.len() <= budget {
-            return Ok(Rendered { prompt: full_prompt, prompt_ids: full_ids, target, target_ids, truncated: false });
+            return Ok(Fit::Fits(Rendered { prompt: full_prompt, prompt_ids: full_ids, target, target_ids, truncated: false }));
         }
         // Word units of the contexts, in order; keep the longest fitting prefix.
         let words: Vec<Vec<&str>> = item.parts.contexts.iter().map(|c| c.split_whitespace().collect()).collect();
@@ -166,15 +194,9 @@ impl Template {
             if item.is_free_form() && ids0.len() < budget {
                 let mut t = target_ids;
                 t.truncate(budget - ids0.len());
-                return Ok(Rendered { prompt: p0, prompt_ids: ids0, target, target_ids: t, truncated: true });
+                return Ok(Fit::Fits(Rendered { prompt: p0, prompt_ids: ids0, target, target_ids: t, truncated: true }));
             }
-            return Err(Error::msg(format!(
-                "item {}: prompt without any context is {} tokens and the target {} tokens; with 1 for eos \
-                 that exceeds max_len = {max_len} (question and options are never cut: raise data.max_len)",
-                item.id,
-                ids0.len(),
-                target_ids.len()
-            )));
+            return Ok(Fit::Overlong { prompt_tokens: ids0.len(), target_tokens: target_ids.len() });
         }
         // Bisection: lo always fits, hi never does.
         let (mut lo, mut hi) = (0usize, total);
@@ -190,7 +212,7 @@ impl Template {
                 hi = mid;
             }
         }
-        Ok(Rendered { prompt: best_p, prompt_ids: best_ids, target, target_ids, truncated: true })
+        Ok(Fit::Fits(Rendered { prompt: best_p, prompt_ids: best_ids, target, target_ids, truncated: true }))
     }
 }
 

@@ -7,7 +7,7 @@
 use super::likelihood::best_choice;
 use super::metrics::classification_report;
 use crate::config::{EvalConfig, EvalMethod, ObjectiveConfig, RawConfig};
-use crate::data::{Item, ResponseFormat, Template};
+use crate::data::{DataConfig, FileSplit, Fit, Item, OnOverlong, ResponseFormat, Template};
 use crate::model::tokenizer::Tok;
 use crate::model::Llama;
 use crate::objective::{self, Objective};
@@ -32,6 +32,9 @@ pub struct EvalSetup {
     pub eval: EvalConfig,
     /// Seed of sampling, likelihood draws and bootstrap.
     pub seed: u64,
+    /// The data config (for over-long items: `on_overlong`, default skip, and the source named
+    /// in messages).
+    pub data: DataConfig,
 }
 
 impl EvalSetup {
@@ -44,6 +47,7 @@ impl EvalSetup {
             max_len: cfg.data.max_len,
             eval: cfg.eval.clone(),
             seed: cfg.seed,
+            data: cfg.data.clone(),
         }
     }
 }
@@ -82,22 +86,48 @@ pub fn label_set(items: &[Item]) -> Vec<String> {
 pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dataset: &str, split: &str, out_dir: &Path) -> Result<EvalResult> {
     let items: Vec<&Item> = items.iter().filter(|i| i.gold.is_some() && !i.choices.is_empty()).collect();
     if items.is_empty() {
-        return Err(Error::msg(format!("{dataset}/{split}: no labelled items to evaluate")));
+        let single_file = setup.data.path.as_deref().is_some_and(|p| p.is_file());
+        let hint = if single_file && setup.data.file_split == FileSplit::Train {
+            " (a single file is split into train and dev; set data.file_split = \"test\" to evaluate all of it)"
+        } else {
+            ""
+        };
+        return Err(Error::data(setup.data.source(), format!("{dataset}/{split}: no labelled items to evaluate{hint}")));
     }
     let items: Vec<&Item> = match setup.eval.limit {
         Some(n) => items.into_iter().take(n).collect(),
         None => items,
     };
+    // Prompts once; items over max_len even without contexts are skipped or an error.
+    let mut prompts = Vec::with_capacity(items.len());
+    let mut kept = Vec::with_capacity(items.len());
+    let mut overlong = Vec::new();
+    let mut n_truncated = 0;
+    for it in items {
+        match setup.template.render_fit(it, setup.response_format, tok, setup.max_len)? {
+            Fit::Fits(r) => {
+                n_truncated += r.truncated as usize;
+                prompts.push(r.prompt_ids);
+                kept.push(it);
+            }
+            Fit::Overlong { .. } => overlong.push(it.id.clone()),
+        }
+    }
+    if !overlong.is_empty() {
+        if setup.data.on_overlong_or(OnOverlong::Skip) == OnOverlong::Error {
+            return Err(setup.data.overlong_error(split, &overlong));
+        }
+        eprintln!("{dataset}: skipped {}", setup.data.overlong_message(split, &overlong));
+    }
+    let items = kept;
+    if items.is_empty() {
+        return Err(Error::data(
+            setup.data.source(),
+            format!("{split} split: every one of the {} item(s) is over data.max_len = {}", overlong.len(), setup.max_len),
+        ));
+    }
     let owned: Vec<Item> = items.iter().map(|i| (*i).clone()).collect();
     let labels = label_set(&owned);
-    // Prompts once.
-    let mut prompts = Vec::with_capacity(items.len());
-    let mut n_truncated = 0;
-    for it in &items {
-        let r = setup.template.render(it, setup.response_format, tok, setup.max_len)?;
-        n_truncated += r.truncated as usize;
-        prompts.push(r.prompt_ids);
-    }
     let out = RunDir::new(out_dir);
     let mut pred_file = out.predictions_writer()?;
     let mut methods = Vec::new();
@@ -144,7 +174,7 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
         });
     }
     pred_file.finish()?;
-    let result = EvalResult { dataset: dataset.into(), split: split.into(), n_items: items.len(), n_truncated, objective: setup.objective.kind(), methods };
+    let result = EvalResult { dataset: dataset.into(), split: split.into(), n_items: items.len(), n_truncated, n_overlong: overlong.len(), objective: setup.objective.kind(), methods };
     out.write_eval(&result)?;
     Ok(result)
 }
