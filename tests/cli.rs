@@ -183,3 +183,107 @@ fn readme_documents_every_config_field() {
     let missing: Vec<&String> = keys.iter().filter(|k| !readme.contains(&format!("`{k}`"))).collect();
     assert!(missing.is_empty(), "README lacks config keys: {missing:?}");
 }
+
+/// `harness eval` of a random tiny AR model on `spec` into `out`, with extra `--set`s.
+fn eval_tiny(spec: &str, out: &std::path::Path, sets: &[&str]) -> (i32, String, String) {
+    let out = out.display().to_string();
+    let mut args = vec!["eval", "--base", "random", "--dataset", spec, "--method", "likelihood", "--objective", "ar", "--out", &out];
+    for s in ["model.tokenizer=tests/fixtures/smollm2-tokenizer.gguf", "model.arch={vocab_size=49152,hidden_size=32,intermediate_size=64,num_hidden_layers=1,num_attention_heads=4,num_key_value_heads=2,max_position_embeddings=512,tie_word_embeddings=true}"].iter().chain(sets) {
+        args.extend(["--set", s]);
+    }
+    harness(&args)
+}
+
+/// An MCQ row in MedQA form whose question has `words` words.
+fn mcq_row(id: &str, words: usize) -> String {
+    let q = vec!["word"; words].join(" ");
+    format!(r#"{{"id": "{id}", "question": "Which one? {q}", "options": {{"A": "alpha", "B": "beta", "C": "gamma", "D": "delta"}}, "answer_idx": "B"}}"#)
+}
+
+#[test]
+fn eval_of_one_mcq_file_with_data_overrides_and_overlong_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [mcq_row("s1", 3), mcq_row("long1", 300), mcq_row("s2", 5), mcq_row("long2", 250), mcq_row("s3", 2)];
+    let file = write(dir.path(), "medqa.jsonl", &rows.join("\n"));
+    // `mcq:FILE` (the README's form): the whole file is the test split.
+    let out = dir.path().join("ev");
+    let (code, stdout, err) = eval_tiny(&format!("mcq:{file}"), &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    let e = harness::schema::RunDir::new(&out).read_eval().unwrap().expect("eval.json");
+    assert_eq!((e.split.as_str(), e.n_items, e.n_overlong), ("test", 5, 0), "{stdout}");
+    // `--set data.max_len` applies on top of the spec: the two long questions no longer fit and
+    // are skipped (the default for evaluation), counted in eval.json and named on stderr.
+    let out = dir.path().join("short");
+    let (code, stdout, err) = eval_tiny(&format!("mcq:{file}"), &out, &["data.max_len=128"]);
+    assert_eq!(code, 0, "{err}");
+    let e = harness::schema::RunDir::new(&out).read_eval().unwrap().expect("eval.json");
+    assert_eq!((e.n_items, e.n_overlong), (3, 2));
+    assert!(err.contains("2 test item(s) exceed") && err.contains("skipped") && err.contains("long1, long2") && err.contains("max_len = 128"), "{err}");
+    assert!(stdout.contains("2 over-long items skipped"), "{stdout}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["data"]["max_len"].as_u64(), cfg["data"]["file_split"].as_str()), (Some(128), Some("test")));
+    let preds = harness::schema::RunDir::new(&out).read_predictions().unwrap();
+    assert_eq!(preds.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["s1", "s2", "s3"]);
+    // on_overlong = error: an error naming the file, how many and which; no folder is left.
+    let out = dir.path().join("strict");
+    let (code, _, err) = eval_tiny(&format!("mcq:{file}"), &out, &["data.max_len=128", "data.on_overlong=\"error\""]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&file) && err.contains("2 test item(s)") && err.contains("long1, long2"), "{err}");
+    assert!(!out.exists(), "a failed evaluation leaves no folder");
+    // A bad data override is an error naming the key, never ignored.
+    let (code, _, err) = eval_tiny(&format!("mcq:{file}"), &dir.path().join("bad"), &["data.max_len=4"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("data.max_len"), "{err}");
+    // `--set` with `--run` is refused (the run folder's config is used as written).
+    let (code, _, err) = harness(&["eval", "--run", &dir.path().display().to_string(), "--set", "data.max_len=128"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--set") && err.contains("--run"), "{err}");
+}
+
+#[test]
+fn data_errors_name_the_file_and_leave_no_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    // A row over the raw bound is refused before tokenizing, naming file and line.
+    let big = mcq_row("huge", harness::data::MAX_ROW_BYTES / 5 + 1);
+    let file = write(dir.path(), "big.jsonl", &format!("{}\n{big}\n", mcq_row("s1", 3)));
+    let out = dir.path().join("ev");
+    let (code, _, err) = eval_tiny(&format!("mcq:{file}"), &out, &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&file) && err.contains("line 2") && err.contains("bytes"), "{err}");
+    assert!(err.len() < 4000, "the row is not echoed");
+    assert!(!out.exists());
+    // An empty file names the file, in evaluation and in training.
+    let empty = write(dir.path(), "empty.jsonl", "");
+    let (code, _, err) = eval_tiny(&format!("mcq:{empty}"), &out, &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&empty) && err.contains("no items"), "{err}");
+    assert!(!out.exists());
+    let run = dir.path().join("run");
+    let run_s = run.display().to_string();
+    let path_set = format!("data.path=\"{empty}\"");
+    let (code, _, err) = harness(&["train", "--config", "configs/tiny-random.toml", "--set", "data.dataset=\"mcq\"", "--set", &path_set, "--out", &run_s]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&empty), "{err}");
+    assert!(!run.exists(), "a run that fails before training leaves no folder");
+    // Training: over-long items are an error by default, listing how many and which.
+    let rows: Vec<String> = (0..6).map(|i| mcq_row(&format!("q{i}"), if i % 3 == 0 { 300 } else { 3 })).collect();
+    let file = write(dir.path(), "train.jsonl", &rows.join("\n"));
+    let path_set = format!("data.path=\"{file}\"");
+    let args = ["train", "--config", "configs/tiny-random.toml", "--set", "data.dataset=\"mcq\"", "--set", &path_set, "--set", "data.dev_fraction=0.0", "--set", "data.max_len=128", "--out", &run_s];
+    let (code, _, err) = harness(&args);
+    assert_ne!(code, 0);
+    assert!(err.contains(&file) && err.contains("2 train item(s)") && err.contains("q0, q3"), "{err}");
+    assert!(!run.exists());
+    // A file given as the test split leaves training nothing: named, no folder.
+    let (code, _, err) = harness(&["train", "--config", "configs/tiny-random.toml", "--set", "data.dataset=\"mcq\"", "--set", &path_set, "--set", "data.file_split=\"test\"", "--out", &run_s]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&file) && err.contains("training split is empty"), "{err}");
+    assert!(!run.exists());
+    // A bad model path leaves no folder either.
+    let garbage = write(dir.path(), "garbage.gguf", "not a gguf file");
+    let model_set = format!("model.source=\"{garbage}\"");
+    let (code, _, err) = harness(&["train", "--config", "configs/tiny-random.toml", "--set", &model_set, "--out", &run_s]);
+    assert_ne!(code, 0);
+    assert!(err.contains("garbage.gguf"), "{err}");
+    assert!(!run.exists());
+}

@@ -83,7 +83,7 @@ pub fn encode_items(items: &[data::Item], split: &str, cfg: &RawConfig, tok: &To
         if cfg.data.on_overlong_or(data::OnOverlong::Error) == data::OnOverlong::Error {
             return Err(cfg.data.overlong_error(split, &overlong));
         }
-        eprintln!("{}: skipped {}", cfg.data.source().display(), cfg.data.overlong_message(split, &overlong));
+        eprintln!("{}: {}; skipped (data.on_overlong = \"skip\")", cfg.data.source().display(), cfg.data.overlong_message(split, &overlong));
     }
     Ok((out, truncated))
 }
@@ -154,6 +154,13 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
     // Model and data are loaded before the folder exists: a run that fails here leaves none.
     let loaded = load_model(&cfg)?;
     let splits = data::load(&cfg.raw.data)?;
+    if splits.train.is_empty() {
+        let why = match cfg.raw.data.file_split {
+            data::FileSplit::Test => "the training split is empty: data.file_split = \"test\" makes a single file all test",
+            data::FileSplit::Train => "the training split is empty",
+        };
+        return Err(Error::data(cfg.raw.data.source(), why));
+    }
     let (train_ex, trunc) = encode_items(&splits.train, "train", &cfg.raw, &loaded.tok)?;
     let (dev_ex, _) = encode_items(&splits.dev, "dev", &cfg.raw, &loaded.tok)?;
     let t = &cfg.raw.train;

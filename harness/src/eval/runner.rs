@@ -117,7 +117,7 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
         if setup.data.on_overlong_or(OnOverlong::Skip) == OnOverlong::Error {
             return Err(setup.data.overlong_error(split, &overlong));
         }
-        eprintln!("{dataset}: skipped {}", setup.data.overlong_message(split, &overlong));
+        eprintln!("{dataset}: {}; skipped (data.on_overlong = \"skip\")", setup.data.overlong_message(split, &overlong));
     }
     let items = kept;
     if items.is_empty() {
