@@ -220,6 +220,8 @@ fn eval_of_one_mcq_file_with_data_overrides_and_overlong_items() {
     assert_eq!((e.n_items, e.n_overlong), (3, 2));
     assert!(err.contains("2 test item(s) exceed") && err.contains("skipped") && err.contains("long1, long2") && err.contains("max_len = 128"), "{err}");
     assert!(stdout.contains("2 over-long items skipped"), "{stdout}");
+    let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(raw["n_overlong"], 2, "the count is in eval.json");
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!((cfg["data"]["max_len"].as_u64(), cfg["data"]["file_split"].as_str()), (Some(128), Some("test")));
     let preds = harness::schema::RunDir::new(&out).read_predictions().unwrap();

@@ -72,7 +72,10 @@ pub fn encode_items(items: &[data::Item], split: &str, cfg: &RawConfig, tok: &To
             }
         };
         if tok.contains_mask_literal(&r.prompt) || tok.contains_mask_literal(&r.target) {
-            return Err(Error::data(&it.id, format!("item text contains the mask token literal `{}`", tok.mask_token())));
+            return Err(Error::data(
+                cfg.data.source(),
+                format!("item {}: text contains the mask token literal `{}`", it.id, tok.mask_token()),
+            ));
         }
         truncated += r.truncated as usize;
         let mut response = r.target_ids;
@@ -337,7 +340,7 @@ pub fn eval_run_dir(run_dir: &Path, methods: Option<Vec<EvalMethod>>, limit: Opt
 pub fn eval_base(model_source: &str, dataset: &str, objective: ObjectiveKind, methods: Vec<EvalMethod>, limit: Option<usize>, sets: &[String], out_dir: &Path) -> Result<EvalResult> {
     let mut spec = data::DataConfig::from_spec(dataset)?;
     // A single file given to `harness eval` is the test set, unless the spec says otherwise.
-    if !dataset.contains("file_split") {
+    if spec.path.as_deref().is_some_and(Path::is_file) && !dataset.contains("file_split=") {
         spec.file_split = data::FileSplit::Test;
     }
     // The spec is the `[data]` section; `--set data.*` applies on top of it.

@@ -174,6 +174,11 @@ impl MethodResult {
     }
 }
 
+/// `skip_serializing_if` of counts written only when not 0.
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// What `eval.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalResult {
@@ -186,8 +191,9 @@ pub struct EvalResult {
     /// Prompts whose contexts were shortened to fit `max_len`.
     pub n_truncated: usize,
     /// Items left out because they exceed `max_len` even with their contexts dropped
-    /// (`data.on_overlong = "skip"`); not in `n_items`. 0 in files written before the count.
-    #[serde(default)]
+    /// (`data.on_overlong = "skip"`); not in `n_items`. Written only when not 0, so that files
+    /// without it (all older ones) read as 0 and write back unchanged.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub n_overlong: usize,
     /// How the model was read (`autoregressive` / `diffusion`).
     pub objective: ObjectiveKind,

@@ -301,4 +301,7 @@ fn eval_json_without_n_overlong_still_parses() {
     let back: EvalResult = serde_json::from_value(v).unwrap();
     assert_eq!(back.n_overlong, 0);
     assert_eq!(back.n_truncated, 1);
+    // 0 is not written (older files round-trip unchanged); any other count is.
+    assert!(serde_json::to_value(&back).unwrap().get("n_overlong").is_none());
+    assert_eq!(serde_json::to_value(eval_result()).unwrap()["n_overlong"], 2);
 }
