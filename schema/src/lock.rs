@@ -166,7 +166,8 @@ fn file_name(path: &Path) -> String {
 /// empty or half-written lock.
 fn create_exclusive(path: &Path, info: &LockInfo) -> Result<bool> {
     let text = serde_json::to_string_pretty(info).map_err(|e| Error::parse(path, e))? + "\n";
-    let tmp = path.with_file_name(format!(".{}.{}.tmp", file_name(path), std::process::id()));
+    // Not `write_atomic`'s `.<name>.<pid>.tmp`: the heartbeat thread may be writing that one.
+    let tmp = path.with_file_name(format!(".{}.{}.new", file_name(path), std::process::id()));
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.write_all(text.as_bytes()).map_err(|e| Error::io(&tmp, e))?;
     drop(f);
