@@ -305,3 +305,102 @@ fn the_report_renders_configurations_and_pairs_and_writes_markdown() {
     assert!(md.starts_with("# Study `rep`"), "{md}");
     assert!(md.contains("| configuration") && md.contains("| ddm") && md.contains("ddm vs AR"), "{md}");
 }
+
+/// `harness study` on `env`'s study file as a child process (cwd: the test folder).
+fn study_cmd(env: &Env, extra: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_harness"));
+    c.arg("study").arg(&env.study).arg("--results").arg(env.results()).args(extra).current_dir(&env.dir);
+    c
+}
+
+/// Wait (at most two minutes) until `f` holds.
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed().as_secs() < 120, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The one study folder of `results/<study>` (a folder with a manifest).
+fn only_folder(study_dir: &Path) -> Option<PathBuf> {
+    let f: Vec<PathBuf> = std::fs::read_dir(study_dir).ok()?.map(|e| e.unwrap().path()).filter(|p| p.join("manifest.json").is_file()).collect();
+    assert!(f.len() <= 1, "{f:?}");
+    f.into_iter().next()
+}
+
+#[test]
+fn a_second_invocation_refuses_naming_the_holder_and_with_wait_resumes_after_it_redoing_nothing() {
+    let env = Env::new("twice", "seeds = [0, 1]", DDM_VS_AR);
+    // Long enough runs that the first is still busy while the others start.
+    let text = std::fs::read_to_string(&env.study).unwrap().replace("max_steps = 2", "max_steps = 8");
+    std::fs::write(&env.study, text).unwrap();
+    let first = study_cmd(&env, &[]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let study_dir = env.results().join("twice");
+    wait_until("the first invocation's folder lock", || only_folder(&study_dir).is_some_and(|f| f.join("LOCK").is_file()));
+    let folder = only_folder(&study_dir).unwrap();
+    let lock: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(folder.join("LOCK")).unwrap()).unwrap();
+    assert_eq!(lock["pid"], first.id(), "{lock}");
+
+    // The second refuses, naming the holder, and touches nothing.
+    let before = manifest::read(&folder).unwrap();
+    let e = run_study(&env.study.display().to_string(), env.opts(None)).unwrap_err().to_string();
+    assert!(e.contains(&format!("pid {}", first.id())) && e.contains("--wait") && e.contains("since 20"), "{e}");
+    assert_eq!(manifest::read(&folder).unwrap().resumed.len(), before.resumed.len(), "the refused invocation did not resume");
+    // The same from the command line: exit status ≠ 0.
+    let out = study_cmd(&env, &[]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("pid {}", first.id())), "{stderr}");
+
+    // With --wait it waits for the first, then finds every run finished and redoes nothing.
+    let waiter = study_cmd(&env, &["--wait"]).output().unwrap();
+    let first_out = first.wait_with_output().unwrap();
+    assert!(first_out.status.success(), "{}", String::from_utf8_lossy(&first_out.stderr));
+    let stdout = String::from_utf8_lossy(&waiter.stdout);
+    let stderr = String::from_utf8_lossy(&waiter.stderr);
+    assert!(waiter.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("waiting for"), "{stderr}");
+    assert!(stdout.contains(&format!("resumed {}: 4 done, 0 failed of 4 runs (4 finished earlier)", folder.display())), "{stdout}");
+    assert!(!stderr.contains("[1/4]") && !stdout.contains("[1/4]"), "nothing ran again: {stdout}\n{stderr}");
+    let first_stdout = String::from_utf8_lossy(&first_out.stdout);
+    assert!(first_stdout.contains("4 done, 0 failed of 4 runs (0 finished earlier)"), "{first_stdout}");
+    // One folder, complete, resumed by nobody; every lock released.
+    assert_eq!(only_folder(&study_dir), Some(folder.clone()));
+    let m = manifest::read(&folder).unwrap();
+    assert!(m.end.is_some() && m.resumed.is_empty(), "{:?}", m.resumed);
+    assert!(!folder.join("LOCK").exists() && !study_dir.join("LOCK").exists());
+    assert!(csv_col(&folder.join("summary.csv"), "status").iter().all(|s| s == "done"));
+}
+
+#[test]
+fn a_stale_lock_of_a_dead_process_is_taken_over() {
+    let env = Env::new("stale", "", DDM_VS_AR);
+    // An interrupted first invocation leaves an unfinished folder…
+    let stop = AtomicBool::new(true);
+    let o = run_study(&env.study.display().to_string(), env.opts(Some(&stop))).unwrap();
+    assert!(o.interrupted);
+    assert!(!o.folder.join("LOCK").exists(), "released on the Ctrl-C path");
+    // …and a kill -9 would leave the locks of a process that no longer exists.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let pid = dead.id();
+    dead.wait().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let holder = serde_json::json!({"pid": pid, "host": harness::schema::lock::host_name(), "start_unix": now - 5, "heartbeat_unix": now});
+    std::fs::write(o.folder.join("LOCK"), holder.to_string()).unwrap();
+    std::fs::write(env.results().join("stale/LOCK"), holder.to_string()).unwrap();
+    let out = study_cmd(&env, &[]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("taking over the stale lock of study stale") && stderr.contains("taking over the stale lock of study folder"), "{stderr}");
+    assert!(stderr.contains(&format!("process {pid} is not running")), "{stderr}");
+    assert!(stdout.contains(&format!("resumed {}: 2 done", o.folder.display())), "{stdout}");
+    assert!(!o.folder.join("LOCK").exists() && !env.results().join("stale/LOCK").exists(), "released at the end");
+    // A live holder (this test process) is not stale: refused.
+    let live = serde_json::json!({"pid": std::process::id(), "host": harness::schema::lock::host_name(), "start_unix": now, "heartbeat_unix": now});
+    std::fs::write(env.results().join("stale/LOCK"), live.to_string()).unwrap();
+    let e = run_study(&env.study.display().to_string(), env.opts(None)).unwrap_err().to_string();
+    assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+    assert_eq!(only_folder(&env.results().join("stale")), Some(o.folder.clone()), "no new folder");
+}

@@ -109,6 +109,10 @@ enum Cmd {
         /// Validate the study and list its runs; run nothing.
         #[arg(long)]
         dry_run: bool,
+        /// When another process is running this study, wait for it to finish (then resume,
+        /// redoing nothing it finished) instead of refusing.
+        #[arg(long)]
+        wait: bool,
     },
     /// Print a study's tables and write them to `report.md` (PATH: a result folder, or
     /// `results/<study>` for its latest complete folder).
@@ -248,7 +252,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("written to {}", dir.display());
             Ok(())
         }
-        Cmd::Study { name, sets, results: _, dry_run: true } => {
+        Cmd::Study { name, sets, results: _, dry_run: true, wait: _ } => {
             let s = harness::study::load(&harness::study::spec::resolve_path(&name, std::path::Path::new("studies")), &sets)?;
             println!("study {} ({}): {} runs", s.name, s.path.display(), s.points.len());
             for p in &s.points {
@@ -256,9 +260,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Study { name, sets, results, dry_run: false } => {
+        Cmd::Study { name, sets, results, dry_run: false, wait } => {
             let stop = stop_flag();
-            let opts = harness::study::StudyOpts { results, sets, stop: Some(&stop), progress: true, ..Default::default() };
+            let opts = harness::study::StudyOpts { results, sets, stop: Some(&stop), progress: true, wait, ..Default::default() };
             let o = harness::study::run_study(&name, opts)?;
             println!(
                 "{} {}: {} done, {} failed of {} runs ({} finished earlier)",

@@ -6,9 +6,10 @@
 //! results/
 //!   index.csv                          one row per study folder
 //!   <study>/
+//!     LOCK                             held while a folder is chosen or created
 //!     latest                           names the newest finished folder
 //!     <yyyymmdd-hhmmss>-<sha>[-dirty]/ a StudyDir
-//!       manifest.json  summary.csv  analysis.json  report.md
+//!       LOCK (while running)  manifest.json  summary.csv  analysis.json  report.md
 //!       runs/<run-id>/                 a RunDir:
 //!         config.json  metrics.csv  eval_metrics.csv  summary.json  eval.json
 //!         predictions.jsonl  checkpoints/  dev_evals/step-N/  DONE (last) or FAILED
@@ -44,18 +45,24 @@ fn pretty<T: Serialize>(path: &Path, value: &T) -> Result<String> {
     serde_json::to_string_pretty(value).map(|t| t + "\n").map_err(|e| Error::parse(path, e))
 }
 
-/// Write a JSON file (pretty, with a final newline).
+/// Write a JSON file (pretty, with a final newline) atomically (see [`write_atomic`]).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = pretty(path, value)?;
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    write_atomic(path, pretty(path, value)?.as_bytes())
 }
 
-/// Write a file through a temporary sibling and a rename, so readers never see half of it.
+/// Write a file through a temporary sibling (`.<name>.<pid>.tmp`, so two processes never share
+/// one) and a rename, so readers never see half of it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
 }
 
 /// A run folder (`runs/<id>/`, a `harness train` folder, or the output folder of `harness eval`).
@@ -81,6 +88,8 @@ impl RunDir {
     pub const DONE: &'static str = "DONE";
     /// Written instead of `DONE` when the loss diverged.
     pub const FAILED: &'static str = "FAILED";
+    /// Held while a process works on the run (see [`crate::lock`]).
+    pub const LOCK: &'static str = "LOCK";
     /// Default checkpoint folder.
     pub const CHECKPOINTS: &'static str = "checkpoints";
     /// Evaluations on the dev split during training, one `step-NNNNNN/` each.
@@ -148,6 +157,12 @@ impl RunDir {
         RunDir::new(self.dev_evals().join(format!("step-{step:06}")))
     }
 
+    /// `LOCK`: the run's lock file, for workers that share a study folder
+    /// ([`crate::Lock::try_acquire`]).
+    pub fn lock_file(&self) -> PathBuf {
+        self.path.join(Self::LOCK)
+    }
+
     /// `DONE` exists.
     pub fn is_done(&self) -> bool {
         self.done_file().is_file()
@@ -164,11 +179,10 @@ impl RunDir {
         }
     }
 
-    /// Write `DONE` (holding `utc_time`, RFC 3339): the last file of a complete run. The only
-    /// writer of `DONE`.
+    /// Write `DONE` (holding `utc_time`, RFC 3339) atomically: the last file of a complete run.
+    /// The only writer of `DONE`.
     pub fn mark_done(&self, utc_time: &str) -> Result<()> {
-        let p = self.done_file();
-        std::fs::write(&p, format!("{utc_time}\n")).map_err(|e| Error::io(&p, e))
+        write_atomic(&self.done_file(), format!("{utc_time}\n").as_bytes())
     }
 
     /// Write `FAILED` atomically: the run stopped at `step` (when known) for `reason`, at
@@ -276,6 +290,8 @@ impl StudyDir {
     pub const REPORT: &'static str = "report.md";
     /// The run folders.
     pub const RUNS: &'static str = "runs";
+    /// In a study folder and in `<results>/<study>/`: the lock file (see [`crate::lock`]).
+    pub const LOCK: &'static str = "LOCK";
     /// In `<results>/<study>/`: names the newest finished folder.
     pub const LATEST: &'static str = "latest";
     /// In `<results>/`: one row per study folder.
@@ -294,6 +310,17 @@ impl StudyDir {
     /// Whether `path` is a study result folder (it has `manifest.json`).
     pub fn is_study_folder(path: &Path) -> bool {
         path.join(Self::MANIFEST).is_file()
+    }
+
+    /// `LOCK` of this folder: held while a `harness study` process runs it.
+    pub fn lock_file(&self) -> PathBuf {
+        self.path.join(Self::LOCK)
+    }
+
+    /// `<study_dir>/LOCK` of a study's folder `results/<study>`: held while a process chooses
+    /// or creates the study folder it will run (and takes that folder's lock).
+    pub fn study_lock_file(study_dir: &Path) -> PathBuf {
+        study_dir.join(Self::LOCK)
     }
 
     /// `<study_dir>/latest` of a study's folder `results/<study>`.

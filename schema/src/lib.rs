@@ -6,6 +6,7 @@
 //! no statistics (the numbers are computed in `harness`).
 //!
 //! - [`layout`]: [`RunDir`] and [`StudyDir`]: every file name, `DONE` / `FAILED`, JSON helpers.
+//! - [`lock`]: the `LOCK` files of studies, study folders and runs ([`Lock`]).
 //! - [`run`]: `metrics.csv` rows, `summary.json`, `FAILED`, run status.
 //! - [`eval`]: `eval.json`, `predictions.jsonl`, and the interval / confusion records.
 //! - [`study`]: `manifest.json`, generic over the run-config type of its points.
@@ -17,6 +18,7 @@ pub mod analysis;
 pub mod error;
 pub mod eval;
 pub mod layout;
+pub mod lock;
 pub mod run;
 pub mod study;
 pub mod summary;
@@ -25,6 +27,7 @@ pub use analysis::{Analysis, ConfigStats, Estimate, PairRow, PairedComparison, S
 pub use error::{Error, Result};
 pub use eval::{ClassMetrics, ClassificationReport, Confusion, EvalResult, Interval, LabelCount, MajorityBaseline, McNemar, MethodResult, ObjectiveKind, Prediction};
 pub use layout::{read_json, write_atomic, write_json, PredictionWriter, RunDir, StudyDir};
+pub use lock::{Lock, LockInfo, TryLock};
 pub use run::{Failure, RunStatus, RunSummary, StepMetrics, TrainOutcome};
 pub use study::{DeviceInfo, FileHash, GitInfo, Manifest, Point, PrimaryMetric, Resumption};
 pub use summary::SummaryCsv;

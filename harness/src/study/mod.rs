@@ -18,8 +18,10 @@
 //! results/
 //!   index.csv                          one row per study folder
 //!   <study>/
+//!     LOCK                             held while an invocation picks or creates its folder
 //!     latest                           name of the newest complete folder
 //!     <yyyymmdd-hhmmss>-<sha>[-dirty]/
+//!       LOCK                           held by the invocation running it (pid, host, heartbeat)
 //!       manifest.json                  end time written when every run is done or failed
 //!       summary.csv                    one row per run, rewritten after every run
 //!       report.md, analysis.json       written by `harness report` (and at the end of `harness study`)

@@ -293,7 +293,7 @@ pub fn report(path: &Path) -> Result<(PathBuf, Rendered)> {
     let r = Rendered { preamble, tables, notes };
     let dir = StudyDir::new(&folder);
     let md = dir.report_md();
-    std::fs::write(&md, r.markdown()).map_err(|e| Error::io(&md, e))?;
+    ddm_schema::write_atomic(&md, r.markdown().as_bytes())?;
     // The numbers behind the tables, as data for notebooks (which do not compile candle).
     dir.write_analysis(&a)?;
     // Keep results/index.csv in step with the folders (e.g. after copying folders in).

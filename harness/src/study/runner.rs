@@ -8,14 +8,28 @@
 //! and resolved study resumes the newest such folder while it is unfinished: `DONE` and
 //! `FAILED` runs are kept, a half-written run folder is deleted and redone. Finished folders are
 //! never touched again.
+//!
+//! Locks (`ddm_schema::Lock`): the study's `results/<study>/LOCK` is taken before any folder is
+//! looked at, and held while the folder is chosen (or created, with its own `LOCK` taken before
+//! its manifest is written); the folder's `LOCK` is then held until the study returns. So two
+//! invocations at the same second cannot both create a folder, and a second invocation of a
+//! running study refuses, naming the holder (pid, host, start time), or with
+//! [`StudyOpts::wait`] waits for it and then resumes (a folder the first one finished is
+//! reported as it is, nothing redone). A stale lock (dead pid on this host, or no heartbeat for
+//! [`ddm_schema::lock::STALE_AFTER`]) is taken over with a message.
 
 use super::manifest::{self, Manifest};
 use super::spec::{self, Point, Study};
 use super::summary::{self, Failure, RunStatus};
 use crate::{run, Error, Result};
 use ddm_schema::{RunDir, StudyDir};
+use ddm_schema::lock::{self, Lock, LockInfo, TryLock};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How often a waiting invocation looks at a busy lock again.
+const POLL: Duration = Duration::from_millis(500);
 
 /// Options of [`run_study`].
 pub struct StudyOpts<'a> {
@@ -32,6 +46,8 @@ pub struct StudyOpts<'a> {
     pub stop: Option<&'a AtomicBool>,
     /// Show a progress bar over the runs.
     pub progress: bool,
+    /// When another process holds the study: wait for it (polling) instead of refusing.
+    pub wait: bool,
     /// The command line, for the manifest.
     pub command: Vec<String>,
     /// Where `git` runs to find the commit (default: the working directory).
@@ -47,6 +63,7 @@ impl Default for StudyOpts<'_> {
             sets: Vec::new(),
             stop: None,
             progress: false,
+            wait: false,
             command: std::env::args().collect(),
             git_dir: None,
         }
@@ -108,6 +125,65 @@ fn remove_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// Take the lock file `path` of `what` once; a stale holder is taken over with a message.
+/// `Err(holder)` inside when someone else holds it.
+fn try_take(path: &Path, what: &str) -> Result<std::result::Result<Lock, LockInfo>> {
+    match Lock::try_acquire(path, lock::STALE_AFTER)? {
+        TryLock::Acquired { lock, replaced } => {
+            if let Some((holder, why)) = replaced {
+                eprintln!("taking over the stale lock of {what} ({}): it was held by {}, but {why}", path.display(), holder.describe());
+            }
+            Ok(Ok(lock))
+        }
+        TryLock::Busy(holder) => Ok(Err(holder)),
+    }
+}
+
+/// The error of a refused invocation.
+fn busy(path: &Path, what: &str, holder: &LockInfo) -> Error {
+    Error::msg(format!(
+        "{what} is being run by another process: {} holds {} (pass --wait to wait for it, or remove that file if the process is gone)",
+        holder.describe(),
+        path.display()
+    ))
+}
+
+/// Take the lock file `path` of `what`: refuse when it is held, unless `wait` (then poll until
+/// it is free; Ctrl-C stops the wait).
+fn take(path: &Path, what: &str, wait: bool, stop: Option<&AtomicBool>) -> Result<Lock> {
+    let mut said = false;
+    loop {
+        match try_take(path, what)? {
+            Ok(lock) => return Ok(lock),
+            Err(holder) if !wait => return Err(busy(path, what, &holder)),
+            Err(holder) => {
+                if !said {
+                    eprintln!("waiting for {what}: {} holds {}", holder.describe(), path.display());
+                    said = true;
+                }
+            }
+        }
+        if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            return Err(Error::Interrupted);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// What a folder finished by another invocation holds: every run counted as finished earlier.
+fn finished_outcome(folder: PathBuf, man: &Manifest) -> StudyOutcome {
+    let study = StudyDir::new(&folder);
+    let (mut done, mut failed) = (0, 0);
+    for p in &man.points {
+        match study.run(&p.id).status() {
+            RunStatus::Done => done += 1,
+            RunStatus::Failed => failed += 1,
+            RunStatus::Pending => {}
+        }
+    }
+    StudyOutcome { folder, resumed: true, done, failed, total: man.points.len(), skipped: done + failed, interrupted: false }
+}
+
 /// Run one point into `run_dir`; when its loss diverged, `FAILED` is written and returned.
 fn run_point(p: &Point, run_dir: &RunDir, ckpt: PathBuf, stop: Option<&AtomicBool>) -> Result<Option<Failure>> {
     let mut raw = p.config.clone();
@@ -133,11 +209,34 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
     let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
     let git = manifest::git_info(opts.git_dir.as_deref().unwrap_or(&cwd), &opts.results);
     let study_dir = opts.results.join(&study.name);
-    let (folder, mut man, resumed) = match resumable(&study_dir, &fingerprint, &git) {
-        Some((folder, mut m)) => {
-            m.resumed.push(manifest::Resumption { time: chrono::Utc::now().to_rfc3339(), command: opts.command.clone() });
-            manifest::write(&m, &folder)?;
-            (folder, m, true)
+    std::fs::create_dir_all(&study_dir).map_err(|e| Error::io(&study_dir, e))?;
+    // Nothing in the study's folders is looked at before this lock is held.
+    let what = format!("study {}", study.name);
+    let mut study_lock = Some(take(&StudyDir::study_lock_file(&study_dir), &what, opts.wait, opts.stop)?);
+    let resume = |folder: PathBuf, mut m: Manifest, folder_lock: Lock| -> Result<(PathBuf, Manifest, bool, Lock)> {
+        m.resumed.push(manifest::Resumption { time: chrono::Utc::now().to_rfc3339(), command: opts.command.clone() });
+        manifest::write(&m, &folder)?;
+        Ok((folder, m, true, folder_lock))
+    };
+    let (folder, mut man, resumed, _folder_lock) = match resumable(&study_dir, &fingerprint, &git) {
+        Some((folder, m)) => {
+            let lock_path = StudyDir::new(&folder).lock_file();
+            let what = format!("study folder {}", folder.display());
+            match try_take(&lock_path, &what)? {
+                Ok(folder_lock) => resume(folder, m, folder_lock)?,
+                Err(holder) if !opts.wait => return Err(busy(&lock_path, &what, &holder)),
+                Err(_) => {
+                    // Let other invocations (of other folders of this study) go on while we wait.
+                    study_lock = None;
+                    let folder_lock = take(&lock_path, &what, true, opts.stop)?;
+                    let m = manifest::read(&folder)?;
+                    if m.end.is_some() {
+                        // The holder finished it: nothing is left to do, and it is not touched.
+                        return Ok(finished_outcome(folder, &m));
+                    }
+                    resume(folder, m, folder_lock)?
+                }
+            }
         }
         None => {
             let first = study.points.first().ok_or_else(|| Error::config("study", format!("{}: the study has no points", path.display())))?;
@@ -145,12 +244,18 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
             // Loads every model and dataset once: missing files fail before anything runs.
             let hashes = manifest::hashes(&study.points)?;
             let folder = new_folder(&study_dir, &git.suffix())?;
+            // Locked before its manifest makes it resumable.
+            let lock_path = StudyDir::new(&folder).lock_file();
+            let folder_lock = try_take(&lock_path, &format!("study folder {}", folder.display()))?
+                .map_err(|holder| busy(&lock_path, &format!("study folder {}", folder.display()), &holder))?;
             let name = folder.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
             let m = manifest::new(&study, &name, git.clone(), device, hashes, opts.command.clone())?;
             manifest::write(&m, &folder)?;
-            (folder, m, false)
+            (folder, m, false, folder_lock)
         }
     };
+    // The folder is ours: other folders of this study may be chosen and run meanwhile.
+    drop(study_lock);
     let study_folder = StudyDir::new(&folder);
     let runs_dir = study_folder.runs();
     std::fs::create_dir_all(&runs_dir).map_err(|e| Error::io(&runs_dir, e))?;
