@@ -48,7 +48,8 @@ fn an_os_error_is_printed_once() {
 fn a_user_error_prints_no_backtrace_even_with_rust_backtrace() {
     let dir = tempfile::tempdir().unwrap();
     let gguf = bad_gguf(dir.path());
-    let eval = ["eval", "--base", gguf.as_str(), "--dataset", "clinical-rules:n_test=2"];
+    let out = dir.path().join("eval").display().to_string();
+    let eval = ["eval", "--base", gguf.as_str(), "--dataset", "clinical-rules:n_test=2", "--out", out.as_str()];
     for bt in ["1", "full"] {
         for args in [&eval[..], &["train", "--config", "/nonexistent/ddm.toml"][..]] {
             let (code, err) = harness(args, &[("RUST_BACKTRACE", bt)]);
