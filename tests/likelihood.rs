@@ -1,5 +1,6 @@
 //! Tests of `harness::eval::likelihood`: the Monte Carlo diffusion ELBO against exact enumeration,
-//! the stratified mask counts, and the AR log-probability against a hand computation.
+//! the stratified mask counts, and the AR log-probability against a hand computation (and the
+//! shared-prompt scorer against one full forward per choice).
 
 use candle_core::{Device, Tensor};
 use harness::eval::likelihood::{
@@ -220,13 +221,49 @@ fn ar_logprob_matches_hand_computation() {
 
         // Batched over choices of different lengths (padding) = one at a time.
         let choices = vec![vec![7u32], vec![7, 11, 23], vec![30, 2], vec![1, 2, 3, 4, 5]];
-        let batched = ar_choice_scores(&model, &PROMPT, &choices).unwrap();
+        let batched = ar_choice_scores(&model, &PROMPT, &choices).unwrap().scores;
         for (c, s) in choices.iter().zip(&batched) {
             let one = ar_logprob(&model, &PROMPT, c).unwrap();
             assert!((one - s).abs() < 1e-4 * one.abs().max(1.0), "choice {c:?}: batched {s} vs alone {one}");
         }
-        assert!(ar_choice_scores(&model, &PROMPT, &[]).unwrap().is_empty());
+        assert!(ar_choice_scores(&model, &PROMPT, &[]).unwrap().scores.is_empty());
     }
+}
+
+/// The per-choice computation the shared-prompt scorer replaced: one full causal forward of
+/// `prompt ++ answer` per choice (causal bias built by hand), log-softmax by hand.
+fn per_choice_ar_logprob(model: &Llama, prompt: &[u32], answer: &[u32]) -> f64 {
+    let ids: Vec<u32> = prompt.iter().chain(answer).copied().collect();
+    let l = ids.len();
+    let bias: Vec<f32> = (0..l * l).map(|k| if k % l > k / l { -1e9 } else { 0.0 }).collect();
+    let bias = Tensor::from_vec(bias, (1, 1, l, l), &Device::Cpu).unwrap(); // (1, 1, L, L)
+    let lg = logits_of(model, &ids, Some(&bias));
+    let p0 = prompt.len();
+    (0..answer.len()).map(|j| log_softmax_at(&lg[p0 + j - 1], answer[j])).sum()
+}
+
+#[test]
+fn ar_shared_prompt_scores_equal_per_choice_forwards() {
+    let single = vec![vec![7u32], vec![11], vec![23], vec![30], vec![0]];
+    let multi = vec![vec![7u32, 11], vec![7, 11, 23], vec![30, 2, 2, 9], vec![1, 2, 3, 4, 5]];
+    let mixed = vec![vec![7u32], vec![7, 11, 23], vec![30], vec![30, 2]];
+    let prompts: [&[u32]; 3] = [&PROMPT, &[5], &[5, 17, 3, 42, 8, 8, 1, 40, 13]];
+    for model in [tiny_model(21), sharp_model(21)] {
+        for prompt in prompts {
+            for (choices, nfe) in [(&single, 1), (&multi, 2), (&mixed, 2)] {
+                let got = ar_choice_scores(&model, prompt, choices).unwrap();
+                assert_eq!(got.nfe, nfe, "prompt {prompt:?}, choices {choices:?}: forward passes run");
+                assert_eq!(got.scores.len(), choices.len());
+                for (c, s) in choices.iter().zip(&got.scores) {
+                    let want = per_choice_ar_logprob(&model, prompt, c);
+                    assert!((s - want).abs() < 1e-4 * want.abs().max(1.0), "prompt {prompt:?}, choice {c:?}: shared {s} vs per-choice {want}");
+                }
+            }
+        }
+    }
+    // The sharp model tells the choices apart, so equal scores above are not a coincidence.
+    let s = ar_choice_scores(&sharp_model(21), &PROMPT, &single).unwrap().scores;
+    assert!(s.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-3), "scores {s:?}");
 }
 
 #[test]
@@ -312,10 +349,14 @@ fn objectives_score_choices_with_their_own_scorer() {
     let choices = vec![ANSWER.to_vec(), vec![8, 12, 24], vec![9]];
     let eval = EvalConfig { mc_samples: 6, batch_size: 1, ..EvalConfig::default() };
     let seed = 11;
-    // AR: the exact log p, one forward pass per item.
+    // AR: the exact log p; one pass over the prompt, one batched pass of the longer choices.
     let ar = build(&ObjectiveConfig::Autoregressive, MASK_ID).score_choices(&model, &PROMPT, &choices, 5, &eval, seed).unwrap();
-    assert_eq!(ar.scores, ar_choice_scores(&model, &PROMPT, &choices).unwrap());
-    assert_eq!(ar.nfe, 1);
+    assert_eq!(ar.scores, ar_choice_scores(&model, &PROMPT, &choices).unwrap().scores);
+    assert_eq!(ar.nfe, 2);
+    // Every choice one token: the prompt's pass alone.
+    let one_token = vec![vec![9u32], vec![8], vec![7]];
+    let ar1 = build(&ObjectiveConfig::Autoregressive, MASK_ID).score_choices(&model, &PROMPT, &one_token, 5, &eval, seed).unwrap();
+    assert_eq!(ar1.nfe, 1);
     // Diffusion: the MC ELBO with the configured samples, the trained shift, the item's own seed.
     for shift in [true, false] {
         let obj = build(&ObjectiveConfig::Diffusion(DiffusionConfig { shift, ..Default::default() }), MASK_ID);

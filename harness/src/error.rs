@@ -1,4 +1,9 @@
 //! The library's error type. Every failure a user can cause names the file, line or key at fault.
+//!
+//! Every variant's `Display` is the whole message: it already includes the text of its source
+//! (an I/O error's OS message, a tensor error's message), so a caller prints an [`Error`] with `{}`
+//! and never walks its `source()` chain as well, which would print the OS message twice.
+//! Backtraces that candle attaches to its errors are left out of `Display` (they stay in `Debug`).
 
 use std::path::PathBuf;
 
@@ -6,7 +11,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A tensor operation failed (shape mismatch, device error, ...).
-    #[error("tensor error: {0}")]
+    #[error("tensor error: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
@@ -85,5 +90,17 @@ impl Error {
     /// A free-form error.
     pub fn msg(msg: impl Into<String>) -> Self {
         Error::Msg(msg.into())
+    }
+}
+
+/// A candle error's message without the backtraces candle attaches when `RUST_BACKTRACE` is set
+/// (its `Display` appends them; its `Debug` keeps them).
+fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as C;
+    match e {
+        C::WithBacktrace { inner, .. } => candle_message(inner),
+        C::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        C::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        other => other.to_string(),
     }
 }

@@ -129,15 +129,40 @@ enum Cmd {
     },
 }
 
+/// Set to `1` to print an error's full debug form with its backtraces (for internal bugs).
+const BACKTRACE_VAR: &str = "DDM_BACKTRACE";
+
 fn main() -> ExitCode {
+    let debug = std::env::var_os(BACKTRACE_VAR).is_some_and(|v| v == "1");
+    // Error backtraces (candle's, anyhow's) follow RUST_LIB_BACKTRACE before RUST_BACKTRACE; panics
+    // follow RUST_BACKTRACE alone. Set before anything runs (one thread, nothing captured yet), so a
+    // user error captures and prints no backtrace unless DDM_BACKTRACE=1 asks for one.
+    std::env::set_var("RUST_LIB_BACKTRACE", if debug { "1" } else { "0" });
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if debug => {
+            eprintln!("error: {e:?}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", user_message(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The message of `e` for the terminal: each context layer, down to the first library error,
+/// whose `Display` already holds its source's text (so an OS message is printed once).
+fn user_message(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        parts.push(cause.to_string());
+        if cause.is::<harness::Error>() || cause.is::<ddm_schema::Error>() {
+            break;
+        }
+    }
+    parts.join(": ")
 }
 
 fn stop_flag() -> Arc<AtomicBool> {

@@ -4,8 +4,9 @@
 //! the prompt; the prediction is the argmax over choices ([`best_choice`]).
 //!
 //! - **AR** ([`ar_logprob`], [`ar_choice_scores`]): the exact log-probability
-//!   `Σ_j log p(answer_j | prompt, answer_<j)` from one causal forward of `prompt ++ answer`; the
-//!   output at position `i` predicts token `i + 1`.
+//!   `Σ_j log p(answer_j | prompt, answer_<j)` under causal attention; the output at position `i`
+//!   predicts token `i + 1`. The prompt runs once for all choices: its last output scores every
+//!   first answer token, and longer answers continue from its KV cache, batched.
 //! - **Diffusion** ([`diffusion_elbo`], [`diffusion_choice_scores`]): a Monte Carlo estimate of the
 //!   masked-diffusion ELBO of the answer given the prompt, as LLaDA computes it. Each of `n` samples
 //!   draws a number `k` of masked answer tokens in `1..=A` (`A` = answer length), stratified over
@@ -27,8 +28,8 @@
 use crate::error::{Error, Result};
 use crate::model::params::Fwd;
 use crate::model::mask::{attention_bias, AttentionMode};
-use crate::model::Llama;
-use crate::objective::token_ce;
+use crate::model::{KvCache, Llama};
+use crate::objective::{token_ce, ChoiceScores};
 use crate::rng::{derive_seed, rng_for, Purpose};
 use candle_core::{DType, Tensor};
 use rand::seq::SliceRandom;
@@ -161,11 +162,8 @@ fn sum_logprobs(
     bias: Option<&Tensor>,
     picks: &[Vec<(usize, u32)>],
 ) -> Result<Vec<f64>> {
-    let dev = &model.device;
-    let ctx = Fwd::default();
-    let x = Tensor::from_vec(ids, (b, l), dev)?; // (B, L) u32
-    let h = model.hidden(&x, bias, &ctx)?.detach(); // (B, L, D)
-    let d = h.dim(2)?;
+    let x = Tensor::from_vec(ids, (b, l), &model.device)?; // (B, L) u32
+    let h = model.hidden(&x, bias, &Fwd::default())?.detach(); // (B, L, D)
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     for (i, pk) in picks.iter().enumerate() {
@@ -174,25 +172,30 @@ fn sum_logprobs(
             targets.push(tok);
         }
     }
+    let mut lp = picked_logprobs(model, &h, rows, &targets)?.into_iter();
     let mut out = vec![0f64; b];
-    if rows.is_empty() {
-        return Ok(out);
-    }
-    let n = rows.len();
-    let idx = Tensor::from_vec(rows, n, dev)?; // (N,)
-    let hs = h.reshape((b * l, d))?.index_select(&idx, 0)?; // (N, D)
-    let logits = model.logits(&hs, &ctx)?.to_dtype(DType::F32)?; // (N, V)
-    let (ce, _) = token_ce(&logits, &targets)?; // (N,) = −log p(target)
-    let ce: Vec<f32> = ce.to_vec1()?;
-    let mut it = ce.into_iter();
     for (i, pk) in picks.iter().enumerate() {
         for _ in pk {
-            // `ce` has exactly one entry per pick, in the same order.
-            let c = it.next().ok_or_else(|| Error::msg("likelihood: fewer scores than picks"))?;
-            out[i] -= c as f64;
+            // `lp` has exactly one entry per pick, in the same order.
+            out[i] += lp.next().ok_or_else(|| Error::msg("likelihood: fewer scores than picks"))?;
         }
     }
     Ok(out)
+}
+
+/// `log p(targets[n])` read from row `rows[n]` of the hidden states `h` (B, L, D) flattened to
+/// (B·L, D): only those rows go through the LM head, (N, D) → logits (N, V).
+fn picked_logprobs(model: &Llama, h: &Tensor, rows: Vec<u32>, targets: &[u32]) -> Result<Vec<f64>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (b, l, d) = h.dims3()?;
+    let n = rows.len();
+    let idx = Tensor::from_vec(rows, n, &model.device)?; // (N,)
+    let hs = h.reshape((b * l, d))?.index_select(&idx, 0)?; // (N, D)
+    let logits = model.logits(&hs, &Fwd::default())?.to_dtype(DType::F32)?; // (N, V)
+    let (ce, _) = token_ce(&logits, targets)?; // (N,) = −log p(target)
+    Ok(ce.to_vec1::<f32>()?.into_iter().map(|c| -(c as f64)).collect())
 }
 
 /// Output position holding the prediction for sequence position `pos`.
@@ -208,40 +211,62 @@ fn output_row(pos: usize, shift: bool) -> usize {
 // Autoregressive
 // ---------------------------------------------------------------------------------------------
 
-/// `Σ_j log p(answer_j | prompt, answer_<j)` under a causal mask, from one forward pass of
-/// `prompt ++ answer`. Needs a non-empty prompt and answer.
+/// `Σ_j log p(answer_j | prompt, answer_<j)` under a causal mask ([`ar_choice_scores`] of one
+/// choice). Needs a non-empty prompt and answer.
 pub fn ar_logprob(model: &Llama, prompt: &[u32], answer: &[u32]) -> Result<f64> {
-    let scores = ar_choice_scores(model, prompt, &[answer.to_vec()])?;
-    scores.first().copied().ok_or_else(|| Error::msg("likelihood: no score for the answer"))
+    let s = ar_choice_scores(model, prompt, &[answer.to_vec()])?;
+    s.scores.first().copied().ok_or_else(|| Error::msg("likelihood: no score for the answer"))
 }
 
-/// [`ar_logprob`] of every choice, in one causal forward of all choices right-padded to a common
-/// length (padding keys hidden by a key mask; causal attention keeps them out of real rows anyway).
-pub fn ar_choice_scores(model: &Llama, prompt: &[u32], choices: &[Vec<u32>]) -> Result<Vec<f64>> {
+/// [`ar_logprob`] of every choice, sharing the prompt: one causal pass over `prompt` alone, whose
+/// last output gives `log p` of every choice's first token (a one-token choice needs nothing
+/// more), then one pass of every longer choice's other tokens, batched through copies of the
+/// prompt's KV cache and right-padded (causal attention keeps the padding out of real positions).
+/// `nfe` counts the passes run: 1 when every choice is one token, else 2 (0 for no choices).
+pub fn ar_choice_scores(model: &Llama, prompt: &[u32], choices: &[Vec<u32>]) -> Result<ChoiceScores> {
     if choices.is_empty() {
-        return Ok(Vec::new());
+        return Ok(ChoiceScores { scores: Vec::new(), nfe: 0 });
     }
     for c in choices {
         check_inputs(model, prompt, c, true)?;
     }
+    let dev = &model.device;
     let p0 = prompt.len();
-    let l = choices.iter().map(|c| p0 + c.len()).max().unwrap_or(p0);
-    let b = choices.len();
+    let mut cache = KvCache::default();
+    let x = Tensor::from_slice(prompt, (1, p0), dev)?; // (1, P)
+    let h = model.hidden_cached(&x, &mut cache)?.detach(); // (1, P, D)
+    // Output p0 − 1 predicts every choice's first token.
+    let firsts: Vec<u32> = choices.iter().map(|c| c[0]).collect();
+    let mut scores = picked_logprobs(model, &h, vec![(p0 - 1) as u32; choices.len()], &firsts)?;
+    let long: Vec<usize> = (0..choices.len()).filter(|&i| choices[i].len() > 1).collect();
+    let Some(m) = long.iter().map(|&i| choices[i].len() - 1).max() else {
+        return Ok(ChoiceScores { scores, nfe: 1 });
+    };
+    // Row r feeds choice long[r]'s tokens 0..n−1 after the prompt; its output j predicts token j + 1.
+    let nb = long.len();
     let pad = 0u32;
-    let mut ids = Vec::with_capacity(b * l); // (B, L) row-major
-    let mut valid = Vec::with_capacity(b);
-    let mut picks = Vec::with_capacity(b);
-    for c in choices {
-        let n = p0 + c.len();
-        ids.extend_from_slice(prompt);
-        ids.extend_from_slice(c);
-        ids.extend(std::iter::repeat_n(pad, l - n));
-        valid.push((0..l).map(|j| j < n).collect::<Vec<bool>>());
-        // Output p0 − 1 + j predicts answer token j.
-        picks.push(c.iter().enumerate().map(|(j, &t)| (p0 + j - 1, t)).collect::<Vec<_>>());
+    let mut ids = Vec::with_capacity(nb * m); // (nb, m) row-major
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    for (r, &i) in long.iter().enumerate() {
+        let c = &choices[i];
+        ids.extend_from_slice(&c[..c.len() - 1]);
+        ids.extend(std::iter::repeat_n(pad, m + 1 - c.len()));
+        for (j, &t) in c.iter().enumerate().skip(1) {
+            rows.push((r * m + j - 1) as u32);
+            targets.push(t);
+        }
     }
-    let bias = attention_bias(AttentionMode::Causal, 0, 0, l, Some(&valid), model.dtype, &model.device)?; // (B|1, 1, L, L)
-    sum_logprobs(model, ids, b, l, bias.as_ref(), &picks)
+    let mut batch = cache.repeat_batch(nb)?;
+    let x = Tensor::from_vec(ids, (nb, m), dev)?; // (nb, m)
+    let h = model.hidden_cached(&x, &mut batch)?.detach(); // (nb, m, D)
+    let mut lp = picked_logprobs(model, &h, rows, &targets)?.into_iter();
+    for &i in &long {
+        for _ in 1..choices[i].len() {
+            // `lp` has exactly one entry per target, in the same order.
+            scores[i] += lp.next().ok_or_else(|| Error::msg("likelihood: fewer scores than answer tokens"))?;
+        }
+    }
+    Ok(ChoiceScores { scores, nfe: 2 })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -140,6 +140,14 @@ pub struct LayerCache {
     v: Option<Tensor>,
 }
 
+impl LayerCache {
+    /// `b` copies of a one-sequence cache, as a batch: (1, Hkv, T, Dh) → (b, Hkv, T, Dh).
+    pub(crate) fn repeat_batch(&self, b: usize) -> Result<Self> {
+        let rep = |t: &Option<Tensor>| t.as_ref().map(|t| t.repeat((b, 1, 1, 1))).transpose();
+        Ok(Self { k: rep(&self.k)?, v: rep(&self.v)? })
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Attention {
     q_proj: Linear,

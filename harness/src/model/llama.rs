@@ -101,6 +101,15 @@ pub struct KvCache {
     pub len: usize,
 }
 
+impl KvCache {
+    /// A batch of `b` copies of this cache of one sequence, so `b` continuations of the same
+    /// prefix run through [`Llama::hidden_cached`] together.
+    pub fn repeat_batch(&self, b: usize) -> candle_core::Result<Self> {
+        let layers = self.layers.iter().map(|l| l.repeat_batch(b)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self { layers, len: self.len })
+    }
+}
+
 /// Everything needed to build the model's parameters.
 pub struct BuildOpts<'a> {
     /// What trains.
@@ -237,11 +246,16 @@ impl Llama {
     /// Incremental causal forward for AR decoding: `ids` (B, l) continue the cached sequence.
     /// Returns logits (B, l, V).
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let h = self.hidden_cached(ids, cache)?;
+        self.logits(&h, &Fwd::default())
+    }
+
+    /// The final-normed hidden states (B, l, D) of [`Llama::forward_cached`], before the LM head
+    /// (to run the head on a few rows only).
+    pub fn hidden_cached(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
         let l = ids.dim(1)?;
         let bias = super::mask::cache_bias(l, cache.len, self.dtype, &self.device)?; // (1, 1, l, T) or None
-        let ctx = Fwd::default();
-        let h = self.hidden_inner(ids, bias.as_ref(), &ctx, Some(cache))?;
-        self.logits(&h, &ctx)
+        self.hidden_inner(ids, bias.as_ref(), &Fwd::default(), Some(cache))
     }
 
     /// Turn every LoRA adapter off (base-model outputs) or back on.

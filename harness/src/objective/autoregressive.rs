@@ -3,7 +3,8 @@
 //!
 //! At evaluation time the model is read causally: it decodes left to right with the KV cache
 //! ([`ArSampler::generate_cached`]) and scores a choice by its exact log-probability
-//! ([`ar_choice_scores`], one forward pass per item).
+//! ([`ar_choice_scores`]: one pass over the prompt, plus one batched pass through its KV cache
+//! when a choice is longer than one token).
 
 use super::{key_valid, Batch, ChoiceScores, Generated, Objective, Prepared};
 use crate::config::EvalConfig;
@@ -60,6 +61,6 @@ impl Objective for Autoregressive {
     }
 
     fn score_choices(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], _item: u64, _eval: &EvalConfig, _seed: u64) -> Result<ChoiceScores> {
-        Ok(ChoiceScores { scores: ar_choice_scores(model, prompt, choices)?, nfe: 1 })
+        ar_choice_scores(model, prompt, choices)
     }
 }

@@ -1,0 +1,68 @@
+//! How the `harness` binary reports a user's error: `error: <message>` once, exit status ≠ 0, each
+//! OS message once, and no backtrace even with `RUST_BACKTRACE=1` (`DDM_BACKTRACE=1` asks for one).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Run the binary with `args` and extra environment `env`; (exit code, stderr).
+fn harness(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    cmd.args(args).current_dir(root()).env_remove("DDM_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A file that is not a GGUF: candle's reader rejects it with an error that carries a backtrace
+/// whenever backtraces are enabled.
+fn bad_gguf(dir: &std::path::Path) -> String {
+    let p = dir.join("bad.gguf");
+    std::fs::write(&p, b"this is not a gguf file at all, just text").unwrap();
+    p.display().to_string()
+}
+
+/// Any trace of a backtrace: std's "stack backtrace:", anyhow's "Stack backtrace:", candle's frames.
+fn has_backtrace(stderr: &str) -> bool {
+    stderr.to_lowercase().contains("backtrace")
+}
+
+#[test]
+fn an_os_error_is_printed_once() {
+    let (code, err) = harness(&["train", "--config", "/nonexistent/ddm.toml"], &[]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("/nonexistent/ddm.toml"), "names the file: {err}");
+    let msg = std::fs::read("/nonexistent/ddm.toml").unwrap_err().to_string(); // "No such file or directory (os error 2)"
+    assert!(err.contains(&msg), "{err} lacks {msg}");
+    assert_eq!(err.matches(&msg).count(), 1, "OS message printed more than once: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_user_error_prints_no_backtrace_even_with_rust_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = bad_gguf(dir.path());
+    let out = dir.path().join("eval").display().to_string();
+    let eval = ["eval", "--base", gguf.as_str(), "--dataset", "clinical-rules:n_test=2", "--out", out.as_str()];
+    for bt in ["1", "full"] {
+        for args in [&eval[..], &["train", "--config", "/nonexistent/ddm.toml"][..]] {
+            let (code, err) = harness(args, &[("RUST_BACKTRACE", bt)]);
+            assert_ne!(code, 0, "{args:?}: {err}");
+            assert!(err.starts_with("error: "), "{args:?}: {err}");
+            assert!(!has_backtrace(&err), "RUST_BACKTRACE={bt} {args:?} printed a backtrace:\n{err}");
+            assert_eq!(err.lines().count(), 1, "RUST_BACKTRACE={bt} {args:?}: {err}");
+        }
+    }
+    let (_, err) = harness(&eval, &[("RUST_BACKTRACE", "1")]);
+    assert!(err.contains("bad.gguf") && err.contains("GGUF"), "names the file and the problem: {err}");
+    // Asked for, a backtrace is there (for internal bugs).
+    let (code, err) = harness(&eval, &[("DDM_BACKTRACE", "1")]);
+    assert_ne!(code, 0, "{err}");
+    assert!(has_backtrace(&err), "DDM_BACKTRACE=1 printed no backtrace:\n{err}");
+}
