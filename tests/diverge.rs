@@ -36,7 +36,7 @@ fn a_dead_gradient_run_fails_with_the_step_and_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     // the run: 8 steps, dead (gradient norm exactly 0) from step 3 on
-    let err = execute(tiny(&["train.lr=1e6"]), &run, RunOpts { stop: None, hook: None }).err().expect("a dead run must not succeed");
+    let Err(err) = execute(tiny(&["train.lr=1e6"]), &run, RunOpts { stop: None, hook: None }) else { panic!("a dead run must not succeed") };
     let Error::Diverged { step, reason } = &err else { panic!("not Diverged: {err}") };
     assert_eq!(*step, 7, "{err}");
     assert_eq!(reason, "gradient norm 0 for 5 consecutive steps (since step 3)");
@@ -66,7 +66,7 @@ fn a_run_at_the_uniform_ce_fails_naming_ln_v() {
     // a healthy lr, but a tolerance so wide every step counts as uniform: the CE rule fires
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let err = execute(tiny(&["train.dead_steps=3", "train.dead_ce_tol=5.0"]), &run, RunOpts { stop: None, hook: None }).err().expect("must stop");
+    let Err(err) = execute(tiny(&["train.dead_steps=3", "train.dead_ce_tol=5.0"]), &run, RunOpts { stop: None, hook: None }) else { panic!("must stop") };
     let Error::Diverged { step, reason } = &err else { panic!("not Diverged: {err}") };
     assert_eq!(*step, 3);
     assert_eq!(reason, "CE at ln V = 10.80 (uniform over 49152 tokens) for 3 consecutive steps (since step 1)");
