@@ -697,13 +697,13 @@ fn fused_cross_entropy_matches_composite_values_hits_and_gradients() {
     let (ce, hits) = cross_entropy(x.as_tensor(), &t).unwrap();
     let ce_ref = cross_entropy_reference(x.as_tensor(), &t).unwrap();
     assert!(max_diff(&ce, &ce_ref) < 1e-5);
-    // hits: the target has the row's largest logit
+    // hits: the target's logit is strictly larger than every other logit of the row
     let xv: Vec<Vec<f32>> = x.as_tensor().to_vec2().unwrap();
     let tv: Vec<u32> = t.to_vec1().unwrap();
     let want: Vec<f32> = xv
         .iter()
         .zip(&tv)
-        .map(|(row, &ti)| if row.iter().all(|&v| v <= row[ti as usize]) { 1.0 } else { 0.0 })
+        .map(|(row, &ti)| if row.iter().enumerate().all(|(j, &v)| j == ti as usize || v < row[ti as usize]) { 1.0 } else { 0.0 })
         .collect();
     assert_eq!(hits.to_vec1::<f32>().unwrap(), want);
     let g1 = (ce * &w).unwrap().sum_all().unwrap().backward().unwrap();
@@ -713,6 +713,40 @@ fn fused_cross_entropy_matches_composite_values_hits_and_gradients() {
     // each row's gradient sums to zero (softmax minus one-hot)
     let rows: Vec<f32> = g1.get(x.as_tensor()).unwrap().sum(1).unwrap().to_vec1().unwrap();
     assert!(rows.iter().all(|s| s.abs() < 1e-5), "{rows:?}");
+}
+
+#[test]
+fn a_tie_for_the_largest_logit_is_a_miss_on_every_cpu_path() {
+    use harness::kernels::ce::cross_entropy;
+    use harness::kernels::fused::{ce_fwd, ce_fwd_composite};
+    let dev = Device::Cpu;
+    // rows: all equal (a dead model) | target tied with another at the max | target the unique
+    // max | target below the max | all equal in bf16
+    let x = Tensor::new(
+        &[[0.5f32, 0.5, 0.5, 0.5], [1.0, 3.0, 3.0, 0.0], [1.0, 3.0, 2.0, 0.0], [1.0, 3.0, 2.0, 0.0], [-2.0, -2.0, -2.0, -2.0]],
+        &dev,
+    )
+    .unwrap();
+    let t = Tensor::new(&[2u32, 1, 1, 0, 3], &dev).unwrap();
+    let want = vec![0f32, 0.0, 1.0, 0.0, 0.0];
+    let ln4 = 4f32.ln();
+    for dtype in [DType::F32, DType::BF16] {
+        let xd = x.to_dtype(dtype).unwrap();
+        let (_, ce_c, hits_c) = ce_fwd_composite(&xd, &t).unwrap();
+        assert_eq!(hits_c.to_vec1::<f32>().unwrap(), want, "composite, {dtype:?}");
+        let (_, ce_d, hits_d) = ce_fwd(&xd, &t).unwrap();
+        assert_eq!(hits_d.to_vec1::<f32>().unwrap(), want, "dispatching ce_fwd, {dtype:?}");
+        assert_eq!(ce_c.to_vec1::<f32>().unwrap(), ce_d.to_vec1::<f32>().unwrap());
+        let (ce, hits) = cross_entropy(&xd, &t).unwrap();
+        assert_eq!(hits.to_vec1::<f32>().unwrap(), want, "training cross-entropy, {dtype:?}");
+        let ce: Vec<f32> = ce.to_vec1().unwrap();
+        // a uniform row reads CE = ln V and accuracy 0, not 1
+        assert!((ce[0] - ln4).abs() < 1e-6 && (ce[4] - ln4).abs() < 1e-6, "{ce:?}");
+    }
+    // a NaN target logit is never a hit
+    let xn = Tensor::new(&[[f32::NAN, 0.0, 0.0]], &dev).unwrap();
+    let (_, _, hits) = ce_fwd_composite(&xn, &Tensor::new(&[0u32], &dev).unwrap()).unwrap();
+    assert_eq!(hits.to_vec1::<f32>().unwrap(), vec![0f32]);
 }
 
 #[test]

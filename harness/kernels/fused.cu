@@ -94,25 +94,43 @@ extern "C" __global__ void rms_norm_bwd_bf16(const bf16* x, const bf16* w, const
 }
 
 // Cross-entropy forward over rows of `cols` logits; one block per row.
-// out[3·row + 0] = lse, [+1] = lse − x[t], [+2] = 1 when x[t] is the row maximum.
+// out[3·row + 0] = lse, [+1] = lse − x[t], [+2] = 1 when x[t] is strictly greater than every
+// other logit of the row: the number of logits >= x[t] is exactly 1 (x[t] itself), so a tie for
+// the maximum is a miss, and so is a NaN x[t] (count 0). The composite counts the same way.
 extern "C" __global__ void ce_fwd_bf16(const bf16* x, const uint32_t* t, float* out, uint32_t rows, uint32_t cols) {
     __shared__ float red[32];
+    __shared__ float cnt[32];
     uint32_t row = blockIdx.x;
     if (row >= rows) return;
     const bf16* xr = x + (size_t)row * cols;
     int lane = threadIdx.x & 31, wid = threadIdx.x / 32, nw = blockDim.x / 32;
-    float m = -INFINITY;
-    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) m = fmaxf(m, __bfloat162float(xr[j]));
+    float xt = __bfloat162float(xr[t[row]]);
+    float m = -INFINITY, c = 0.f;
+    for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) {
+        float xv = __bfloat162float(xr[j]);
+        m = fmaxf(m, xv);
+        c += xv >= xt ? 1.f : 0.f;
+    }
     m = warp_max(m);
-    if (lane == 0) red[wid] = m;
+    c = warp_sum(c);  // counts stay exact in f32 up to 2^24 columns
+    if (lane == 0) {
+        red[wid] = m;
+        cnt[wid] = c;
+    }
     __syncthreads();
     if (wid == 0) {
         float v = lane < nw ? red[lane] : -INFINITY;
+        float k = lane < nw ? cnt[lane] : 0.f;
         v = warp_max(v);
-        if (lane == 0) red[0] = v;
+        k = warp_sum(k);
+        if (lane == 0) {
+            red[0] = v;
+            cnt[0] = k;
+        }
     }
     __syncthreads();
     m = red[0];
+    c = cnt[0];
     __syncthreads();
     float s = 0.f;
     for (uint32_t j = threadIdx.x; j < cols; j += blockDim.x) s += __expf(__bfloat162float(xr[j]) - m);
@@ -123,10 +141,9 @@ extern "C" __global__ void ce_fwd_bf16(const bf16* x, const uint32_t* t, float* 
         float tot = 0.f;
         for (int i = 0; i < nw; i++) tot += red[i];
         float lse = m + logf(tot);
-        float xt = __bfloat162float(xr[t[row]]);
         out[3 * (size_t)row] = lse;
         out[3 * (size_t)row + 1] = lse - xt;
-        out[3 * (size_t)row + 2] = xt >= m ? 1.f : 0.f;
+        out[3 * (size_t)row + 2] = c == 1.f ? 1.f : 0.f;
     }
 }
 

@@ -180,6 +180,12 @@ pub struct TrainConfig {
     pub checkpoint_dir: Option<PathBuf>,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Stop a dead run: after this many consecutive steps whose gradient norm is exactly 0, or
+    /// whose mean CE is within `dead_ce_tol` of the uniform value ln V, the run is FAILED with
+    /// the step and the reason; 0 disables the check.
+    pub dead_steps: u64,
+    /// How close (nats, ≥ 0) the mean CE of a step must be to ln V to count as uniform.
+    pub dead_ce_tol: f64,
 }
 
 impl Default for TrainConfig {
@@ -203,6 +209,8 @@ impl Default for TrainConfig {
             save_every: 0,
             checkpoint_dir: None,
             progress: true,
+            dead_steps: 5,
+            dead_ce_tol: 1e-3,
         }
     }
 }
@@ -403,6 +411,9 @@ impl RawConfig {
         }
         if t.log_every == 0 {
             return bad("train.log_every", "must be ≥ 1");
+        }
+        if !(t.dead_ce_tol >= 0.0 && t.dead_ce_tol.is_finite()) {
+            return bad("train.dead_ce_tol", "must be ≥ 0");
         }
         let a = &self.adapter;
         if a.kind == AdapterKind::Lora {

@@ -48,13 +48,15 @@ pub enum Error {
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// Training diverged: the loss became NaN or infinite.
-    #[error("loss became {value} at step {step}")]
+    /// Training diverged or died: the loss or gradient norm became NaN or infinite, or the
+    /// model stopped learning (gradient norm 0, or CE at the uniform value ln V, for
+    /// `train.dead_steps` consecutive steps). The run is FAILED.
+    #[error("training stopped at step {step}: {reason}")]
     Diverged {
-        /// Optimizer step at which it happened.
+        /// Optimizer step (1-based) at which training stopped.
         step: u64,
-        /// The offending value.
-        value: f64,
+        /// What happened, e.g. "loss became NaN" or "gradient norm 0 for 20 consecutive steps".
+        reason: String,
     },
     /// The user interrupted (Ctrl-C).
     #[error("interrupted")]

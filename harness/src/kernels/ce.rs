@@ -11,7 +11,8 @@ use crate::model::ops::Attach1;
 use candle_core::{DType, Result, Tensor, D};
 
 /// Per-row cross-entropy (N,) f32 of `logits` (N, V) against `targets` (N,) u32, plus the
-/// argmax hits (N,) f32 (1 where the argmax is the target). Differentiable in `logits`.
+/// argmax hits (N,) f32 (1 where the target is the unique argmax: a tie is a miss).
+/// Differentiable in `logits`.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let t = targets.flatten_all()?; // (N,)
     let (lse, ce, hits) = kernels::ce_fwd(&logits.detach(), &t)?; // (N, 1), (N,), (N,)

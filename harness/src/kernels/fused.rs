@@ -71,7 +71,8 @@ pub fn rms_norm_bwd_composite(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) -> R
 }
 
 /// Cross-entropy of `x` (N, V) against `t` (N,) u32: (lse (N, 1), ce (N,), hits (N,)), all f32.
-/// A hit is a row whose target logit is the row maximum.
+/// A hit is a row whose target logit is strictly greater than every other logit: a tie for the
+/// maximum (all-equal logits, say) is a miss, and so is a NaN target logit.
 pub fn ce_fwd(x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     if fused_ok(x) {
         let out = imp::ce_fwd(x, t)?; // (N, 3)
@@ -88,7 +89,9 @@ pub fn ce_fwd_composite(x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor, Tenso
     let lse = (xf.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?; // (N, 1)
     let picked = xf.gather(&t, D::Minus1)?; // (N, 1)
     let ce = (&lse - &picked)?.squeeze(1)?; // (N,)
-    let hits = picked.ge(&max)?.to_dtype(DType::F32)?.squeeze(1)?; // (N,)
+    // a hit: the target's logit is the only one >= itself (the kernel counts the same way)
+    let at_least = xf.broadcast_ge(&picked)?.to_dtype(DType::F32)?.sum_keepdim(D::Minus1)?; // (N, 1)
+    let hits = at_least.eq(1f64)?.to_dtype(DType::F32)?.squeeze(1)?; // (N,)
     Ok((lse, ce, hits))
 }
 

@@ -62,7 +62,7 @@ pub fn backward(parts: &LossParts, accum: &mut GradAccum) -> Result<()> {
 pub fn update(accum: &mut GradAccum, opt: &mut AdamW, lr: f64, max_grad_norm: f64, step: u64) -> Result<f64> {
     let (grads, grad_norm) = accum.take_clipped(max_grad_norm)?;
     if !grad_norm.is_finite() {
-        return Err(Error::Diverged { step: step + 1, value: grad_norm });
+        return Err(Error::Diverged { step: step + 1, reason: format!("gradient norm became {grad_norm}") });
     }
     opt.step(&grads, lr)?;
     Ok(grad_norm)
@@ -80,7 +80,7 @@ pub fn train_step(model: &Llama, prepared: &[Prepared], c: StepCtx) -> Result<St
         backward(&parts, c.accum)?;
         let v = parts.read()?;
         if !v.loss.is_finite() {
-            return Err(Error::Diverged { step: c.step + 1, value: v.loss });
+            return Err(Error::Diverged { step: c.step + 1, reason: format!("loss became {}", v.loss) });
         }
         out.loss += v.loss;
         out.ce_sum += v.ce_sum;

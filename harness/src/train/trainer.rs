@@ -113,6 +113,66 @@ pub fn dev_loss(model: &Llama, objective: &dyn Objective, dev: &[Example], micro
     Ok((if denom > 0.0 { loss / denom } else { 0.0 }, ce / nn, correct as f64 / nn))
 }
 
+/// Watches for a dead run: `limit` consecutive steps with gradient norm exactly 0, or with the
+/// mean CE within `tol` of the uniform value ln V. Reads only the host values a step returns.
+struct DeadWatch {
+    limit: u64,
+    tol: f64,
+    ln_v: f64,
+    zero_grad: u64,
+    uniform: u64,
+}
+
+impl DeadWatch {
+    fn new(cfg: &TrainConfig, vocab: usize) -> Self {
+        Self { limit: cfg.dead_steps, tol: cfg.dead_ce_tol, ln_v: (vocab.max(1) as f64).ln(), zero_grad: 0, uniform: 0 }
+    }
+
+    /// Record step `step` (1-based); the reason to stop when it is the `limit`-th dead step in a
+    /// row. A step that scored nothing is no evidence either way: it resets both counts.
+    fn observe(&mut self, step: u64, grad_norm: f64, ce_mean: f64, scored: usize) -> Option<String> {
+        if self.limit == 0 {
+            return None;
+        }
+        let live = scored > 0;
+        self.zero_grad = if live && grad_norm == 0.0 { self.zero_grad + 1 } else { 0 };
+        self.uniform = if live && (ce_mean - self.ln_v).abs() <= self.tol { self.uniform + 1 } else { 0 };
+        let first = |n: u64| step + 1 - n;
+        if self.zero_grad >= self.limit {
+            return Some(format!("gradient norm 0 for {} consecutive steps (since step {})", self.zero_grad, first(self.zero_grad)));
+        }
+        if self.uniform >= self.limit {
+            return Some(format!(
+                "CE at ln V = {:.2} (uniform over {} tokens) for {} consecutive steps (since step {})",
+                self.ln_v,
+                self.ln_v.exp().round(),
+                self.uniform,
+                first(self.uniform)
+            ));
+        }
+        None
+    }
+}
+
+/// Where a CSV of the run is written while training runs; renamed to `path` when training ends
+/// (also when it fails), so no reader sees a half-written `metrics.csv`.
+fn part_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".part");
+    path.with_file_name(name)
+}
+
+/// Rename each written `.part` file to its final name.
+fn publish(paths: &[PathBuf]) -> Result<()> {
+    for p in paths {
+        let part = part_path(p);
+        if part.is_file() {
+            std::fs::rename(&part, p).map_err(|e| Error::io(p, e))?;
+        }
+    }
+    Ok(())
+}
+
 fn csv_writer(path: &Path, header: &str) -> Result<std::fs::File> {
     let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     writeln!(f, "{header}").map_err(|e| Error::io(path, e))?;
@@ -120,17 +180,37 @@ fn csv_writer(path: &Path, header: &str) -> Result<std::fs::File> {
 }
 
 /// Train `model` (its `trainable` parameters) with `objective`. Writes `metrics.csv` per step and
-/// `eval_metrics.csv` (long format: step,metric,value) at each evaluation.
-pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, inp: TrainInputs, mut hook: Option<&mut dyn EvalHook>) -> Result<TrainOutcome> {
-    let cfg = inp.cfg;
+/// `eval_metrics.csv` (long format: step,metric,value) at each evaluation, under `.part` names
+/// that are renamed to these when training ends, fails or is interrupted. A dead run (see
+/// `train.dead_steps`) is stopped with [`Error::Diverged`], as a NaN loss is.
+pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, inp: TrainInputs, hook: Option<&mut dyn EvalHook>) -> Result<TrainOutcome> {
     if inp.train.is_empty() {
         return Err(Error::msg("the training split is empty"));
     }
     std::fs::create_dir_all(&inp.checkpoint_dir).map_err(|e| Error::io(&inp.checkpoint_dir, e))?;
-    let metrics_path = ddm_schema::RunDir::new(inp.run_dir).metrics_csv();
-    let mut metrics = csv::Writer::from_path(&metrics_path).map_err(|e| Error::data(&metrics_path, e.to_string()))?;
-    let eval_path = ddm_schema::RunDir::new(inp.run_dir).eval_metrics_csv();
-    let mut eval_csv = csv_writer(&eval_path, "step,metric,value")?;
+    let rd = ddm_schema::RunDir::new(inp.run_dir);
+    let files = [rd.metrics_csv(), rd.eval_metrics_csv()];
+    let out = train_loop(model, trainable, objective, &inp, hook, &part_path(&files[0]), &part_path(&files[1]));
+    // the curve of a failed run is published too; the training error comes first
+    let published = publish(&files);
+    let out = out?;
+    published?;
+    Ok(out)
+}
+
+fn train_loop(
+    model: &Llama,
+    trainable: &Trainable,
+    objective: &dyn Objective,
+    inp: &TrainInputs,
+    mut hook: Option<&mut dyn EvalHook>,
+    metrics_path: &Path,
+    eval_path: &Path,
+) -> Result<TrainOutcome> {
+    let cfg = inp.cfg;
+    let mut metrics = csv::Writer::from_path(metrics_path).map_err(|e| Error::data(metrics_path, e.to_string()))?;
+    let mut eval_csv = csv_writer(eval_path, "step,metric,value")?;
+    let mut dead = DeadWatch::new(cfg, model.cfg.vocab_size);
     let mut opt = AdamW::new(trainable, AdamWParams { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.adam_eps, weight_decay: cfg.weight_decay })?;
     let mut accum = GradAccum::new(trainable);
     let mut order = Order::new(inp.train.len(), inp.seed);
@@ -154,9 +234,9 @@ pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, in
             rows.extend(h.evaluate(step, model)?);
         }
         for (k, v) in rows {
-            writeln!(eval_csv, "{step},{k},{v}").map_err(|e| Error::io(&eval_path, e))?;
+            writeln!(eval_csv, "{step},{k},{v}").map_err(|e| Error::io(eval_path, e))?;
         }
-        eval_csv.flush().map_err(|e| Error::io(&eval_path, e))?;
+        eval_csv.flush().map_err(|e| Error::io(eval_path, e))?;
         Ok(dl)
     };
     for step in 0..inp.total_steps {
@@ -204,9 +284,15 @@ pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, in
             tokens_per_s: step_tokens as f64 / dt.max(1e-9),
             elapsed_s: start.elapsed().as_secs_f64(),
         };
-        if (step + 1) % cfg.log_every == 0 || step + 1 == inp.total_steps {
-            metrics.serialize(&m).map_err(|e| Error::data(&metrics_path, e.to_string()))?;
-            metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
+        let dead_reason = dead.observe(step + 1, grad_norm, m.ce, scored);
+        // the last row of a dead run is written, so its curve shows where it stopped
+        if (step + 1) % cfg.log_every == 0 || step + 1 == inp.total_steps || dead_reason.is_some() {
+            metrics.serialize(&m).map_err(|e| Error::data(metrics_path, e.to_string()))?;
+            metrics.flush().map_err(|e| Error::io(metrics_path, e))?;
+        }
+        if let Some(reason) = dead_reason {
+            bar.abandon_with_message(format!("dead at step {}", step + 1));
+            return Err(Error::Diverged { step: step + 1, reason });
         }
         bar.set_message(format!("loss {:.4} ce {:.3} {:.0} tok/s", m.loss, m.ce, m.tokens_per_s));
         bar.inc(1);
