@@ -228,6 +228,19 @@ fn pubmedqa_fixture_splits_and_errors() {
     assert_eq!(p.bad_rows, 2);
     assert_eq!(p.train.len() + p.dev.len(), 21);
 
+    // An entry over the per-row bound: named by id before anything is tokenized, or skipped.
+    let mut big = ori.clone();
+    big.insert("7".into(), pqa_entry(&"x".repeat(data::MAX_ROW_BYTES + 1), "yes"));
+    write(dir.path(), "ori_pqal.json", &serde_json::Value::Object(big).to_string());
+    let msg = err_text(data::pubmedqa::load_dir(dir.path(), 0.25, 1, false).unwrap_err());
+    assert!(msg.contains("ori_pqal.json") && msg.contains("id 7") && msg.contains("bytes per row"), "{msg}");
+    assert_eq!(data::pubmedqa::load_dir(dir.path(), 0.25, 1, true).unwrap().bad_rows, 3);
+    // An empty file names the file.
+    write(dir.path(), "ori_pqal.json", "{}");
+    let msg = err_text(data::pubmedqa::load_dir(dir.path(), 0.25, 1, true).unwrap_err());
+    assert!(msg.contains("ori_pqal.json") && msg.contains("no entries"), "{msg}");
+    write(dir.path(), "ori_pqal.json", &serde_json::Value::Object(ori.clone()).to_string());
+
     // A test id missing from ori_pqal.json.
     truth.insert("424242".into(), serde_json::json!("yes"));
     write(dir.path(), "test_ground_truth.json", &serde_json::Value::Object(truth).to_string());

@@ -64,6 +64,9 @@ fn read_object(path: &Path) -> Result<serde_json::Map<String, Value>> {
 /// Loads PQA-L from the two files directly.
 pub fn load_files(ori: &Path, truth: &Path, dev_fraction: f64, seed: u64, skip_bad_rows: bool) -> Result<PubMedQa> {
     let data = read_object(ori)?;
+    if data.is_empty() {
+        return Err(Error::data(ori, "no entries: the file holds an empty JSON object"));
+    }
     let test_ids: BTreeSet<String> = read_object(truth)?.into_iter().map(|(k, _)| k).collect();
     let missing: Vec<&String> = test_ids.iter().filter(|id| !data.contains_key(id.as_str())).collect();
     if !missing.is_empty() {
@@ -78,7 +81,14 @@ pub fn load_files(ori: &Path, truth: &Path, dev_fraction: f64, seed: u64, skip_b
     let mut bad = BadRows::new(ori);
     let (mut pool, mut test) = (Vec::new(), Vec::new());
     for id in ids {
-        match parse_entry(id, &data[id.as_str()]) {
+        let v = &data[id.as_str()];
+        // the same per-row bound as the line-oriented formats, before anything is tokenized
+        let n = rows::text_bytes(v);
+        if n > rows::MAX_ROW_BYTES {
+            bad.push(format!("id {id}"), rows::oversized(n));
+            continue;
+        }
+        match parse_entry(id, v) {
             Ok(item) if test_ids.contains(id) => test.push(item),
             Ok(item) => pool.push(item),
             Err(msg) => bad.push(format!("id {id}"), msg),

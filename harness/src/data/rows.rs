@@ -19,12 +19,12 @@ pub(crate) const SHOWN_BAD_ROWS: usize = 5;
 pub const MAX_ROW_BYTES: usize = 1 << 20;
 
 /// The message of a row over [`MAX_ROW_BYTES`].
-fn oversized(bytes: usize) -> String {
+pub(crate) fn oversized(bytes: usize) -> String {
     format!("row is {bytes} bytes, over the bound of {MAX_ROW_BYTES} bytes per row (checked before tokenizing)")
 }
 
 /// Bytes of text in a JSON value: string lengths (keys included) and a byte per other leaf.
-fn text_bytes(v: &Value) -> usize {
+pub(crate) fn text_bytes(v: &Value) -> usize {
     match v {
         Value::String(s) => s.len(),
         Value::Array(a) => a.iter().map(text_bytes).sum(),
