@@ -358,6 +358,19 @@ impl StudyDir {
         RunDir::new(self.runs().join(id))
     }
 
+    /// How many of the runs `ids` are finished (`DONE`) and failed (`FAILED`).
+    pub fn finished_counts<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> (usize, usize) {
+        let (mut done, mut failed) = (0, 0);
+        for id in ids {
+            match self.run(id).status() {
+                RunStatus::Done => done += 1,
+                RunStatus::Failed => failed += 1,
+                RunStatus::Pending => {}
+            }
+        }
+        (done, failed)
+    }
+
     /// Read `manifest.json`.
     pub fn read_manifest<C: DeserializeOwned>(&self) -> Result<Manifest<C>> {
         read_json_required(&self.manifest_json())

@@ -173,14 +173,7 @@ fn take(path: &Path, what: &str, wait: bool, stop: Option<&AtomicBool>) -> Resul
 /// What a folder finished by another invocation holds: every run counted as finished earlier.
 fn finished_outcome(folder: PathBuf, man: &Manifest) -> StudyOutcome {
     let study = StudyDir::new(&folder);
-    let (mut done, mut failed) = (0, 0);
-    for p in &man.points {
-        match study.run(&p.id).status() {
-            RunStatus::Done => done += 1,
-            RunStatus::Failed => failed += 1,
-            RunStatus::Pending => {}
-        }
-    }
+    let (done, failed) = study.finished_counts(man.points.iter().map(|p| p.id.as_str()));
     StudyOutcome { folder, resumed: true, done, failed, total: man.points.len(), skipped: done + failed, interrupted: false }
 }
 

@@ -161,14 +161,7 @@ pub fn write_index(results: &Path) -> Result<()> {
         for f in folders {
             let Ok(m) = manifest::read(&f) else { continue };
             let study = StudyDir::new(&f);
-            let (mut done, mut failed) = (0, 0);
-            for p in &m.points {
-                match study.run(&p.id).status() {
-                    RunStatus::Done => done += 1,
-                    RunStatus::Failed => failed += 1,
-                    RunStatus::Pending => {}
-                }
-            }
+            let (done, failed) = study.finished_counts(m.points.iter().map(|p| p.id.as_str()));
             rows.push(vec![
                 m.study.clone(),
                 m.folder.clone(),
