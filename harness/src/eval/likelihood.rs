@@ -225,7 +225,7 @@ pub fn ar_logprob(model: &Llama, prompt: &[u32], answer: &[u32]) -> Result<f64> 
 /// `nfe` counts the passes run: 1 when every choice is one token, else 2 (0 for no choices).
 pub fn ar_choice_scores(model: &Llama, prompt: &[u32], choices: &[Vec<u32>]) -> Result<ChoiceScores> {
     if choices.is_empty() {
-        return Ok(ChoiceScores { scores: Vec::new(), nfe: 0 });
+        return Ok(ChoiceScores { scores: Vec::new(), nfe: 0, se: None });
     }
     for c in choices {
         check_inputs(model, prompt, c, true)?;
@@ -240,7 +240,7 @@ pub fn ar_choice_scores(model: &Llama, prompt: &[u32], choices: &[Vec<u32>]) -> 
     let mut scores = picked_logprobs(model, &h, vec![(p0 - 1) as u32; choices.len()], &firsts)?;
     let long: Vec<usize> = (0..choices.len()).filter(|&i| choices[i].len() > 1).collect();
     let Some(m) = long.iter().map(|&i| choices[i].len() - 1).max() else {
-        return Ok(ChoiceScores { scores, nfe: 1 });
+        return Ok(ChoiceScores { scores, nfe: 1, se: None });
     };
     // Row r feeds choice long[r]'s tokens 0..n−1 after the prompt; its output j predicts token j + 1.
     let nb = long.len();
@@ -266,7 +266,7 @@ pub fn ar_choice_scores(model: &Llama, prompt: &[u32], choices: &[Vec<u32>]) -> 
             scores[i] += lp.next().ok_or_else(|| Error::msg("likelihood: fewer scores than answer tokens"))?;
         }
     }
-    Ok(ChoiceScores { scores, nfe: 2 })
+    Ok(ChoiceScores { scores, nfe: 2, se: None })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ impl Objective for Autoregressive {
         prompts
             .iter()
             .enumerate()
-            .map(|(k, p)| sampler.generate_cached(model, p, k as u64).map(|o| Generated { tokens: o.tokens, nfe: o.nfe }))
+            .map(|(k, p)| sampler.generate_cached(model, p, k as u64).map(|o| Generated { tokens: o.tokens, nfe: o.nfe, hit_eos: o.hit_eos, confidence: Vec::new() }))
             .collect()
     }
 

@@ -234,13 +234,13 @@ impl Objective for Diffusion {
         let sampler = DiffusionSampler::from_eval(eval, self.cfg.shift, self.mask_id, eos_id, seed);
         let denoiser = ModelDenoiser::new(model, self.eval_attention());
         let outs = sampler.generate(&denoiser, prompts, 0)?;
-        Ok(outs.into_iter().map(|o| Generated { tokens: o.tokens, nfe: o.nfe }).collect())
+        Ok(outs.into_iter().map(|o| Generated { tokens: o.tokens, nfe: o.nfe, hit_eos: o.hit_eos, confidence: Vec::new() }).collect())
     }
 
     fn score_choices(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], item: u64, eval: &EvalConfig, seed: u64) -> Result<ChoiceScores> {
         let base = DiffusionLikelihood { mask_id: self.mask_id, shift: self.cfg.shift, n_samples: eval.mc_samples, batch: eval.batch_size.max(1) * 4, seed };
         let cfg = base.for_item(item);
         let scores = diffusion_choice_scores(model, prompt, choices, &cfg)?;
-        Ok(ChoiceScores { scores, nfe: choices.len() * cfg.n_samples.div_ceil(cfg.batch) })
+        Ok(ChoiceScores { scores, nfe: choices.len() * cfg.n_samples.div_ceil(cfg.batch), se: None })
     }
 }

@@ -136,12 +136,18 @@ impl LossParts {
 }
 
 /// What generation returns for one prompt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Generated {
     /// Generated ids, excluding the eos.
     pub tokens: Vec<u32>,
     /// Forward passes spent on this prompt (NFE).
     pub nfe: usize,
+    /// Whether an eos ended the output (false: the length budget ran out).
+    pub hit_eos: bool,
+    /// The sampler's commit confidence of each generated token, in output order (the chosen
+    /// token's probability under the plain softmax when it was committed); same length as
+    /// `tokens`.
+    pub confidence: Vec<f32>,
 }
 
 /// The scores of one item's answer choices.
@@ -151,6 +157,9 @@ pub struct ChoiceScores {
     pub scores: Vec<f64>,
     /// Forward passes spent on the item.
     pub nfe: usize,
+    /// Standard error of each score over its Monte Carlo samples (diffusion ELBO); `None` for an
+    /// exact score (AR log-probability).
+    pub se: Option<Vec<f64>>,
 }
 
 /// A training objective, and how a model trained with it is read at evaluation time.
