@@ -16,7 +16,7 @@ mod rows;
 pub mod spec;
 pub mod template;
 
-pub use item::{Item, PromptParts, ResponseFormat};
+pub use item::{parse_leading_label, Item, PromptParts, ResponseFormat, ANSWER_MARKER};
 pub use rows::MAX_ROW_BYTES;
 pub use spec::{load, validate, DataConfig, DatasetKind, FileSplit, OnOverlong, Splits};
 pub use template::{Fit, Rendered, Template, TemplateKind, TextEncoder, CHATML_END_OF_TURN};

@@ -283,10 +283,13 @@ impl DataConfig {
                 self.response_format = match v {
                     "answer" => ResponseFormat::Answer,
                     "answer_with_rationale" => ResponseFormat::AnswerWithRationale,
+                    "letter" => ResponseFormat::Answer,
+                    "category" => ResponseFormat::Category,
+                    "rationale" => ResponseFormat::Rationale,
                     _ => {
                         return Err(Error::config(
                             "data.response_format",
-                            format!("`{v}`: expected answer or answer_with_rationale"),
+                            format!("`{v}`: expected answer (or letter), category, answer_with_rationale or rationale"),
                         ))
                     }
                 }

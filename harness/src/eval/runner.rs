@@ -54,18 +54,10 @@ impl EvalSetup {
 
 pub use ddm_schema::{EvalResult, MethodResult, Prediction};
 
-/// Strict label parsing: the output's first word (up to whitespace or one of `.,;:)!`), with an
-/// optional leading `(`, must equal one choice label, case-insensitively. "yes", "Yes.", "B",
-/// "(B)", "B. Stage 2" parse; "The answer is B" does not (it is invalid, and counted wrong).
+/// Strict leading-label parsing (the `answer` format's reader); see
+/// [`crate::data::parse_leading_label`].
 pub fn parse_label(text: &str, choices: &[String]) -> Option<usize> {
-    let t = text.trim_start();
-    let t = t.strip_prefix('(').unwrap_or(t);
-    let end = t.find(|c: char| c.is_whitespace() || ".,;:)!".contains(c)).unwrap_or(t.len());
-    let word = &t[..end];
-    if word.is_empty() {
-        return None;
-    }
-    choices.iter().position(|c| c.eq_ignore_ascii_case(word))
+    crate::data::parse_leading_label(text, choices)
 }
 
 /// The label list of a split: the union of the items' choices, in first-seen order.
@@ -135,7 +127,7 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
     for (method, kind, eval) in plan(&setup.eval) {
         let start = Instant::now();
         let (preds, gen_tokens, nfe) = match kind {
-            EvalMethod::Generate => generate(obj.as_ref(), model, tok, &items, &prompts, &eval, setup.seed)?,
+            EvalMethod::Generate => generate(obj.as_ref(), model, tok, &items, &prompts, setup.response_format, &eval, setup.seed)?,
             EvalMethod::Likelihood => likelihood(obj.as_ref(), model, tok, &items, &prompts, &eval, setup.seed)?,
         };
         let wall = start.elapsed().as_secs_f64();
@@ -197,7 +189,8 @@ fn plan(eval: &EvalConfig) -> Vec<(String, EvalMethod, EvalConfig)> {
 
 type Preds = Vec<(String, Option<usize>, Option<Vec<f64>>)>;
 
-fn generate(obj: &dyn Objective, model: &Llama, tok: &Tok, items: &[&Item], prompts: &[Vec<u32>], eval: &EvalConfig, seed: u64) -> Result<(Preds, usize, usize)> {
+#[allow(clippy::too_many_arguments)]
+fn generate(obj: &dyn Objective, model: &Llama, tok: &Tok, items: &[&Item], prompts: &[Vec<u32>], format: ResponseFormat, eval: &EvalConfig, seed: u64) -> Result<(Preds, usize, usize)> {
     let outs = obj.generate(model, prompts, tok.eos_id, eval, seed)?;
     let mut out = Vec::with_capacity(items.len());
     let (mut gen, mut nfe) = (0usize, 0usize);
@@ -205,7 +198,7 @@ fn generate(obj: &dyn Objective, model: &Llama, tok: &Tok, items: &[&Item], prom
         gen += o.tokens.len();
         nfe += o.nfe;
         let text = tok.decode(&o.tokens, true)?;
-        out.push((text.clone(), parse_label(&text, &it.choices), None));
+        out.push((text.clone(), format.parse(&text, it), None));
     }
     Ok((out, gen, nfe))
 }
