@@ -569,7 +569,7 @@ fn ar_confidence_and_bad_prompts() {
     }
     // greedy picks the argmax: its probability is at least 1/V
     let g = ArSampler { batch_size: 4, ..ArSampler::greedy(12, 63) }.generate_batched(&model, &prompts, 0).unwrap();
-    assert!(g.iter().flat_map(|o| &o.confidence).all(|&c| c >= 1.0 / 64.0 && c <= 1.0));
+    assert!(g.iter().flat_map(|o| &o.confidence).all(|&c| (1.0 / 64.0..=1.0).contains(&c)));
     // the objective's generate is the batched path, confidences included
     let eval = harness::config::EvalConfig { max_new_tokens: 12, temperature: 0.0, batch_size: 3, ..Default::default() };
     let obj = harness::objective::build(&harness::config::ObjectiveConfig::Autoregressive, 0);

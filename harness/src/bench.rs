@@ -302,7 +302,9 @@ pub fn decode_bench(opts: &BenchOpts, batches: &[usize], prompt_len: usize, new_
     let none = AdapterConfig { targets: vec![], ..Default::default() };
     let (model, _) = random_model_dtype(&opts.arch, &none, 0, opts.dtype, &opts.device)?;
     let shape = (prompt_len, new_tokens, steps);
-    let timed = |f: &dyn Fn() -> Result<Vec<(usize, usize, bool)>>| -> Result<(Vec<(usize, usize, bool)>, f64)> {
+    // per item: (generated tokens excluding eos, NFE, hit eos)
+    type PerItem = Vec<(usize, usize, bool)>;
+    let timed = |f: &dyn Fn() -> Result<PerItem>| -> Result<(PerItem, f64)> {
         f()?; // warm-up
         opts.device.synchronize()?;
         let t0 = Instant::now();

@@ -168,7 +168,7 @@ pub fn cache_bias(l: usize, cached: usize, dtype: DType, device: &Device) -> can
 
 /// [`cache_bias`] for a left-padded batch: row b's first `pad[b]` key columns are padding, hidden
 /// from every query (`pad` empty or all zero: no padding). New query i of row b sees keys
-/// pad[b]..=cached + i; a pad query (one that sees no key) stays hidden ([`EmptyRow::Hidden`]),
+/// `pad[b]..=cached + i`; a pad query (one that sees no key) stays hidden ([`EmptyRow::Hidden`]),
 /// its output is unused. Returns (B, 1, l, cached + l) with padding, else as [`cache_bias`]:
 /// (1, 1, l, cached + l), or None for a single query. In `dtype`.
 pub fn padded_cache_bias(l: usize, cached: usize, pad: &[usize], dtype: DType, device: &Device) -> candle_core::Result<Option<Tensor>> {

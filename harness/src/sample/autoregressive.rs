@@ -171,7 +171,7 @@ impl ArSampler {
         loop {
             let h = model.hidden_cached(&ids, &mut cache)?; // (A, l, D)
             let l = h.dim(1)?;
-            let last = model.logits(&h.narrow(1, l - 1, 1)?, &Fwd::default())?.squeeze(1)?; // (A, V)
+            let last = model.logits(&h.narrow(1, l - 1, 1)?.contiguous()?, &Fwd::default())?.squeeze(1)?; // (A, V)
             let rows = last.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             let mut keep = Vec::with_capacity(active.len());
             let mut next = Vec::with_capacity(active.len());
