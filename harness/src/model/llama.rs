@@ -283,8 +283,7 @@ impl Llama {
     }
 
     /// The final-normed hidden states (B, l, D) of [`Llama::forward_cached`], before the LM head
-    /// (to run the head on a few rows only).
-    /// A left-padded cache ([`KvCache::left_padded`]) hides its padding columns from every query.
+    /// (to run the head on a few rows only). A left-padded cache ([`KvCache::left_padded`]) hides its padding columns from every query.
     pub fn hidden_cached(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
         let (b, l) = ids.dims2()?;
         if !cache.pad.is_empty() {
