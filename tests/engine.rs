@@ -87,6 +87,15 @@ fn the_one_bias_builder_serves_the_kv_cache_and_left_padding() {
     assert_eq!(c.dims(), &[1, 1, 3, 5]);
     assert_eq!(pic(&c), "###..\n####.\n#####\n");
     assert!(mask::cache_bias(1, 7, DType::F32, &Device::Cpu).unwrap().is_none(), "one query sees every key");
+    // a left-padded batch in the cache: row 0 has 2 pad columns, row 1 none; the prompt pass
+    // hides the pad keys (a pad query sees nothing), a decode step gets a (B, 1, 1, T) bias
+    let p = mask::padded_cache_bias(3, 0, &[2, 0], DType::F32, &Device::Cpu).unwrap().unwrap();
+    assert_eq!(p.dims(), &[2, 1, 3, 3]);
+    assert_eq!(pic(&p), "...\n...\n..#\n#..\n##.\n###\n");
+    let step = mask::padded_cache_bias(1, 3, &[2, 0], DType::F32, &Device::Cpu).unwrap().unwrap();
+    assert_eq!(step.dims(), &[2, 1, 1, 4]);
+    assert_eq!(pic(&step), "..##\n####\n");
+    assert!(mask::padded_cache_bias(1, 3, &[0, 0], DType::F32, &Device::Cpu).unwrap().is_none(), "no padding, one query: nothing hidden");
     // a left-padded causal row: the pad query sees nothing (Hidden) or keeps itself (KeepSelf)
     let vis = mask::visibility(AttentionMode::Causal, 3, 0, 0);
     let kv = vec![vec![false, true, true]];

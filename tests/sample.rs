@@ -1,6 +1,6 @@
 //! Tests of `harness::sample`: diffusion iterative denoising on hand-set logit functions (commit
 //! order per strategy, blocks, shift, eos, batching, seeding) and AR decoding on a tiny random model
-//! (KV cache vs full recompute).
+//! (batched KV-cache decoding vs one prompt at a time vs full recompute), and the decode bench rows.
 
 use candle_core::{Device, Tensor};
 use harness::model::load::{random_model, tiny_config};
@@ -406,6 +406,16 @@ fn tiny(seed: u64) -> Llama {
     random_model(&tiny_config(64), &AdapterConfig::default(), seed, &Device::Cpu).unwrap().0
 }
 
+/// The tiny shape with weights N(0, 0.5²): far-from-uniform, context-dependent predictions (at
+/// the default 0.02 the tied head mostly repeats the last token), so greedy outputs vary.
+fn sharp(seed: u64) -> Llama {
+    let cfg = tiny_config(64);
+    let w = harness::model::load::random_weights(&cfg, 0.5, seed, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(w, candle_core::DType::F32, &Device::Cpu);
+    let adapter = AdapterConfig::default();
+    Llama::load(vb, &cfg, &harness::model::BuildOpts { adapter: &adapter, seed, layer_path: harness::model::LayerPath::Fused }).unwrap().0
+}
+
 #[test]
 fn left_padding_does_not_change_model_logits() {
     let model = tiny(3);
@@ -442,13 +452,13 @@ fn diffusion_on_tiny_model_batched_matches_one_by_one() {
 
 #[test]
 fn ar_cached_equals_full_recompute() {
-    let model = tiny(5);
+    let model = sharp(5);
     let d = ModelDenoiser::new(&model, AttentionMode::Causal);
     let prompt = vec![3u32, 17, 42, 8, 1];
     let greedy = ArSampler::greedy(16, 63);
     let cached = greedy.generate_cached(&model, &prompt, 0).unwrap();
     let full = greedy.generate(&d, &prompt, 0).unwrap();
-    assert_eq!(cached, full);
+    assert_same(&cached, &full, "greedy");
     assert!(cached.tokens.len() >= 4, "too short to compare: {:?}", cached);
     assert_eq!(cached.nfe, cached.tokens.len() + usize::from(cached.hit_eos));
 
@@ -459,7 +469,7 @@ fn ar_cached_equals_full_recompute() {
     s.seed = 9;
     let a = s.generate_cached(&model, &prompt, 0).unwrap();
     assert_eq!(a, s.generate_cached(&model, &prompt, 0).unwrap(), "sampling is reproducible per seed");
-    assert_eq!(a, s.generate(&d, &prompt, 0).unwrap(), "cached and uncached sampling agree");
+    assert_same(&a, &s.generate(&d, &prompt, 0).unwrap(), "cached and uncached sampling agree");
     s.seed = 10;
     assert_ne!(a.tokens, s.generate_cached(&model, &prompt, 0).unwrap().tokens, "different seeds differ");
     // Bad input is an error, not a panic.
@@ -483,11 +493,137 @@ fn samplers_are_built_from_the_eval_config() {
     let d = DiffusionSampler::from_eval(&off, false, MASK, EOS, 0);
     assert_eq!((d.block_len, d.top_k, d.top_p, d.strategy), (None, None, None, Strategy::LowConfidence));
     let a = ArSampler::from_eval(&e, EOS, 9);
-    assert_eq!(a, ArSampler { max_new_tokens: 6, temperature: 0.7, top_k: Some(4), top_p: Some(0.8), eos_id: EOS, seed: 9 });
-    assert_eq!(ArSampler::from_eval(&off, EOS, 0), ArSampler::greedy(off.max_new_tokens, EOS));
+    assert_eq!(a, ArSampler { max_new_tokens: 6, temperature: 0.7, top_k: Some(4), top_p: Some(0.8), eos_id: EOS, seed: 9, batch_size: 2 });
+    assert_eq!(ArSampler::from_eval(&off, EOS, 0), ArSampler { batch_size: off.batch_size, ..ArSampler::greedy(off.max_new_tokens, EOS) });
     // The config spelling is serde's, and a bad one names the allowed values.
     let k: StrategyKind = serde_json::from_str("\"threshold\"").unwrap();
     assert_eq!(k, StrategyKind::Threshold);
     let err = serde_json::from_str::<StrategyKind>("\"greedy\"").unwrap_err().to_string();
     assert!(err.contains("low_confidence") && err.contains("random"), "{err}");
+}
+
+/// Prompts of lengths 3, 7, 12 and 5 with tokens in 0..62 (62 and 63 left for eos choices).
+fn mixed_prompts() -> Vec<Vec<u32>> {
+    use rand::Rng;
+    let mut rng = rng_for(4, Purpose::Init, 0, 0);
+    [3usize, 7, 12, 5].iter().map(|&n| (0..n).map(|_| rng.random_range(0..62u32)).collect()).collect()
+}
+
+/// Same tokens, NFE and eos flag; confidences equal up to rounding (a padded row's RoPE angles
+/// differ, so its logits agree only to rounding).
+fn assert_same(a: &harness::sample::ArOutput, b: &harness::sample::ArOutput, what: &str) {
+    assert_eq!((&a.tokens, a.nfe, a.hit_eos), (&b.tokens, b.nfe, b.hit_eos), "{what}");
+    assert_eq!(a.confidence.len(), b.confidence.len(), "{what}");
+    for (x, y) in a.confidence.iter().zip(&b.confidence) {
+        assert!((x - y).abs() < 1e-4, "{what}: confidence {x} vs {y}");
+    }
+}
+
+#[test]
+fn ar_batched_decoding_equals_one_at_a_time_and_the_uncached_reference() {
+    let model = sharp(5);
+    let d = ModelDenoiser::new(&model, AttentionMode::Causal);
+    let prompts = mixed_prompts();
+    // The eos is a token greedy decoding of prompt 0 produces, so some items stop at it and leave
+    // the batch early while others run to the budget.
+    let probe = ArSampler::greedy(16, 63).generate_cached(&model, &prompts[0], 0).unwrap();
+    assert!(probe.tokens.len() >= 4, "{probe:?}");
+    let eos = probe.tokens[3];
+    let mut sampled = ArSampler::greedy(16, eos);
+    sampled.temperature = 1.0;
+    sampled.top_k = Some(20);
+    sampled.seed = 9;
+    for (name, base) in [("greedy", ArSampler::greedy(16, eos)), ("sampled", sampled)] {
+        let one: Vec<_> = prompts.iter().enumerate().map(|(i, p)| base.generate_cached(&model, p, 10 + i as u64).unwrap()).collect();
+        for (i, p) in prompts.iter().enumerate() {
+            assert_same(&one[i], &base.generate(&d, p, 10 + i as u64).unwrap(), &format!("{name} item {i}: cached vs uncached"));
+            assert_eq!(one[i].nfe, one[i].tokens.len() + usize::from(one[i].hit_eos), "{name} item {i}");
+        }
+        let stops = one.iter().filter(|o| o.hit_eos).count();
+        assert!(stops >= 1 && stops < prompts.len(), "{name}: want a mix of eos and budget stops, got {one:?}");
+        let lens: std::collections::BTreeSet<usize> = one.iter().map(|o| o.tokens.len()).collect();
+        assert!(lens.len() >= 2, "{name}: rows should finish at different steps: {one:?}");
+        for b in [1usize, 2, 4] {
+            let s = ArSampler { batch_size: b, ..base.clone() };
+            let batched = s.generate_batched(&model, &prompts, 10).unwrap();
+            assert_eq!(batched.len(), prompts.len());
+            for (i, (x, y)) in batched.iter().zip(&one).enumerate() {
+                assert_same(x, y, &format!("{name} batch {b} item {i}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn ar_confidence_and_bad_prompts() {
+    let model = tiny(6);
+    let prompts = mixed_prompts();
+    let mut s = ArSampler::greedy(12, 63);
+    s.batch_size = 4;
+    s.temperature = 0.7;
+    let outs = s.generate_batched(&model, &prompts, 0).unwrap();
+    for (i, o) in outs.iter().enumerate() {
+        assert_eq!(o.confidence.len(), o.tokens.len(), "item {i}");
+        assert!(!o.tokens.is_empty(), "item {i}: {o:?}");
+        assert!(o.confidence.iter().all(|&c| c > 0.0 && c <= 1.0), "item {i}: {:?}", o.confidence);
+    }
+    // greedy picks the argmax: its probability is at least 1/V
+    let g = ArSampler { batch_size: 4, ..ArSampler::greedy(12, 63) }.generate_batched(&model, &prompts, 0).unwrap();
+    assert!(g.iter().flat_map(|o| &o.confidence).all(|&c| (1.0 / 64.0..=1.0).contains(&c)));
+    // the objective's generate is the batched path, confidences included
+    let eval = harness::config::EvalConfig { max_new_tokens: 12, temperature: 0.0, batch_size: 3, ..Default::default() };
+    let obj = harness::objective::build(&harness::config::ObjectiveConfig::Autoregressive, 0);
+    let gen = obj.generate(&model, &prompts, 63, &eval, 0).unwrap();
+    for (x, y) in gen.iter().zip(&g) {
+        assert_eq!((&x.tokens, x.nfe, x.hit_eos), (&y.tokens, y.nfe, y.hit_eos));
+        assert_eq!(x.confidence.len(), x.tokens.len());
+    }
+
+    // A token outside the vocabulary in one prompt of a batch is an error naming the prompt.
+    let mut bad = prompts.clone();
+    bad[2][4] = 64;
+    let err = s.generate_batched(&model, &bad, 0).unwrap_err().to_string();
+    assert!(err.contains("prompt 2") && err.contains("vocabulary"), "{err}");
+    // So is a prompt that with the token budget needs more positions than the model has (256).
+    let mut long = prompts.clone();
+    long[1] = vec![5; 250];
+    let err = s.generate_batched(&model, &long, 0).unwrap_err().to_string();
+    assert!(err.contains("prompt 1") && err.contains("256 positions"), "{err}");
+    assert!(s.generate_batched(&model, &[vec![]], 0).unwrap_err().to_string().contains("empty"));
+    let zero = ArSampler { batch_size: 0, ..s.clone() };
+    assert!(zero.generate_batched(&model, &prompts, 0).unwrap_err().to_string().contains("eval.batch_size"));
+    // A prompt that exactly fits (len + budget − 1 = 256) decodes.
+    assert!(ArSampler::greedy(12, 63).generate_cached(&model, &vec![5; 245], 0).is_ok());
+}
+
+#[test]
+fn decode_bench_measures_both_methods_the_same_way() {
+    use harness::bench::{decode_bench, BenchOpts};
+    let opts = BenchOpts { arch: tiny_config(64), seq: 16, batches: vec![], ranks: vec![], warmup: 0, steps: 1, peak_flops: None, device: Device::Cpu, dtype: candle_core::DType::F32 };
+    let rows = decode_bench(&opts, &[1, 3], 5, 6, 3).unwrap();
+    for b in [1usize, 3] {
+        let at: Vec<_> = rows.iter().filter(|r| r.batch_size == Some(b)).collect();
+        let names: Vec<&str> = at.iter().map(|r| r.sampler.as_str()).collect();
+        assert!(names.contains(&"ar-greedy-kv-cache") && names.contains(&"diffusion-low_confidence"), "batch {b}: {names:?}");
+        for r in at {
+            assert_eq!((r.items, r.prompt_len, r.new_tokens), (b, 5, 6), "{r:?}");
+            assert!(r.wall_s > 0.0 && r.tokens_per_s > 0.0, "{r:?}");
+            assert!((r.tokens_per_s - r.generated_tokens as f64 / r.wall_s).abs() < 1e-6 * r.tokens_per_s, "{r:?}");
+            assert!((r.mean_gen_len - r.generated_tokens as f64 / b as f64).abs() < 1e-9, "{r:?}");
+            assert!(r.mean_gen_len <= 6.0 && (0.0..=1.0).contains(&r.eos_rate), "{r:?}");
+            if r.sampler.starts_with("ar") {
+                // one pass per chosen token (the eos included), the first being the prompt pass
+                assert!((r.mean_nfe - (r.mean_gen_len + r.eos_rate)).abs() < 1e-9, "{r:?}");
+            } else if r.sampler == "diffusion-threshold" {
+                // commits every position above 0.9, at least one per pass
+                assert!(r.mean_nfe >= 1.0 && r.mean_nfe <= 6.0, "{r:?}");
+            } else {
+                assert!(r.mean_nfe >= 1.0 && r.mean_nfe <= 3.0, "{r:?}");
+            }
+        }
+    }
+    let json = serde_json::to_value(&rows[0]).unwrap();
+    for k in ["tokens_per_s", "mean_nfe", "mean_gen_len", "generated_tokens", "batch_size", "eos_rate", "wall_s"] {
+        assert!(json.get(k).is_some(), "decode row lacks {k}");
+    }
 }

@@ -2,6 +2,15 @@
 //! at the SmolLM2-135M shape, and decoding with each sampler. Random weights: throughput does not
 //! depend on their values. Results are data (JSON lines); `bench/table.py`-free rendering lives in
 //! [`crate::report`].
+//!
+//! Decoding (`decode.jsonl`, one [`DecodeBench`] per line): at each batch size b (1, 16 and 64,
+//! the batch sizes of `shared/reference/torch_decode_anchor.py`; 1 and 2 with `--quick`), b
+//! prompts of 256 tokens and a budget of 32 new tokens, decoded b per forward pass by each
+//! diffusion strategy (32 steps, full attention) and by batched AR with the KV cache, each call
+//! timed the same way after a warm-up call. Fields: `sampler`, `items`, `batch_size`,
+//! `prompt_len`, `new_tokens`, `steps`, `tokens_per_s` (generated tokens excluding eos / wall
+//! seconds of the decode call), `mean_nfe` (forward passes per answer), `generated_tokens`,
+//! `mean_gen_len` (mean generated length, eos excluded), `eos_rate`, `wall_s`.
 
 use crate::config::{ObjectiveConfig, TrainConfig};
 use crate::model::load::random_model_dtype;
@@ -91,25 +100,66 @@ pub struct Phases {
     pub enqueue_ms: f64,
 }
 
-/// One decoding-throughput measurement.
+/// One decoding-throughput measurement: one call of a sampler on `items` prompts of
+/// `prompt_len` tokens, `batch_size` prompts per forward pass, timed on the device (synchronised
+/// before and after) after one untimed warm-up call on the same prompts. Diffusion and AR rows are
+/// measured the same way, at the same batch sizes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodeBench {
-    /// `diffusion-low_confidence`, `diffusion-random`, `diffusion-threshold`, `ar-greedy`.
+    /// `diffusion-low_confidence`, `diffusion-random`, `diffusion-threshold` (full attention, no
+    /// cache) or `ar-greedy-kv-cache` (batched, left-padded, KV cache).
     pub sampler: String,
     /// Prompts decoded.
     pub items: usize,
+    /// Prompts per forward pass (absent in files written before this field existed: those decoded
+    /// diffusion with every item in one batch and AR one prompt at a time).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
     /// Prompt length.
     pub prompt_len: usize,
-    /// Tokens generated per item (canvas length).
+    /// Token budget per item (diffusion: canvas length).
     pub new_tokens: usize,
-    /// Denoising steps (diffusion).
+    /// Denoising steps (diffusion; AR: the token budget).
     pub steps: usize,
-    /// Generated tokens per second.
+    /// Generated tokens, eos excluded, over the wall seconds of the decode call. (Files written
+    /// before `generated_tokens` existed counted the whole canvas for diffusion and the eos for AR.)
     pub tokens_per_s: f64,
-    /// Mean forward passes per item.
+    /// Mean forward passes per item (NFE; AR: the prompt pass included).
     pub mean_nfe: f64,
-    /// Seconds.
+    /// Generated tokens over all items, eos excluded.
+    #[serde(default)]
+    pub generated_tokens: usize,
+    /// Mean generated length per item, eos excluded.
+    #[serde(default)]
+    pub mean_gen_len: f64,
+    /// Fraction of items that stopped at an eos.
+    #[serde(default)]
+    pub eos_rate: f64,
+    /// Seconds of the timed decode call.
     pub wall_s: f64,
+}
+
+impl DecodeBench {
+    /// The row of one timed call: per item (generated tokens excluding eos, NFE, hit eos).
+    fn from_items(sampler: String, batch_size: usize, shape: (usize, usize, usize), per_item: &[(usize, usize, bool)], wall: f64) -> Self {
+        let (prompt_len, new_tokens, steps) = shape;
+        let n = per_item.len().max(1) as f64;
+        let gen: usize = per_item.iter().map(|x| x.0).sum();
+        Self {
+            sampler,
+            items: per_item.len(),
+            batch_size: Some(batch_size),
+            prompt_len,
+            new_tokens,
+            steps,
+            tokens_per_s: gen as f64 / wall.max(1e-9),
+            mean_nfe: per_item.iter().map(|x| x.1).sum::<usize>() as f64 / n,
+            generated_tokens: gen,
+            mean_gen_len: gen as f64 / n,
+            eos_rate: per_item.iter().filter(|x| x.2).count() as f64 / n,
+            wall_s: wall,
+        }
+    }
 }
 
 /// Bench settings.
@@ -245,58 +295,42 @@ pub fn future_token_check(model: &Llama, mode: AttentionMode) -> Result<bool> {
     Ok(f(&ids)? != f(&ids2)?)
 }
 
-/// Decoding throughput of each sampler on `items` prompts.
-pub fn decode_bench(opts: &BenchOpts, items: usize, prompt_len: usize, new_tokens: usize, steps: usize) -> Result<Vec<DecodeBench>> {
+/// Decoding throughput of each sampler, for each batch size b of `batches`: b prompts decoded b
+/// per forward pass (as in `shared/reference/torch_decode_anchor.py`'s HF `generate` rows), by
+/// each diffusion strategy and by batched AR with the KV cache.
+pub fn decode_bench(opts: &BenchOpts, batches: &[usize], prompt_len: usize, new_tokens: usize, steps: usize) -> Result<Vec<DecodeBench>> {
     let none = AdapterConfig { targets: vec![], ..Default::default() };
     let (model, _) = random_model_dtype(&opts.arch, &none, 0, opts.dtype, &opts.device)?;
-    let prompts: Vec<Vec<u32>> = random_examples(items, prompt_len * 2, opts.arch.vocab_size, 2).into_iter().map(|e| e.prompt).collect();
-    let mut out = Vec::new();
-    // eos id 1 never appears in random prompts; random weights rarely produce it, so every item
-    // decodes its full canvas (a worst case for diffusion early stopping).
-    for (name, strat) in [("low_confidence", Strategy::LowConfidence), ("random", Strategy::Random), ("threshold", Strategy::Threshold(0.9))] {
-        let mut s = DiffusionSampler::new(new_tokens, steps, 0, 1);
-        s.strategy = strat;
-        s.shift = true;
-        s.batch_size = items;
-        let d = ModelDenoiser::new(&model, AttentionMode::Full);
+    let shape = (prompt_len, new_tokens, steps);
+    // per item: (generated tokens excluding eos, NFE, hit eos)
+    type PerItem = Vec<(usize, usize, bool)>;
+    let timed = |f: &dyn Fn() -> Result<PerItem>| -> Result<(PerItem, f64)> {
+        f()?; // warm-up
         opts.device.synchronize()?;
         let t0 = Instant::now();
-        let res = s.generate(&d, &prompts, 0)?;
+        let r = f()?;
         opts.device.synchronize()?;
-        let wall = t0.elapsed().as_secs_f64();
-        out.push(DecodeBench {
-            sampler: format!("diffusion-{name}"),
-            items,
-            prompt_len,
-            new_tokens,
-            steps,
-            tokens_per_s: (items * new_tokens) as f64 / wall,
-            mean_nfe: res.iter().map(|o| o.nfe).sum::<usize>() as f64 / items as f64,
-            wall_s: wall,
-        });
+        Ok((r, t0.elapsed().as_secs_f64()))
+    };
+    let mut out = Vec::new();
+    for &b in batches {
+        let prompts: Vec<Vec<u32>> = random_examples(b, prompt_len * 2, opts.arch.vocab_size, 2).into_iter().map(|e| e.prompt).collect();
+        // eos id 1 never appears in random prompts; random weights rarely produce it, so every item
+        // decodes its full budget (a worst case for diffusion early stopping).
+        for (name, strat) in [("low_confidence", Strategy::LowConfidence), ("random", Strategy::Random), ("threshold", Strategy::Threshold(0.9))] {
+            let mut s = DiffusionSampler::new(new_tokens, steps, 0, 1);
+            s.strategy = strat;
+            s.shift = true;
+            s.batch_size = b;
+            let d = ModelDenoiser::new(&model, AttentionMode::Full);
+            let (items, wall) = timed(&|| Ok(s.generate(&d, &prompts, 0)?.iter().map(|o| (o.tokens.len(), o.nfe, o.hit_eos)).collect()))?;
+            out.push(DecodeBench::from_items(format!("diffusion-{name}"), b, shape, &items, wall));
+        }
+        let mut s = ArSampler::greedy(new_tokens, 1);
+        s.batch_size = b;
+        let (items, wall) = timed(&|| Ok(s.generate_batched(&model, &prompts, 0)?.iter().map(|o| (o.tokens.len(), o.nfe, o.hit_eos)).collect()))?;
+        out.push(DecodeBench::from_items("ar-greedy-kv-cache".into(), b, shape, &items, wall));
     }
-    let s = ArSampler::greedy(new_tokens, 1);
-    opts.device.synchronize()?;
-    let t0 = Instant::now();
-    let mut nfe = 0;
-    let mut gen = 0;
-    for (k, p) in prompts.iter().enumerate() {
-        let o = s.generate_cached(&model, p, k as u64)?;
-        nfe += o.nfe;
-        gen += o.tokens.len() + o.hit_eos as usize;
-    }
-    opts.device.synchronize()?;
-    let wall = t0.elapsed().as_secs_f64();
-    out.push(DecodeBench {
-        sampler: "ar-greedy-kv-cache".into(),
-        items,
-        prompt_len,
-        new_tokens,
-        steps: new_tokens,
-        tokens_per_s: gen as f64 / wall,
-        mean_nfe: nfe as f64 / items as f64,
-        wall_s: wall,
-    });
     Ok(out)
 }
 
@@ -389,8 +423,9 @@ pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, p
         }
     }
     if decode {
-        let (items, plen, new, st) = if quick { (2, 16, 8, 4) } else { (16, 256, 32, 32) };
-        for r in decode_bench(&opts, items, plen, new, st)? {
+        let (decode_batches, plen, new, st) = if quick { (vec![1, 2], 16, 8, 4) } else { (vec![1, 16, 64], 256, 32, 32) };
+        for r in decode_bench(&opts, &decode_batches, plen, new, st)? {
+            eprintln!("decode {} b={}: {:.0} tokens/s, nfe {:.1}, mean length {:.1}", r.sampler, r.batch_size.unwrap_or(0), r.tokens_per_s, r.mean_nfe, r.mean_gen_len);
             append_jsonl(&dir.join("decode.jsonl"), &r)?;
         }
     }

@@ -146,6 +146,12 @@ impl LayerCache {
         let rep = |t: &Option<Tensor>| t.as_ref().map(|t| t.repeat((b, 1, 1, 1))).transpose();
         Ok(Self { k: rep(&self.k)?, v: rep(&self.v)? })
     }
+
+    /// The batch rows `rows`, in that order: (B, Hkv, T, Dh) → (n, Hkv, T, Dh).
+    pub(crate) fn select_rows(&self, rows: &[u32]) -> Result<Self> {
+        let sel = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(&Tensor::new(rows, t.device())?, 0)).transpose();
+        Ok(Self { k: sel(&self.k)?, v: sel(&self.v)? })
+    }
 }
 
 #[derive(Debug, Clone)]

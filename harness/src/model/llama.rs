@@ -93,20 +93,52 @@ impl LlamaConfig {
     }
 }
 
-/// KV cache for incremental AR decoding.
+/// KV cache for incremental AR decoding, of a batch of sequences that advance together.
+///
+/// A batch of prompts of different lengths is **left-padded** ([`KvCache::left_padded`]): row b
+/// holds `pad[b]` padding columns, then its prompt, then its generated tokens. Every row shares
+/// the same column positions (one RoPE offset, [`KvCache::len`]); the padding keys are hidden from
+/// every query by the attention bias ([`crate::model::mask::padded_cache_bias`]). RoPE scores
+/// depend only on relative positions, so a padded row computes the logits of the same row
+/// unpadded, up to floating-point rounding.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
-    /// Positions already in the cache.
+    /// Positions already in the cache (columns, padding included).
     pub len: usize,
+    /// Left-padding columns of each row; empty when no row is padded.
+    pad: Vec<usize>,
 }
 
 impl KvCache {
+    /// An empty cache for a batch whose row b starts with `pad[b]` padding columns: the first
+    /// chunk through [`Llama::hidden_cached`] must have `pad.len()` rows and more than
+    /// `max(pad)` columns.
+    pub fn left_padded(pad: Vec<usize>) -> Self {
+        Self { layers: Vec::new(), len: 0, pad }
+    }
+
+    /// Left-padding columns of each row (empty: none).
+    pub fn pad(&self) -> &[usize] {
+        &self.pad
+    }
+
     /// A batch of `b` copies of this cache of one sequence, so `b` continuations of the same
     /// prefix run through [`Llama::hidden_cached`] together.
     pub fn repeat_batch(&self, b: usize) -> candle_core::Result<Self> {
         let layers = self.layers.iter().map(|l| l.repeat_batch(b)).collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { layers, len: self.len })
+        Ok(Self { layers, len: self.len, pad: self.pad.repeat(b) })
+    }
+
+    /// Keep only the batch rows `rows` (in that order), e.g. to drop sequences that finished.
+    pub fn select_rows(&self, rows: &[usize]) -> candle_core::Result<Self> {
+        if let Some(&r) = rows.iter().find(|&&r| !self.pad.is_empty() && r >= self.pad.len()) {
+            candle_core::bail!("KV cache: row {r} of a batch of {}", self.pad.len())
+        }
+        let pad = if self.pad.is_empty() { Vec::new() } else { rows.iter().map(|&r| self.pad[r]).collect() };
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let layers = self.layers.iter().map(|l| l.select_rows(&idx)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self { layers, len: self.len, pad })
     }
 }
 
@@ -251,10 +283,18 @@ impl Llama {
     }
 
     /// The final-normed hidden states (B, l, D) of [`Llama::forward_cached`], before the LM head
-    /// (to run the head on a few rows only).
+    /// (to run the head on a few rows only). A left-padded cache ([`KvCache::left_padded`]) hides its padding columns from every query.
     pub fn hidden_cached(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
-        let l = ids.dim(1)?;
-        let bias = super::mask::cache_bias(l, cache.len, self.dtype, &self.device)?; // (1, 1, l, T) or None
+        let (b, l) = ids.dims2()?;
+        if !cache.pad.is_empty() {
+            if cache.pad.len() != b {
+                candle_core::bail!("KV cache of {} rows continued by a batch of {b}", cache.pad.len())
+            }
+            if let Some(&p) = cache.pad.iter().find(|&&p| p >= cache.len + l) {
+                candle_core::bail!("KV cache: a row of {p} padding columns has no token among the first {}", cache.len + l)
+            }
+        }
+        let bias = super::mask::padded_cache_bias(l, cache.len, &cache.pad, self.dtype, &self.device)?; // (B|1, 1, l, T) or None
         self.hidden_inner(ids, bias.as_ref(), &Fwd::default(), Some(cache))
     }
 

@@ -161,12 +161,23 @@ pub fn attention_bias(
 
 /// Causal bias of a chunk of `l` new queries continuing `cached` positions of a KV cache: new
 /// query i (absolute position cached + i) sees keys 0..=cached + i. (1, 1, l, cached + l), or
-/// None for a single query (it sees every key).
+/// None for a single query (it sees every key). [`padded_cache_bias`] without padding.
 pub fn cache_bias(l: usize, cached: usize, dtype: DType, device: &Device) -> candle_core::Result<Option<Tensor>> {
-    if l <= 1 {
+    padded_cache_bias(l, cached, &[], dtype, device)
+}
+
+/// [`cache_bias`] for a left-padded batch: row b's first `pad[b]` key columns are padding, hidden
+/// from every query (`pad` empty or all zero: no padding). New query i of row b sees keys
+/// `pad[b]..=cached + i`; a pad query (one that sees no key) stays hidden ([`EmptyRow::Hidden`]),
+/// its output is unused. Returns (B, 1, l, cached + l) with padding, else as [`cache_bias`]:
+/// (1, 1, l, cached + l), or None for a single query. In `dtype`.
+pub fn padded_cache_bias(l: usize, cached: usize, pad: &[usize], dtype: DType, device: &Device) -> candle_core::Result<Option<Tensor>> {
+    let has_pad = pad.iter().any(|&p| p > 0);
+    if l <= 1 && !has_pad {
         return Ok(None);
     }
     let t = cached + l;
     let vis: Vec<bool> = (0..l * t).map(|k| k % t <= cached + k / t).collect();
-    Ok(Some(additive_bias(&vis, (l, t), None, EmptyRow::Hidden, dtype, device)?))
+    let key_valid: Option<Vec<Vec<bool>>> = has_pad.then(|| pad.iter().map(|&p| (0..t).map(|j| j >= p).collect()).collect());
+    Ok(Some(additive_bias(&vis, (l, t), key_valid.as_deref(), EmptyRow::Hidden, dtype, device)?))
 }

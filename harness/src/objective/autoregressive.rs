@@ -1,8 +1,10 @@
 //! Autoregressive SFT: causal attention, next-token cross-entropy on response tokens only,
 //! normalised by the number of response tokens.
 //!
-//! At evaluation time the model is read causally: it decodes left to right with the KV cache
-//! ([`ArSampler::generate_cached`]) and scores a choice by its exact log-probability
+//! At evaluation time the model is read causally: it decodes left to right with the KV cache,
+//! `eval.batch_size` left-padded prompts per forward pass ([`ArSampler::generate_batched`], the
+//! same batch size as the diffusion sampler), reporting per item its NFE, whether it hit eos and
+//! each token's plain-softmax confidence; and it scores a choice by its exact log-probability
 //! ([`ar_choice_scores`]: one pass over the prompt, plus one batched pass through its KV cache
 //! when a choice is longer than one token).
 
@@ -53,11 +55,8 @@ impl Objective for Autoregressive {
     }
     fn generate(&self, model: &Llama, prompts: &[Vec<u32>], eos_id: u32, eval: &EvalConfig, seed: u64) -> Result<Vec<Generated>> {
         let sampler = ArSampler::from_eval(eval, eos_id, seed);
-        prompts
-            .iter()
-            .enumerate()
-            .map(|(k, p)| sampler.generate_cached(model, p, k as u64).map(|o| Generated { tokens: o.tokens, nfe: o.nfe, hit_eos: o.hit_eos, confidence: Vec::new() }))
-            .collect()
+        let outs = sampler.generate_batched(model, prompts, 0)?;
+        Ok(outs.into_iter().map(|o| Generated { tokens: o.tokens, nfe: o.nfe, hit_eos: o.hit_eos, confidence: o.confidence }).collect())
     }
 
     fn score_choices(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], _item: u64, _eval: &EvalConfig, _seed: u64) -> Result<ChoiceScores> {

@@ -4,20 +4,26 @@
 //!   trait, so tests can drive them with a hand-set logit function; [`ModelDenoiser`] implements it
 //!   for a [`Llama`] with a chosen attention mode (full for diffusion models, causal for AR).
 //! - [`diffusion`]: iterative denoising from a fully masked canvas ([`DiffusionSampler`]).
-//! - [`autoregressive`]: greedy / sampled left-to-right decoding, with the KV cache
-//!   ([`ArSampler::generate_cached`]) or by full recomputation through a [`Denoiser`]
-//!   ([`ArSampler::generate`]).
+//! - [`autoregressive`]: greedy / sampled left-to-right decoding, batched with the KV cache
+//!   ([`ArSampler::generate_batched`]; [`ArSampler::generate_cached`] for one prompt) or, one
+//!   prompt at a time, by full recomputation through a [`Denoiser`] ([`ArSampler::generate`]).
 //! - [`pick_token`]: the shared per-position choice (argmax at temperature 0, else temperature,
 //!   top-k and top-p, drawn from a seeded generator).
 //!
 //! ## Padding
-//! Prompts of different lengths are batched by **left padding** (right-aligning the prompts): every
-//! row of a batch is `pad… prompt canvas`, so the generated region starts at the same column in
-//! every row, and a key-padding mask hides the pad columns from every query. The model uses RoPE,
-//! whose attention scores depend only on relative positions, so a left-padded row computes the same
-//! logits as the same row without padding (up to floating-point rounding); this is checked by a
-//! test. A [`Denoiser`] that cannot take a padding mask ([`Denoiser::supports_padding`] is false,
-//! the default) is only ever called with batches of equal-length prompts.
+//! Both samplers batch prompts of different lengths by **left padding** (right-aligning the
+//! prompts), and a key-padding mask hides the pad columns from every query (a pad query sees no key,
+//! [`EmptyRow::Hidden`]; its output is unused). Diffusion: every row of a batch is
+//! `pad… prompt canvas`, so the generated region starts at the same column in every row. AR with
+//! the KV cache: every row is `pad… prompt generated…`; all rows share one column offset in the
+//! cache ([`crate::model::KvCache::left_padded`]), the prompt pass gets a causal bias with the pad
+//! keys hidden and each decode step a (B, 1, 1, T) bias hiding them
+//! ([`crate::model::mask::padded_cache_bias`]). The model uses RoPE, whose attention scores depend
+//! only on relative positions, so a left-padded row computes the same logits as the same row without
+//! padding (up to floating-point rounding); tests check this for both samplers (token for token
+//! against one-at-a-time decoding). A [`Denoiser`] that cannot take a padding mask
+//! ([`Denoiser::supports_padding`] is false, the default) is only ever called with batches of
+//! equal-length prompts.
 
 pub mod autoregressive;
 pub mod diffusion;
