@@ -12,7 +12,8 @@
 //! field: `path`, `source`, `template`, `response_format`, `max_len`, `dev_fraction`, `seed`,
 //! `skip_bad_rows`, `n_train`, `n_test`, `limit_train`, `limit_test`, `families`,
 //! `option_order`, `on_overlong`, `file_split`. `families` takes names joined by `+` (`families=bmi+ckd-stage`) or `all`;
-//! `option_order` is `rule` or `shuffled`. Unknown keys and unparsable values are config errors.
+//! `option_order` is `rule` or `shuffled`; `response_format` is `answer` (or `letter`),
+//! `category`, `answer_with_rationale` or `rationale`. Unknown keys and unparsable values are config errors.
 //! Examples: `clinical-rules`, `clinical-rules:n_test=50,seed=3`,
 //! `clinical-rules:families=all,option_order=shuffled`,
 //! `pubmedqa:../shared/data/pubmedqa,dev_fraction=0.2`, `mcq:medqa.jsonl`,

@@ -12,7 +12,9 @@
 //! | `rationale` | `Explain briefly, then end with "Answer: <letter>".` | `Explain briefly, then end with "Answer: <yes, no or maybe>".` |
 //!
 //! Prompt and target are tokenized separately: the target (e.g. `yes`) starts right after the
-//! prompt (after the assistant header for `chat`, after `Answer: ` for `plain`). The caller
+//! prompt (after the assistant header for `chat`, after `Answer: ` for `plain`; under the
+//! `rationale` format a `plain` target thus reads `Answer: <derivation> Answer: C`, and only the
+//! last marker is parsed). The caller
 //! appends one end-of-sequence token after the target; for `chat` that token stands for
 //! [`CHATML_END_OF_TURN`].
 
