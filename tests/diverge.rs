@@ -35,15 +35,16 @@ fn no_part_files(run: &Path) {
 fn a_dead_gradient_run_fails_with_the_step_and_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    // the issue's run: 8 steps, dead (gradient norm exactly 0) from step 3 on
+    // the issue's run: 8 steps, dead (gradient norm exactly 0) from step 2 on (step 3 before
+    // issue 14 changed the generated clinical-rules data)
     let Err(err) = execute(tiny(&["train.lr=1e6"]), &run, RunOpts { stop: None, hook: None }) else { panic!("a dead run must not succeed") };
     let Error::Diverged { step, reason } = &err else { panic!("not Diverged: {err}") };
-    assert_eq!(*step, 7, "{err}");
-    assert_eq!(reason, "gradient norm 0 for 5 consecutive steps (since step 3)");
-    assert!(err.to_string().starts_with("training stopped at step 7: gradient norm 0"), "{err}");
+    assert_eq!(*step, 6, "{err}");
+    assert_eq!(reason, "gradient norm 0 for 5 consecutive steps (since step 2)");
+    assert!(err.to_string().starts_with("training stopped at step 6: gradient norm 0"), "{err}");
     assert!(!run.join("DONE").exists());
     // the failed run's curve is there, up to the step it stopped at, and reads accuracy 0
-    assert_eq!(metrics_steps(&run), (1..=7).collect::<Vec<_>>());
+    assert_eq!(metrics_steps(&run), (1..=6).collect::<Vec<_>>());
     let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     let last: Vec<&str> = text.lines().last().unwrap().split(',').collect();
     let (ce, acc, gn): (f64, f64, f64) = (last[4].parse().unwrap(), last[5].parse().unwrap(), last[6].parse().unwrap());
@@ -85,7 +86,7 @@ fn harness_train_exits_nonzero_with_the_reason() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("training stopped at step 7: gradient norm 0 for 5 consecutive steps (since step 3)"), "{err}");
+    assert!(err.contains("training stopped at step 6: gradient norm 0 for 5 consecutive steps (since step 2)"), "{err}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Evaluation runner: strict label parsing, and an end-to-end evaluation of a tiny model that
 //! writes eval.json and predictions.jsonl whose numbers agree with each other.
 
-use harness::eval::parse_label;
+use harness::data::{parse_leading_label, Item, PromptParts, ResponseFormat};
 use std::path::PathBuf;
 
 fn labels(xs: &[&str]) -> Vec<String> {
@@ -22,11 +22,60 @@ fn label_parsing_is_strict() {
         ("", None),
         ("y", None),
     ] {
-        assert_eq!(parse_label(text, &yn), want, "{text:?}");
+        assert_eq!(parse_leading_label(text, &yn), want, "{text:?}");
     }
     let abcd = labels(&["A", "B", "C", "D"]);
-    for (text, want) in [("B", Some(1)), ("(C)", Some(2)), ("D. Stage 2", Some(3)), ("a)", Some(0)), ("E", None), ("Answer: B", None), ("BC", None)] {
-        assert_eq!(parse_label(text, &abcd), want, "{text:?}");
+    for (text, want) in [
+        ("B", Some(1)),
+        ("(C)", Some(2)),
+        ("D. Stage 2", Some(3)),
+        ("a)", Some(0)),
+        ("E", None),
+        ("Answer: B", None),
+        ("BC", None),
+        // an article followed by more words is not option A
+        ("A 54-year-old man presents with", None),
+        ("A", Some(0)),
+        ("A.", Some(0)),
+    ] {
+        assert_eq!(parse_leading_label(text, &abcd), want, "{text:?}");
+    }
+}
+
+#[test]
+fn response_formats_parse_what_they_ask_for() {
+    let opts = ["Normal blood pressure", "Elevated blood pressure", "Stage 1 hypertension", "Stage 2 hypertension"];
+    let item = Item {
+        id: "bp".into(),
+        parts: PromptParts {
+            question: "Which category?".into(),
+            options: ["A", "B", "C", "D"].iter().zip(opts).map(|(l, t)| (l.to_string(), t.to_string())).collect(),
+            ..Default::default()
+        },
+        choices: labels(&["A", "B", "C", "D"]),
+        gold: Some(0),
+        response: None,
+        rationale: Some("SBP 112 < 120, DBP 70 < 80: Normal blood pressure.".into()),
+    };
+    use ResponseFormat::*;
+    for (f, text, want) in [
+        (Answer, "A 54-year-old man with a blood pressure of 112/70", None),
+        (Answer, "A", Some(0)),
+        (Rationale, "Answer: A", Some(0)),
+        (Rationale, "SBP 112 < 120, DBP 70 < 80: Normal blood pressure. Answer: A", Some(0)),
+        (Rationale, "A 54-year-old man", None),
+        (Rationale, "Answer: A because", None),
+        (Category, "Normal blood pressure", Some(0)),
+        (Category, "Stage 2 hypertension.", Some(3)),
+        (Category, "A", None),
+        (Category, "A. Normal blood pressure", None),
+        (AnswerWithRationale, "B\nbecause", Some(1)),
+        (AnswerWithRationale, "A 54-year-old", None),
+    ] {
+        assert_eq!(f.parse(text, &item), want, "{f:?} {text:?}");
+    }
+    for f in ResponseFormat::ALL {
+        assert_eq!(f.parse(&item.target_text(f).unwrap(), &item), Some(0), "{f:?}");
     }
 }
 

@@ -82,6 +82,28 @@ impl ResponseFormat {
     pub const ALL: [ResponseFormat; 4] =
         [ResponseFormat::Answer, ResponseFormat::Category, ResponseFormat::AnswerWithRationale, ResponseFormat::Rationale];
 
+    /// Parses the config spelling ([`ResponseFormat::as_str`], or the alias `letter` for
+    /// `answer`); `None` for anything else.
+    pub fn from_config(s: &str) -> Option<Self> {
+        if s == "letter" {
+            return Some(ResponseFormat::Answer);
+        }
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
+    /// The valid spellings for an error message: `answer (or letter), category,
+    /// answer_with_rationale or rationale`.
+    pub fn expected() -> String {
+        let names: Vec<String> = Self::ALL
+            .iter()
+            .map(|f| if *f == ResponseFormat::Answer { format!("{} (or letter)", f.as_str()) } else { f.as_str().to_string() })
+            .collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.join(""),
+        }
+    }
+
     /// Whether the whole response is determined by the chosen option alone (so each choice's
     /// response can be scored by likelihood): `answer` and `category`. The rationale formats
     /// contain a derivation that only exists for the gold answer.
@@ -95,8 +117,12 @@ impl ResponseFormat {
         match self {
             ResponseFormat::Answer | ResponseFormat::AnswerWithRationale => parse_leading_label(text, &item.choices),
             ResponseFormat::Category => {
+                // Both sides without one final period, so an option text that ends in one
+                // ("Give aspirin.") matches with or without it.
                 let t = strip_final_period(text.trim());
-                (0..item.choices.len()).find(|&k| item.choice_text(k).is_some_and(|c| c.eq_ignore_ascii_case(t)))
+                (0..item.choices.len()).find(|&k| {
+                    item.choice_text(k).is_some_and(|c| strip_final_period(c.trim()).eq_ignore_ascii_case(t))
+                })
             }
             ResponseFormat::Rationale => {
                 let at = text.rfind(ANSWER_MARKER)?;

@@ -7,7 +7,10 @@
 //!   or a letter); optional `id`, `exp`.
 //!
 //! 2 to 10 options, each non-empty. An optional `explanation` or `exp` becomes the rationale.
-//! Rows without `id` get `<file stem>:<line>`.
+//! Rows without `id` get `<file stem>:<line>`. Under the response formats
+//! ([`ResponseFormat`](super::ResponseFormat)) the `category` target is the gold option's text
+//! and the `rationale` target the explanation then `Answer: <letter>` (`Answer: <letter>` alone
+//! for a row without one).
 
 use std::path::Path;
 

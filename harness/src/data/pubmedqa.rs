@@ -4,7 +4,10 @@
 //! `{QUESTION, CONTEXTS, LONG_ANSWER, final_decision, ...}`) and `test_ground_truth.json` (an
 //! object whose keys are the 500 official test ids). Splits: `test` = the official ids; the
 //! other ids are divided into `train` and `dev`, dev being a seeded `dev_fraction` of them.
-//! Every split is in ascending id order (numeric ids compare numerically).
+//! Every split is in ascending id order (numeric ids compare numerically). `LONG_ANSWER` is the
+//! item's rationale: the `rationale` response format trains `<long answer> Answer: yes`,
+//! `answer_with_rationale` `yes` then the long answer on the next line, and `category` (there
+//! are no options) the label itself.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,8 @@
 //! field: `path`, `source`, `template`, `response_format`, `max_len`, `dev_fraction`, `seed`,
 //! `skip_bad_rows`, `n_train`, `n_test`, `limit_train`, `limit_test`, `families`,
 //! `option_order`, `on_overlong`, `file_split`. `families` takes names joined by `+` (`families=bmi+ckd-stage`) or `all`;
-//! `option_order` is `rule` or `shuffled`. Unknown keys and unparsable values are config errors.
+//! `option_order` is `rule` or `shuffled`; `response_format` is `answer` (or `letter`),
+//! `category`, `answer_with_rationale` or `rationale`. Unknown keys and unparsable values are config errors.
 //! Examples: `clinical-rules`, `clinical-rules:n_test=50,seed=3`,
 //! `clinical-rules:families=all,option_order=shuffled`,
 //! `pubmedqa:../shared/data/pubmedqa,dev_fraction=0.2`, `mcq:medqa.jsonl`,
@@ -117,7 +118,9 @@ pub struct DataConfig {
     pub source: Option<String>,
     /// Prompt template: `chat` (ChatML, default) or `plain`.
     pub template: TemplateKind,
-    /// Target: `answer` (the label alone, default) or `answer_with_rationale`.
+    /// Target: `answer` (the label alone, default; alias `letter`), `category` (the option's
+    /// text), `answer_with_rationale` (the label, then the rationale) or `rationale` (the
+    /// rationale, then `Answer: <label>`); see [`ResponseFormat`].
     pub response_format: ResponseFormat,
     /// Most tokens per example (prompt + target + eos); contexts are shortened to fit. >= 16.
     pub max_len: usize,
@@ -129,7 +132,8 @@ pub struct DataConfig {
     pub skip_bad_rows: bool,
     /// clinical-rules: items generated for train (dev is carved out of them). Default 2000.
     pub n_train: usize,
-    /// clinical-rules: items generated for test. Default 500.
+    /// clinical-rules: items generated for test. Default 1000 (generation is free; 1000 items
+    /// give about ±3 points of binomial standard error at 50%).
     pub n_test: usize,
     /// Keep only this many train items, the first after a seeded shuffle (quick runs).
     pub limit_train: Option<usize>,
@@ -186,7 +190,7 @@ impl Default for DataConfig {
             seed: 0,
             skip_bad_rows: false,
             n_train: 2000,
-            n_test: 500,
+            n_test: 1000,
             limit_train: None,
             limit_test: None,
             families: None,
@@ -280,19 +284,9 @@ impl DataConfig {
                 }
             }
             "response_format" => {
-                self.response_format = match v {
-                    "answer" => ResponseFormat::Answer,
-                    "answer_with_rationale" => ResponseFormat::AnswerWithRationale,
-                    "letter" => ResponseFormat::Answer,
-                    "category" => ResponseFormat::Category,
-                    "rationale" => ResponseFormat::Rationale,
-                    _ => {
-                        return Err(Error::config(
-                            "data.response_format",
-                            format!("`{v}`: expected answer (or letter), category, answer_with_rationale or rationale"),
-                        ))
-                    }
-                }
+                self.response_format = ResponseFormat::from_config(v).ok_or_else(|| {
+                    Error::config("data.response_format", format!("`{v}`: expected {}", ResponseFormat::expected()))
+                })?
             }
             "max_len" => self.max_len = parse_num(key, v)?,
             "dev_fraction" => self.dev_fraction = parse_num(key, v)?,

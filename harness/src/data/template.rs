@@ -2,16 +2,25 @@
 //!
 //! The user message is built from [`PromptParts`] in this order: instruction, contexts,
 //! question, options as `A. text` lines, then an answer instruction derived from the item's
-//! choices (`Answer with yes, no or maybe.` / `Answer with the letter of the correct option.`).
+//! choices and the [`ResponseFormat`] (none for free-form items):
+//!
+//! | format | with options | without (yes/no/maybe) |
+//! |---|---|---|
+//! | `answer` | `Answer with the letter of the correct option.` | `Answer with yes, no or maybe.` |
+//! | `category` | `Answer with the text of the correct option.` | `Answer with yes, no or maybe.` |
+//! | `answer_with_rationale` | `Answer with the letter of the correct option, then explain briefly on the next line.` | `Answer with yes, no or maybe, then explain briefly on the next line.` |
+//! | `rationale` | `Explain briefly, then end with "Answer: <letter>".` | `Explain briefly, then end with "Answer: <yes, no or maybe>".` |
 //!
 //! Prompt and target are tokenized separately: the target (e.g. `yes`) starts right after the
-//! prompt (after the assistant header for `chat`, after `Answer: ` for `plain`). The caller
+//! prompt (after the assistant header for `chat`, after `Answer: ` for `plain`; under the
+//! `rationale` format a `plain` target thus reads `Answer: <derivation> Answer: C`, and only the
+//! last marker is parsed). The caller
 //! appends one end-of-sequence token after the target; for `chat` that token stands for
 //! [`CHATML_END_OF_TURN`].
 
 use serde::{Deserialize, Serialize};
 
-use super::item::{Item, PromptParts, ResponseFormat};
+use super::item::{Item, PromptParts, ResponseFormat, ANSWER_MARKER};
 use crate::error::{Error, Result};
 
 /// ChatML end-of-turn marker that follows the assistant's response; the caller maps it to eos.
@@ -100,8 +109,9 @@ impl Template {
         }
     }
 
-    /// The user message of `parts` with `choices` (see the module doc for the layout).
-    pub fn user_message(parts: &PromptParts, choices: &[String]) -> String {
+    /// The user message of `parts` with `choices`, asking for `format` (see the module doc for
+    /// the layout).
+    pub fn user_message(parts: &PromptParts, choices: &[String], format: ResponseFormat) -> String {
         let mut blocks: Vec<String> = Vec::new();
         if let Some(ins) = parts.instruction.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             blocks.push(ins.to_string());
@@ -118,15 +128,15 @@ impl Template {
             let lines: Vec<String> = parts.options.iter().map(|(l, t)| format!("{l}. {t}")).collect();
             blocks.push(lines.join("\n"));
         }
-        if let Some(a) = answer_instruction(parts, choices) {
+        if let Some(a) = answer_instruction(parts, choices, format) {
             blocks.push(a);
         }
         blocks.join("\n\n")
     }
 
-    /// The full prompt text for `parts` (everything before the target).
-    pub fn prompt(&self, parts: &PromptParts, choices: &[String]) -> String {
-        let user = Self::user_message(parts, choices);
+    /// The full prompt text for `parts` asking for `format` (everything before the target).
+    pub fn prompt(&self, parts: &PromptParts, choices: &[String], format: ResponseFormat) -> String {
+        let user = Self::user_message(parts, choices, format);
         match self.kind {
             TemplateKind::Chat => format!(
                 "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n",
@@ -162,7 +172,7 @@ impl Template {
         let target = item.target_text(format)?;
         let target_ids = enc.encode(&target)?;
         let budget = max_len.saturating_sub(1);
-        let full_prompt = self.prompt(&item.parts, &item.choices);
+        let full_prompt = self.prompt(&item.parts, &item.choices, format);
         let full_ids = enc.encode(&full_prompt)?;
         if full_ids.len() + target_ids.len() <= budget {
             return Ok(Fit::Fits(Rendered { prompt: full_prompt, prompt_ids: full_ids, target, target_ids, truncated: false }));
@@ -185,7 +195,7 @@ impl Template {
             parts
         };
         let render_k = |k: usize| -> Result<(String, Vec<u32>)> {
-            let p = self.prompt(&with_prefix(k), &item.choices);
+            let p = self.prompt(&with_prefix(k), &item.choices, format);
             let ids = enc.encode(&p)?;
             Ok((p, ids))
         };
@@ -216,17 +226,28 @@ impl Template {
     }
 }
 
-/// The closing answer instruction for an item's choices; `None` for free-form items.
-fn answer_instruction(parts: &PromptParts, choices: &[String]) -> Option<String> {
+/// The closing answer instruction for an item's choices under `format` (the module doc's
+/// table); `None` for free-form items.
+fn answer_instruction(parts: &PromptParts, choices: &[String], format: ResponseFormat) -> Option<String> {
     if choices.is_empty() {
         return None;
     }
-    if !parts.options.is_empty() {
-        return Some("Answer with the letter of the correct option.".to_string());
-    }
-    let list = match choices.len() {
+    let labels = match choices.len() {
         1 => choices[0].clone(),
         n => format!("{} or {}", choices[..n - 1].join(", "), choices[n - 1]),
     };
-    Some(format!("Answer with {list}."))
+    let options = !parts.options.is_empty();
+    Some(match (format, options) {
+        (ResponseFormat::Answer, true) => "Answer with the letter of the correct option.".to_string(),
+        (ResponseFormat::Category, true) => "Answer with the text of the correct option.".to_string(),
+        (ResponseFormat::Answer | ResponseFormat::Category, false) => format!("Answer with {labels}."),
+        (ResponseFormat::AnswerWithRationale, true) => {
+            "Answer with the letter of the correct option, then explain briefly on the next line.".to_string()
+        }
+        (ResponseFormat::AnswerWithRationale, false) => {
+            format!("Answer with {labels}, then explain briefly on the next line.")
+        }
+        (ResponseFormat::Rationale, true) => format!("Explain briefly, then end with \"{ANSWER_MARKER} <letter>\"."),
+        (ResponseFormat::Rationale, false) => format!("Explain briefly, then end with \"{ANSWER_MARKER} <{labels}>\"."),
+    })
 }

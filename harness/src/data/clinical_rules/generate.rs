@@ -36,12 +36,16 @@ pub(super) fn scalar_side(v: i64, rule: impl Fn(i64) -> &'static str) -> bool {
 /// One generated item with its provenance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Case {
-    /// The item (4 options A-D, gold letter, explanation as rationale).
+    /// The item (4 options A-D, gold letter, the derivation as rationale).
     pub item: Item,
     /// Its family.
     pub family: &'static str,
-    /// Canonical key of its decisive parameters, e.g. `egfr=38`.
+    /// Its split key: canonical form of the values its side of the train/test partition is
+    /// decided on (see the module doc), e.g. `egfr=38`, `sbp=142` or `bmi=261`.
     pub key: String,
+    /// Canonical form of every parameter its rule reads, e.g. `sbp=142,dbp=76` or `h=175,w=80`
+    /// (the same as `key` for the one-number families).
+    pub params: String,
     /// The gold category text.
     pub category: &'static str,
 }
@@ -73,10 +77,10 @@ pub fn generate(families: &[String], n: usize, test: bool, seed: u64, order: Opt
         for _ in 0..MAX_TRIES {
             let d = (family.draw)(&mut rng);
             let test_side = match d.side {
-                Side::Scalar(t) => t,
-                Side::Hashed => hashed_in_test(name, &d.key),
+                Side::Values(t) => t,
+                Side::Hashed => Some(hashed_in_test(name, &d.key)),
             };
-            if d.category == want && test_side == test {
+            if d.category == want && test_side == Some(test) {
                 found = Some(d);
                 break;
             }
@@ -115,6 +119,7 @@ fn to_case(family: &'static Family, d: Draw, id: String, order: OptionOrder, rng
         },
         family: family.name,
         key: d.key,
+        params: d.params,
         category: d.category,
     }
 }

@@ -35,41 +35,78 @@
 //! never-correct "Aspirin monotherapy", which then is always one of the options). The order of
 //! the four options is `data.option_order` ([`OptionOrder`]):
 //! - `rule` (default): the rule's own order ([`gold_categories`], e.g. G1 before G2 ... before
-//!   G5, normal before stage 1 before stage 2), never-correct extras last. Rules with four
-//!   categories (`blood-pressure`, `anemia`, `glycemia`, `curb-65`, `aki`) always show all four
-//!   in the same order, so each category always has the same letter; rules with more
-//!   (`ckd-stage` 6, `sodium` 5, `potassium` 7, `bmi` 6) show the gold and three random others,
-//!   sorted. Random rather than contiguous windows keep the option list from hinting at the
-//!   answer: every 4-subset holding the gold is equally likely for each gold, so given the
-//!   options each of the four is equally likely to be gold (a contiguous window around the gold
-//!   would let a model guess the edge categories from which window is shown), and the gold's
-//!   rank within the list — its letter — is uniform in expectation. The gold letter is thus
-//!   uniform for every family except `cha2ds2-vasc` (gold A-C, "Aspirin monotherapy" always D).
+//!   G5, normal before stage 1 before stage 2), never-correct extras last. Families with exactly
+//!   four option texts (`blood-pressure`, `anemia`, `glycemia`, `curb-65`, `aki`, and
+//!   `cha2ds2-vasc` with its extra) always show all four in the same order, so each category
+//!   always has the same letter; those with more (`ckd-stage` 6, `sodium` 5, `potassium` 7,
+//!   `bmi` 6) show the gold and three random others, sorted. Random rather than contiguous
+//!   windows keep the option list from hinting at the answer: every 4-subset holding the gold
+//!   is equally likely for each gold, so given the options each of the four is equally likely
+//!   to be gold (a contiguous window around the gold would let a model guess the edge
+//!   categories from which window is shown), and the gold's rank within the list — its letter —
+//!   is uniform in expectation. The gold letter is thus uniform for every family except
+//!   `cha2ds2-vasc` (gold A-C, "Aspirin monotherapy" always D).
 //! - `shuffled`: the four options in random order, so the gold letter is uniform in every family
 //!   and the model must find which letter carries the category (the behaviour before
 //!   `option_order` existed: for the same families and seed, the items are identical).
 //!
 //! Both orders draw the same random numbers, so for one seed they give the same vignettes, gold
 //! categories and option sets, and differ only in the order of the options. Names, ages, sexes
-//! and phrasings (three or more templates per family) vary. The rationale is a short
-//! explanation, e.g. `eGFR 38 is in 30-44: G3b`.
+//! and phrasings (three or more templates per family) vary.
+//!
+//! ## Whether the options must be read
+//! [`Family::options_must_be_read`] (a column of [`TABLE`]) says it per family for `rule`
+//! order. With four option texts (`blood-pressure`, `anemia`, `glycemia`, `curb-65`,
+//! `cha2ds2-vasc`, `aki`) the letter of a category never changes, so the task is a pure
+//! threshold lookup from number to letter and the option texts need not be read; only the
+//! families with more than four (`ckd-stage`, `sodium`, `potassium` in the default set, and
+//! `bmi`) need the options read to turn a category into a letter. Under `shuffled` every family
+//! needs them read ([`Family::must_read_options`]).
+//!
+//! ## Rationales
+//! Each item's rationale is a short derivation computed from the rule's inputs, ending in the
+//! gold category written exactly as its option text, e.g.
+//! `eGFR 38 in 30-44: G3b: moderately to severely decreased GFR.`,
+//! `SBP 128 in 120-129, DBP 76 < 80: Elevated blood pressure.`,
+//! `CURB-65 1+0+1+0+1 = 3: High severity: urgent hospital admission.` (the five points in
+//! C-U-R-B-65 order, then their sum). It is written from the
+//! same values and rule that set the gold, so it is always right; the `rationale` response
+//! format appends ` Answer: <gold letter>` (the letter after `option_order`), so a model writes
+//! the derivation before it commits to a letter. Digits are one token each
+//! in SmolLM2's tokenizer, so measured over 600 items per family (`tests/data.rs`) the whole
+//! `rationale` target is at most 37 tokens in the default families (a blood-pressure tie,
+//! `SBP 135 in 130-139, DBP 85 in 80-89: Stage 1 hypertension. Answer: C`; 24-28 for the
+//! one-number families) and 46 in any (`aki`; `bmi` 39, `cha2ds2-vasc` 40, `curb-65` 33).
 //!
 //! ## Train/test partition
-//! Each item's *decisive parameters* (the values its rule reads) form a canonical key such as
-//! `egfr=38` or `sbp=128,dbp=76`; train items only use train-side keys and test items only
-//! test-side keys, so train and test are disjoint in parameter values and the test measures
-//! whether the thresholds were learnt rather than items memorised. The side of a key:
-//! - families with **one** decisive number (`ckd-stage` eGFR, `anemia` hemoglobin in g/L per
-//!   sex, `glycemia` glucose in mg/dL or HbA1c in tenths of a percent, `sodium`, `potassium` in
-//!   tenths of mmol/L): the value v is on the test side iff `v % 4 == 2` and v is not the lowest
-//!   value of its category ([`scalar_in_test`]). Every category range of four or more values thus
-//!   has values on both sides, and every cut-point value is seen in training;
-//! - families with **several** decisive numbers (`blood-pressure`, `bmi`, `curb-65`,
-//!   `cha2ds2-vasc`, `aki`): the key is on the test side iff
-//!   `splitmix64(fnv1a("<family>|<key>")) % 4 == 0` ([`hashed_in_test`]).
+//! Each item has a *split key*, the canonical form of the values its answer is decided by
+//! ([`Case::key`]; [`Case::params`] holds every value the rule reads). Train items only use
+//! train-side keys and test items only test-side keys, so the test measures whether the
+//! thresholds were learnt rather than items memorised. Per family:
 //!
-//! About a quarter of each family's parameter space is test-side. Train and test also use
-//! different random streams.
+//! | family | split key | side | can a test item's deciding value (with its category) occur in training? |
+//! |---|---|---|---|
+//! | `ckd-stage`, `sodium`, `potassium` | the value (eGFR; Na; K in tenths) | scalar | no |
+//! | `anemia` | sex and hemoglobin (g/L) | scalar on hemoglobin | no (per sex) |
+//! | `glycemia` | fasting glucose (mg/dL) or HbA1c (tenths of %) | scalar | no |
+//! | `blood-pressure` | the deciding number(s): systolic if its own category is the reading's, diastolic if its is, both when they tie | scalar on each; all must agree | no |
+//! | `bmi` | the BMI in tenths (not the height and weight) | scalar | no: the height/weight pair is new and so is the BMI it gives |
+//! | `aki` | current/baseline creatinine as a reduced fraction | hashed | no for the ratio; a rise of >= 0.3 mg/dL (stage 1 below 1.5x) or a creatinine >= 4.0 (stage 3 below 3x) reads values that also occur in training |
+//! | `curb-65` | every finding (confusion, urea, RR, SBP, DBP, age) | hashed | yes: the five points (and the score) of a test item always occur in training; the held-out part is the combination of raw numbers each point is read from |
+//! | `cha2ds2-vasc` | age, sex and the five conditions | hashed | yes: the pattern of points always occurs in training; the age is the only number |
+//!
+//! - *scalar*: a value v is on the test side iff `v % 4 == 2` and v is not the lowest value of
+//!   its category ([`scalar_in_test`]). Every category range of four or more values thus has
+//!   values on both sides, and every cut-point value is seen in training. For blood pressure
+//!   the systolic value is sided under the systolic cut-points (120, 130, 140) and the
+//!   diastolic under the diastolic ones (80, 90); a reading whose two deciding numbers fall on
+//!   different sides is on neither and never generated.
+//! - *hashed*: the key is on the test side iff `splitmix64(fnv1a("<family>|<key>")) % 4 == 0`
+//!   ([`hashed_in_test`]).
+//!
+//! About a quarter of each family's key space is test-side (for blood pressure, a quarter of
+//! the single-decider readings and a sixteenth of the ties, e.g. normal readings, whose two
+//! numbers both decide). Train and test also use different random streams.
 //!
 //! ## Layout
 //! [`rules`] holds the rules (thresholds, categories, citations); `vignettes.rs` the text
@@ -89,7 +126,8 @@ use vignettes::Draw;
 
 pub use generate::{generate, hashed_in_test, scalar_in_test, Case, LETTERS};
 pub use rules::{
-    aki_stage, anemia_severity, bmi, bmi_class, bp_category, cha2ds2_vasc_recommendation, cha2ds2_vasc_score,
+    aki_stage, anemia_severity, bmi, bmi_class, bp_category, bp_diastolic_category, bp_systolic_category,
+    cha2ds2_vasc_recommendation, cha2ds2_vasc_score,
     ckd_g_stage, curb65_category, curb65_score, glycemia_from_fpg, glycemia_from_hba1c, potassium_category,
     sodium_category, Cha2ds2Vasc, Curb65, Sex, AKI_STAGES, ANEMIA_SEVERITIES, BMI_CLASSES, BP_CATEGORIES,
     CHA2DS2_VASC_CATEGORIES, CKD_STAGES, CURB65_CATEGORIES, GLYCEMIA_CATEGORIES, POTASSIUM_CATEGORIES,
@@ -113,6 +151,13 @@ pub struct Family {
     /// Whether the family is in [`DEFAULT_FAMILIES`]: its answer is one number read off the
     /// vignette against fixed cut-points (see the module doc).
     pub default: bool,
+    /// Whether, under `option_order = "rule"`, the options must be read to answer: true when
+    /// the family has more than four option texts, so an item shows the gold and three of the
+    /// others and a category's letter varies from item to item; false when every item shows the
+    /// same four options in the same order, so each category always has the same letter and the
+    /// answer is a pure threshold lookup. (Under `shuffled` they must always be read: see
+    /// [`Family::must_read_options`].)
+    pub options_must_be_read: bool,
     /// Draws one vignette with its decisive parameters, gold category and rationale.
     draw: fn(&mut ChaCha8Rng) -> Draw,
 }
@@ -121,6 +166,15 @@ impl Family {
     /// The categories this family's items can have as gold, in the rule's order.
     pub fn gold(&self) -> &'static [&'static str] {
         self.options.get(..self.n_gold).unwrap_or(self.options)
+    }
+
+    /// Whether the options must be read to answer this family's items under `order`:
+    /// [`Family::options_must_be_read`] for `rule`, always for `shuffled`.
+    pub fn must_read_options(&self, order: OptionOrder) -> bool {
+        match order {
+            OptionOrder::Rule => self.options_must_be_read,
+            OptionOrder::Shuffled => true,
+        }
     }
 }
 
@@ -133,6 +187,7 @@ pub const TABLE: &[Family] = &[
         options: &rules::BP_CATEGORIES,
         n_gold: 4,
         default: true,
+        options_must_be_read: false,
         draw: vignettes::draw_bp,
     },
     Family {
@@ -142,6 +197,7 @@ pub const TABLE: &[Family] = &[
         options: &rules::BMI_CLASSES,
         n_gold: 6,
         default: false,
+        options_must_be_read: true,
         draw: vignettes::draw_bmi,
     },
     Family {
@@ -151,6 +207,7 @@ pub const TABLE: &[Family] = &[
         options: &rules::CKD_STAGES,
         n_gold: 6,
         default: true,
+        options_must_be_read: true,
         draw: vignettes::draw_ckd,
     },
     Family {
@@ -160,6 +217,7 @@ pub const TABLE: &[Family] = &[
         options: &rules::ANEMIA_SEVERITIES,
         n_gold: 4,
         default: true,
+        options_must_be_read: false,
         draw: vignettes::draw_anemia,
     },
     Family {
@@ -169,6 +227,7 @@ pub const TABLE: &[Family] = &[
         options: &rules::GLYCEMIA_CATEGORIES,
         n_gold: 4,
         default: true,
+        options_must_be_read: false,
         draw: vignettes::draw_glycemia,
     },
     Family {
@@ -178,6 +237,7 @@ pub const TABLE: &[Family] = &[
         options: &rules::CURB65_CATEGORIES,
         n_gold: 4,
         default: false,
+        options_must_be_read: false,
         draw: vignettes::draw_curb65,
     },
     Family {
@@ -188,6 +248,7 @@ pub const TABLE: &[Family] = &[
         // The fourth option, "Aspirin monotherapy", is never correct.
         n_gold: 3,
         default: false,
+        options_must_be_read: false,
         draw: vignettes::draw_cha2ds2_vasc,
     },
     Family {
@@ -197,6 +258,7 @@ pub const TABLE: &[Family] = &[
         options: &rules::SODIUM_CATEGORIES,
         n_gold: 5,
         default: true,
+        options_must_be_read: true,
         draw: vignettes::draw_sodium,
     },
     Family {
@@ -206,6 +268,7 @@ pub const TABLE: &[Family] = &[
         options: &rules::POTASSIUM_CATEGORIES,
         n_gold: 7,
         default: true,
+        options_must_be_read: true,
         draw: vignettes::draw_potassium,
     },
     Family {
@@ -215,6 +278,7 @@ pub const TABLE: &[Family] = &[
         options: &rules::AKI_STAGES,
         n_gold: 4,
         default: false,
+        options_must_be_read: false,
         draw: vignettes::draw_aki,
     },
 ];

@@ -19,32 +19,44 @@ pub(super) fn tenths(x: f64) -> i64 {
 pub const BP_CATEGORIES: [&str; 4] =
     ["Normal blood pressure", "Elevated blood pressure", "Stage 1 hypertension", "Stage 2 hypertension"];
 
-/// The criterion of each [`BP_CATEGORIES`] entry, as a rationale states it.
-pub const BP_CRITERIA: [&str; 4] = [
-    "systolic < 120 and diastolic < 80",
-    "systolic 120-129 with diastolic < 80",
-    "systolic 130-139 or diastolic 80-89",
-    "systolic >= 140 or diastolic >= 90",
-];
+/// The systolic range (mmHg) of each [`BP_CATEGORIES`] entry, as a rationale states it.
+pub const BP_SYSTOLIC_RANGES: [&str; 4] = ["< 120", "120-129", "130-139", ">= 140"];
 
-/// Blood-pressure category of an office reading in mmHg.
+/// The diastolic range (mmHg) behind each [`BP_CATEGORIES`] entry (a diastolic value never
+/// gives "Elevated": below 80 it is normal, 80-89 stage 1).
+pub const BP_DIASTOLIC_RANGES: [&str; 4] = ["< 80", "(not defined by diastolic)", "80-89", ">= 90"];
+
+/// The category the systolic pressure alone gives (ACC/AHA 2017): < 120 normal, 120-129
+/// elevated, 130-139 stage 1, >= 140 stage 2.
+pub fn bp_systolic_category(sbp: u32) -> &'static str {
+    BP_CATEGORIES[match sbp {
+        0..=119 => 0,
+        120..=129 => 1,
+        130..=139 => 2,
+        _ => 3,
+    }]
+}
+
+/// The category the diastolic pressure alone gives (ACC/AHA 2017): < 80 normal, 80-89 stage 1,
+/// >= 90 stage 2.
+pub fn bp_diastolic_category(dbp: u32) -> &'static str {
+    BP_CATEGORIES[match dbp {
+        0..=79 => 0,
+        80..=89 => 2,
+        _ => 3,
+    }]
+}
+
+/// Blood-pressure category of an office reading in mmHg: the higher of
+/// [`bp_systolic_category`] and [`bp_diastolic_category`].
 ///
 /// Source: Whelton PK et al., 2017 ACC/AHA guideline for high blood pressure in adults
 /// (Hypertension 2018;71:e13). Normal: SBP < 120 and DBP < 80; elevated: SBP 120-129 and
 /// DBP < 80; stage 1: SBP 130-139 or DBP 80-89; stage 2: SBP >= 140 or DBP >= 90. When the two
 /// fall in different categories the higher one applies.
 pub fn bp_category(sbp: u32, dbp: u32) -> &'static str {
-    let by_s = match sbp {
-        0..=119 => 0,
-        120..=129 => 1,
-        130..=139 => 2,
-        _ => 3,
-    };
-    let by_d = match dbp {
-        0..=79 => 0,
-        80..=89 => 2,
-        _ => 3,
-    };
+    let by_s = rank(&BP_CATEGORIES, bp_systolic_category(sbp));
+    let by_d = rank(&BP_CATEGORIES, bp_diastolic_category(dbp));
     BP_CATEGORIES[by_s.max(by_d)]
 }
 
@@ -59,7 +71,7 @@ pub const BMI_CLASSES: [&str; 6] = [
 ];
 
 /// The BMI range (kg/m²) of each [`BMI_CLASSES`] entry.
-pub const BMI_RANGES: [&str; 6] = ["< 18.5", "18.5-24.9", "25.0-29.9", "30.0-34.9", "35.0-39.9", ">= 40.0"];
+pub const BMI_RANGES: [&str; 6] = ["< 18.5", "18.5-24.9", "25-29.9", "30-34.9", "35-39.9", ">= 40"];
 
 /// Body-mass index in kg/m² from height (cm) and weight (kg), rounded to one decimal.
 pub fn bmi(height_cm: u32, weight_kg: u32) -> f64 {
@@ -346,14 +358,6 @@ pub fn potassium_category(mmol_l: f64) -> &'static str {
 
 /// KDIGO AKI stages by creatinine.
 pub const AKI_STAGES: [&str; 4] = ["No AKI by creatinine criteria", "AKI stage 1", "AKI stage 2", "AKI stage 3"];
-
-/// The criterion of each [`AKI_STAGES`] entry, as a rationale states it.
-pub const AKI_CRITERIA: [&str; 4] = [
-    "below 1.5x and a rise < 0.3 mg/dL",
-    "1.5-1.9x or a rise >= 0.3 mg/dL",
-    "2.0-2.9x",
-    ">= 3.0x or creatinine >= 4.0 mg/dL",
-];
 
 /// KDIGO AKI stage from a baseline and a current serum creatinine (mg/dL, compared at one
 /// decimal) measured within 48 hours of each other.

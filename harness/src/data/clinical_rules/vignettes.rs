@@ -12,17 +12,29 @@ use super::rules::*;
 /// How a draw's side of the train/test partition is decided (see the module doc of
 /// [`clinical_rules`](super)).
 pub(super) enum Side {
-    /// One decisive number: its side, from [`scalar_in_test`](super::scalar_in_test).
-    Scalar(bool),
-    /// Several decisive numbers: [`hashed_in_test`](super::hashed_in_test) of the family's
-    /// name and the key.
+    /// From the deciding values, each sided by [`scalar_in_test`](super::scalar_in_test):
+    /// `Some(test)` when they all agree, `None` when they do not (the draw is on neither side
+    /// and is rejected).
+    Values(Option<bool>),
+    /// [`hashed_in_test`](super::hashed_in_test) of the family's name and the key.
     Hashed,
+}
+
+impl Side {
+    /// The side of a draw whose deciding values have the sides `sides`: all test, all train,
+    /// or neither.
+    fn all(sides: &[bool]) -> Side {
+        let first = sides.first().copied().unwrap_or(false);
+        Side::Values(sides.iter().all(|&t| t == first).then_some(first))
+    }
 }
 
 /// A drawn vignette before it becomes an item.
 pub(super) struct Draw {
-    /// Canonical key of the decisive parameters, e.g. `egfr=38`.
+    /// The split key: canonical form of the values the side is decided on, e.g. `egfr=38`.
     pub(super) key: String,
+    /// Canonical form of every parameter the rule reads, e.g. `sbp=128,dbp=76`.
+    pub(super) params: String,
     /// How its side of the train/test partition is decided.
     pub(super) side: Side,
     /// The gold category.
@@ -31,7 +43,8 @@ pub(super) struct Draw {
     pub(super) context: String,
     /// The question.
     pub(super) question: String,
-    /// The rationale, e.g. `eGFR 38 is in 30-44: G3b.`.
+    /// The rationale: a short derivation that ends in `: <category>.`, the category written
+    /// exactly as its option, e.g. `eGFR 38 in 30-44: G3b: moderately to severely decreased GFR.`.
     pub(super) explanation: String,
 }
 
@@ -49,6 +62,15 @@ fn draw_sex(rng: &mut ChaCha8Rng) -> Sex {
         Sex::Female
     } else {
         Sex::Male
+    }
+}
+
+/// A value placed in a range, as a rationale writes it: `38 in 30-44`, `148 >= 140`, `76 < 80`.
+fn placed(value: impl std::fmt::Display, range: &str) -> String {
+    if range.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("{value} in {range}")
+    } else {
+        format!("{value} {range}")
     }
 }
 
@@ -86,14 +108,28 @@ pub(super) fn draw_bp(rng: &mut ChaCha8Rng) -> Draw {
         "What is the blood pressure category of this patient?",
     ]);
     let category = bp_category(sbp, dbp);
-    let why = BP_CRITERIA[rank(&BP_CATEGORIES, category)];
+    let (by_s, by_d) = (bp_systolic_category(sbp), bp_diastolic_category(dbp));
+    // The deciding numbers: those whose own category is the reading's (both when they tie).
+    let mut key = Vec::new();
+    let mut sides = Vec::new();
+    if by_s == category {
+        key.push(format!("sbp={sbp}"));
+        sides.push(scalar_side(i64::from(sbp), |v| bp_systolic_category(v.max(0) as u32)));
+    }
+    if by_d == category {
+        key.push(format!("dbp={dbp}"));
+        sides.push(scalar_side(i64::from(dbp), |v| bp_diastolic_category(v.max(0) as u32)));
+    }
+    let s_range = BP_SYSTOLIC_RANGES[rank(&BP_CATEGORIES, by_s)];
+    let d_range = BP_DIASTOLIC_RANGES[rank(&BP_CATEGORIES, by_d)];
     Draw {
-        side: Side::Hashed,
-        key: format!("sbp={sbp},dbp={dbp}"),
+        side: Side::all(&sides),
+        key: key.join(","),
+        params: format!("sbp={sbp},dbp={dbp}"),
         category,
         context,
         question: question.to_string(),
-        explanation: format!("BP {sbp}/{dbp}: {why}: {category}."),
+        explanation: format!("SBP {}, DBP {}: {category}.", placed(sbp, s_range), placed(dbp, d_range)),
     }
 }
 
@@ -116,13 +152,16 @@ pub(super) fn draw_bmi(rng: &mut ChaCha8Rng) -> Draw {
     ]);
     let category = bmi_class(b);
     let range = BMI_RANGES[rank(&BMI_CLASSES, category)];
+    // The deciding number is the BMI itself (in tenths), not the height and weight behind it.
+    let t = tenths(b);
     Draw {
-        side: Side::Hashed,
-        key: format!("h={h},w={w}"),
+        side: Side::all(&[scalar_side(t, |v| bmi_class(v as f64 / 10.0))]),
+        key: format!("bmi={t}"),
+        params: format!("h={h},w={w}"),
         category,
         context,
         question: question.to_string(),
-        explanation: format!("BMI = {w} / {m:.2}^2 = {b:.1} kg/m2, in {range}: {category}."),
+        explanation: format!("BMI {w}/{m:.2}^2 = {}: {category}.", placed(format!("{b:.1}"), range)),
     }
 }
 
@@ -144,15 +183,14 @@ pub(super) fn draw_ckd(rng: &mut ChaCha8Rng) -> Draw {
     ]);
     let category = ckd_g_stage(e);
     let range = CKD_RANGES[rank(&CKD_STAGES, category)];
-    // The stage's code is its name up to the colon (`G3b: moderately ...` → `G3b`).
-    let code = category.split(':').next().unwrap_or(category);
     Draw {
-        side: Side::Scalar(scalar_side(i64::from(e), |v| ckd_g_stage(v.max(0) as u32))),
+        side: Side::all(&[scalar_side(i64::from(e), |v| ckd_g_stage(v.max(0) as u32))]),
         key: format!("egfr={e}"),
+        params: format!("egfr={e}"),
         category,
         context,
         question: question.to_string(),
-        explanation: format!("eGFR {e} is in {range}: {code}."),
+        explanation: format!("eGFR {}: {category}.", placed(e, range)),
     }
 }
 
@@ -173,16 +211,18 @@ pub(super) fn draw_anemia(rng: &mut ChaCha8Rng) -> Draw {
         "How should this hemoglobin level be classified?",
     ]);
     let category = anemia_severity(dl, sex);
-    let who = if sex == Sex::Female { "a non-pregnant woman" } else { "a man" };
+    let who = if sex == Sex::Female { "woman" } else { "man" };
     let ranges = if sex == Sex::Female { &ANEMIA_RANGES_FEMALE } else { &ANEMIA_RANGES_MALE };
     let range = ranges[rank(&ANEMIA_SEVERITIES, category)];
+    let key = format!("sex={},hb={hb}", if sex == Sex::Female { "f" } else { "m" });
     Draw {
-        side: Side::Scalar(scalar_side(i64::from(hb), |v| anemia_severity(v as f64 / 10.0, sex))),
-        key: format!("sex={},hb={hb}", if sex == Sex::Female { "f" } else { "m" }),
+        side: Side::all(&[scalar_side(i64::from(hb), |v| anemia_severity(v as f64 / 10.0, sex))]),
+        params: key.clone(),
+        key,
         category,
         context,
         question: question.to_string(),
-        explanation: format!("Hb {dl:.1} g/dL in {who} is in {range}: {category}."),
+        explanation: format!("Hb {} ({who}): {category}.", placed(format!("{dl:.1}"), range)),
     }
 }
 
@@ -205,12 +245,13 @@ pub(super) fn draw_glycemia(rng: &mut ChaCha8Rng) -> Draw {
         let category = glycemia_from_fpg(g);
         let range = FPG_RANGES[rank(&GLYCEMIA_CATEGORIES, category)];
         Draw {
-            side: Side::Scalar(scalar_side(i64::from(g), |v| glycemia_from_fpg(v.max(0) as u32))),
+            side: Side::all(&[scalar_side(i64::from(g), |v| glycemia_from_fpg(v.max(0) as u32))]),
             key: format!("fpg={g}"),
+            params: format!("fpg={g}"),
             category,
             context,
             question,
-            explanation: format!("Fasting glucose {g} mg/dL is in {range}: {category}."),
+            explanation: format!("Glucose {}: {category}.", placed(g, range)),
         }
     } else {
         let t: u32 = rng.random_range(40..=130);
@@ -223,12 +264,13 @@ pub(super) fn draw_glycemia(rng: &mut ChaCha8Rng) -> Draw {
         let category = glycemia_from_hba1c(a);
         let range = HBA1C_RANGES[rank(&GLYCEMIA_CATEGORIES, category)];
         Draw {
-            side: Side::Scalar(scalar_side(i64::from(t), |v| glycemia_from_hba1c(v as f64 / 10.0))),
+            side: Side::all(&[scalar_side(i64::from(t), |v| glycemia_from_hba1c(v as f64 / 10.0))]),
             key: format!("a1c={t}"),
+            params: format!("a1c={t}"),
             category,
             context,
             question,
-            explanation: format!("HbA1c {a:.1}% is in {range}: {category}."),
+            explanation: format!("HbA1c {}: {category}.", placed(format!("{a:.1}"), range)),
         }
     }
 }
@@ -273,12 +315,14 @@ pub(super) fn draw_curb65(rng: &mut ChaCha8Rng) -> Draw {
     let key = format!("c={},u={},rr={rr},sbp={sbp},dbp={d},age={}", b(f.confused), tenths(u), f.age);
     Draw {
         side: Side::Hashed,
+        params: key.clone(),
         key,
         category,
         context,
         question: question.to_string(),
+        // C U R B 65: one point each, then the sum.
         explanation: format!(
-            "CURB-65 = {score} (confusion {}, urea > 7 {}, RR >= 30 {}, SBP < 90 or DBP <= 60 {}, age >= 65 {}): {category}.",
+            "CURB-65 {}+{}+{}+{}+{} = {score}: {category}.",
             b(f.confused),
             b(tenths(u) > 70),
             b(rr >= 30),
@@ -326,31 +370,33 @@ pub(super) fn draw_cha2ds2_vasc(rng: &mut ChaCha8Rng) -> Draw {
     ]);
     let score = cha2ds2_vasc_score(&f);
     let category = cha2ds2_vasc_recommendation(score, f.sex);
-    let mut parts: Vec<String> = Vec::new();
+    // The points present, by the score's letters (C H A2 D S2 V A Sc).
+    let mut parts: Vec<&str> = Vec::new();
     if f.heart_failure {
-        parts.push("heart failure +1".into());
+        parts.push("C1");
     }
     if f.hypertension {
-        parts.push("hypertension +1".into());
+        parts.push("H1");
     }
     if f.age >= 75 {
-        parts.push("age >= 75 +2".into());
-    } else if f.age >= 65 {
-        parts.push("age 65-74 +1".into());
+        parts.push("A2");
     }
     if f.diabetes {
-        parts.push("diabetes +1".into());
+        parts.push("D1");
     }
     if f.stroke {
-        parts.push("stroke/TIA +2".into());
+        parts.push("S2");
     }
     if f.vascular {
-        parts.push("vascular disease +1".into());
+        parts.push("V1");
+    }
+    if (65..75).contains(&f.age) {
+        parts.push("A1");
     }
     if f.sex == Sex::Female {
-        parts.push("female +1".into());
+        parts.push("Sc1");
     }
-    let parts = if parts.is_empty() { "no points".to_string() } else { parts.join(", ") };
+    let sum = if parts.is_empty() { format!("{score}") } else { format!("{} = {score}", parts.join("+")) };
     let b = |x: bool| u32::from(x);
     let key = format!(
         "age={},sex={},c={},h={},d={},s={},v={}",
@@ -364,12 +410,13 @@ pub(super) fn draw_cha2ds2_vasc(rng: &mut ChaCha8Rng) -> Draw {
     );
     Draw {
         side: Side::Hashed,
+        params: key.clone(),
         key,
         category,
         context,
         question: question.to_string(),
         explanation: format!(
-            "CHA2DS2-VASc = {score} ({parts}) in a {}: {category}.",
+            "CHA2DS2-VASc {sum} ({}): {category}.",
             if f.sex == Sex::Female { "woman" } else { "man" }
         ),
     }
@@ -392,12 +439,13 @@ pub(super) fn draw_sodium(rng: &mut ChaCha8Rng) -> Draw {
     let category = sodium_category(na);
     let range = SODIUM_RANGES[rank(&SODIUM_CATEGORIES, category)];
     Draw {
-        side: Side::Scalar(scalar_side(i64::from(na), |v| sodium_category(v.max(0) as u32))),
+        side: Side::all(&[scalar_side(i64::from(na), |v| sodium_category(v.max(0) as u32))]),
         key: format!("na={na}"),
+        params: format!("na={na}"),
         category,
         context,
         question: question.to_string(),
-        explanation: format!("Na {na} mmol/L is in {range}: {category}."),
+        explanation: format!("Na {}: {category}.", placed(na, range)),
     }
 }
 
@@ -419,12 +467,13 @@ pub(super) fn draw_potassium(rng: &mut ChaCha8Rng) -> Draw {
     let category = potassium_category(k);
     let range = POTASSIUM_RANGES[rank(&POTASSIUM_CATEGORIES, category)];
     Draw {
-        side: Side::Scalar(scalar_side(i64::from(t), |v| potassium_category(v as f64 / 10.0))),
+        side: Side::all(&[scalar_side(i64::from(t), |v| potassium_category(v as f64 / 10.0))]),
         key: format!("k={t}"),
+        params: format!("k={t}"),
         category,
         context,
         question: question.to_string(),
-        explanation: format!("K {k:.1} mmol/L is in {range}: {category}."),
+        explanation: format!("K {}: {category}.", placed(format!("{k:.1}"), range)),
     }
 }
 
@@ -447,17 +496,35 @@ pub(super) fn draw_aki(rng: &mut ChaCha8Rng) -> Draw {
         "Which KDIGO stage applies, using creatinine only?",
     ]);
     let category = aki_stage(b, c);
-    let why = AKI_CRITERIA[rank(&AKI_STAGES, category)];
     let ratio = f64::from(ct) / f64::from(bt);
+    // The criterion that set the stage (the same integer comparisons as `aki_stage`).
+    let reason = match rank(&AKI_STAGES, category) {
+        3 if ct >= 3 * bt => ">= 3.0x",
+        3 => "Cr >= 4.0",
+        2 => "2.0-2.9x",
+        1 if 10 * ct >= 15 * bt => "1.5-1.9x",
+        1 => "rise >= 0.3",
+        _ => "under 1.5x and 0.3",
+    };
+    // The split key is the ratio to baseline as a reduced fraction (current/baseline in
+    // tenths), the number most stages are read from.
+    let g = gcd(ct, bt);
     Draw {
         side: Side::Hashed,
-        key: format!("b={bt},c={ct}"),
+        key: format!("ratio={}/{}", ct / g, bt / g),
+        params: format!("b={bt},c={ct}"),
         category,
         context,
         question: question.to_string(),
-        explanation: format!(
-            "Creatinine {c:.1} / {b:.1} = {ratio:.2}x baseline (change {:+.1} mg/dL), {why}: {category}.",
-            c - b
-        ),
+        explanation: format!("Cr {c:.1}/{b:.1} = {ratio:.2}x, rise {:+.1}, {reason}: {category}.", c - b),
     }
+}
+
+/// Greatest common divisor (`gcd(0, 0) = 1`, so dividing by it is always defined).
+fn gcd(a: u32, b: u32) -> u32 {
+    let (mut a, mut b) = (a, b);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.max(1)
 }
