@@ -238,7 +238,8 @@ pub trait Objective: Send + Sync {
     /// denom` is that figure whatever loss normaliser training used (sum over batches first,
     /// then divide by the summed `denom`). AR: exact (mean CE per response token). Diffusion:
     /// the ELBO bound, one Monte Carlo draw of (t, mask) per sequence seeded from (`seed`,
-    /// `step`, `micro`).
+    /// `step`, `micro`): calls with different `micro` are independent draws, which the trainer
+    /// averages ([`crate::train::trainer::DEV_NLL_DRAWS`]); an exact objective ignores `micro`.
     fn prepare_nll(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared>;
     /// The attention used at evaluation and decoding time.
     fn eval_attention(&self) -> AttentionMode;
@@ -402,6 +403,26 @@ mod tests {
         let train = ddm(LossNorm::Masked, false).prepare_with(&batch, &t, &masked, 0).unwrap();
         let v = loss_from_logits(&logits, &train, train.denom).unwrap().read().unwrap();
         assert!((v.loss - 10.0 * 2f64.ln() / 2.0).abs() < 1e-5, "{}", v.loss);
+    }
+
+    #[test]
+    fn ddm_nll_bound_is_unbiased_for_a_model_of_constant_ce() {
+        // Uniform logits over V = 3: every token's CE is ln 3, so E_t[(1/t)·Σ_masked CE] per
+        // response token is exactly ln 3 (E[#masked | t] = t·L). The Monte Carlo average over
+        // many draws must come back to it (up to the eps truncation, 0.1%).
+        let batch = Batch { ids: vec![0, 1, 2, 1, 0, 1, 1, 0, 2, 2], b: 2, l: 5, prompt_len: vec![2, 1], len: vec![5, 4] };
+        let logits = Tensor::zeros((2, 5, 3), DType::F32, &Device::Cpu).unwrap();
+        let d = ddm(LossNorm::Masked, false);
+        let (mut sum, mut denom) = (0.0, 0.0);
+        for k in 0..4000 {
+            let p = d.prepare_nll(&batch, k, 0, 5).unwrap();
+            denom += p.denom;
+            if !p.rows.is_empty() {
+                sum += loss_from_logits(&logits, &p, 1.0).unwrap().read().unwrap().loss;
+            }
+        }
+        let est = sum / denom;
+        assert!((est / 3f64.ln() - 1.0).abs() < 0.03, "{est} vs ln 3 = {}", 3f64.ln());
     }
 
     #[test]

@@ -120,21 +120,29 @@ pub fn dev_loss(model: &Llama, objective: &dyn Objective, dev: &[Example], micro
     Ok((if denom > 0.0 { loss / denom } else { 0.0 }, ce / nn, correct as f64 / nn))
 }
 
+/// Monte Carlo draws per dev batch in [`dev_nll`] (passed as `micro` to
+/// [`Objective::prepare_nll`]). The diffusion bound's 1/t weight makes one draw per sequence
+/// noisy for short responses; an exact objective (AR) repeats the same pass, which costs
+/// `DEV_NLL_DRAWS - 1` extra forward passes per dev batch at each evaluation.
+pub const DEV_NLL_DRAWS: u64 = 4;
+
 /// Dev negative log-likelihood per response token (eos included), read under the objective's
-/// evaluation attention ([`Objective::prepare_nll`]): AR exact, diffusion the ELBO bound with
-/// one Monte Carlo draw of (t, mask) per sequence. The draws are fixed (seeded from `seed` and
-/// the batch index, apart from those of [`dev_loss`]), so evaluations at different steps see
-/// the same draws. Σ over batches of Σ w·CE, divided by the response tokens; 0 when nothing is
-/// scored.
+/// evaluation attention ([`Objective::prepare_nll`]): AR exact, diffusion the ELBO bound
+/// averaged over [`DEV_NLL_DRAWS`] Monte Carlo draws of (t, mask) per sequence. The draws are
+/// fixed (seeded from `seed`, the batch index and the draw, apart from those of [`dev_loss`]),
+/// so evaluations at different steps see the same draws. Σ over batches and draws of Σ w·CE,
+/// divided by the response tokens so counted; 0 when nothing is scored.
 pub fn dev_nll(model: &Llama, objective: &dyn Objective, dev: &[Example], micro_batch: usize, max_batches: usize, seed: u64, pad_id: u32) -> Result<f64> {
     let nll_seed = derive_seed(seed, Purpose::EvalLoss, 1, 0);
     let (mut sum, mut denom) = (0.0, 0.0);
     for (k, chunk) in dev.chunks(micro_batch.max(1)).take(max_batches).enumerate() {
         let refs: Vec<&Example> = chunk.iter().collect();
         let batch = Batch::collate(&refs, pad_id);
-        let p = objective.prepare_nll(&batch, k as u64, 0, nll_seed)?;
-        sum += scored_loss(model, &p, 1.0, nll_seed, &Fwd::default())?.read()?.loss;
-        denom += p.denom;
+        for draw in 0..DEV_NLL_DRAWS {
+            let p = objective.prepare_nll(&batch, k as u64, draw, nll_seed)?;
+            sum += scored_loss(model, &p, 1.0, nll_seed, &Fwd::default())?.read()?.loss;
+            denom += p.denom;
+        }
     }
     Ok(if denom > 0.0 { sum / denom } else { 0.0 })
 }

@@ -139,6 +139,20 @@ fn number(x: f64) -> String {
     }
 }
 
+/// A log-axis label: three significant digits (`25.1`, `6.31`, `0.398`).
+fn significant(x: f64) -> String {
+    if !(x.is_finite() && x > 0.0) || !(1e-3..1e5).contains(&x) {
+        return number(x);
+    }
+    let digits = (2 - x.log10().floor() as i32).max(0) as usize;
+    let s = format!("{x:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 fn padded(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for v in values.into_iter().filter(|v| v.is_finite()) {
@@ -290,7 +304,7 @@ pub fn lines_scaled(title: &str, x_desc: &str, y_desc: &str, series: &[XySeries]
             }
             None => number(*x),
         };
-        let yfmt = |y: &f64| if log { number(10f64.powf(*y)) } else { number(*y) };
+        let yfmt = |y: &f64| if log { significant(10f64.powf(*y)) } else { number(*y) };
         let y_desc = if log { format!("{y_desc} (log scale)") } else { y_desc.to_string() };
         let mut mesh = chart.configure_mesh();
         mesh.x_desc(x_desc).y_desc(y_desc.as_str()).light_line_style(RGBColor(235, 235, 235)).x_label_formatter(&fmt).y_label_formatter(&yfmt);
