@@ -10,7 +10,7 @@
 //! [`Objective::prepare_nll`] prepares the figure comparable across objectives: the dev
 //! negative log-likelihood per response token (AR exact; diffusion its ELBO bound), whatever
 //! loss normaliser training used. A prepared step may tag each scored row with its diffusion
-//! time bucket ([`Prepared::buckets`], [`t_bucket`]); [`weighted_ce`] then sums the unweighted
+//! time bucket ([`Prepared::buckets`], [`t_bucket`]); [`scored_loss`] then sums the unweighted
 //! CE per bucket on the device, in the same (detached) stats tensor as the rest, so reading them
 //! costs no extra synchronisation ([`LossValues::buckets`]).
 //!
