@@ -93,6 +93,21 @@ fn tiny_run_trains_end_to_end() {
     assert!(dir.is_done());
     assert_eq!(dir.read_summary().unwrap().expect("summary.json").train.steps, 6);
     assert_eq!(dir.read_metrics().unwrap().len(), 6);
+    // The diffusion loss by t bucket: 5 rows per logged step, counts adding up to the scored
+    // tokens, CE sums to the step's CE (mean CE × scored tokens).
+    let buckets = dir.read_t_buckets().unwrap();
+    assert_eq!(buckets.len(), 5 * 6);
+    for m in dir.read_metrics().unwrap() {
+        let rows: Vec<_> = buckets.iter().filter(|b| b.step == m.step).collect();
+        assert_eq!(rows.iter().map(|b| b.tokens).sum::<usize>(), m.scored_tokens);
+        let ce: f64 = rows.iter().filter_map(|b| Some(b.ce? * b.tokens as f64)).sum();
+        assert!((ce - m.ce * m.scored_tokens as f64).abs() < 1e-3 * ce.max(1.0), "step {}: {ce} vs {}", m.step, m.ce * m.scored_tokens as f64);
+    }
+    // The comparable dev NLL, beside the objective's own dev loss.
+    let nll = dir.read_summary().unwrap().unwrap().train.dev_nll.expect("dev_nll in summary.json");
+    assert!(nll.is_finite() && nll > 0.0, "{nll}");
+    let evals = std::fs::read_to_string(out.join("eval_metrics.csv")).unwrap();
+    assert!(evals.contains(",dev_nll,") && evals.contains(",dev_loss,"), "{evals}");
     let at_end = dir.read_eval().unwrap().expect("eval.json");
     assert!(at_end.n_items > 0);
     // `harness eval --run DIR` reads the folder's config and saved adapter: the same model, the
@@ -127,6 +142,13 @@ fn tiny_ar_run_trains_and_evaluates_both_methods() {
     let methods: Vec<&str> = eval["methods"].as_array().unwrap().iter().map(|m| m["method"].as_str().unwrap()).collect();
     assert_eq!(methods, ["generate", "likelihood"], "{stdout}");
     assert!(out.join("DONE").is_file());
+    // AR: no t buckets; its dev NLL is exact and written as for diffusion.
+    assert!(!out.join("t_buckets.csv").exists());
+    let s = harness::schema::RunDir::new(&out).read_summary().unwrap().unwrap();
+    assert!(s.train.dev_nll.is_some_and(|x| x.is_finite() && x > 0.0), "{:?}", s.train.dev_nll);
+    // For AR the training objective is the exact NLL per response token: the two agree.
+    let (loss, nll) = (s.train.dev_loss.unwrap(), s.train.dev_nll.unwrap());
+    assert!((loss - nll).abs() < 1e-5 * loss.max(1.0), "AR dev_loss {loss} vs dev_nll {nll}");
 }
 
 #[test]

@@ -6,7 +6,8 @@ use harness::eval::metrics::{
 use harness::stats::{
     bonferroni, bonferroni_adjust, bootstrap_interval, holm, mcnemar_exact,
     mcnemar_from_correctness, mean_t_interval, multiple_comparisons_note, paired_bootstrap_diff,
-    std_dev, summarize, wilson,
+    mde_paired, mde_two_proportions, seed_item_bootstrap, std_dev, summarize, wilson, MDE_ALPHA,
+    MDE_POWER,
 };
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
@@ -395,4 +396,82 @@ fn malformed_confusion_does_not_panic() {
     let ok = Confusion::from_pairs(&labels(&["yes", "no"]), &[(0, Some(0)), (1, None)]).unwrap();
     assert!(ok.validate().is_ok());
     assert_eq!((ok.n(), ok.correct(), ok.total_invalid()), (2, 1, 1));
+}
+
+// ---------------------------------------------------------------- power and pooled intervals
+
+#[test]
+fn minimum_detectable_difference_hand_computed() {
+    // z_0.975 = 1.959964, z_0.8 = 0.841621: their sum is 2.801585.
+    // Two proportions at p = 0.5 with 200 items × 2 seeds = 400 per arm:
+    //   sqrt(2 · 0.25 / 400) = sqrt(0.00125) = 0.0353553;  MDE = 2.801585 · 0.0353553 = 0.099050.
+    assert_close!(mde_two_proportions(0.5, 400, MDE_ALPHA, MDE_POWER).unwrap(), 0.099050, 1e-5);
+    // At p = 0.9, 1000 items × 3 seeds: sqrt(2 · 0.09 / 3000) = sqrt(6e-5) = 0.0077460;
+    //   MDE = 2.801585 · 0.0077460 = 0.021701.
+    assert_close!(mde_two_proportions(0.9, 3000, 0.05, 0.8).unwrap(), 0.021701, 1e-5);
+    // Paired (McNemar) with 20% discordant items out of 500: sqrt(0.2 / 500) = 0.02;
+    //   MDE = 2.801585 · 0.02 = 0.056032.
+    assert_close!(mde_paired(0.2, 500, MDE_ALPHA, MDE_POWER).unwrap(), 0.056032, 1e-5);
+    // More items, smaller MDE; errors on empty samples and bad levels.
+    assert!(mde_two_proportions(0.5, 4000, 0.05, 0.8).unwrap() < mde_two_proportions(0.5, 400, 0.05, 0.8).unwrap());
+    assert!(mde_two_proportions(0.5, 0, 0.05, 0.8).is_err());
+    assert!(mde_two_proportions(1.5, 10, 0.05, 0.8).is_err());
+    assert!(mde_paired(0.2, 0, 0.05, 0.8).is_err());
+    assert!(mde_paired(0.2, 10, 0.05, 1.0).is_err());
+    assert!(mde_paired(0.2, 10, 0.0, 0.8).is_err());
+}
+
+/// Per-seed correctness of `n` items with `k` right (the first `k`).
+fn correct(n: usize, k: usize) -> Vec<bool> {
+    (0..n).map(|i| i < k).collect()
+}
+
+fn accuracy_of(seeds: &[Vec<bool>]) -> impl FnMut(usize, &[usize]) -> f64 + '_ {
+    move |s, idx| idx.iter().filter(|&&i| seeds[s][i]).count() as f64 / idx.len() as f64
+}
+
+#[test]
+fn pooled_item_bootstrap_stays_inside_zero_one_for_two_seeds() {
+    // Two seeds with extreme accuracies: the t-interval over 2 seeds leaves [0, 1] badly ...
+    let seeds = vec![correct(40, 40), correct(40, 1)]; // 100% and 2.5%
+    let t = mean_t_interval(&[1.0, 0.025], 0.95).unwrap();
+    assert!(t.lo < 0.0 && t.hi > 1.0, "{t:?}");
+    // ... the pooled-item bootstrap does not, with either kind of resampling.
+    for shared in [true, false] {
+        let iv = seed_item_bootstrap(&[40, 40], shared, 500, 3, 0.95, accuracy_of(&seeds)).unwrap();
+        assert_close!(iv.estimate, (1.0 + 0.025) / 2.0, 1e-12);
+        assert!(0.0 <= iv.lo && iv.lo <= iv.estimate && iv.estimate <= iv.hi && iv.hi <= 1.0, "{iv:?}");
+    }
+    // All right in both seeds: exactly [1, 1]; none right: exactly [0, 0].
+    let all = vec![correct(10, 10), correct(10, 10)];
+    let iv = seed_item_bootstrap(&[10, 10], true, 200, 1, 0.95, accuracy_of(&all)).unwrap();
+    assert_eq!((iv.lo, iv.estimate, iv.hi), (1.0, 1.0, 1.0));
+    let none = vec![correct(10, 0), correct(10, 0)];
+    let iv = seed_item_bootstrap(&[10, 10], true, 200, 1, 0.95, accuracy_of(&none)).unwrap();
+    assert_eq!((iv.lo, iv.estimate, iv.hi), (0.0, 0.0, 0.0));
+}
+
+#[test]
+fn pooled_item_bootstrap_is_seeded_and_keeps_the_seed_structure() {
+    let seeds = vec![correct(30, 12), correct(30, 21)];
+    let a = seed_item_bootstrap(&[30, 30], true, 300, 9, 0.95, accuracy_of(&seeds)).unwrap();
+    let b = seed_item_bootstrap(&[30, 30], true, 300, 9, 0.95, accuracy_of(&seeds)).unwrap();
+    assert_eq!(a, b, "same seed, same interval");
+    let c = seed_item_bootstrap(&[30, 30], true, 300, 10, 0.95, accuracy_of(&seeds)).unwrap();
+    assert_ne!((a.lo, a.hi), (c.lo, c.hi), "another seed, another resample");
+    // Shared items: one draw serves both seeds. Two seeds that agree item by item resample
+    // exactly like one seed does; independent draws would average two resamples and be narrower.
+    let twin = vec![correct(30, 15), correct(30, 15)];
+    let one = seed_item_bootstrap(&[30], true, 400, 4, 0.95, accuracy_of(&twin)).unwrap();
+    let joint = seed_item_bootstrap(&[30, 30], true, 400, 4, 0.95, accuracy_of(&twin)).unwrap();
+    assert_close!(joint.lo, one.lo, 1e-12);
+    assert_close!(joint.hi, one.hi, 1e-12);
+    let indep = seed_item_bootstrap(&[30, 30], false, 400, 4, 0.95, accuracy_of(&twin)).unwrap();
+    assert!(indep.hi - indep.lo < joint.hi - joint.lo, "{indep:?} vs {joint:?}");
+    // Bad input is an error, not a panic.
+    assert!(seed_item_bootstrap(&[], true, 10, 0, 0.95, |_, _| 0.5).is_err());
+    assert!(seed_item_bootstrap(&[3, 0], false, 10, 0, 0.95, |_, _| 0.5).is_err());
+    assert!(seed_item_bootstrap(&[3, 4], true, 10, 0, 0.95, |_, _| 0.5).is_err());
+    assert!(seed_item_bootstrap(&[3], true, 0, 0, 0.95, |_, _| 0.5).is_err());
+    assert!(seed_item_bootstrap(&[3], true, 10, 0, 0.95, |_, _| f64::NAN).is_err());
 }

@@ -304,6 +304,63 @@ fn the_report_renders_configurations_and_pairs_and_writes_markdown() {
     let md = std::fs::read_to_string(o.folder.join("report.md")).unwrap();
     assert!(md.starts_with("# Study `rep`"), "{md}");
     assert!(md.contains("| configuration") && md.contains("| ddm") && md.contains("ddm vs AR"), "{md}");
+    // Power and comparable losses: an MDE column in every comparison table, the dev NLL beside
+    // it, and no training-loss column in a table that mixes objectives.
+    for tab in &r.tables {
+        if tab.title.starts_with("Failed") {
+            continue;
+        }
+        assert!(tab.header.iter().any(|h| h.starts_with("MDE acc %")), "no MDE column in {}: {:?}", tab.title, tab.header);
+        assert!(!tab.header.iter().any(|h| h.contains("train loss") || h == "final loss"), "raw loss across objectives in {}: {:?}", tab.title, tab.header);
+    }
+    assert!(r.tables[0].header.iter().any(|h| h.starts_with("dev NLL")), "{:?}", r.tables[0].header);
+    let a: harness::schema::Analysis = harness::schema::StudyDir::new(&o.folder).read_analysis().unwrap();
+    for c in a.configs.iter().filter(|c| !c.zero_shot) {
+        let nll = c.dev_nll.unwrap_or_else(|| panic!("{}: no dev NLL", c.config_id));
+        assert!(nll.is_finite() && nll > 0.0, "{}: dev NLL {nll}", c.config_id);
+        assert!(c.mde.is_some_and(|d| d > 0.0 && d < 1.0), "{}: MDE {:?}", c.config_id, c.mde);
+    }
+    assert!(csv_col(&o.folder.join("summary.csv"), "dev_nll").iter().filter(|v| !v.is_empty()).count() == 2, "dev_nll of both trained runs");
+}
+
+#[test]
+fn two_seeds_give_intervals_inside_0_100_and_the_diffusion_run_writes_its_t_buckets() {
+    let env = Env::new("seeds", "seeds = [0, 1]", DDM_VS_AR);
+    let o = env.run();
+    assert_eq!((o.done, o.total), (4, 4));
+    let (_, r) = report::report(&env.results().join("seeds")).unwrap();
+    let a: harness::schema::Analysis = harness::schema::StudyDir::new(&o.folder).read_analysis().unwrap();
+    for c in &a.configs {
+        let iv = c.accuracy_pooled.unwrap_or_else(|| panic!("{}: no pooled interval with 2 seeds", c.config_id));
+        assert!(0.0 <= iv.lo && iv.lo <= iv.estimate && iv.estimate <= iv.hi && iv.hi <= 1.0, "{}: {iv:?}", c.config_id);
+        let f1 = c.macro_f1_pooled.unwrap();
+        assert!(0.0 <= f1.lo && f1.hi <= 1.0, "{f1:?}");
+        assert!(c.accuracy.as_ref().unwrap().interval.is_none(), "no Student-t interval any more");
+        assert_eq!(c.accuracy_estimate().unwrap().source, harness::schema::analysis::POOLED_SOURCE);
+        assert_eq!(c.items, Some(8));
+        // (z_0.975 + z_0.8)·sqrt(2p(1-p)/(8·2)) at the configuration's accuracy.
+        let p = c.accuracy.as_ref().unwrap().mean;
+        assert!((c.mde.unwrap() - 2.801585 * (2.0 * p * (1.0 - p) / 16.0).sqrt()).abs() < 1e-5);
+    }
+    // Re-running the report gives the same intervals (the bootstrap is seeded).
+    report::report(&env.results().join("seeds")).unwrap();
+    let b: harness::schema::Analysis = harness::schema::StudyDir::new(&o.folder).read_analysis().unwrap();
+    assert_eq!(a, b);
+    let t = r.terminal();
+    assert!(t.contains("seed s.d.") && t.contains("bootstrap over items, seeds kept"), "{t}");
+    // t_buckets.csv: the diffusion runs only, 5 buckets per logged step, counts adding up to
+    // the scored tokens of metrics.csv.
+    let runs = o.folder.join("runs");
+    let ddm = harness::schema::RunDir::new(runs.join("ddm-seed0"));
+    let rows = ddm.read_t_buckets().unwrap();
+    let metrics = ddm.read_metrics().unwrap();
+    assert_eq!(rows.len(), 5 * metrics.len());
+    for m in &metrics {
+        let n: usize = rows.iter().filter(|r| r.step == m.step).map(|r| r.tokens).sum();
+        assert_eq!(n, m.scored_tokens, "step {}", m.step);
+    }
+    assert!(!runs.join("ar-seed0").join("t_buckets.csv").exists());
+    assert!(harness::schema::RunDir::new(runs.join("ar-seed0")).read_t_buckets().unwrap().is_empty());
 }
 
 /// `harness study` on `env`'s study file as a child process (cwd: the test folder).

@@ -2,8 +2,14 @@
 //!
 //! What the reports use, and for what:
 //!
-//! - per configuration, across seeds: the mean with a Student-t interval ([`mean_t_interval`],
-//!   or [`summarize`] when a configuration may have a single seed);
+//! - per configuration, across seeds: the mean and the seed standard deviation
+//!   ([`summarize`]), and the **pooled-item bootstrap** interval of the across-seed mean
+//!   ([`seed_item_bootstrap`]: items resampled, the seeds kept), which never leaves the range of
+//!   the per-seed statistic (for accuracy: `[0, 1]`). The Student-t interval across seeds
+//!   ([`mean_t_interval`]) is kept for other uses: with 2 seeds it reaches far outside `[0, 1]`;
+//! - the power of a comparison: the minimum detectable difference at a given power
+//!   ([`mde_two_proportions`] for two configurations with pooled items, [`mde_paired`] for two
+//!   systems on the same items);
 //! - per run: the Wilson score interval of an accuracy ([`wilson`]);
 //! - ddm vs AR on the same test items: the exact McNemar test on the discordant pairs
 //!   ([`mcnemar_exact`], [`mcnemar_from_correctness`]) and a paired bootstrap interval of the
@@ -187,6 +193,72 @@ pub fn mcnemar_from_correctness(a_correct: &[bool], b_correct: &[bool]) -> Resul
     Ok(mcnemar_exact(b, c))
 }
 
+/// Two-sided significance level of the minimum detectable differences in the reports.
+pub const MDE_ALPHA: f64 = 0.05;
+/// Power of the minimum detectable differences in the reports.
+pub const MDE_POWER: f64 = 0.8;
+
+/// Minimum detectable difference of two proportions (two independent arms of `n_per_arm`
+/// trials each, both near the proportion `p`), at two-sided level `alpha` and `power`:
+///
+/// ```text
+/// MDE = (z_{1-α/2} + z_{power}) · sqrt(2 · p(1-p) / N)        N = n_per_arm
+/// ```
+///
+/// the normal-approximation sample-size formula for two proportions (e.g. Fleiss, *Statistical
+/// Methods for Rates and Proportions*, §4.2, without continuity correction) solved for the
+/// difference, with the common variance `p(1-p)` at the observed (pooled) proportion. For a
+/// configuration of `n` test items and `s` seeds, the study reports take `N = n · s` (items
+/// pooled across seeds: this treats the seeds' correctness as independent trials, so it is the
+/// MDE of the pooled accuracies, not of a new draw of test items).
+///
+/// Errors when `n_per_arm = 0`, `p` is not in `[0, 1]`, or `alpha` / `power` are not in (0, 1).
+pub fn mde_two_proportions(p: f64, n_per_arm: u64, alpha: f64, power: f64) -> Result<f64> {
+    if n_per_arm == 0 {
+        return Err(Error::msg("minimum detectable difference with zero trials per arm"));
+    }
+    if !(0.0..=1.0).contains(&p) {
+        return Err(Error::msg(format!("minimum detectable difference: proportion {p} is not in [0, 1]")));
+    }
+    let z = power_z(alpha, power)?;
+    Ok(z * (2.0 * p * (1.0 - p) / n_per_arm as f64).sqrt())
+}
+
+/// Minimum detectable difference of two systems' accuracies on the same `n` items (paired),
+/// with `discordant` the share of items on which exactly one of them is right (McNemar's
+/// `(b + c) / n`), at two-sided level `alpha` and `power`:
+///
+/// ```text
+/// MDE = (z_{1-α/2} + z_{power}) · sqrt(ψ / n)        ψ = (b + c) / n
+/// ```
+///
+/// the large-sample McNemar formula (Connor 1987, *Biometrics* 43:207, with `ψ - δ² ≈ ψ`), solved
+/// for the difference δ: the variance of the paired difference of accuracies is `(ψ - δ²)/n`.
+///
+/// Errors when `n = 0`, `discordant` is not in `[0, 1]`, or `alpha` / `power` are not in (0, 1).
+pub fn mde_paired(discordant: f64, n: u64, alpha: f64, power: f64) -> Result<f64> {
+    if n == 0 {
+        return Err(Error::msg("minimum detectable difference of zero paired items"));
+    }
+    if !(0.0..=1.0).contains(&discordant) {
+        return Err(Error::msg(format!("minimum detectable difference: discordant share {discordant} is not in [0, 1]")));
+    }
+    let z = power_z(alpha, power)?;
+    Ok(z * (discordant / n as f64).sqrt())
+}
+
+/// `z_{1-α/2} + z_{power}` of a two-sided test at level `alpha` with power `power`.
+fn power_z(alpha: f64, power: f64) -> Result<f64> {
+    if !(alpha.is_finite() && alpha > 0.0 && alpha < 1.0) {
+        return Err(Error::msg(format!("alpha must lie strictly between 0 and 1, got {alpha}")));
+    }
+    if !(power.is_finite() && power > 0.0 && power < 1.0) {
+        return Err(Error::msg(format!("power must lie strictly between 0 and 1, got {power}")));
+    }
+    let normal = Normal::new(0.0, 1.0).map_err(|e| Error::msg(format!("normal: {e}")))?;
+    Ok(normal.inverse_cdf(1.0 - alpha / 2.0) + normal.inverse_cdf(power))
+}
+
 /// Linear-interpolation quantile (type 7) of sorted, non-empty `xs`.
 fn quantile_sorted(xs: &[f64], q: f64) -> f64 {
     let h = (xs.len() - 1) as f64 * q;
@@ -254,6 +326,91 @@ where
         lo: quantile_sorted(&reps, tail),
         hi: quantile_sorted(&reps, 1.0 - tail),
     })
+}
+
+/// Pooled-item percentile bootstrap of the across-seed mean of a per-seed statistic: the items
+/// are resampled, the seed structure is kept.
+///
+/// `n_items[s]` is the number of items seed `s` was scored on; `statistic(s, idx)` is seed `s`'s
+/// statistic on its items `idx` (with repetitions). The estimate is the mean over seeds of
+/// `statistic(s, 0..n_items[s])`. Each of `n_resamples` resamples draws item indices uniformly
+/// with replacement from a `ChaCha8Rng` seeded with `seed` and takes the mean over seeds of the
+/// statistic on them. With `shared_items` (every seed scored the same items, aligned by index)
+/// one draw of indices serves every seed, so an item that is hard for every seed stays hard in
+/// the resample; otherwise each seed draws its own. The interval is the `(1-confidence)/2` and
+/// `1-(1-confidence)/2` quantiles of the resampled means: it lies within the range of the
+/// statistic (for an accuracy, inside `[0, 1]`), and it measures the uncertainty from the test
+/// items given these seeds; the spread across seeds is reported beside it (seed s.d.).
+///
+/// Errors when there are no seeds, a seed has no items, `shared_items` with unequal item
+/// counts, zero resamples, a bad `confidence`, or a non-finite statistic.
+pub fn seed_item_bootstrap<F>(
+    n_items: &[usize],
+    shared_items: bool,
+    n_resamples: usize,
+    seed: u64,
+    confidence: f64,
+    mut statistic: F,
+) -> Result<Interval>
+where
+    F: FnMut(usize, &[usize]) -> f64,
+{
+    check_confidence(confidence)?;
+    if n_items.is_empty() {
+        return Err(Error::msg("pooled bootstrap over zero seeds"));
+    }
+    if let Some(s) = n_items.iter().position(|&n| n == 0) {
+        return Err(Error::msg(format!("pooled bootstrap: seed #{s} has no items")));
+    }
+    if shared_items && n_items.iter().any(|&n| n != n_items[0]) {
+        return Err(Error::msg(format!("pooled bootstrap with shared items, but the seeds have different item counts {n_items:?}")));
+    }
+    if n_resamples == 0 {
+        return Err(Error::msg("bootstrap with zero resamples"));
+    }
+    let seeds = n_items.len() as f64;
+    // Sums divided once: a mean of values in [0, 1] stays in [0, 1] exactly.
+    let mut estimate = 0.0;
+    for (s, &n) in n_items.iter().enumerate() {
+        let all: Vec<usize> = (0..n).collect();
+        estimate += statistic(s, &all);
+    }
+    estimate /= seeds;
+    if !estimate.is_finite() {
+        return Err(Error::msg(format!("pooled bootstrap: statistic on all items is {estimate}")));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut idx: Vec<Vec<usize>> = n_items.iter().map(|&n| vec![0usize; n]).collect();
+    let mut reps = Vec::with_capacity(n_resamples);
+    let draw = |rng: &mut ChaCha8Rng, v: &mut [usize]| {
+        let n = v.len() as u64;
+        for slot in v.iter_mut() {
+            // u64 draws: the stream does not depend on the platform's pointer width.
+            *slot = rng.random_range(0..n) as usize;
+        }
+    };
+    for r in 0..n_resamples {
+        if shared_items {
+            draw(&mut rng, &mut idx[0]);
+        } else {
+            for v in idx.iter_mut() {
+                draw(&mut rng, v);
+            }
+        }
+        let mut m = 0.0;
+        for s in 0..n_items.len() {
+            let v = if shared_items { &idx[0] } else { &idx[s] };
+            m += statistic(s, v);
+        }
+        m /= seeds;
+        if !m.is_finite() {
+            return Err(Error::msg(format!("pooled bootstrap: statistic on resample {r} is {m}")));
+        }
+        reps.push(m);
+    }
+    reps.sort_by(f64::total_cmp);
+    let tail = (1.0 - confidence) / 2.0;
+    Ok(Interval { estimate, lo: quantile_sorted(&reps, tail), hi: quantile_sorted(&reps, 1.0 - tail) })
 }
 
 /// Paired percentile bootstrap interval of `metric_a - metric_b` over the same `n_items` items.

@@ -1,6 +1,13 @@
 //! `analysis.json` of a study folder ([`Analysis`]): per configuration × method the statistics
 //! across seeds ([`ConfigStats`]), and the ddm-vs-AR paired comparisons ([`PairRow`] holding a
 //! [`PairedComparison`]). Computed by `harness report`; read by the notebooks.
+//!
+//! A configuration's interval is the pooled-item bootstrap across seeds
+//! ([`ConfigStats::accuracy_pooled`]: items resampled, seeds kept; inside `[0, 1]`), with the
+//! seed standard deviation beside it ([`SeedSummary::std_dev`]). Folders written before it
+//! existed hold a Student-t interval across seeds instead ([`SeedSummary::interval`]), which the
+//! estimates below show clipped to `[0, 1]` and labelled as such. Every field added later is
+//! optional (`serde(default)`), so old folders read.
 
 use crate::eval::{Interval, MajorityBaseline, McNemar, ObjectiveKind};
 use crate::study::PrimaryMetric;
@@ -14,9 +21,10 @@ pub struct SeedSummary {
     pub n: usize,
     /// Mean of the values.
     pub mean: f64,
-    /// Sample standard deviation; `None` with a single value.
+    /// Sample standard deviation (the seed s.d.); `None` with a single value.
     pub std_dev: Option<f64>,
-    /// Student-t interval of the mean; `None` with a single value.
+    /// Student-t interval of the mean, in folders written before the pooled-item bootstrap
+    /// ([`ConfigStats::accuracy_pooled`]) replaced it; `None` now (and with a single value).
     pub interval: Option<Interval>,
 }
 
@@ -84,8 +92,30 @@ pub struct ConfigStats {
     /// Labels the runs collapsed onto (one entry per collapsed run).
     #[serde(default)]
     pub collapsed: Vec<String>,
-    /// Mean final training loss.
+    /// Accuracy across seeds with its pooled-item bootstrap 95% interval (items resampled, the
+    /// seeds kept: see `harness::stats::seed_item_bootstrap`); `None` in older folders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_pooled: Option<Interval>,
+    /// Macro-F1 across seeds with its pooled-item bootstrap 95% interval; `None` in older
+    /// folders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macro_f1_pooled: Option<Interval>,
+    /// Test items per seed (of the first done run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<u64>,
+    /// Minimum detectable accuracy difference between this configuration and another of the
+    /// same items and seeds, at 80% power and two-sided α = 0.05: the two-proportion formula
+    /// `(z_0.975 + z_0.8)·sqrt(2p(1-p)/N)` with `N = items × seeds` and `p` this
+    /// configuration's accuracy (see `harness::stats::mde_two_proportions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mde: Option<f64>,
+    /// Mean final training loss: the objective's own weighted loss, not comparable across
+    /// objectives.
     pub final_loss: Option<f64>,
+    /// Mean final dev negative log-likelihood per response token (AR exact, diffusion the ELBO
+    /// bound): comparable across objectives. `None` in older folders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_nll: Option<f64>,
     /// Mean training throughput, real tokens per second.
     #[serde(default)]
     pub train_tokens_per_s: Option<f64>,
@@ -101,7 +131,8 @@ pub struct Estimate {
     pub value: f64,
     /// Interval, when there is one.
     pub interval: Option<(f64, f64)>,
-    /// `t over seeds`, `Wilson`, `bootstrap` or `none`.
+    /// [`POOLED_SOURCE`], `t over seeds, clipped to [0, 1]` (older folders), `Wilson`,
+    /// `bootstrap` or `none`.
     pub source: &'static str,
 }
 
@@ -115,10 +146,17 @@ impl Estimate {
     }
 }
 
-fn estimate(s: &Option<SeedSummary>, single: &Option<Interval>, single_source: &'static str) -> Option<Estimate> {
+/// The source of a configuration interval from [`ConfigStats::accuracy_pooled`] /
+/// [`ConfigStats::macro_f1_pooled`].
+pub const POOLED_SOURCE: &str = "bootstrap over items, seeds kept";
+
+fn estimate(s: &Option<SeedSummary>, pooled: &Option<Interval>, single: &Option<Interval>, single_source: &'static str) -> Option<Estimate> {
     let s = s.as_ref()?;
+    if let Some(i) = pooled {
+        return Some(Estimate { value: i.estimate, interval: Some((i.lo, i.hi)), source: POOLED_SOURCE });
+    }
     if let Some(i) = s.interval {
-        return Some(Estimate { value: s.mean, interval: Some((i.lo, i.hi)), source: "t over seeds" });
+        return Some(Estimate { value: s.mean, interval: Some((i.lo.max(0.0), i.hi.min(1.0))), source: "t over seeds, clipped to [0, 1]" });
     }
     match single {
         Some(i) => Some(Estimate { value: i.estimate, interval: Some((i.lo, i.hi)), source: single_source }),
@@ -132,14 +170,15 @@ impl ConfigStats {
         self.primary.as_ref().map(|s| s.mean)
     }
 
-    /// Accuracy: t-interval across seeds, or the single run's Wilson interval.
+    /// Accuracy: the pooled-item bootstrap across seeds (older folders: the t-interval across
+    /// seeds, clipped to `[0, 1]`), or the single run's Wilson interval.
     pub fn accuracy_estimate(&self) -> Option<Estimate> {
-        estimate(&self.accuracy, &self.single_accuracy, "Wilson")
+        estimate(&self.accuracy, &self.accuracy_pooled, &self.single_accuracy, "Wilson")
     }
 
-    /// Macro-F1: t-interval across seeds, or the single run's bootstrap interval.
+    /// Macro-F1: as [`Self::accuracy_estimate`], or the single run's bootstrap interval.
     pub fn macro_f1_estimate(&self) -> Option<Estimate> {
-        estimate(&self.macro_f1, &self.single_macro_f1, "bootstrap")
+        estimate(&self.macro_f1, &self.macro_f1_pooled, &self.single_macro_f1, "bootstrap")
     }
 
     /// The primary metric, as [`Self::accuracy_estimate`] or [`Self::macro_f1_estimate`].
@@ -170,6 +209,12 @@ pub struct PairRow {
     pub comparison: PairedComparison,
     /// Holm-adjusted McNemar p-value across every comparison of the study.
     pub holm_p: f64,
+    /// Minimum detectable accuracy difference of this pair at 80% power and two-sided α = 0.05,
+    /// paired (McNemar): `(z_0.975 + z_0.8)·sqrt(ψ/n)` with `ψ = (b + c)/n` the observed
+    /// discordant share (see `harness::stats::mde_paired`); `None` in older folders and
+    /// when no item is discordant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mde: Option<f64>,
 }
 
 /// What `analysis.json` holds: everything a study report shows.

@@ -11,13 +11,13 @@
 //!     <yyyymmdd-hhmmss>-<sha>[-dirty]/ a StudyDir
 //!       LOCK (while running)  manifest.json  summary.csv  analysis.json  report.md
 //!       runs/<run-id>/                 a RunDir:
-//!         config.json  metrics.csv  eval_metrics.csv  summary.json  eval.json
-//!         predictions.jsonl  checkpoints/  dev_evals/step-N/  DONE (last) or FAILED
+//!         config.json  metrics.csv  t_buckets.csv (diffusion)  eval_metrics.csv
+//!         summary.json  eval.json  predictions.jsonl  checkpoints/  dev_evals/step-N/  DONE (last) or FAILED
 //! ```
 
 use crate::error::{Error, Result};
 use crate::eval::{EvalResult, Prediction};
-use crate::run::{Failure, RunStatus, RunSummary, StepMetrics};
+use crate::run::{Failure, RunStatus, RunSummary, StepMetrics, TBucketRow};
 use crate::study::Manifest;
 use crate::analysis::Analysis;
 use crate::summary::SummaryCsv;
@@ -78,6 +78,8 @@ impl RunDir {
     pub const METRICS: &'static str = "metrics.csv";
     /// Long format `step,metric,value` of the evaluations during training.
     pub const EVAL_METRICS: &'static str = "eval_metrics.csv";
+    /// The diffusion loss by noise level ([`TBucketRow`]s); diffusion runs only.
+    pub const T_BUCKETS: &'static str = "t_buckets.csv";
     /// The training summary.
     pub const SUMMARY: &'static str = "summary.json";
     /// The evaluation report.
@@ -119,6 +121,10 @@ impl RunDir {
     /// `metrics.csv`.
     pub fn metrics_csv(&self) -> PathBuf {
         self.path.join(Self::METRICS)
+    }
+    /// `t_buckets.csv`.
+    pub fn t_buckets_csv(&self) -> PathBuf {
+        self.path.join(Self::T_BUCKETS)
     }
     /// `eval_metrics.csv`.
     pub fn eval_metrics_csv(&self) -> PathBuf {
@@ -246,6 +252,17 @@ impl RunDir {
     /// Every row of `metrics.csv`; empty when the run did not train (zero-shot).
     pub fn read_metrics(&self) -> Result<Vec<StepMetrics>> {
         let p = self.metrics_csv();
+        if !p.is_file() {
+            return Ok(Vec::new());
+        }
+        let mut r = csv::Reader::from_path(&p).map_err(|e| Error::parse(&p, e))?;
+        r.deserialize().map(|row| row.map_err(|e| Error::parse(&p, e))).collect()
+    }
+
+    /// Every row of `t_buckets.csv`; empty when the run has none (AR, zero-shot, or written
+    /// before the file existed).
+    pub fn read_t_buckets(&self) -> Result<Vec<TBucketRow>> {
+        let p = self.t_buckets_csv();
         if !p.is_file() {
             return Ok(Vec::new());
         }

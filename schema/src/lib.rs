@@ -7,7 +7,7 @@
 //!
 //! - [`layout`]: [`RunDir`] and [`StudyDir`]: every file name, `DONE` / `FAILED`, JSON helpers.
 //! - [`lock`]: the `LOCK` files of studies, study folders and runs ([`Lock`]).
-//! - [`run`]: `metrics.csv` rows, `summary.json`, `FAILED`, run status.
+//! - [`run`]: `metrics.csv` and `t_buckets.csv` rows, `summary.json`, `FAILED`, run status.
 //! - [`eval`]: `eval.json`, `predictions.jsonl`, and the interval / confusion records.
 //! - [`study`]: `manifest.json`, generic over the run-config type of its points.
 //! - [`summary`]: `summary.csv` and `results/index.csv` columns, read and written as text rows.
@@ -28,6 +28,6 @@ pub use error::{Error, Result};
 pub use eval::{ClassMetrics, ClassificationReport, Confusion, EvalResult, Interval, LabelCount, MajorityBaseline, McNemar, MethodResult, ObjectiveKind, Prediction};
 pub use layout::{read_json, write_atomic, write_json, PredictionWriter, RunDir, StudyDir};
 pub use lock::{Lock, LockInfo, TryLock};
-pub use run::{Failure, RunStatus, RunSummary, StepMetrics, TrainOutcome};
+pub use run::{Failure, RunStatus, RunSummary, StepMetrics, TBucketRow, TrainOutcome};
 pub use study::{DeviceInfo, FileHash, GitInfo, Manifest, Point, PrimaryMetric, Resumption};
 pub use summary::SummaryCsv;

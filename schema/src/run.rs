@@ -1,6 +1,7 @@
 //! The records of one run folder besides the evaluation: `metrics.csv` rows ([`StepMetrics`]),
-//! `summary.json` ([`RunSummary`] with its [`TrainOutcome`]), `FAILED` ([`Failure`]), and where a
-//! run stands ([`RunStatus`]).
+//! `t_buckets.csv` rows ([`TBucketRow`]: the diffusion loss by noise level), `summary.json`
+//! ([`RunSummary`] with its [`TrainOutcome`]), `FAILED` ([`Failure`]), and where a run stands
+//! ([`RunStatus`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,26 @@ pub struct StepMetrics {
     pub elapsed_s: f64,
 }
 
+/// One row of `t_buckets.csv` (diffusion runs only): the unweighted cross-entropy per masked
+/// token of the sequences whose diffusion time t fell in one bucket, over the optimizer steps
+/// since the previous row (one row per bucket at every `metrics.csv` row: with
+/// `train.log_every = 1`, per optimizer step). The buckets split `[0, 1]` into equal widths.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TBucketRow {
+    /// Optimizer step of the row (1-based, as in `metrics.csv`): the last step it covers.
+    pub step: u64,
+    /// Bucket index (0 = the smallest t).
+    pub bucket: usize,
+    /// Lower edge of the bucket's t range.
+    pub t_lo: f64,
+    /// Upper edge of the bucket's t range.
+    pub t_hi: f64,
+    /// Masked (scored) tokens in the bucket over the covered steps.
+    pub tokens: usize,
+    /// Mean unweighted CE per masked token in the bucket; `None` (empty cell) when `tokens = 0`.
+    pub ce: Option<f64>,
+}
+
 /// What the training loop reports at the end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainOutcome {
@@ -46,8 +67,14 @@ pub struct TrainOutcome {
     pub wall_s: f64,
     /// Trainable parameters.
     pub trainable_params: usize,
-    /// Final dev loss, when a dev split was given.
+    /// Final dev loss (the objective's own weighted loss: not comparable across objectives),
+    /// when a dev split was given.
     pub dev_loss: Option<f64>,
+    /// Final dev negative log-likelihood per response token (eos included): exact for AR, the
+    /// Monte Carlo ELBO bound for diffusion; the figure comparable across objectives. Absent in
+    /// summaries written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_nll: Option<f64>,
 }
 
 /// What `summary.json` of a run holds.

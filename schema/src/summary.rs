@@ -9,9 +9,12 @@ use std::path::Path;
 
 /// Columns of `summary.csv` after the run id, configuration, zero-shot flag, variant (when the
 /// study has variants) and the swept keys.
-pub const RUN_COLUMNS: [&str; 14] = [
+/// `first_loss`, `final_loss` and `dev_loss` are each objective's own weighted loss (not
+/// comparable across objectives); `dev_nll` is the dev negative log-likelihood per response
+/// token (AR exact, diffusion the ELBO bound), the comparable one.
+pub const RUN_COLUMNS: [&str; 15] = [
     "seed", "objective", "dataset", "primary_metric", "status", "failed_step", "failed_message", "steps", "first_loss", "final_loss", "dev_loss",
-    "train_tokens_per_s", "train_wall_s", "wall_s",
+    "dev_nll", "train_tokens_per_s", "train_wall_s", "wall_s",
 ];
 
 /// Columns of `summary.csv` per evaluation method `m`, each written `<m>_<column>`.

@@ -60,7 +60,7 @@ fn eval_result() -> EvalResult {
 }
 
 fn train_outcome() -> TrainOutcome {
-    TrainOutcome { steps: 3, final_loss: 1.25, first_loss: 3.5, tokens_per_s: 1000.0, wall_s: 2.0, trainable_params: 4096, dev_loss: Some(1.5) }
+    TrainOutcome { steps: 3, final_loss: 1.25, first_loss: 3.5, tokens_per_s: 1000.0, wall_s: 2.0, trainable_params: 4096, dev_loss: Some(1.5), dev_nll: Some(1.75) }
 }
 
 fn point() -> Point {
@@ -136,7 +136,12 @@ fn config_stats() -> ConfigStats {
         majority: Some(MajorityBaseline { label: "no".into(), accuracy: 0.75 }),
         invalid_rate: Some(0.0),
         collapsed: vec!["yes".into()],
+        accuracy_pooled: None,
+        macro_f1_pooled: None,
+        items: Some(200),
+        mde: Some(0.099),
         final_loss: Some(1.25),
+        dev_nll: Some(1.5),
         train_tokens_per_s: Some(1000.0),
         eval_throughput: Some((8.0, "tokens/s".into())),
     }
@@ -150,13 +155,14 @@ fn every_record_round_trips() {
     round_trip(&Prediction { id: "q1".into(), method: "likelihood".into(), gold: "yes".into(), predicted: None, raw: String::new(), scores: Some(vec![-1.5, -2.0]), correct: false });
     round_trip(&StepMetrics { step: 1, epoch: 0.5, lr: 1e-3, loss: 3.0, ce: 2.5, token_acc: 0.25, grad_norm: 1.0, scored_tokens: 10, tokens: 100, tokens_per_s: 500.0, elapsed_s: 0.2 });
     round_trip(&train_outcome());
+    round_trip(&TBucketRow { step: 4, bucket: 1, t_lo: 0.2, t_hi: 0.4, tokens: 12, ce: Some(2.5) });
     round_trip(&RunSummary { name: "r".into(), train: train_outcome(), dataset: "toy".into(), sizes: (8, 2, 4) });
     round_trip(&Failure { step: Some(3), message: "loss became NaN at step 3".into(), time: "t".into() });
     round_trip(&RunStatus::Failed);
     round_trip(&manifest());
     round_trip(&comparison());
     round_trip(&config_stats());
-    let pair = PairRow { ddm: "a".into(), ar: "b".into(), label: "l".into(), seed: 0, dataset: "toy".into(), method: "generate".into(), comparison: comparison(), holm_p: 0.5 };
+    let pair = PairRow { ddm: "a".into(), ar: "b".into(), label: "l".into(), seed: 0, dataset: "toy".into(), method: "generate".into(), comparison: comparison(), holm_p: 0.5, mde: Some(0.05) };
     round_trip(&Analysis { configs: vec![config_stats()], pairs: vec![pair], note: Some("n".into()), counts: (3, 1, 4) });
 }
 
@@ -174,12 +180,25 @@ fn json_spellings_are_the_files_of_today() {
     let s = serde_json::to_value(RunSummary { name: "r".into(), train: train_outcome(), dataset: "toy".into(), sizes: (8, 2, 4) }).unwrap();
     assert_eq!(s["sizes"], json!([8, 2, 4]));
     assert_eq!(eval_result().methods[0].sweep_steps(), Some(4));
-    // Estimates: the t-interval across seeds wins, else the single run's interval.
-    let c = config_stats();
-    assert_eq!(c.accuracy_estimate().unwrap().source, "t over seeds");
+    // Estimates: the pooled-item bootstrap wins; an older folder's t-interval across seeds is
+    // shown clipped to [0, 1]; else the single run's interval.
+    let mut c = config_stats();
+    assert_eq!(c.accuracy_estimate().unwrap().source, "t over seeds, clipped to [0, 1]");
     assert_eq!(c.macro_f1_estimate().unwrap().source, "bootstrap");
     assert_eq!(c.primary_estimate(), c.accuracy_estimate());
     assert_eq!(c.macro_f1_estimate().unwrap().text(), "0.250 [0.125, 0.500]");
+    c.accuracy = Some(SeedSummary { n: 2, mean: 0.5, std_dev: Some(0.7), interval: Some(Interval { estimate: 0.5, lo: -1.5, hi: 2.5 }) });
+    assert_eq!(c.accuracy_estimate().unwrap().interval, Some((0.0, 1.0)));
+    c.accuracy_pooled = Some(Interval { estimate: 0.5, lo: 0.4, hi: 0.6 });
+    assert_eq!(c.accuracy_estimate().unwrap().source, ddm_schema::analysis::POOLED_SOURCE);
+    assert_eq!(c.accuracy_estimate().unwrap().interval, Some((0.4, 0.6)));
+    // A record of an older folder (no pooled interval, MDE or dev NLL) still reads.
+    let mut old = serde_json::to_value(config_stats()).unwrap();
+    for k in ["accuracy_pooled", "macro_f1_pooled", "items", "mde", "dev_nll"] {
+        old.as_object_mut().unwrap().remove(k);
+    }
+    let back: ConfigStats = serde_json::from_value(old).unwrap();
+    assert_eq!((back.mde, back.dev_nll), (None, None));
 }
 
 #[test]
@@ -202,6 +221,10 @@ fn run_dir_writes_done_failed_and_reads_back() {
     assert_eq!(d.read_predictions().unwrap(), vec![pred.clone(), pred]);
     std::fs::write(d.metrics_csv(), "step,epoch,lr,loss,ce,token_acc,grad_norm,scored_tokens,tokens,tokens_per_s,elapsed_s\n1,0.5,0.001,3.0,2.5,0,1,10,100,500,0.2\n").unwrap();
     assert_eq!(d.read_metrics().unwrap()[0].loss, 3.0);
+    assert!(d.read_t_buckets().unwrap().is_empty(), "no t_buckets.csv: no rows");
+    std::fs::write(d.t_buckets_csv(), "step,bucket,t_lo,t_hi,tokens,ce\n1,0,0,0.2,0,\n1,1,0.2,0.4,3,1.5\n").unwrap();
+    let tb = d.read_t_buckets().unwrap();
+    assert_eq!((tb[0].ce, tb[1].ce, tb[1].tokens), (None, Some(1.5), 3));
     let f = d.mark_failed(Some(2), "loss became NaN at step 2", "2026-01-01T00:00:00Z").unwrap();
     assert_eq!(d.status(), RunStatus::Failed);
     assert_eq!(d.read_failure().unwrap(), Some(f));
@@ -210,7 +233,7 @@ fn run_dir_writes_done_failed_and_reads_back() {
     assert_eq!(std::fs::read_to_string(d.path().join("DONE")).unwrap(), "2026-01-01T00:00:01Z\n");
     assert_eq!(d.dev_eval(12).path(), d.path().join("dev_evals/step-000012"));
     // The file names are those harness has always written.
-    for (p, name) in [(d.config_json(), "config.json"), (d.metrics_csv(), "metrics.csv"), (d.eval_metrics_csv(), "eval_metrics.csv"),
+    for (p, name) in [(d.config_json(), "config.json"), (d.metrics_csv(), "metrics.csv"), (d.eval_metrics_csv(), "eval_metrics.csv"), (d.t_buckets_csv(), "t_buckets.csv"),
                       (d.summary_json(), "summary.json"), (d.eval_json(), "eval.json"), (d.predictions_jsonl(), "predictions.jsonl"),
                       (d.checkpoints(), "checkpoints")] {
         assert_eq!(p, d.path().join(name));
@@ -222,11 +245,11 @@ fn run_dir_writes_done_failed_and_reads_back() {
     assert_eq!(s.read_manifest::<serde_json::Value>().unwrap(), manifest());
     s.mark_latest().unwrap();
     assert_eq!(std::fs::read_to_string(root.join("toy/latest")).unwrap(), "20260101-000000-abc1234\n");
-    let csv = SummaryCsv { header: summary::summary_header(false, &["objective.kind".into()], &["generate".into()]), rows: vec![vec!["a,b".into(); 32]] };
-    assert_eq!(csv.header.len(), 3 + 1 + 14 + 14);
-    assert_eq!(csv.header[18], "generate_n");
+    let csv = SummaryCsv { header: summary::summary_header(false, &["objective.kind".into()], &["generate".into()]), rows: vec![vec!["a,b".into(); 33]] };
+    assert_eq!(csv.header.len(), 3 + 1 + 15 + 14);
+    assert_eq!(csv.header[19], "generate_n");
     s.write_summary(&csv).unwrap();
-    assert_eq!(s.read_summary().unwrap().rows[0].len(), 32);
+    assert_eq!(s.read_summary().unwrap().rows[0].len(), 33);
     assert_eq!(s.read_summary().unwrap(), SummaryCsv { header: csv.header.clone(), rows: csv.rows.clone() });
     assert_eq!(s.run("x"), RunDir::new(s.path().join("runs/x")));
     std::fs::remove_dir_all(&root).unwrap();

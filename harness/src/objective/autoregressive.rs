@@ -47,7 +47,16 @@ impl Objective for Autoregressive {
             targets,
             weights: vec![1.0; n],
             denom: n as f64,
+            buckets: None,
         })
+    }
+
+    /// Exact: the training step itself is the mean CE per response token under causal
+    /// attention.
+    fn prepare_nll(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared> {
+        let mut p = self.prepare(batch, step, micro, seed)?;
+        p.attention = self.eval_attention();
+        Ok(p)
     }
 
     fn eval_attention(&self) -> AttentionMode {

@@ -160,10 +160,11 @@ impl Diffusion {
     pub fn prepare_with(&self, batch: &Batch, t: &[f64], masked: &[bool], step: u64) -> Result<Prepared> {
         let (b, l) = (batch.b, batch.l);
         let mut input = batch.ids.clone();
-        let (mut rows, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rows, mut targets, mut weights, mut buckets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut denom = 0.0;
         for i in 0..b {
             let range = self.maskable(batch, i);
+            let bucket = super::t_bucket(t[i]);
             let n_maskable = range.len();
             let mut n_masked = 0usize;
             let w_seq = match self.cfg.loss_norm {
@@ -187,6 +188,7 @@ impl Diffusion {
                 rows.push((i * l + row) as u32);
                 targets.push(batch.ids[i * l + pos]);
                 weights.push(w_seq as f32);
+                buckets.push(bucket);
             }
             denom += match self.cfg.loss_norm {
                 LossNorm::Masked => n_masked as f64,
@@ -206,7 +208,42 @@ impl Diffusion {
             targets,
             weights,
             denom,
+            buckets: Some(buckets),
         })
+    }
+
+    /// Which maskable positions of `batch` are masked (`masked[i * l + pos]`), each with
+    /// probability `t[i]`, drawn from (`seed`, step, micro).
+    fn draw_masks(&self, batch: &Batch, t: &[f64], seed: u64, step: u64, micro: u64) -> Vec<bool> {
+        let mut rng = rng_for(seed, Purpose::NoiseMask, step, micro);
+        let mut masked = vec![false; batch.b * batch.l];
+        for (i, &ti) in t.iter().enumerate() {
+            for pos in self.maskable(batch, i) {
+                masked[i * batch.l + pos] = rng.random::<f64>() < ti;
+            }
+        }
+        masked
+    }
+
+    /// The ELBO bound's step from explicit times and masks: the masked response tokens (never
+    /// padding) with weight 1/t, normalised by the response tokens (eos included), read under
+    /// the evaluation attention. So `scored_loss(..)` summed over batches and divided by the
+    /// summed `denom` estimates `E_t[(1/t)·Σ_masked CE] / response tokens`, the per-token bound
+    /// on the negative log-likelihood, whatever `loss_norm` and `score_padding` training used.
+    /// Used by [`Objective::prepare_nll`] and by tests that pin a hand-worked value.
+    pub fn prepare_nll_with(&self, batch: &Batch, t: &[f64], masked: &[bool], step: u64) -> Result<Prepared> {
+        let mut p = self.bound().prepare_with(batch, t, masked, step)?;
+        p.attention = self.eval_attention();
+        Ok(p)
+    }
+
+    /// These settings with the bound's normaliser and draws: response tokens only, per-token
+    /// normalisation, t stratified uniform on `[eps, 1]` (each sequence's t is marginally
+    /// uniform, so the estimate is unbiased up to the `eps` truncation, with less variance than
+    /// iid draws).
+    fn bound(&self) -> Diffusion {
+        let cfg = DiffusionConfig { loss_norm: LossNorm::BatchResponse, score_padding: false, t_sampling: TSampling::Stratified, ..self.cfg.clone() };
+        Diffusion::new(self.mask_id, cfg)
     }
 }
 
@@ -217,14 +254,15 @@ impl Objective for Diffusion {
 
     fn prepare(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared> {
         let t = self.sample_t(batch.b, seed, step, micro)?;
-        let mut rng = rng_for(seed, Purpose::NoiseMask, step, micro);
-        let mut masked = vec![false; batch.b * batch.l];
-        for (i, &ti) in t.iter().enumerate() {
-            for pos in self.maskable(batch, i) {
-                masked[i * batch.l + pos] = rng.random::<f64>() < ti;
-            }
-        }
+        let masked = self.draw_masks(batch, &t, seed, step, micro);
         self.prepare_with(batch, &t, &masked, step)
+    }
+
+    fn prepare_nll(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared> {
+        let bound = self.bound();
+        let t = bound.sample_t(batch.b, seed, step, micro)?;
+        let masked = bound.draw_masks(batch, &t, seed, step, micro);
+        self.prepare_nll_with(batch, &t, &masked, step)
     }
 
     fn eval_attention(&self) -> AttentionMode {

@@ -7,6 +7,13 @@
 //! [`scored_loss`] divided by that total — so gradient accumulation normalises over the whole
 //! accumulated batch. The loop never knows which objective it runs.
 //!
+//! [`Objective::prepare_nll`] prepares the figure comparable across objectives: the dev
+//! negative log-likelihood per response token (AR exact; diffusion its ELBO bound), whatever
+//! loss normaliser training used. A prepared step may tag each scored row with its diffusion
+//! time bucket ([`Prepared::buckets`], [`t_bucket`]); [`scored_loss`] then sums the unweighted
+//! CE per bucket on the device, in the same (detached) stats tensor as the rest, so reading them
+//! costs no extra synchronisation ([`LossValues::buckets`]).
+//!
 //! The same trait owns what a model trained with the objective means at evaluation time: the
 //! attention it is read under ([`Objective::eval_attention`]), how it generates
 //! ([`Objective::generate`]) and how it scores answer choices ([`Objective::score_choices`]).
@@ -98,6 +105,47 @@ pub struct Prepared {
     pub weights: Vec<f32>,
     /// This micro-batch's share of the loss normaliser.
     pub denom: f64,
+    /// The diffusion-time bucket ([`t_bucket`]) of each scored row's sequence; `None` for an
+    /// objective without diffusion time (AR).
+    pub buckets: Option<Vec<usize>>,
+}
+
+/// Number of diffusion-time buckets: `[0, 1]` in equal widths (0–0.2, …, 0.8–1.0).
+pub const T_BUCKETS: usize = 5;
+
+/// The bucket of diffusion time `t` (`t = 1` and anything above fall in the last one).
+pub fn t_bucket(t: f64) -> usize {
+    ((t.max(0.0) * T_BUCKETS as f64).floor() as usize).min(T_BUCKETS - 1)
+}
+
+/// The t range `[lo, hi)` of bucket `k`.
+pub fn t_bucket_range(k: usize) -> (f64, f64) {
+    (k as f64 / T_BUCKETS as f64, (k + 1) as f64 / T_BUCKETS as f64)
+}
+
+/// Unweighted CE sums and scored-token counts per diffusion-time bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TBuckets {
+    /// Σ CE of the scored tokens in each bucket.
+    pub ce_sum: [f64; T_BUCKETS],
+    /// Scored tokens in each bucket.
+    pub n: [usize; T_BUCKETS],
+}
+
+impl TBuckets {
+    /// The bucket-wise sum of `a` and `b` (`None` when both are).
+    pub fn merge(a: Option<TBuckets>, b: Option<TBuckets>) -> Option<TBuckets> {
+        match (a, b) {
+            (None, x) | (x, None) => x,
+            (Some(mut a), Some(b)) => {
+                for k in 0..T_BUCKETS {
+                    a.ce_sum[k] += b.ce_sum[k];
+                    a.n[k] += b.n[k];
+                }
+                Some(a)
+            }
+        }
+    }
 }
 
 /// Loss of one micro-batch and the numbers logged beside it.
@@ -108,10 +156,13 @@ pub struct Prepared {
 pub struct LossParts {
     /// Σ w·CE / total normaliser: the tensor to differentiate (scalar f32).
     pub loss: Tensor,
-    /// (3,) f32, detached: loss, Σ CE over scored tokens (unweighted), argmax hits.
+    /// (3,) f32, detached: loss, Σ CE over scored tokens (unweighted), argmax hits; with
+    /// buckets (3 + [`T_BUCKETS`],): then Σ CE per bucket.
     stats: Tensor,
     /// Scored tokens.
     pub n_scored: usize,
+    /// Scored tokens per bucket (counted on the host), when the step has buckets.
+    bucket_n: Option<[usize; T_BUCKETS]>,
 }
 
 /// The numbers of [`LossParts`], on the host.
@@ -125,13 +176,27 @@ pub struct LossValues {
     pub n_scored: usize,
     /// Scored tokens whose target has the highest logit.
     pub n_correct: usize,
+    /// Unweighted CE per diffusion-time bucket, when the step has buckets (their `ce_sum`s add
+    /// up to `ce_sum`).
+    pub buckets: Option<TBuckets>,
 }
 
 impl LossParts {
-    /// Copy the logged numbers to the host (synchronises the device).
+    /// Copy the logged numbers to the host (synchronises the device once).
     pub fn read(&self) -> Result<LossValues> {
         let v: Vec<f32> = self.stats.to_vec1()?;
-        Ok(LossValues { loss: v[0] as f64, ce_sum: v[1] as f64, n_scored: self.n_scored, n_correct: v[2].round() as usize })
+        let buckets = match self.bucket_n {
+            Some(n) if v.len() == 3 + T_BUCKETS => {
+                let mut ce_sum = [0.0; T_BUCKETS];
+                for (k, c) in ce_sum.iter_mut().enumerate() {
+                    *c = v[3 + k] as f64;
+                }
+                Some(TBuckets { ce_sum, n })
+            }
+            Some(n) => Some(TBuckets { ce_sum: [0.0; T_BUCKETS], n }),
+            None => None,
+        };
+        Ok(LossValues { loss: v[0] as f64, ce_sum: v[1] as f64, n_scored: self.n_scored, n_correct: v[2].round() as usize, buckets })
     }
 }
 
@@ -168,6 +233,14 @@ pub trait Objective: Send + Sync {
     fn name(&self) -> &'static str;
     /// Corrupt / select targets for micro-batch `micro` of optimizer step `step`.
     fn prepare(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared>;
+    /// Prepare `batch` for the negative log-likelihood per response token (eos included), read
+    /// under [`Self::eval_attention`]: [`scored_loss`] of the result with `total_denom =
+    /// denom` is that figure whatever loss normaliser training used (sum over batches first,
+    /// then divide by the summed `denom`). AR: exact (mean CE per response token). Diffusion:
+    /// the ELBO bound, one Monte Carlo draw of (t, mask) per sequence seeded from (`seed`,
+    /// `step`, `micro`): calls with different `micro` are independent draws, which the trainer
+    /// averages ([`crate::train::trainer::DEV_NLL_DRAWS`]); an exact objective ignores `micro`.
+    fn prepare_nll(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared>;
     /// The attention used at evaluation and decoding time.
     fn eval_attention(&self) -> AttentionMode;
     /// Generate an answer for every prompt with the decoding settings of `eval`; the draws are
@@ -197,7 +270,8 @@ pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx
         // Nothing scored: a zero loss that still depends on the graph (no gradient flows).
         let zero = (h.sum_all()?.to_dtype(DType::F32)? * 0.0)?;
         let stats = Tensor::zeros(3, DType::F32, dev)?;
-        return Ok(LossParts { loss: zero, stats, n_scored: 0 });
+        let bucket_n = p.buckets.as_ref().map(|_| [0; T_BUCKETS]);
+        return Ok(LossParts { loss: zero, stats, n_scored: 0, bucket_n });
     }
     let d = h.dim(2)?;
     let rows = Tensor::from_vec(p.rows.clone(), p.rows.len(), dev)?;
@@ -217,7 +291,8 @@ pub fn loss_from_logits(logits: &Tensor, p: &Prepared, total_denom: f64) -> Resu
 }
 
 /// Σ w·CE / `total_denom` over the scored rows' logits (N, V), in f32, with the unweighted CE
-/// sum and the argmax hits beside it.
+/// sum and the argmax hits beside it, and, when `p` has buckets, the unweighted CE sum per
+/// bucket: a one-hot (N, K) matmul on the device, in the same stats tensor (no extra sync).
 fn weighted_ce(logits: &Tensor, p: &Prepared, total_denom: f64) -> Result<LossParts> {
     let dev = logits.device();
     let vocab = logits.dim(1)?;
@@ -228,8 +303,27 @@ fn weighted_ce(logits: &Tensor, p: &Prepared, total_denom: f64) -> Result<LossPa
     let (ce, hits) = crate::kernels::ce::cross_entropy(logits, &t)?; // (N,), (N,)
     let w = Tensor::from_vec(p.weights.clone(), p.weights.len(), dev)?;
     let loss = ((&ce * w)?.sum_all()? / total_denom)?;
-    let stats = Tensor::stack(&[loss.detach(), ce.detach().sum_all()?, hits.sum_all()?], 0)?; // (3,)
-    Ok(LossParts { loss, stats, n_scored: p.rows.len() })
+    let ce = ce.detach();
+    let mut stats = Tensor::stack(&[loss.detach(), ce.sum_all()?, hits.sum_all()?], 0)?; // (3,)
+    let mut bucket_n = None;
+    if let Some(buckets) = &p.buckets {
+        let n = p.rows.len();
+        if buckets.len() != n {
+            return Err(crate::Error::msg(format!("{} bucket tags for {n} scored rows", buckets.len())));
+        }
+        let mut onehot = vec![0f32; n * T_BUCKETS];
+        let mut counts = [0usize; T_BUCKETS];
+        for (r, &k) in buckets.iter().enumerate() {
+            let k = k.min(T_BUCKETS - 1);
+            onehot[r * T_BUCKETS + k] = 1.0;
+            counts[k] += 1;
+        }
+        let onehot = Tensor::from_vec(onehot, (n, T_BUCKETS), dev)?; // (N, K)
+        let per_bucket = ce.to_dtype(DType::F32)?.reshape((1, n))?.matmul(&onehot)?.reshape(T_BUCKETS)?; // (K,)
+        stats = Tensor::cat(&[&stats, &per_bucket], 0)?; // (3 + K,)
+        bucket_n = Some(counts);
+    }
+    Ok(LossParts { loss, stats, n_scored: p.rows.len(), bucket_n })
 }
 
 /// Per-row cross-entropy of `logits` (N, V) against `targets`, and how many argmaxes hit.
@@ -250,4 +344,127 @@ pub(crate) fn key_valid(batch: &Batch) -> Option<Vec<Vec<bool>>> {
         return None;
     }
     Some(batch.len.iter().map(|&n| (0..batch.l).map(|j| j < n).collect()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Two rows, V = 3, L = 4, shift (output at p-1 predicts token p):
+    /// row 0: tokens [0, 1, 2, 1], prompt 2, length 4, t = 0.5, masked {2};
+    /// row 1: tokens [1, 0, 2, <pad 0>], prompt 2, length 3, t = 0.25, masked {2} (and the pad
+    /// at 3 marked, which the bound must ignore). Logits are logs of hand-picked probabilities.
+    fn example() -> (Batch, Vec<f64>, Vec<bool>, Tensor) {
+        let batch = Batch { ids: vec![0, 1, 2, 1, 1, 0, 2, 0], b: 2, l: 4, prompt_len: vec![2, 2], len: vec![4, 3] };
+        let t = vec![0.5, 0.25];
+        let mut masked = vec![false; 8];
+        masked[2] = true;
+        masked[4 + 2] = true;
+        masked[4 + 3] = true;
+        let ln = |p: f64| p.ln() as f32;
+        let u = [0.0f32; 3];
+        let rows: Vec<[f32; 3]> = vec![
+            u,
+            [ln(0.25), ln(0.25), ln(0.5)], // r0 p1 predicts tok 2 (pos 2): CE ln 2
+            [ln(0.25), ln(0.5), ln(0.25)], // r0 p2 predicts tok 1 (pos 3)
+            u,
+            u,
+            [ln(0.5), ln(0.25), ln(0.25)], // r1 p1 predicts tok 2 (pos 2): CE ln 4
+            u,                              // r1 p2 would predict the pad: 1/3 each
+            u,
+        ];
+        let flat: Vec<f32> = rows.into_iter().flatten().collect();
+        (batch, t, masked, Tensor::from_vec(flat, (2, 4, 3), &Device::Cpu).unwrap())
+    }
+
+    fn ddm(loss_norm: LossNorm, score_padding: bool) -> Diffusion {
+        Diffusion::new(31, DiffusionConfig { loss_norm, score_padding, t_sampling: TSampling::LogitNormal, ..DiffusionConfig::default() })
+    }
+
+    #[test]
+    fn ddm_nll_bound_is_hand_computed_whatever_the_training_normaliser() {
+        let (batch, t, masked, logits) = example();
+        // E_t[(1/t)·Σ_masked CE] / response tokens, with one draw:
+        //   row 0: (1/0.5)·ln 2 = 2 ln 2;  row 1: (1/0.25)·ln 4 = 8 ln 2
+        //   response tokens (eos included, no padding): 2 + 1 = 3
+        //   NLL bound per token = 10 ln 2 / 3 = 2.3105
+        let want = 10.0 * 2f64.ln() / 3.0;
+        for (norm, pad) in [(LossNorm::Masked, false), (LossNorm::Response, true), (LossNorm::BatchResponse, true)] {
+            let d = ddm(norm, pad);
+            let p = d.prepare_nll_with(&batch, &t, &masked, 0).unwrap();
+            assert_eq!(p.attention, d.eval_attention());
+            assert_eq!(p.denom, 3.0, "{norm:?}: response tokens");
+            assert_eq!(p.rows.len(), 2, "{norm:?}: the marked pad is not scored");
+            let v = loss_from_logits(&logits, &p, p.denom).unwrap().read().unwrap();
+            assert!((v.loss - want).abs() < 1e-5, "{norm:?}: {} vs {want}", v.loss);
+        }
+        // The training loss of the same draw differs with the normaliser (masked: / 2 tokens).
+        let train = ddm(LossNorm::Masked, false).prepare_with(&batch, &t, &masked, 0).unwrap();
+        let v = loss_from_logits(&logits, &train, train.denom).unwrap().read().unwrap();
+        assert!((v.loss - 10.0 * 2f64.ln() / 2.0).abs() < 1e-5, "{}", v.loss);
+    }
+
+    #[test]
+    fn ddm_nll_bound_is_unbiased_for_a_model_of_constant_ce() {
+        // Uniform logits over V = 3: every token's CE is ln 3, so E_t[(1/t)·Σ_masked CE] per
+        // response token is exactly ln 3 (E[#masked | t] = t·L). The Monte Carlo average over
+        // many draws must come back to it (up to the eps truncation, 0.1%).
+        let batch = Batch { ids: vec![0, 1, 2, 1, 0, 1, 1, 0, 2, 2], b: 2, l: 5, prompt_len: vec![2, 1], len: vec![5, 4] };
+        let logits = Tensor::zeros((2, 5, 3), DType::F32, &Device::Cpu).unwrap();
+        let d = ddm(LossNorm::Masked, false);
+        let (mut sum, mut denom) = (0.0, 0.0);
+        for k in 0..4000 {
+            let p = d.prepare_nll(&batch, k, 0, 5).unwrap();
+            denom += p.denom;
+            if !p.rows.is_empty() {
+                sum += loss_from_logits(&logits, &p, 1.0).unwrap().read().unwrap().loss;
+            }
+        }
+        let est = sum / denom;
+        assert!((est / 3f64.ln() - 1.0).abs() < 0.03, "{est} vs ln 3 = {}", 3f64.ln());
+    }
+
+    #[test]
+    fn bucket_sums_equal_the_total_scored_ce() {
+        let (batch, t, masked, logits) = example();
+        let p = ddm(LossNorm::Masked, false).prepare_with(&batch, &t, &masked, 0).unwrap();
+        assert_eq!(p.buckets.as_deref(), Some(&[2usize, 1][..]), "t = 0.5 → bucket 2, t = 0.25 → bucket 1");
+        let v = loss_from_logits(&logits, &p, p.denom).unwrap().read().unwrap();
+        let b = v.buckets.expect("diffusion steps carry buckets");
+        assert!((b.ce_sum.iter().sum::<f64>() - v.ce_sum).abs() < 1e-5);
+        assert_eq!(b.n.iter().sum::<usize>(), v.n_scored);
+        assert!((b.ce_sum[2] - 2f64.ln()).abs() < 1e-5 && (b.ce_sum[1] - 4f64.ln()).abs() < 1e-5, "{b:?}");
+        assert_eq!(b.n, [0, 1, 1, 0, 0]);
+        // Random draws over many steps: the bucket sums still add up, and merge adds bucket-wise.
+        let d = ddm(LossNorm::Masked, false);
+        let mut total = None;
+        let (mut ce, mut n) = (0.0, 0);
+        for step in 0..20 {
+            let p = d.prepare(&batch, step, 0, 7).unwrap();
+            if p.rows.is_empty() {
+                continue;
+            }
+            let v = loss_from_logits(&logits, &p, p.denom.max(1.0)).unwrap().read().unwrap();
+            total = TBuckets::merge(total, v.buckets);
+            ce += v.ce_sum;
+            n += v.n_scored;
+        }
+        let total = total.unwrap();
+        assert!((total.ce_sum.iter().sum::<f64>() - ce).abs() < 1e-4);
+        assert_eq!(total.n.iter().sum::<usize>(), n);
+        // AR rows carry no bucket, and its NLL step is its training step read causally.
+        let ar = Autoregressive;
+        let (p, q) = (ar.prepare(&batch, 0, 0, 0).unwrap(), ar.prepare_nll(&batch, 0, 0, 0).unwrap());
+        assert!(p.buckets.is_none());
+        assert_eq!((&p.rows, &p.weights, p.denom), (&q.rows, &q.weights, q.denom));
+        assert_eq!(q.attention, AttentionMode::Causal);
+        assert!(loss_from_logits(&logits, &q, q.denom).unwrap().read().unwrap().buckets.is_none());
+    }
+
+    #[test]
+    fn t_buckets_cover_zero_to_one() {
+        assert_eq!((t_bucket(0.0), t_bucket(0.199), t_bucket(0.2), t_bucket(0.999), t_bucket(1.0)), (0, 0, 1, 4, 4));
+        assert_eq!(t_bucket_range(4), (0.8, 1.0));
+    }
 }

@@ -1,21 +1,28 @@
-//! Statistics of a study folder: per configuration (runs that differ only in seed) the mean and
-//! 95% t-interval across seeds of the primary metric, accuracy and macro-F1; per ddm-vs-AR pair
-//! (same overrides apart from `objective.*`, same seed) an exact McNemar test and paired
-//! bootstrap intervals of the accuracy and macro-F1 differences on the same test items, with
-//! Holm-adjusted p-values across the study. Data only; `report` renders it.
+//! Statistics of a study folder. Per configuration (runs that differ only in seed): the mean and
+//! seed standard deviation of accuracy and macro-F1, their 95% **pooled-item bootstrap**
+//! interval across seeds ([`stats::seed_item_bootstrap`]: the test items are resampled, every
+//! seed kept, one shared draw of items when the seeds scored the same items; it stays inside
+//! `[0, 1]`, unlike a Student-t interval over 2 seeds), the minimum detectable accuracy
+//! difference at 80% power ([`stats::mde_two_proportions`], items pooled across seeds), the
+//! mean training loss (the objective's own) and the mean dev NLL per response token (the figure
+//! comparable across objectives). Per ddm-vs-AR pair (same overrides apart from `objective.*`,
+//! same seed): an exact McNemar test and paired bootstrap intervals of the accuracy and
+//! macro-F1 differences on the same test items, with Holm-adjusted p-values across the study,
+//! and the paired minimum detectable difference ([`stats::mde_paired`]). Data only; `report`
+//! renders it.
 
 use super::manifest::Manifest;
 use super::spec::{self, PrimaryMetric};
 use super::summary::{self, RunRow, RunStatus};
 use crate::config::ObjectiveKind;
-use crate::eval::metrics::{paired_comparison, PairedComparison, REPORT_CONFIDENCE};
+use crate::eval::metrics::{paired_comparison, ConfusionStats, PairedComparison, REPORT_CONFIDENCE};
 use crate::eval::Prediction;
 use crate::stats;
 use crate::Result;
-use ddm_schema::RunDir;
+use ddm_schema::{Confusion, Interval, RunDir};
 use std::path::Path;
 
-pub use ddm_schema::{Analysis, ConfigStats, PairRow};
+pub use ddm_schema::{Analysis, ConfigStats, PairRow, SeedSummary};
 
 fn mean(xs: &[f64]) -> Option<f64> {
     stats::mean(xs).ok()
@@ -56,6 +63,73 @@ fn compare_runs(a: &RunRow, b: &RunRow, method: &str) -> Result<Option<PairedCom
     paired_comparison(&labels, &va, &vb, resamples, a.point.seed).map(Some)
 }
 
+/// The done runs' `(gold, pred)` pairs of `method` over one label list (gold and predicted
+/// labels of every run, in first-seen order), and whether every run scored the same items
+/// (then each run's pairs are in the first run's item order). `None` when a run has no
+/// predictions of `method`.
+#[allow(clippy::type_complexity)]
+fn seed_pairs(runs: &[&RunRow], method: &str) -> Result<Option<(Vec<String>, Vec<Vec<(usize, Option<usize>)>>, bool)>> {
+    let mut preds: Vec<Vec<Prediction>> = Vec::with_capacity(runs.len());
+    for r in runs {
+        let p: Vec<Prediction> = RunDir::new(&r.dir).read_predictions()?.into_iter().filter(|p| p.method == method).collect();
+        if p.is_empty() {
+            return Ok(None);
+        }
+        preds.push(p);
+    }
+    let mut labels: Vec<String> = Vec::new();
+    for p in preds.iter().flatten() {
+        for l in std::iter::once(&p.gold).chain(&p.predicted) {
+            if !labels.contains(l) {
+                labels.push(l.clone());
+            }
+        }
+    }
+    fn ids(p: &[Prediction]) -> Vec<&str> {
+        let mut v: Vec<&str> = p.iter().map(|x| x.id.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+    let first_ids = ids(&preds[0]);
+    let unique = first_ids.windows(2).all(|w| w[0] != w[1]);
+    let shared = unique && preds.iter().all(|p| ids(p) == first_ids);
+    if shared {
+        let order: std::collections::HashMap<String, usize> = preds[0].iter().enumerate().map(|(i, x)| (x.id.clone(), i)).collect();
+        for p in preds.iter_mut().skip(1) {
+            p.sort_by_key(|x| order.get(&x.id).copied());
+        }
+    }
+    let idx = |l: &str| labels.iter().position(|x| x == l).unwrap_or(0);
+    let pairs = preds.iter().map(|p| p.iter().map(|x| (idx(&x.gold), x.predicted.as_deref().map(idx))).collect()).collect();
+    Ok(Some((labels, pairs, shared)))
+}
+
+/// Pooled-item bootstrap intervals of accuracy and macro-F1 across the seeds of `runs`.
+fn pooled_intervals(runs: &[&RunRow], method: &str, resamples: usize, seed: u64) -> Result<Option<(Interval, Interval)>> {
+    let Some((labels, pairs, shared)) = seed_pairs(runs, method)? else { return Ok(None) };
+    let n_items: Vec<usize> = pairs.iter().map(Vec::len).collect();
+    let acc = stats::seed_item_bootstrap(&n_items, shared, resamples, seed, REPORT_CONFIDENCE, |s, idx| {
+        idx.iter().filter(|&&i| pairs[s][i].1 == Some(pairs[s][i].0)).count() as f64 / idx.len() as f64
+    })?;
+    let mut sub = Vec::new();
+    let mut bad = None;
+    let f1 = stats::seed_item_bootstrap(&n_items, shared, resamples, seed, REPORT_CONFIDENCE, |s, idx| {
+        sub.clear();
+        sub.extend(idx.iter().map(|&i| pairs[s][i]));
+        match Confusion::from_pairs(&labels, &sub) {
+            Ok(c) => c.macro_f1(),
+            Err(e) => {
+                bad = Some(e);
+                f64::NAN
+            }
+        }
+    });
+    if let Some(e) = bad {
+        return Err(e);
+    }
+    Ok(Some((acc, f1?)))
+}
+
 /// Compute the statistics of a study folder.
 pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
     let rows = summary::collect(folder, &man.points)?;
@@ -79,13 +153,23 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
             let reps: Vec<_> = done.iter().filter_map(|r| r.eval.as_ref()?.methods.iter().find(|x| &x.method == m).map(|x| &x.report)).collect();
             let acc: Vec<f64> = reps.iter().map(|r| r.accuracy.estimate).collect();
             let f1: Vec<f64> = reps.iter().map(|r| r.macro_f1.estimate).collect();
-            let summ = |xs: &[f64]| if xs.is_empty() { None } else { stats::summarize(xs, REPORT_CONFIDENCE).ok() };
+            // mean and seed s.d.; the interval is the pooled-item bootstrap below
+            let summ = |xs: &[f64]| if xs.is_empty() { None } else { stats::summarize(xs, REPORT_CONFIDENCE).ok().map(|s| SeedSummary { interval: None, ..s }) };
             let (accuracy, macro_f1) = (summ(&acc), summ(&f1));
             let primary = match first.point.primary_metric {
                 PrimaryMetric::Accuracy => accuracy.clone(),
                 PrimaryMetric::MacroF1 => macro_f1.clone(),
             };
+            let with_method: Vec<&RunRow> = done.iter().copied().filter(|r| r.eval.as_ref().is_some_and(|e| e.methods.iter().any(|x| &x.method == m))).collect();
+            let pooled = if with_method.len() >= 2 {
+                pooled_intervals(&with_method, m, first.point.config.eval.bootstrap.max(1), first.point.seed)?
+            } else {
+                None
+            };
+            let pooled_n: u64 = reps.iter().map(|r| r.n).sum();
+            let mde = accuracy.as_ref().filter(|_| pooled_n > 0).and_then(|a| stats::mde_two_proportions(a.mean.clamp(0.0, 1.0), pooled_n, stats::MDE_ALPHA, stats::MDE_POWER).ok());
             let losses: Vec<f64> = done.iter().filter_map(|r| r.summary.as_ref().map(|s| s.train.final_loss)).filter(|x| x.is_finite()).collect();
+            let nlls: Vec<f64> = done.iter().filter_map(|r| r.summary.as_ref()?.train.dev_nll).filter(|x| x.is_finite()).collect();
             let train_tps: Vec<f64> = done.iter().filter_map(|r| r.summary.as_ref().map(|s| s.train.tokens_per_s)).filter(|x| x.is_finite() && *x > 0.0).collect();
             let evals: Vec<(f64, String)> = done
                 .iter()
@@ -105,6 +189,11 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
                 primary,
                 accuracy,
                 macro_f1,
+                accuracy_pooled: pooled.map(|p| p.0),
+                macro_f1_pooled: pooled.map(|p| p.1),
+                items: reps.first().map(|r| r.n),
+                mde,
+                dev_nll: mean(&nlls),
                 single_accuracy: (reps.len() == 1).then(|| reps[0].accuracy),
                 single_macro_f1: (reps.len() == 1).then(|| reps[0].macro_f1),
                 majority: reps.first().map(|r| r.majority_baseline.clone()),
@@ -135,6 +224,12 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
                         seed: a.point.seed,
                         dataset: a.dataset(),
                         method: m.clone(),
+                        mde: {
+                            let discordant = c.mcnemar.b + c.mcnemar.c;
+                            (discordant > 0 && c.n > 0)
+                                .then(|| stats::mde_paired(discordant as f64 / c.n as f64, c.n, stats::MDE_ALPHA, stats::MDE_POWER).ok())
+                                .flatten()
+                        },
                         comparison: c,
                         holm_p: 1.0,
                     });

@@ -1,6 +1,14 @@
 //! Rendering of a study folder: comfy-table tables for the terminal and the same tables as
 //! Markdown (`report.md` beside `summary.csv`), and the side-by-side comparison of two folders.
 //! Reads data only; every number comes from [`super::analysis`].
+//!
+//! Configuration intervals are the 95% pooled-item bootstrap across seeds (items resampled,
+//! seeds kept: inside [0, 100]), with the seed s.d. in its own column; each comparison table
+//! has a minimum-detectable-difference column (80% power, two-sided α = 0.05: two proportions
+//! with items pooled across seeds in the configuration tables, McNemar's paired formula in the
+//! pair table). Losses: configurations of different objectives are compared on the dev NLL per
+//! response token (AR exact, ddm the ELBO bound); a training-loss column appears only in a
+//! table whose trained rows share one objective.
 
 use super::analysis::{analyze, Analysis, ConfigStats};
 use super::manifest::{self, Manifest};
@@ -116,16 +124,23 @@ fn pct_signed(x: f64) -> String {
     format!("{:+.1}", 100.0 * x)
 }
 
-/// `mean [lo, hi]` in percent: a t-interval across seeds, or a single run's own interval.
-fn with_interval(s: &Option<SeedSummary>, single: Option<Interval>) -> String {
+/// `mean [lo, hi]` in percent: the pooled-item bootstrap across seeds, an older folder's
+/// t-interval across seeds clipped to [0, 100] (marked ²), or a single run's own interval (¹).
+fn with_interval(s: &Option<SeedSummary>, pooled: Option<Interval>, single: Option<Interval>) -> String {
     match s {
         None => "-".into(),
-        Some(s) => match (&s.interval, single) {
-            (Some(i), _) => format!("{} [{}, {}]", pct(s.mean), pct(i.lo), pct(i.hi)),
-            (None, Some(i)) => format!("{} [{}, {}]¹", pct(s.mean), pct(i.lo), pct(i.hi)),
-            (None, None) => pct(s.mean),
+        Some(s) => match (pooled, &s.interval, single) {
+            (Some(i), _, _) => format!("{} [{}, {}]", pct(s.mean), pct(i.lo), pct(i.hi)),
+            (None, Some(i), _) => format!("{} [{}, {}]²", pct(s.mean), pct(i.lo.max(0.0)), pct(i.hi.min(1.0))),
+            (None, None, Some(i)) => format!("{} [{}, {}]¹", pct(s.mean), pct(i.lo), pct(i.hi)),
+            (None, None, None) => pct(s.mean),
         },
     }
+}
+
+/// The seed standard deviation in percent points, `-` with one seed.
+fn seed_sd(s: &Option<SeedSummary>) -> String {
+    s.as_ref().and_then(|s| s.std_dev).map(pct).unwrap_or_else(|| "-".into())
 }
 
 fn metric_name(m: PrimaryMetric) -> &'static str {
@@ -157,26 +172,42 @@ pub fn config_tables(a: &Analysis) -> Vec<Tab> {
             PrimaryMetric::MacroF1 => ("macro-F1", "accuracy"),
             PrimaryMetric::Accuracy => ("accuracy", "macro-F1"),
         };
-        let mut t = Tab {
-            title: format!("{dataset} — {method} (sorted by {}, 95% CI)", metric_name(primary)),
-            header: vec![
-                "configuration".into(),
-                "runs ok/total".into(),
-                format!("{pname} % [95% CI]"),
-                format!("{sname} % [95% CI]"),
-                "majority %".into(),
-                "invalid %".into(),
-                "collapse".into(),
-                "final loss".into(),
-                "train tok/s".into(),
-                "eval throughput".into(),
-            ],
-            rows: Vec::new(),
-        };
+        // The training loss is each objective's own: shown only when the trained rows share one.
+        let mut kinds: Vec<_> = group.iter().filter(|c| !c.zero_shot).map(|c| c.objective).collect();
+        kinds.dedup();
+        let own_loss = (kinds.len() == 1).then(|| kinds[0]);
+        let mut header = vec![
+            "configuration".into(),
+            "runs ok/total".into(),
+            format!("{pname} % [95% pooled-item bootstrap]"),
+            format!("{pname} seed s.d."),
+            format!("{sname} % [95% CI]"),
+            "MDE acc % (80% power)".into(),
+            "majority %".into(),
+            "invalid %".into(),
+            "collapse".into(),
+            "dev NLL/token (AR exact, ddm bound)".into(),
+        ];
+        if let Some(k) = own_loss {
+            header.push(format!("final train loss ({})", k.as_str()));
+        }
+        header.extend(["train tok/s".into(), "eval throughput".into()]);
+        let mut t = Tab { title: format!(
+                "{dataset} — {method} (sorted by {}; 95% CIs: bootstrap over items, seeds kept; MDE: two proportions, items × seeds pooled, 80% power, two-sided α = 0.05)",
+                metric_name(primary)
+            ), header, rows: Vec::new() };
         for c in group {
-            let (ps, ss) = match primary {
-                PrimaryMetric::MacroF1 => (with_interval(&c.macro_f1, c.single_macro_f1), with_interval(&c.accuracy, c.single_accuracy)),
-                PrimaryMetric::Accuracy => (with_interval(&c.accuracy, c.single_accuracy), with_interval(&c.macro_f1, c.single_macro_f1)),
+            let (ps, ss, psd) = match primary {
+                PrimaryMetric::MacroF1 => (
+                    with_interval(&c.macro_f1, c.macro_f1_pooled, c.single_macro_f1),
+                    with_interval(&c.accuracy, c.accuracy_pooled, c.single_accuracy),
+                    seed_sd(&c.macro_f1),
+                ),
+                PrimaryMetric::Accuracy => (
+                    with_interval(&c.accuracy, c.accuracy_pooled, c.single_accuracy),
+                    with_interval(&c.macro_f1, c.macro_f1_pooled, c.single_macro_f1),
+                    seed_sd(&c.accuracy),
+                ),
             };
             let is_best = !c.zero_shot && c.primary_mean().is_some_and(|m| m == best);
             let name = if c.zero_shot { format!("{} (zero-shot base, AR)", c.config_id) } else { c.config_id.clone() };
@@ -188,18 +219,31 @@ pub fn config_tables(a: &Analysis) -> Vec<Tab> {
                 labels.dedup();
                 format!("{}/{} → {}", c.collapsed.len(), c.done, labels.join(", "))
             };
-            t.rows.push(vec![
+            let mde = match (c.mde, c.items) {
+                (Some(d), Some(n)) => format!("{} (n={n}×{})", pct(d), c.accuracy.as_ref().map(|a| a.n).unwrap_or(0)),
+                (Some(d), None) => pct(d),
+                _ => "-".into(),
+            };
+            let mut row = vec![
                 (name, is_best),
                 (runs, false),
                 (ps, is_best),
+                (psd, false),
                 (ss, false),
+                (mde, false),
                 (c.majority.as_ref().map(|m| format!("{} ({})", pct(m.accuracy), m.label)).unwrap_or_else(|| "-".into()), false),
                 (c.invalid_rate.map(pct).unwrap_or_else(|| "-".into()), false),
                 (collapse, !c.collapsed.is_empty()),
-                (c.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()), false),
+                (c.dev_nll.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()), false),
+            ];
+            if own_loss.is_some() {
+                row.push((c.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()), false));
+            }
+            row.extend([
                 (c.train_tokens_per_s.map(|t| format!("{t:.0}")).unwrap_or_else(|| "-".into()), false),
                 (c.eval_throughput.as_ref().map(|(v, u)| format!("{v:.1} {u}")).unwrap_or_else(|| "-".into()), false),
             ]);
+            t.rows.push(row);
         }
         tabs.push(t);
     }
@@ -212,8 +256,8 @@ pub fn pairs_table(a: &Analysis) -> Option<Tab> {
         return None;
     }
     let mut t = Tab {
-        title: "ddm vs AR, paired on the same test items (Δ = ddm − AR; exact McNemar, paired bootstrap 95% CI)".into(),
-        header: ["ddm run", "AR run", "dataset", "method", "n", "acc ddm %", "acc AR %", "Δ acc % [95% CI]", "Δ macro-F1 % [95% CI]", "b / c", "p", "Holm p"]
+        title: "ddm vs AR, paired on the same test items (Δ = ddm − AR; exact McNemar, paired bootstrap 95% CI; MDE: paired McNemar formula, 80% power, two-sided α = 0.05)".into(),
+        header: ["ddm run", "AR run", "dataset", "method", "n", "acc ddm %", "acc AR %", "Δ acc % [95% CI]", "Δ macro-F1 % [95% CI]", "MDE acc % (80% power, paired)", "b / c", "p", "Holm p"]
             .iter()
             .map(|s| s.to_string())
             .collect(),
@@ -232,6 +276,7 @@ pub fn pairs_table(a: &Analysis) -> Option<Tab> {
             (pct(c.b_accuracy), false),
             (d(&c.accuracy_diff), c.accuracy_diff.excludes_zero()),
             (d(&c.macro_f1_diff), c.macro_f1_diff.excludes_zero()),
+            (p.mde.map(pct).unwrap_or_else(|| "-".into()), false),
             (format!("{} / {}", c.mcnemar.b, c.mcnemar.c), false),
             (format!("{:.3}", c.mcnemar.p_value), false),
             (format!("{:.3}", p.holm_p), p.holm_p <= 0.05),
@@ -287,7 +332,9 @@ pub fn report(path: &Path) -> Result<(PathBuf, Rendered)> {
     tables.extend(pairs_table(&a));
     tables.extend(failed_table(&folder, &man)?);
     let mut notes = vec![
-        "Intervals: 95% Student-t across seeds; ¹ a single seed: the run's own interval (Wilson for accuracy, bootstrap over items for macro-F1). Bold: best configuration by the primary metric; in the pair table, differences whose interval excludes 0 and Holm p ≤ 0.05.".to_string(),
+        "Intervals: 95% pooled-item bootstrap across seeds (the test items resampled, every seed kept; inside [0, 100]); the seed s.d. beside it is the spread across seeds; ¹ a single seed: the run's own interval (Wilson for accuracy, bootstrap over items for macro-F1); ² a folder written before the bootstrap: Student-t across seeds, clipped to [0, 100]. Bold: best configuration by the primary metric; in the pair table, differences whose interval excludes 0 and Holm p ≤ 0.05.".to_string(),
+        "MDE: the smallest accuracy difference detected with 80% power by a two-sided test at α = 0.05. Configuration tables: two proportions, (z₀.₉₇₅ + z₀.₈)·√(2p(1−p)/N) at the row's accuracy p with N = test items × seeds (seeds pooled as independent trials); pair table: McNemar, (z₀.₉₇₅ + z₀.₈)·√(ψ/n) with ψ the discordant share. Differences smaller than the MDE are not resolved by this study.".to_string(),
+        "Losses: configurations of different objectives are compared on the dev NLL per response token (eos included; AR exact, ddm the Monte Carlo ELBO bound, an upper bound on its NLL); each objective's training loss is its own weighting and is shown only in tables of one objective.".to_string(),
     ];
     notes.extend(a.note.clone());
     let r = Rendered { preamble, tables, notes };

@@ -80,7 +80,8 @@ fn num(x: Option<f64>) -> String {
 }
 
 /// Write `summary.csv` (atomically): one row per point with its swept values, seed, status,
-/// failure step, losses, throughput, wall time, and per evaluation method: n, accuracy with its
+/// failure step, losses (the objective's own, and the dev NLL per response token comparable
+/// across objectives), throughput, wall time, and per evaluation method: n, accuracy with its
 /// Wilson interval, macro-F1 with its bootstrap interval, balanced accuracy, invalid rate,
 /// majority baseline, collapse flag and throughput.
 pub fn write_csv(folder: &Path, manifest: &Manifest, rows: &[RunRow]) -> Result<()> {
@@ -109,6 +110,7 @@ pub fn write_csv(folder: &Path, manifest: &Manifest, rows: &[RunRow]) -> Result<
             num(t.map(|t| t.first_loss)),
             num(t.map(|t| t.final_loss)),
             num(t.and_then(|t| t.dev_loss)),
+            num(t.and_then(|t| t.dev_nll)),
             num(t.map(|t| t.tokens_per_s)),
             num(t.map(|t| t.wall_s)),
             num(r.wall_s()),

@@ -4,4 +4,4 @@ pub mod schedule;
 pub mod step;
 pub mod trainer;
 
-pub use trainer::{dev_loss, steps_for, train, EvalHook, StepMetrics, TrainInputs, TrainOutcome};
+pub use trainer::{dev_loss, dev_nll, steps_for, train, EvalHook, StepMetrics, TBucketRow, TrainInputs, TrainOutcome};

@@ -6,7 +6,7 @@
 use super::optim::{AdamW, GradAccum};
 use crate::model::params::Fwd;
 use crate::model::Llama;
-use crate::objective::{scored_loss, LossParts, Prepared};
+use crate::objective::{scored_loss, LossParts, Prepared, TBuckets};
 use crate::{Error, Result};
 
 /// The numbers of one optimizer step, summed over its micro-batches.
@@ -22,6 +22,8 @@ pub struct StepValues {
     pub n_correct: usize,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Unweighted CE per diffusion-time bucket, when the objective tags its rows.
+    pub buckets: Option<TBuckets>,
 }
 
 /// What a step needs besides the model and the batches.
@@ -73,7 +75,7 @@ pub fn update(accum: &mut GradAccum, opt: &mut AdamW, lr: f64, max_grad_norm: f6
 /// norm is [`Error::Diverged`].
 pub fn train_step(model: &Llama, prepared: &[Prepared], c: StepCtx) -> Result<StepValues> {
     let total_denom: f64 = prepared.iter().map(|p| p.denom).sum();
-    let mut out = StepValues { loss: 0.0, ce_sum: 0.0, n_scored: 0, n_correct: 0, grad_norm: 0.0 };
+    let mut out = StepValues { loss: 0.0, ce_sum: 0.0, n_scored: 0, n_correct: 0, grad_norm: 0.0, buckets: None };
     for (micro, p) in prepared.iter().enumerate() {
         let parts = forward(model, p, total_denom, c.seed, c.step, micro as u64)?;
         // backward before reading the loss: no device synchronisation between the passes
@@ -86,6 +88,7 @@ pub fn train_step(model: &Llama, prepared: &[Prepared], c: StepCtx) -> Result<St
         out.ce_sum += v.ce_sum;
         out.n_scored += v.n_scored;
         out.n_correct += v.n_correct;
+        out.buckets = TBuckets::merge(out.buckets, v.buckets);
     }
     out.grad_norm = update(c.accum, c.opt, c.lr, c.max_grad_norm, c.step)?;
     Ok(out)

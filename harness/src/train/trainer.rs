@@ -1,6 +1,13 @@
 //! The step loop. It knows nothing about which objective it runs: it asks the objective to
 //! prepare every micro-batch of a step, then runs the one training step
 //! ([`super::step::train_step`]: Σ w·CE / total per micro-batch, backward, clip, AdamW).
+//!
+//! It writes `metrics.csv` (one row per `log_every` steps), `t_buckets.csv` when the objective
+//! tags its scored rows with diffusion-time buckets (one row per bucket at each `metrics.csv`
+//! row, the CE per masked token over the steps since the previous row), and at each dev
+//! evaluation `eval_metrics.csv` rows: `dev_loss` (the objective's own weighted loss),
+//! `dev_nll` (negative log-likelihood per response token, [`dev_nll`]: comparable across
+//! objectives), `dev_ce`, `dev_token_acc`, then the hook's metrics.
 
 use super::optim::{AdamW, AdamWParams, GradAccum};
 use super::step::{train_step, StepCtx};
@@ -8,7 +15,7 @@ use super::schedule::lr_at;
 use crate::config::TrainConfig;
 use crate::model::params::{Fwd, Trainable};
 use crate::model::Llama;
-use crate::objective::{scored_loss, Batch, Example, Objective};
+use crate::objective::{scored_loss, t_bucket_range, Batch, Example, Objective, TBuckets, T_BUCKETS};
 use crate::rng::{derive_seed, rng_for, Purpose};
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
@@ -17,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-pub use ddm_schema::{StepMetrics, TrainOutcome};
+pub use ddm_schema::{StepMetrics, TBucketRow, TrainOutcome};
 
 /// Called every `eval_every` steps and at the end with the model in its current state; returns
 /// named metrics that go to `eval_metrics.csv`.
@@ -113,6 +120,44 @@ pub fn dev_loss(model: &Llama, objective: &dyn Objective, dev: &[Example], micro
     Ok((if denom > 0.0 { loss / denom } else { 0.0 }, ce / nn, correct as f64 / nn))
 }
 
+/// Monte Carlo draws per dev batch in [`dev_nll`] (passed as `micro` to
+/// [`Objective::prepare_nll`]). The diffusion bound's 1/t weight makes one draw per sequence
+/// noisy for short responses; an exact objective (AR) repeats the same pass, which costs
+/// `DEV_NLL_DRAWS - 1` extra forward passes per dev batch at each evaluation.
+pub const DEV_NLL_DRAWS: u64 = 4;
+
+/// Dev negative log-likelihood per response token (eos included), read under the objective's
+/// evaluation attention ([`Objective::prepare_nll`]): AR exact, diffusion the ELBO bound
+/// averaged over [`DEV_NLL_DRAWS`] Monte Carlo draws of (t, mask) per sequence. The draws are
+/// fixed (seeded from `seed`, the batch index and the draw, apart from those of [`dev_loss`]),
+/// so evaluations at different steps see the same draws. Σ over batches and draws of Σ w·CE,
+/// divided by the response tokens so counted; 0 when nothing is scored.
+pub fn dev_nll(model: &Llama, objective: &dyn Objective, dev: &[Example], micro_batch: usize, max_batches: usize, seed: u64, pad_id: u32) -> Result<f64> {
+    let nll_seed = derive_seed(seed, Purpose::EvalLoss, 1, 0);
+    let (mut sum, mut denom) = (0.0, 0.0);
+    for (k, chunk) in dev.chunks(micro_batch.max(1)).take(max_batches).enumerate() {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let batch = Batch::collate(&refs, pad_id);
+        for draw in 0..DEV_NLL_DRAWS {
+            let p = objective.prepare_nll(&batch, k as u64, draw, nll_seed)?;
+            sum += scored_loss(model, &p, 1.0, nll_seed, &Fwd::default())?.read()?.loss;
+            denom += p.denom;
+        }
+    }
+    Ok(if denom > 0.0 { sum / denom } else { 0.0 })
+}
+
+/// The `t_buckets.csv` rows of step `step` from the bucket sums since the previous row.
+fn bucket_rows(step: u64, b: &TBuckets) -> Vec<TBucketRow> {
+    (0..T_BUCKETS)
+        .map(|k| {
+            let (t_lo, t_hi) = t_bucket_range(k);
+            let ce = (b.n[k] > 0).then(|| b.ce_sum[k] / b.n[k] as f64);
+            TBucketRow { step, bucket: k, t_lo, t_hi, tokens: b.n[k], ce }
+        })
+        .collect()
+}
+
 /// Watches for a dead run: `limit` consecutive steps with gradient norm exactly 0, or with the
 /// mean CE within `tol` of the uniform value ln V. Reads only the host values a step returns.
 struct DeadWatch {
@@ -179,8 +224,9 @@ fn csv_writer(path: &Path, header: &str) -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// Train `model` (its `trainable` parameters) with `objective`. Writes `metrics.csv` per step and
-/// `eval_metrics.csv` (long format: step,metric,value) at each evaluation, under `.part` names
+/// Train `model` (its `trainable` parameters) with `objective`. Writes `metrics.csv` per step,
+/// `t_buckets.csv` (objectives with diffusion-time buckets) and `eval_metrics.csv` (long
+/// format: step,metric,value) at each evaluation, under `.part` names
 /// that are renamed to these when training ends, fails or is interrupted. A dead run (see
 /// `train.dead_steps`) is stopped with [`Error::Diverged`], as a NaN loss is.
 pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, inp: TrainInputs, hook: Option<&mut dyn EvalHook>) -> Result<TrainOutcome> {
@@ -189,8 +235,8 @@ pub fn train(model: &Llama, trainable: &Trainable, objective: &dyn Objective, in
     }
     std::fs::create_dir_all(&inp.checkpoint_dir).map_err(|e| Error::io(&inp.checkpoint_dir, e))?;
     let rd = ddm_schema::RunDir::new(inp.run_dir);
-    let files = [rd.metrics_csv(), rd.eval_metrics_csv()];
-    let out = train_loop(model, trainable, objective, &inp, hook, &part_path(&files[0]), &part_path(&files[1]));
+    let files = [rd.metrics_csv(), rd.eval_metrics_csv(), rd.t_buckets_csv()];
+    let out = train_loop(model, trainable, objective, &inp, hook, &part_path(&files[0]), &part_path(&files[1]), &part_path(&files[2]));
     // the curve of a failed run is published too; the training error comes first
     let published = publish(&files);
     let out = out?;
@@ -206,6 +252,7 @@ fn train_loop(
     mut hook: Option<&mut dyn EvalHook>,
     metrics_path: &Path,
     eval_path: &Path,
+    buckets_path: &Path,
 ) -> Result<TrainOutcome> {
     let cfg = inp.cfg;
     let mut metrics = csv::Writer::from_path(metrics_path).map_err(|e| Error::data(metrics_path, e.to_string()))?;
@@ -222,13 +269,17 @@ fn train_loop(
     bar.set_prefix(objective.name());
     let start = Instant::now();
     let (mut losses, mut total_tokens) = (Vec::with_capacity(inp.total_steps as usize), 0usize);
-    let mut evaluate = |step: u64, model: &Llama, hook: &mut Option<&mut dyn EvalHook>| -> Result<Option<f64>> {
+    // created at the first step that has buckets (AR never writes it)
+    let mut buckets_csv: Option<csv::Writer<std::fs::File>> = None;
+    let mut window: Option<TBuckets> = None;
+    let mut evaluate = |step: u64, model: &Llama, hook: &mut Option<&mut dyn EvalHook>| -> Result<(Option<f64>, Option<f64>)> {
         let mut rows = Vec::new();
-        let mut dl = None;
+        let mut dl = (None, None);
         if !inp.dev.is_empty() && cfg.dev_loss_batches > 0 {
             let (l, ce, acc) = dev_loss(model, objective, inp.dev, cfg.micro_batch, cfg.dev_loss_batches, inp.seed, inp.pad_id)?;
-            rows.extend([("dev_loss".to_string(), l), ("dev_ce".to_string(), ce), ("dev_token_acc".to_string(), acc)]);
-            dl = Some(l);
+            let nll = dev_nll(model, objective, inp.dev, cfg.micro_batch, cfg.dev_loss_batches, inp.seed, inp.pad_id)?;
+            rows.extend([("dev_loss".to_string(), l), ("dev_nll".to_string(), nll), ("dev_ce".to_string(), ce), ("dev_token_acc".to_string(), acc)]);
+            dl = (Some(l), Some(nll));
         }
         if let Some(h) = hook.as_mut() {
             rows.extend(h.evaluate(step, model)?);
@@ -285,10 +336,22 @@ fn train_loop(
             elapsed_s: start.elapsed().as_secs_f64(),
         };
         let dead_reason = dead.observe(step + 1, grad_norm, m.ce, scored);
+        window = TBuckets::merge(window, v.buckets);
         // the last row of a dead run is written, so its curve shows where it stopped
         if (step + 1) % cfg.log_every == 0 || step + 1 == inp.total_steps || dead_reason.is_some() {
             metrics.serialize(&m).map_err(|e| Error::data(metrics_path, e.to_string()))?;
             metrics.flush().map_err(|e| Error::io(metrics_path, e))?;
+            if let Some(b) = window.take() {
+                if buckets_csv.is_none() {
+                    buckets_csv = Some(csv::Writer::from_path(buckets_path).map_err(|e| Error::data(buckets_path, e.to_string()))?);
+                }
+                if let Some(w) = buckets_csv.as_mut() {
+                    for row in bucket_rows(step + 1, &b) {
+                        w.serialize(&row).map_err(|e| Error::data(buckets_path, e.to_string()))?;
+                    }
+                    w.flush().map_err(|e| Error::io(buckets_path, e))?;
+                }
+            }
         }
         if let Some(reason) = dead_reason {
             bar.abandon_with_message(format!("dead at step {}", step + 1));
@@ -304,7 +367,7 @@ fn train_loop(
             evaluate(s1, model, &mut hook)?;
         }
     }
-    let dev_final = evaluate(inp.total_steps, model, &mut hook)?;
+    let (dev_final, dev_nll_final) = evaluate(inp.total_steps, model, &mut hook)?;
     trainable.save(&inp.checkpoint_dir.join(ddm_schema::RunDir::ADAPTER))?;
     bar.finish_with_message(format!("loss {:.4}", losses.last().copied().unwrap_or(f64::NAN)));
     let wall = start.elapsed().as_secs_f64();
@@ -318,5 +381,6 @@ fn train_loop(
         wall_s: wall,
         trainable_params: trainable.numel(),
         dev_loss: dev_final,
+        dev_nll: dev_nll_final,
     })
 }

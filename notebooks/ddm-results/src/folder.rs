@@ -7,7 +7,7 @@
 //! repository root and from `notebooks/` (where the kernel runs) alike.
 
 use crate::{Error, Result};
-use ddm_schema::{Analysis, EvalResult, Manifest, Point, RunDir, RunStatus, StepMetrics, StudyDir, SummaryCsv};
+use ddm_schema::{Analysis, EvalResult, Manifest, Point, RunDir, RunStatus, StepMetrics, StudyDir, SummaryCsv, TBucketRow};
 use std::path::{Path, PathBuf};
 
 /// Default folder of `diffusion_vs_ar.ipynb`.
@@ -131,6 +131,12 @@ impl Study {
     /// `metrics.csv` of run `id` (empty for zero-shot runs).
     pub fn metrics(&self, id: &str) -> Result<Vec<StepMetrics>> {
         Ok(self.run_dir(id).read_metrics()?)
+    }
+
+    /// `t_buckets.csv` of run `id`: the diffusion loss by noise level; empty for AR and
+    /// zero-shot runs and for runs written before the file existed.
+    pub fn t_buckets(&self, id: &str) -> Result<Vec<TBucketRow>> {
+        Ok(self.run_dir(id).read_t_buckets()?)
     }
 
     /// `eval.json` of run `id` (`None` for failed runs).

@@ -12,7 +12,9 @@
 //!   across seeds of `summary.csv` columns.
 //! - [`tables`]: [`Table`]s (printed with comfy-table, shown as HTML in a notebook).
 //! - [`plots`]: [`Figure`]s (SVG from plotters, no system fonts; HTML in a notebook).
-//! - [`figures`]: the figures of a study (accuracy, loss curves, decoding steps, throughput, sweep).
+//! - [`figures`]: the figures of a study (accuracy, loss curves smoothed and on a log scale,
+//!   the diffusion loss by t bucket, dev NLL across objectives, decoding steps, throughput,
+//!   sweep).
 //! - [`page`]: a table and a figure as one cell output.
 //! - [`sweep`]: the swept value of a study, for `study.ipynb`.
 //!

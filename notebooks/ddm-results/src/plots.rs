@@ -2,8 +2,9 @@
 //! system fonts are needed), shown in a notebook as HTML through evcxr's display protocol.
 //!
 //! Two shapes cover the notebooks: [`forest`] (one row per configuration, a value with its
-//! interval per series) and [`lines`] (series over a numeric or categorical x axis, with
-//! optional interval bars). [`crate::figures`] feeds them from a [`crate::Study`].
+//! interval per series) and [`lines`] / [`lines_scaled`] (series over a numeric or categorical
+//! x axis, with optional interval bars, faint raw series behind smoothed ones, and a log-scale
+//! y axis). [`ema`] smooths a curve. [`crate::figures`] feeds them from a [`crate::Study`].
 
 use crate::Result;
 use plotters::prelude::*;
@@ -77,6 +78,33 @@ pub struct XySeries {
     pub markers: bool,
     /// Colour index (series sharing it share a colour, e.g. seeds of one configuration).
     pub color: usize,
+    /// Drawn thin and faint (the raw curve behind its smoothed one); never in the legend.
+    pub faint: bool,
+}
+
+/// The y axis of [`lines_scaled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum YScale {
+    /// Linear.
+    #[default]
+    Linear,
+    /// Logarithmic (base 10); values ≤ 0 are left out.
+    Log,
+}
+
+/// Exponential moving average of a curve, debiased as TensorBoard's smoothing is:
+/// `s_i = β·s_{i-1} + (1-β)·y_i`, shown as `s_i / (1 - β^i)` so the start is not pulled to 0.
+/// `beta = 0` returns the curve; non-finite values are skipped. `beta` is clamped to `[0, 0.999]`.
+pub fn ema(points: &[(f64, f64)], beta: f64) -> Vec<(f64, f64)> {
+    let beta = if beta.is_finite() { beta.clamp(0.0, 0.999) } else { 0.0 };
+    let (mut s, mut w) = (0.0, 0.0);
+    let mut out = Vec::with_capacity(points.len());
+    for &(x, y) in points.iter().filter(|p| p.1.is_finite()) {
+        s = beta * s + (1.0 - beta) * y;
+        w = beta * w + (1.0 - beta);
+        out.push((x, s / w));
+    }
+    out
 }
 
 fn color(i: usize) -> RGBColor {
@@ -108,6 +136,20 @@ fn number(x: f64) -> String {
     } else {
         let s = format!("{x:.4}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// A log-axis label: three significant digits (`25.1`, `6.31`, `0.398`).
+fn significant(x: f64) -> String {
+    if !(x.is_finite() && x > 0.0) || !(1e-3..1e5).contains(&x) {
+        return number(x);
+    }
+    let digits = (2 - x.log10().floor() as i32).max(0) as usize;
+    let s = format!("{x:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
     }
 }
 
@@ -207,6 +249,28 @@ pub fn forest(title: &str, x_desc: &str, rows: &[String], series: &[RowSeries], 
 /// Series over x: lines (with circles when `markers`), interval bars. With `x_labels`, x is
 /// categorical: point `x = i` is labelled `x_labels[i]`.
 pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[XySeries], x_labels: Option<&[String]>) -> Result<Figure> {
+    lines_scaled(title, x_desc, y_desc, series, x_labels, YScale::Linear)
+}
+
+/// [`lines`] with a choice of y scale. On a log scale the values are drawn as log10 and the
+/// axis labels give the values themselves; values ≤ 0 are left out.
+pub fn lines_scaled(title: &str, x_desc: &str, y_desc: &str, series: &[XySeries], x_labels: Option<&[String]>, scale: YScale) -> Result<Figure> {
+    let log = scale == YScale::Log;
+    let logged;
+    let series = if log {
+        let f = |y: f64| (y > 0.0).then(|| y.log10());
+        logged = series
+            .iter()
+            .map(|s| XySeries {
+                points: s.points.iter().filter_map(|&(x, y)| Some((x, f(y)?))).collect(),
+                bars: s.bars.iter().filter_map(|&(x, lo, hi)| Some((x, f(lo)?, f(hi)?))).collect(),
+                ..s.clone()
+            })
+            .collect::<Vec<_>>();
+        &logged[..]
+    } else {
+        series
+    };
     if series.iter().all(|s| s.points.is_empty()) {
         return Figure::note(title, "no data in this folder");
     }
@@ -218,7 +282,7 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[XySeries], x_lab
         }
     };
     let (y0, y1) = padded(series.iter().flat_map(|s| s.points.iter().map(|p| p.1).chain(s.bars.iter().flat_map(|b| [b.1, b.2]))));
-    let named = series.iter().filter(|s| !s.name.is_empty()).count();
+    let named = series.iter().filter(|s| !s.name.is_empty() && !s.faint).count();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (640, 380 + 16 * named.saturating_sub(4) as u32)).into_drawing_area();
@@ -240,15 +304,22 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[XySeries], x_lab
             }
             None => number(*x),
         };
-        let yfmt = |y: &f64| number(*y);
+        let yfmt = |y: &f64| if log { significant(10f64.powf(*y)) } else { number(*y) };
+        let y_desc = if log { format!("{y_desc} (log scale)") } else { y_desc.to_string() };
         let mut mesh = chart.configure_mesh();
-        mesh.x_desc(x_desc).y_desc(y_desc).light_line_style(RGBColor(235, 235, 235)).x_label_formatter(&fmt).y_label_formatter(&yfmt);
+        mesh.x_desc(x_desc).y_desc(y_desc.as_str()).light_line_style(RGBColor(235, 235, 235)).x_label_formatter(&fmt).y_label_formatter(&yfmt);
         if x_labels.is_some() {
             mesh.x_labels(integers(x0, x1));
         }
         mesh.draw()?;
-        for s in series {
+        // faint (raw) series first, so the smoothed ones are drawn over them
+        let order = series.iter().filter(|s| s.faint).chain(series.iter().filter(|s| !s.faint));
+        for s in order {
             let c = color(s.color);
+            if s.faint {
+                chart.draw_series(LineSeries::new(s.points.iter().copied(), c.mix(0.25).stroke_width(1)))?;
+                continue;
+            }
             let drawn = chart.draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))?;
             if !s.name.is_empty() {
                 drawn.label(s.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));

@@ -92,8 +92,12 @@ pub enum Metric {
     Accuracy,
     /// Macro-F1, per evaluation method.
     MacroF1,
-    /// Final training loss (mean of the last 10% of steps).
+    /// Final training loss (mean of the last 10% of steps): each objective's own weighting,
+    /// not comparable across objectives.
     FinalLoss,
+    /// Dev negative log-likelihood per response token (AR exact, ddm the ELBO bound):
+    /// comparable across objectives.
+    DevNll,
     /// Training tokens per second.
     TrainTokensPerS,
     /// Generated tokens per second (`generate`).
@@ -107,7 +111,8 @@ impl Metric {
             Metric::Primary => "primary metric",
             Metric::Accuracy => "accuracy",
             Metric::MacroF1 => "macro-F1",
-            Metric::FinalLoss => "final training loss",
+            Metric::FinalLoss => "final training loss (own objective)",
+            Metric::DevNll => "dev NLL per token",
             Metric::TrainTokensPerS => "training tokens/s",
             Metric::GenerateTokensPerS => "generated tokens/s",
         }
@@ -116,6 +121,7 @@ impl Metric {
     fn column(&self) -> Option<&'static str> {
         match self {
             Metric::FinalLoss => Some("final_loss"),
+            Metric::DevNll => Some("dev_nll"),
             Metric::TrainTokensPerS => Some("train_tokens_per_s"),
             Metric::GenerateTokensPerS => Some("generate_throughput"),
             _ => None,
@@ -132,8 +138,8 @@ pub struct SweepPoint {
     pub x: usize,
     /// Value.
     pub y: f64,
-    /// Interval (t across seeds, a single run's own interval, or the range across seeds for
-    /// loss and throughput).
+    /// Interval (the pooled-item bootstrap across seeds, a single run's own interval, or the
+    /// range across seeds for losses and throughput).
     pub interval: Option<(f64, f64)>,
 }
 
@@ -171,7 +177,7 @@ pub fn points(study: &Study, axis: &Axis, metric: Metric) -> Vec<SweepPoint> {
 pub fn table(study: &Study, axis: &Axis) -> Table {
     let mut t = Table::new(
         &format!("Against `{}` (95% intervals; loss and throughput: mean over seeds)", axis.key),
-        &[&axis.key, "series", "method", "runs", "primary metric", "accuracy", "macro-F1", "final loss", "train tokens/s"],
+        &[&axis.key, "series", "method", "runs", "primary metric", "accuracy", "macro-F1", "MDE (80% power)", "dev NLL/token", "final loss (own objective)", "train tokens/s"],
     );
     for c in &study.analysis.configs {
         let Some(p) = study.manifest.points_of(&c.config_id).next() else { continue };
@@ -185,6 +191,8 @@ pub fn table(study: &Study, axis: &Axis) -> Table {
             format!("{} {}", c.primary_metric.as_str(), c.primary_estimate().map(|e| e.text()).unwrap_or_default()),
             c.accuracy_estimate().map(|e| e.text()).unwrap_or_default(),
             c.macro_f1_estimate().map(|e| e.text()).unwrap_or_default(),
+            c.mde.map(|d| format!("{d:.3}")).unwrap_or_else(|| "–".into()),
+            mean("dev_nll", 3),
             mean("final_loss", 3),
             mean("train_tokens_per_s", 0),
         ]);

@@ -1,4 +1,9 @@
 //! Tables of a study: printed with comfy-table, shown in a notebook as an HTML `<table>`.
+//!
+//! Comparison tables carry the minimum detectable difference at 80% power (from
+//! `analysis.json`; `–` for folders written before it) and intervals inside [0, 1] (the
+//! pooled-item bootstrap across seeds; older folders' t-intervals shown clipped, and labelled
+//! so). Losses are compared across objectives on the dev NLL per token only.
 
 use crate::summary::Spread;
 use crate::{Result, Study};
@@ -98,16 +103,31 @@ pub fn info(study: &Study) -> Table {
     t
 }
 
-/// Accuracy and macro-F1 per configuration and method, with intervals, the majority
-/// baseline, invalid rate, collapse and final loss.
+/// `0.052`, or `–` when absent.
+fn opt(x: Option<f64>, digits: usize) -> String {
+    x.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "–".into())
+}
+
+/// Accuracy and macro-F1 per configuration and method, with intervals (pooled-item bootstrap
+/// across seeds), the seed s.d., the minimum detectable difference, the majority baseline,
+/// invalid rate, collapse and the dev NLL per token (comparable across objectives; the
+/// training loss only when every trained configuration has one objective).
 pub fn accuracy(study: &Study) -> Table {
-    let mut t = Table::new(
-        "Accuracy and macro-F1 per configuration (95% intervals)",
-        &["configuration", "dataset", "method", "runs", "primary", "accuracy", "macro-F1", "interval", "majority baseline", "invalid", "collapsed onto", "final loss"],
-    );
+    let mut kinds: Vec<&str> = study.analysis.configs.iter().filter(|c| !c.zero_shot).map(|c| c.objective.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let own_loss = (kinds.len() == 1).then(|| format!("final train loss ({})", kinds[0]));
+    let mut header = vec![
+        "configuration", "dataset", "method", "runs", "primary", "accuracy", "macro-F1", "interval", "accuracy seed s.d.", "MDE (80% power)", "majority baseline", "invalid",
+        "collapsed onto", "dev NLL/token",
+    ];
+    if let Some(h) = &own_loss {
+        header.push(h.as_str());
+    }
+    let mut t = Table::new("Accuracy and macro-F1 per configuration (95% intervals)", &header);
     for c in &study.analysis.configs {
         let acc = c.accuracy_estimate();
-        t.rows.push(vec![
+        let mut row = vec![
             c.config_id.clone(),
             c.dataset.clone(),
             c.method.clone(),
@@ -116,13 +136,28 @@ pub fn accuracy(study: &Study) -> Table {
             acc.map(|e| e.text()).unwrap_or_default(),
             c.macro_f1_estimate().map(|e| e.text()).unwrap_or_default(),
             acc.map(|e| e.source.to_string()).unwrap_or_default(),
+            opt(c.accuracy.as_ref().and_then(|a| a.std_dev), 3),
+            match (c.mde, c.items) {
+                (Some(d), Some(n)) => format!("{d:.3} (n={n}×{})", c.accuracy.as_ref().map(|a| a.n).unwrap_or(0)),
+                (d, _) => opt(d, 3),
+            },
             c.majority.as_ref().map(|m| format!("{:.3} ({})", m.accuracy, m.label)).unwrap_or_default(),
             c.invalid_rate.map(|x| format!("{x:.3}")).unwrap_or_default(),
             c.collapsed.join(", "),
-            c.final_loss.map(|x| format!("{x:.3}")).unwrap_or_default(),
-        ]);
+            opt(c.dev_nll, 3),
+        ];
+        if own_loss.is_some() {
+            row.push(c.final_loss.map(|x| format!("{x:.3}")).unwrap_or_default());
+        }
+        t.rows.push(row);
     }
-    t.note = Some("Intervals: Student-t across seeds; a single run shows its own interval (Wilson for accuracy, bootstrap over items for macro-F1).".into());
+    t.note = Some(
+        "Intervals: 95% pooled-item bootstrap across seeds (test items resampled, every seed kept), the seed s.d. beside it; a single run shows its own interval \
+         (Wilson for accuracy, bootstrap over items for macro-F1); folders written before the bootstrap show a Student-t interval across seeds clipped to [0, 1]. \
+         MDE: smallest accuracy difference to another configuration of the same items and seeds detected with 80% power at two-sided α = 0.05 \
+         ((z₀.₉₇₅ + z₀.₈)·√(2p(1−p)/N), N = items × seeds). dev NLL/token: AR exact, ddm its ELBO bound; the training losses of different objectives are not comparable."
+            .into(),
+    );
     t
 }
 
@@ -130,7 +165,7 @@ pub fn accuracy(study: &Study) -> Table {
 pub fn comparisons(study: &Study) -> Table {
     let mut t = Table::new(
         "ddm vs AR on the same test items (differences ddm − AR, paired bootstrap 95%)",
-        &["ddm run", "AR run", "dataset", "method", "n", "ddm acc", "AR acc", "Δ accuracy", "Δ macro-F1", "McNemar b/c", "p", "Holm p"],
+        &["ddm run", "AR run", "dataset", "method", "n", "ddm acc", "AR acc", "Δ accuracy", "Δ macro-F1", "MDE (80% power, paired)", "McNemar b/c", "p", "Holm p"],
     );
     for p in &study.analysis.pairs {
         let c = &p.comparison;
@@ -144,12 +179,35 @@ pub fn comparisons(study: &Study) -> Table {
             format!("{:.3}", c.b_accuracy),
             format!("{:+.3} [{:+.3}, {:+.3}]", c.accuracy_diff.estimate, c.accuracy_diff.lo, c.accuracy_diff.hi),
             format!("{:+.3} [{:+.3}, {:+.3}]", c.macro_f1_diff.estimate, c.macro_f1_diff.lo, c.macro_f1_diff.hi),
+            opt(p.mde, 3),
             format!("{} / {}", c.mcnemar.b, c.mcnemar.c),
             format!("{:.3}", c.mcnemar.p_value),
             format!("{:.3}", p.holm_p),
         ]);
     }
-    t.note = Some(study.analysis.note.clone().unwrap_or_else(|| "McNemar b: items only ddm got right; c: only AR.".into()));
+    let mde = "MDE: McNemar's paired formula (z₀.₉₇₅ + z₀.₈)·√(ψ/n), ψ the discordant share ((b + c)/n).";
+    t.note = Some(format!("{} {mde}", study.analysis.note.clone().unwrap_or_else(|| "McNemar b: items only ddm got right; c: only AR.".into())));
+    t
+}
+
+/// Losses per configuration: the dev NLL per response token (AR exact, ddm the ELBO bound:
+/// the comparable figure) beside each objective's own training and dev losses (mean and range
+/// across seeds, from `summary.csv`; `–` where an older folder lacks a column).
+pub fn losses(study: &Study) -> Table {
+    let mut t = Table::new(
+        "Losses per configuration (mean, range across seeds)",
+        &["configuration", "objective", "dev NLL/token (comparable)", "dev loss (own objective)", "final train loss (own objective)"],
+    );
+    for p in study.manifest.config_ids().iter().filter_map(|id| study.manifest.points_of(id).next()).filter(|p| !p.zero_shot) {
+        let s = |col: &str| Spread::of(&study.summary.values(&p.config_id, col)).map(|x| x.text(4)).unwrap_or_else(|| "–".into());
+        t.rows.push(vec![p.config_id.clone(), p.objective().to_string(), s("dev_nll"), s("dev_loss"), s("final_loss")]);
+    }
+    t.note = Some(
+        "dev NLL/token: negative log-likelihood per response token (eos included) on the dev split, AR exact, ddm the Monte Carlo ELBO bound \
+         (an upper bound on its NLL, at the attention it is evaluated with): compare objectives on this column only. The other two are each \
+         objective's own weighted loss."
+            .into(),
+    );
     t
 }
 

@@ -90,16 +90,24 @@ fn fixture(name: &str, finished: bool) -> PathBuf {
 
 fn all_outputs(s: &Study) -> String {
     let mut html = String::new();
-    for t in [tables::info(s), tables::accuracy(s), tables::comparisons(s), tables::throughput(s), tables::decoding_steps(s).unwrap()] {
+    for t in [tables::info(s), tables::accuracy(s), tables::comparisons(s), tables::losses(s), tables::throughput(s), tables::decoding_steps(s).unwrap()] {
         assert!(!t.to_string().is_empty());
         html += &t.html();
     }
     let axis = Axis::of(s);
     html += &ddm_results::sweep::table(s, &axis).html();
-    for f in [figures::accuracy(s), figures::loss_curves(s), figures::decoding_steps(s), figures::throughput(s)] {
+    for f in [
+        figures::accuracy(s),
+        figures::loss_curves(s),
+        figures::loss_curves_with(s, figures::CurveStyle::log()),
+        figures::t_buckets(s, figures::CurveStyle::default()),
+        figures::dev_nll(s),
+        figures::decoding_steps(s),
+        figures::throughput(s),
+    ] {
         html += &f.unwrap().html();
     }
-    for m in [Metric::Primary, Metric::Accuracy, Metric::FinalLoss, Metric::TrainTokensPerS, Metric::GenerateTokensPerS] {
+    for m in [Metric::Primary, Metric::Accuracy, Metric::FinalLoss, Metric::DevNll, Metric::TrainTokensPerS, Metric::GenerateTokensPerS] {
         html += &figures::sweep(s, m).unwrap().html();
     }
     let p = ddm_results::page([tables::info(s).into(), figures::throughput(s).unwrap().into()]);
@@ -134,6 +142,77 @@ fn fixture_opens_through_latest_and_renders() {
     let folder = s.dir.clone();
     assert_eq!(Study::open(folder.to_str().unwrap()).unwrap().dir, folder);
     assert_eq!(Study::open(study.join("latest").to_str().unwrap()).unwrap().dir, folder);
+}
+
+#[test]
+fn an_old_folder_without_the_new_fields_renders_and_says_what_it_lacks() {
+    // The fixture is such a folder: no t_buckets.csv, no dev_nll column, no MDE or pooled
+    // intervals in analysis.json.
+    let s = Study::open(fixture("old", true).to_str().unwrap()).unwrap();
+    assert!(figures::t_buckets(&s, figures::CurveStyle::default()).unwrap().html().contains("no t_buckets.csv"));
+    assert!(figures::dev_nll(&s).unwrap().html().contains("no dev_nll"));
+    let acc = tables::accuracy(&s);
+    let mde = acc.header.iter().position(|h| h.starts_with("MDE")).unwrap();
+    assert!(acc.rows.iter().all(|r| r[mde] == "–"), "{acc}");
+    // Mixed objectives: no training-loss column.
+    assert!(!acc.header.iter().any(|h| h.contains("train loss")), "{:?}", acc.header);
+}
+
+#[test]
+fn new_fields_are_shown_mde_pooled_intervals_dev_nll_and_t_buckets() {
+    let study = fixture("new", true);
+    let dir = study.join("20260101-000000-abc1234");
+    // analysis.json with the new fields on the first configuration and pair
+    let mut a: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("analysis.json")).unwrap()).unwrap();
+    a["configs"][0]["accuracy_pooled"] = json!({"estimate": 0.5, "lo": 0.3, "hi": 0.7});
+    a["configs"][0]["mde"] = json!(0.099);
+    a["configs"][0]["items"] = json!(4);
+    a["configs"][0]["dev_nll"] = json!(1.25);
+    a["pairs"][0]["mde"] = json!(0.42);
+    std::fs::write(dir.join("analysis.json"), a.to_string()).unwrap();
+    // summary.csv with a dev_nll column
+    let text = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    let mut lines = text.lines();
+    let mut out = format!("{},dev_nll\n", lines.next().unwrap());
+    for (i, l) in lines.enumerate() {
+        out += &format!("{l},{}\n", if i < 3 { format!("{}", 1.0 + i as f64) } else { String::new() });
+    }
+    std::fs::write(dir.join("summary.csv"), out).unwrap();
+    // t_buckets.csv of one diffusion run
+    let mut tb = String::from("step,bucket,t_lo,t_hi,tokens,ce\n");
+    for step in 1..=3 {
+        for k in 0..5 {
+            tb += &format!("{step},{k},{},{},{},{}\n", k as f64 / 5.0, (k + 1) as f64 / 5.0, if k == 0 { 0 } else { 4 }, if k == 0 { String::new() } else { format!("{}", 3.0 - step as f64 * 0.1 * k as f64) });
+        }
+    }
+    std::fs::write(dir.join("runs/ddm-anneal_steps=1-seed0/t_buckets.csv"), tb).unwrap();
+    let s = Study::open(study.to_str().unwrap()).unwrap();
+    let acc = tables::accuracy(&s);
+    assert!(acc.rows[0].iter().any(|c| c == "0.099 (n=4×1)"), "{acc}");
+    assert!(acc.rows[0].iter().any(|c| c == "1.250"), "{acc}");
+    assert!(acc.rows[0].iter().any(|c| c == ddm_results::schema::analysis::POOLED_SOURCE), "{acc}");
+    assert!(tables::comparisons(&s).rows[0].iter().any(|c| c == "0.420"));
+    let losses = tables::losses(&s);
+    assert_eq!(losses.rows.len(), 3, "trained configurations only");
+    assert!(losses.rows[0][2].starts_with("1.0000"), "{losses}");
+    let fig = figures::t_buckets(&s, figures::CurveStyle::default()).unwrap().html();
+    assert!(fig.contains("<svg") && fig.contains("t 0.2–0.4") && fig.contains("ddm-anneal_steps=1"), "no t-bucket plot");
+    assert!(!fig.contains("t 0.0–0.2"), "an empty bucket has no line and no legend entry");
+    assert!(figures::dev_nll(&s).unwrap().html().contains("ar-anneal_steps=1"));
+    assert!(figures::loss_curves_with(&s, figures::CurveStyle::log()).unwrap().html().contains("log scale"));
+}
+
+#[test]
+fn ema_is_debiased_and_zero_smoothing_is_the_raw_curve() {
+    use ddm_results::plots::ema;
+    let pts = [(1.0, 4.0), (2.0, 2.0), (3.0, f64::NAN), (4.0, 1.0)];
+    // β = 0.5: s = 2, w = 0.5 → 4; s = 1 + 1 = 2, w = 0.75 → 2.6667; NaN skipped;
+    // s = 1 + 0.5 = 1.5, w = 0.875 → 1.7143.
+    let e = ema(&pts, 0.5);
+    assert_eq!(e.len(), 3);
+    assert!((e[0].1 - 4.0).abs() < 1e-12 && (e[1].1 - 8.0 / 3.0).abs() < 1e-12 && (e[2].1 - 1.5 / 0.875).abs() < 1e-12, "{e:?}");
+    assert_eq!(e[2].0, 4.0);
+    assert_eq!(ema(&pts[..2], 0.0), pts[..2].to_vec());
 }
 
 #[test]
