@@ -143,7 +143,13 @@ fn both_decoders_report_the_same_decoding_diagnostics_and_the_frontier() {
             assert!((d.tokens_per_s - m.generated_tokens as f64 / d.decode_s).abs() <= 1e-9 * d.tokens_per_s.max(1.0));
             assert_eq!(m.throughput, d.tokens_per_s);
             if objective == "diffusion" {
-                assert_eq!(d.steps, Some(if m.method == "generate@steps=1" { 1 } else if m.method == "generate@steps=6" { 6 } else { 3 }));
+                let steps = match m.method.as_str() {
+                    "generate@steps=1" => Some(1),
+                    "generate@steps=6" => Some(6),
+                    "generate@threshold=0.5" => None, // the threshold strategy ignores the schedule
+                    _ => Some(3),
+                };
+                assert_eq!(d.steps, steps, "{}", m.method);
                 let cal = d.calibration.as_ref().expect("diffusion reports commit confidences");
                 assert_eq!(cal.bins.len(), 10);
                 assert_eq!(cal.bins.iter().map(|b| b.count).sum::<u64>(), 8, "calibration bins sum to n");
@@ -267,4 +273,22 @@ fn the_diffusion_sampler_reports_each_tokens_commit_confidence_and_reads_only_ca
         assert_eq!(o.confidence.len(), o.tokens.len());
         assert!(o.confidence.iter().all(|&c| c > 0.0 && c <= 1.0), "{:?}", o.confidence);
     }
+}
+
+#[test]
+fn calibration_bins_and_ece_by_hand() {
+    use harness::eval::metrics::{answer_confidence, calibration};
+    use harness::objective::Generated;
+    let cal = calibration(&[(0.05, false), (0.95, true), (0.95, false), (1.0, true)], 10);
+    assert_eq!(cal.bins.iter().map(|b| b.count).collect::<Vec<_>>(), vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 3], "1.0 falls in the last bin");
+    assert_eq!(cal.bins[9].correct, 2);
+    assert!((cal.bins[9].mean_confidence - 2.9 / 3.0).abs() < 1e-12);
+    // ECE = 1/4·|0 − 0.05| + 3/4·|2/3 − 2.9/3| = 0.0125 + 0.225
+    assert!((cal.ece - 0.2375).abs() < 1e-12, "{}", cal.ece);
+    assert_eq!(calibration(&[], 10).ece, 0.0);
+    // An answer's confidence is the mean over its tokens; empty = 0; missing confidences = None.
+    let g = |tokens: Vec<u32>, confidence: Vec<f32>| Generated { tokens, nfe: 1, hit_eos: true, confidence };
+    assert_eq!(answer_confidence(&g(vec![1, 2], vec![0.5, 1.0])), Some(0.75));
+    assert_eq!(answer_confidence(&g(vec![], vec![])), Some(0.0));
+    assert_eq!(answer_confidence(&g(vec![1, 2], vec![])), None);
 }

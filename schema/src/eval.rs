@@ -245,7 +245,8 @@ pub struct DecodeStats {
     pub batch_size: usize,
     /// Length budget (`eval.max_new_tokens`; the diffusion canvas).
     pub max_new_tokens: usize,
-    /// Diffusion: denoising steps of this method; absent for AR.
+    /// Diffusion: denoising steps of this method; absent for AR and for the threshold strategy
+    /// (which ignores the step schedule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
     /// Diffusion: the unmasking strategy (`low_confidence`, `random`, `threshold`); absent for AR.
@@ -288,7 +289,7 @@ pub struct FrontierRow {
     pub objective: ObjectiveKind,
     /// Diffusion strategy of the point (empty for AR).
     pub strategy: String,
-    /// Diffusion steps (empty for AR).
+    /// Diffusion steps (empty for AR and the threshold strategy).
     pub steps: Option<usize>,
     /// Threshold τ (empty unless the strategy is `threshold`).
     pub threshold: Option<f64>,

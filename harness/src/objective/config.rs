@@ -61,14 +61,16 @@ impl ObjectiveConfig {
     }
 
     /// The decoding settings a generate method with `eval` reports ([`crate::eval::metrics::decode_stats`]):
-    /// steps, strategy and τ for diffusion, none of them for AR.
+    /// steps (not for the threshold strategy, which ignores them), strategy and τ for diffusion,
+    /// none of them for AR.
     pub fn decode_settings(&self, eval: &crate::config::EvalConfig) -> crate::eval::metrics::DecodeSettings {
         let diffusion = matches!(self, ObjectiveConfig::Diffusion(_));
         let threshold = eval.strategy == crate::sample::StrategyKind::Threshold;
         crate::eval::metrics::DecodeSettings {
             batch_size: eval.batch_size,
             max_new_tokens: eval.max_new_tokens,
-            steps: diffusion.then_some(eval.steps),
+            // The threshold strategy ignores the step schedule (it runs until the block is done).
+            steps: (diffusion && !threshold).then_some(eval.steps),
             strategy: diffusion.then(|| serde_json::to_value(eval.strategy).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
             threshold: (diffusion && threshold).then_some(eval.threshold),
         }
