@@ -306,6 +306,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (_, r) = harness::study::report::report(&o.folder)?;
             print!("{}", r.terminal());
+            if let Some(t) = harness::report::study_frontier_table(&o.folder)? {
+                println!("speed–accuracy frontier (every generate method of every run)\n{t}");
+            }
             Ok(())
         }
         Cmd::Report { path } => {
@@ -318,6 +321,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (folder, r) = harness::study::report::report(&path)?;
             print!("{}", r.terminal());
+            if let Some(t) = harness::report::study_frontier_table(&folder)? {
+                println!("speed–accuracy frontier (every generate method of every run)\n{t}");
+            }
             println!("written to {}", ddm_schema::StudyDir::new(&folder).report_md().display());
             Ok(())
         }
