@@ -292,3 +292,24 @@ fn calibration_bins_and_ece_by_hand() {
     assert_eq!(answer_confidence(&g(vec![], vec![])), Some(0.0));
     assert_eq!(answer_confidence(&g(vec![1, 2], vec![])), None);
 }
+
+#[test]
+fn a_partly_annealed_reading_is_neither_full_nor_causal_attention() {
+    use candle_core::{Device, Tensor};
+    use harness::config::EvalAttention;
+    use harness::model::load::{random_model, tiny_config};
+    use harness::model::mask::AttentionMode;
+    use harness::objective::diffusion::ReadAttention;
+    use harness::sample::{Denoiser, ModelDenoiser};
+    let model = random_model(&tiny_config(64), &harness::model::AdapterConfig::default(), 6, &Device::Cpu).unwrap().0;
+    let ids = Tensor::from_slice(&[5u32, 9, 13, 2, 40, 41, 7, 8], (1, 8), &Device::Cpu).unwrap();
+    let logits = |r: ReadAttention| ModelDenoiser::at_step(&model, r.mode, r.step, r.seed).logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let half = ReadAttention::resolve(EvalAttention::Trained, 200, Some(100), 3); // 50% of future keys
+    let (p, full, causal) = (logits(half), logits(ReadAttention::FULL), logits(ReadAttention::CAUSAL));
+    assert!(max_diff(&p, &full) > 1e-6 && max_diff(&p, &causal) > 1e-6, "the annealed mask is in effect");
+    assert_eq!(p, logits(half), "the same draw every time");
+    // ModelDenoiser::new with an annealed mode is its end state: full attention.
+    let end = ModelDenoiser::new(&model, AttentionMode::Annealed { anneal_steps: 200 }).logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(max_diff(&end, &full) < 1e-6);
+}
