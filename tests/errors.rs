@@ -66,3 +66,62 @@ fn a_user_error_prints_no_backtrace_even_with_rust_backtrace() {
     assert_ne!(code, 0, "{err}");
     assert!(has_backtrace(&err), "DDM_BACKTRACE=1 printed no backtrace:\n{err}");
 }
+
+/// A config from TOML text, validated.
+fn validate(text: &str) -> Result<harness::config::RawConfig, String> {
+    let raw = harness::config::RawConfig::from_str_with(text, "test.toml", &[]).map_err(|e| e.to_string())?;
+    raw.validate().map_err(|e| e.to_string())?;
+    Ok(raw)
+}
+
+#[test]
+fn annealing_past_the_budget_needs_an_eval_attention() {
+    // Through the binary: one message naming both numbers and the key that lifts it.
+    let (code, err) = harness(
+        &["eval", "--dataset", "clinical-rules:n_test=4", "--objective", "diffusion", "--set", "train.max_steps=120", "--set", "objective.anneal_steps=300"],
+        &[],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("objective.anneal_steps = 300") && err.contains("120 optimizer steps") && err.contains("eval.attention"), "{err}");
+    assert!(err.contains("40%"), "says how far annealing got: {err}");
+    let base = "[train]\nmax_steps = 120\n[objective]\nanneal_steps = 300\n";
+    assert!(validate(base).is_err());
+    // Saying which attention lifts it; so does annealing within the budget.
+    for choice in ["trained", "full", "causal"] {
+        let raw = validate(&format!("{base}[eval]\nattention = \"{choice}\"\n")).unwrap();
+        // The choice is recorded in the resolved config (config.json).
+        let cfg = raw.resolve().unwrap();
+        assert_eq!(cfg.resolved.eval_attention.map(|a| a.as_str()), Some(choice));
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(json["eval"]["attention"], choice);
+        assert_eq!(json["resolved"]["eval_attention"], choice);
+    }
+    validate("[train]\nmax_steps = 120\n[objective]\nanneal_steps = 120\n").unwrap();
+    // Unset means trained, recorded as such.
+    let cfg = validate("[train]\nmax_steps = 10\n").unwrap().resolve().unwrap();
+    assert_eq!(cfg.resolved.eval_attention, Some(harness::config::EvalAttention::Trained));
+    // The step count from epochs is checked by the run itself (RawConfig::check_eval_attention).
+    let raw = validate("[objective]\nanneal_steps = 300\n").unwrap();
+    let e = raw.check_eval_attention(50).unwrap_err().to_string();
+    assert!(e.contains("300") && e.contains("50"), "{e}");
+    // Full attention is not a reading of an AR model.
+    let e = validate("[objective]\nkind = \"autoregressive\"\n[eval]\nattention = \"full\"\n").unwrap_err();
+    assert!(e.contains("eval.attention"), "{e}");
+}
+
+#[test]
+fn diffusion_only_sweeps_and_likelihood_without_fixed_responses_are_config_errors() {
+    let e = validate("[objective]\nkind = \"autoregressive\"\n[eval]\nthreshold_sweep = [0.5]\n").unwrap_err();
+    assert!(e.contains("eval.threshold_sweep") && e.contains("autoregressive"), "{e}");
+    validate("[eval]\nthreshold_sweep = [0.5, 0.9]\n").unwrap();
+    let e = validate("[eval]\nthreshold_sweep = [1.5]\n").unwrap_err();
+    assert!(e.contains("eval.threshold_sweep"), "{e}");
+    for format in ["rationale", "answer_with_rationale"] {
+        let e = validate(&format!("[data]\nresponse_format = \"{format}\"\n[eval]\nmethods = [\"likelihood\", \"generate\"]\n")).unwrap_err();
+        assert!(e.contains("eval.methods") && e.contains("data.response_format") && e.contains(format), "{e}");
+        validate(&format!("[data]\nresponse_format = \"{format}\"\n[eval]\nmethods = [\"generate\"]\n")).unwrap();
+    }
+    for format in ["answer", "category"] {
+        validate(&format!("[data]\nresponse_format = \"{format}\"\n[eval]\nmethods = [\"likelihood\"]\n")).unwrap();
+    }
+}

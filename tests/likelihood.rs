@@ -368,3 +368,37 @@ fn objectives_score_choices_with_their_own_scorer() {
         assert_ne!(other_item.scores, got.scores, "items draw independently");
     }
 }
+
+#[test]
+fn the_elbo_of_a_multi_token_choice_varies_across_samples_and_reports_its_error() {
+    use harness::config::{EvalConfig, ObjectiveConfig};
+    use harness::eval::likelihood::standard_error;
+    use harness::objective::{build, DiffusionConfig};
+    let model = sharp_model(4);
+    let eval = EvalConfig { mc_samples: 8, batch_size: 2, ..EvalConfig::default() };
+    // Different samples mask different positions of a multi-token answer.
+    let masks = draw_masks(8, ANSWER.len(), 3).unwrap();
+    assert!(masks.iter().any(|m| m != &masks[0]), "{masks:?}");
+    for shift in [true, false] {
+        let obj = build(&ObjectiveConfig::Diffusion(DiffusionConfig { shift, ..Default::default() }), MASK_ID);
+        // A three-token choice (e.g. option text + eos) and a one-token choice.
+        let s = obj.score_choices(&model, &PROMPT, &[ANSWER.to_vec(), vec![9]], 2, &eval, 1).unwrap();
+        let se = s.se.expect("the MC ELBO reports its standard error");
+        assert_eq!(se.len(), 2);
+        assert!(se[0] > 0.0, "shift={shift}: different masks give different estimates: {se:?}");
+        // One token: every sample masks it, so every sample is the same number.
+        assert_eq!(se[1], 0.0, "shift={shift}");
+        // The error is the samples' standard deviation over √n.
+        let cfg = DiffusionLikelihood { mask_id: MASK_ID, shift, n_samples: 8, batch: 8, seed: 1 }.for_item(2);
+        let xs: Vec<f64> = diffusion_elbo_samples(&model, &PROMPT, &ANSWER, &cfg).unwrap().iter().map(|x| x.estimate).collect();
+        let mean = xs.iter().sum::<f64>() / 8.0;
+        let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 7.0).sqrt();
+        assert!((se[0] - sd / 8f64.sqrt()).abs() < 1e-9, "{} vs {}", se[0], sd / 8f64.sqrt());
+        assert!((s.scores[0] - mean).abs() < 1e-9);
+    }
+    // AR scores are exact: no error.
+    let ar = build(&ObjectiveConfig::Autoregressive, MASK_ID).score_choices(&model, &PROMPT, &[ANSWER.to_vec()], 2, &eval, 1).unwrap();
+    assert_eq!(ar.se, None);
+    assert_eq!(standard_error(&[1.0]), 0.0);
+    assert!((standard_error(&[1.0, 3.0]) - 1.0).abs() < 1e-12);
+}

@@ -139,6 +139,36 @@ impl std::str::FromStr for EvalMethod {
     }
 }
 
+/// Which attention a diffusion model is evaluated under (`eval.attention`).
+///
+/// The autoregressive objective is always read causally: it accepts `trained` and `causal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalAttention {
+    /// What the last optimizer step used: full attention once annealing finished
+    /// (`objective.anneal_steps` ≤ the run's steps); for a partly annealed model, the annealed
+    /// mask of the last step (future keys visible with probability `steps / anneal_steps`, drawn
+    /// from the run seed and that step, as training drew it). An untrained (base) model is read
+    /// with full attention.
+    #[default]
+    Trained,
+    /// Full attention, whatever training ended with.
+    Full,
+    /// Causal attention.
+    Causal,
+}
+
+impl EvalAttention {
+    /// The config spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EvalAttention::Trained => "trained",
+            EvalAttention::Full => "full",
+            EvalAttention::Causal => "causal",
+        }
+    }
+}
+
 /// Optimizer, schedule and loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -225,7 +255,9 @@ pub struct EvalConfig {
     pub during_training: bool,
     /// Methods to run: `generate` and/or `likelihood`.
     pub methods: Vec<EvalMethod>,
-    /// Evaluate at most this many test items (after a seeded shuffle); unset = all.
+    /// Evaluate at most this many test items: the labelled items are shuffled with a generator
+    /// seeded from the run `seed` (`Purpose::EvalSample`), then the first `limit` are kept, in
+    /// their shuffled order. Deterministic for a seed; unset = all items, in file order.
     pub limit: Option<usize>,
     /// Items per forward pass.
     pub batch_size: usize,
@@ -237,6 +269,11 @@ pub struct EvalConfig {
     /// methods `generate@steps=N`), for accuracy against decoding steps. Empty = off; must be
     /// empty for the autoregressive objective.
     pub steps_sweep: Vec<usize>,
+    /// Diffusion generation: also evaluate `generate` with the `threshold` strategy at each of
+    /// these τ (methods `generate@threshold=τ`; steps, blocks and the rest as configured), for the
+    /// speed–accuracy frontier. Each τ in [0, 1]. Empty = off; must be empty for the
+    /// autoregressive objective.
+    pub threshold_sweep: Vec<f64>,
     /// Diffusion generation: `low_confidence`, `random` or `threshold`.
     pub strategy: StrategyKind,
     /// Diffusion `threshold` strategy: commit every position whose confidence exceeds this.
@@ -253,6 +290,11 @@ pub struct EvalConfig {
     pub mc_samples: usize,
     /// Bootstrap resamples for metric intervals.
     pub bootstrap: usize,
+    /// Attention the model is evaluated under: `trained` (what the last optimizer step used),
+    /// `full` or `causal`. Unset means `trained`, except that a diffusion run whose
+    /// `objective.anneal_steps` exceeds its optimizer steps must say which (a config error
+    /// otherwise). The resolved choice is recorded in `config.json` (`resolved.eval_attention`).
+    pub attention: Option<EvalAttention>,
 }
 
 impl Default for EvalConfig {
@@ -266,6 +308,7 @@ impl Default for EvalConfig {
             max_new_tokens: 8,
             steps: 8,
             steps_sweep: vec![],
+            threshold_sweep: vec![],
             strategy: StrategyKind::LowConfidence,
             threshold: 0.9,
             block_len: 0,
@@ -274,6 +317,7 @@ impl Default for EvalConfig {
             top_p: 1.0,
             mc_samples: 32,
             bootstrap: 1000,
+            attention: None,
         }
     }
 }
@@ -296,6 +340,15 @@ pub struct Resolved {
     /// How training runs each decoder layer (`model.layer_path`), as the model was built.
     #[serde(default)]
     pub layer_path: LayerPath,
+    /// The attention the model is evaluated under (`eval.attention`, `trained` when unset);
+    /// absent in configs written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_attention: Option<EvalAttention>,
+    /// Probability that a future key is visible under that attention for the trained model (1 =
+    /// full, 0 = causal; in between for a partly annealed model read as trained), once the
+    /// run's steps are known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_future_visibility: Option<f64>,
 }
 
 /// The validated configuration a run uses.
@@ -438,7 +491,16 @@ impl RawConfig {
                 if !self.eval.steps_sweep.is_empty() {
                     return bad("eval.steps_sweep", "a diffusion setting (decoding steps): must be empty for the autoregressive objective");
                 }
+                if !self.eval.threshold_sweep.is_empty() {
+                    return bad("eval.threshold_sweep", "a diffusion setting (threshold strategy): must be empty for the autoregressive objective");
+                }
+                if self.eval.attention == Some(EvalAttention::Full) {
+                    return bad("eval.attention", "\"full\" is a diffusion reading: the autoregressive objective is read causally (use \"trained\" or \"causal\")");
+                }
             }
+        }
+        if let Some(steps) = self.train.max_steps {
+            self.check_eval_attention(steps)?;
         }
         let m = &self.model;
         if !["auto", "f32", "bf16", "f16"].contains(&m.dtype.as_str()) {
@@ -457,6 +519,20 @@ impl RawConfig {
         if e.steps_sweep.contains(&0) {
             return bad("eval.steps_sweep", "step counts must be ≥ 1");
         }
+        if let Some(tau) = e.threshold_sweep.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+            return bad("eval.threshold_sweep", &format!("each τ must be in [0, 1], got {tau}"));
+        }
+        let format = self.data.response_format;
+        if e.methods.contains(&EvalMethod::Likelihood) && !format.scores_choices() {
+            return bad(
+                "eval.methods",
+                &format!(
+                    "`likelihood` scores each choice's response, but data.response_format = \"{}\" has no fixed response per choice \
+                     (it holds a generated rationale); use `generate`, or a format that scores choices (answer, category)",
+                    format.as_str()
+                ),
+            );
+        }
         if e.batch_size == 0 || e.max_new_tokens == 0 || e.steps == 0 || e.mc_samples == 0 {
             return bad("eval", "batch_size, max_new_tokens, steps and mc_samples must be ≥ 1");
         }
@@ -464,6 +540,28 @@ impl RawConfig {
             return bad("eval.temperature", "temperature ≥ 0, top_p in (0, 1], threshold in [0, 1]");
         }
         crate::data::validate(&self.data)?;
+        Ok(())
+    }
+
+    /// The `eval.attention` check once the run's optimizer steps are known: a diffusion run whose
+    /// `objective.anneal_steps` exceeds `steps` ends training partly annealed, so the config must
+    /// say which attention to evaluate under. Called by [`RawConfig::validate`] when
+    /// `train.max_steps` is set, and by the run once the epochs give the step count.
+    pub fn check_eval_attention(&self, steps: u64) -> Result<()> {
+        if let ObjectiveConfig::Diffusion(d) = &self.objective {
+            if d.anneal_steps > steps && self.eval.attention.is_none() {
+                return Err(Error::config(
+                    "eval.attention",
+                    format!(
+                        "objective.anneal_steps = {} exceeds the run's {steps} optimizer steps (train.max_steps or epochs), so training \
+                         ends with only {:.0}% of future keys visible; say which attention to evaluate under: \
+                         eval.attention = \"trained\" (that annealed mask), \"full\" or \"causal\" — or lower objective.anneal_steps",
+                        d.anneal_steps,
+                        100.0 * (steps as f64 / d.anneal_steps as f64).min(1.0)
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -477,9 +575,20 @@ impl RawConfig {
             d => d.to_string(),
         };
         let layer_path = self.model.layer_path;
+        let eval_attention = Some(self.eval.attention.unwrap_or_default());
         Ok(RunConfig {
             raw: self,
-            resolved: Resolved { device, dtype, mask_id: None, total_steps: None, n_train: None, n_truncated: None, layer_path },
+            resolved: Resolved {
+                device,
+                dtype,
+                mask_id: None,
+                total_steps: None,
+                n_train: None,
+                n_truncated: None,
+                layer_path,
+                eval_attention,
+                eval_future_visibility: None,
+            },
         })
     }
 }

@@ -115,7 +115,8 @@ enum Cmd {
         wait: bool,
     },
     /// Print a study's tables and write them to `report.md` (PATH: a result folder, or
-    /// `results/<study>` for its latest complete folder).
+    /// `results/<study>` for its latest complete folder); for a run or evaluation folder (one
+    /// holding `eval.json`), print its evaluation, decoding and frontier tables.
     Report {
         /// Result folder or study results directory.
         path: PathBuf,
@@ -273,7 +274,9 @@ fn run(cli: Cli) -> Result<()> {
                 "{} / {} split, {} items ({} prompts shortened to fit, {} over-long items skipped)",
                 result.dataset, result.split, result.n_items, result.n_truncated, result.n_overlong
             );
-            println!("{}", harness::report::eval_table(&result));
+            for (title, t) in harness::report::eval_folder_tables(&dir)?.unwrap_or_default() {
+                println!("{title}\n{t}");
+            }
             println!("written to {}", dir.display());
             Ok(())
         }
@@ -303,11 +306,24 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (_, r) = harness::study::report::report(&o.folder)?;
             print!("{}", r.terminal());
+            if let Some(t) = harness::report::study_frontier_table(&o.folder)? {
+                println!("speed–accuracy frontier (every generate method of every run)\n{t}");
+            }
             Ok(())
         }
         Cmd::Report { path } => {
+            // A run or evaluation folder (eval.json): its tables, frontier included.
+            if let Some(tables) = harness::report::eval_folder_tables(&path)? {
+                for (title, t) in tables {
+                    println!("{title}\n{t}");
+                }
+                return Ok(());
+            }
             let (folder, r) = harness::study::report::report(&path)?;
             print!("{}", r.terminal());
+            if let Some(t) = harness::report::study_frontier_table(&folder)? {
+                println!("speed–accuracy frontier (every generate method of every run)\n{t}");
+            }
             println!("written to {}", ddm_schema::StudyDir::new(&folder).report_md().display());
             Ok(())
         }

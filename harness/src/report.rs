@@ -3,6 +3,7 @@
 
 use crate::eval::EvalResult;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Table};
+use ddm_schema::eval::FrontierRow;
 
 fn pct(x: f64) -> String {
     format!("{:.1}", 100.0 * x)
@@ -29,6 +30,103 @@ pub fn eval_table(r: &EvalResult) -> Table {
         ]);
     }
     t
+}
+
+/// The speed–accuracy frontier (`frontier.csv`): one row per generate method, accuracy with its
+/// Wilson interval against mean forward passes per answer and tokens/s of the decode call, with
+/// the decoding batch size (the same for every row of one evaluation).
+pub fn frontier_table(rows: &[FrontierRow]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["method", "objective", "strategy", "steps", "τ", "n", "accuracy % [95% CI]", "mean NFE", "tokens/s", "mean length", "batch"]);
+    let opt = |x: Option<String>| x.unwrap_or_else(|| "-".into());
+    for r in rows {
+        t.add_row(vec![
+            Cell::new(&r.method),
+            Cell::new(r.objective.as_str()),
+            Cell::new(if r.strategy.is_empty() { "-" } else { r.strategy.as_str() }),
+            Cell::new(opt(r.steps.map(|s| s.to_string()))),
+            Cell::new(opt(r.threshold.map(|x| format!("{x}")))),
+            Cell::new(r.n),
+            Cell::new(format!("{} [{}, {}]", pct(r.accuracy), pct(r.accuracy_lo), pct(r.accuracy_hi))),
+            Cell::new(format!("{:.2}", r.mean_nfe)),
+            Cell::new(format!("{:.1}", r.tokens_per_s)),
+            Cell::new(format!("{:.2}", r.mean_length)),
+            Cell::new(r.batch_size),
+        ]);
+    }
+    t
+}
+
+/// Decoding diagnostics per generate method: hit-eos rate, the length range, the NFE range,
+/// and calibration (ECE, with the answer confidence's definition).
+pub fn decode_table(r: &EvalResult) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["method", "hit eos %", "length min–max (mean)", "NFE min–max", "ECE (answer conf.)"]);
+    for m in &r.methods {
+        let Some(d) = &m.decode else { continue };
+        let nonzero: Vec<usize> = d.length_counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(k, _)| k).collect();
+        let len = match (nonzero.first(), nonzero.last()) {
+            (Some(a), Some(b)) => format!("{a}–{b} ({:.2})", d.mean_length),
+            _ => "-".into(),
+        };
+        let nfe = match (d.nfe_counts.first(), d.nfe_counts.last()) {
+            (Some(a), Some(b)) => format!("{}–{}", a.value, b.value),
+            _ => "-".into(),
+        };
+        let ece = d.calibration.as_ref().map(|c| format!("{:.3} ({})", c.ece, c.answer_confidence)).unwrap_or_else(|| "-".into());
+        t.add_row(vec![Cell::new(&m.method), Cell::new(pct(d.hit_eos_rate)), Cell::new(len), Cell::new(nfe), Cell::new(ece)]);
+    }
+    t
+}
+
+/// The tables of one evaluation folder (`eval.json`, and `frontier.csv` when present): the
+/// method table, the decoding diagnostics, the frontier. `None` when the folder holds no
+/// `eval.json`.
+pub fn eval_folder_tables(dir: &std::path::Path) -> crate::Result<Option<Vec<(&'static str, Table)>>> {
+    let Some(r) = ddm_schema::RunDir::new(dir).read_eval()? else { return Ok(None) };
+    let mut out = vec![("evaluation", eval_table(&r))];
+    if r.methods.iter().any(|m| m.decode.is_some()) {
+        out.push(("decoding", decode_table(&r)));
+    }
+    if let Some(rows) = ddm_schema::eval::read_frontier(dir)? {
+        out.push(("speed–accuracy frontier", frontier_table(&rows)));
+    }
+    Ok(Some(out))
+}
+
+/// The frontier of every run of a study folder (`runs/<id>/frontier.csv`, runs in name order)
+/// as one table with the run id first; `None` when no run has one (older folders).
+pub fn study_frontier_table(folder: &std::path::Path) -> crate::Result<Option<Table>> {
+    let runs = ddm_schema::StudyDir::new(folder).runs();
+    let Ok(entries) = std::fs::read_dir(&runs) else { return Ok(None) };
+    let mut dirs: Vec<std::path::PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    let mut rows = Vec::new();
+    for d in dirs {
+        let id = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for r in ddm_schema::eval::read_frontier(&d)?.unwrap_or_default() {
+            rows.push((id.clone(), r));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let only: Vec<FrontierRow> = rows.iter().map(|(_, r)| r.clone()).collect();
+    let mut t = frontier_table(&only);
+    let mut header: Vec<String> = vec!["run".into()];
+    header.extend(t.header().map(|h| h.cell_iter().map(|c| c.content()).collect::<Vec<_>>()).unwrap_or_default());
+    let body: Vec<Vec<String>> = t.row_iter().map(|r| r.cell_iter().map(|c| c.content()).collect()).collect();
+    t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(header);
+    for ((id, _), cells) in rows.iter().zip(body) {
+        let mut row = vec![id.clone()];
+        row.extend(cells);
+        t.add_row(row);
+    }
+    Ok(Some(t))
 }
 
 /// Markdown for a comfy table (GitHub pipe table).

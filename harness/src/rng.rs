@@ -8,7 +8,8 @@
 use rand::SeedableRng;
 pub use rand_chacha::ChaCha8Rng;
 
-/// What a generator is used for; part of its seed.
+/// What a generator is used for; part of its seed. New purposes go last: the discriminant is
+/// part of the seed, so reordering would change every earlier draw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     /// The annealed attention mask of a step.
@@ -29,6 +30,8 @@ pub enum Purpose {
     Likelihood,
     /// Evaluation-time losses on the dev split.
     EvalLoss,
+    /// Which test items `eval.limit` keeps (a seeded shuffle of the labelled items).
+    EvalSample,
 }
 
 fn splitmix64(mut z: u64) -> u64 {

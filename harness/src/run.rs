@@ -103,7 +103,9 @@ struct DevAccuracy<'a> {
 
 impl EvalHook for DevAccuracy<'_> {
     fn evaluate(&mut self, step: u64, model: &Llama) -> Result<Vec<(String, f64)>> {
-        let r = crate::eval::evaluate(model, self.tok, self.items, &self.setup, &self.dataset, "dev", self.run.dev_eval(step).path())?;
+        // The model as it stands after `step` optimizer steps (its attention at that step).
+        let setup = crate::eval::EvalSetup { trained_steps: Some(step), ..self.setup.clone() };
+        let r = crate::eval::evaluate(model, self.tok, self.items, &setup, &self.dataset, "dev", self.run.dev_eval(step).path())?;
         let mut out = Vec::new();
         for m in &r.methods {
             out.push((format!("dev_accuracy_{}", m.method), m.report.accuracy.estimate));
@@ -168,8 +170,12 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
     let (dev_ex, _) = encode_items(&splits.dev, "dev", &cfg.raw, &loaded.tok)?;
     let t = &cfg.raw.train;
     let total = t.max_steps.unwrap_or_else(|| train::steps_for(train_ex.len(), t.epochs, t.micro_batch, t.grad_accum));
+    // With epochs the step count is known only now: the same anneal/eval check as validate's.
+    cfg.raw.check_eval_attention(total)?;
     cfg.resolved.mask_id = Some(loaded.tok.mask_id);
     cfg.resolved.total_steps = Some(total);
+    cfg.resolved.eval_future_visibility =
+        Some(cfg.raw.objective.eval_future_visibility(cfg.raw.eval.attention.unwrap_or_default(), Some(total), cfg.raw.seed));
     cfg.resolved.n_train = Some(train_ex.len());
     cfg.resolved.n_truncated = Some(trunc);
     // The resolved config goes into the run folder (created here) before training starts.
@@ -242,6 +248,8 @@ pub enum EvalSource<'a> {
 /// training ([`execute`]), of a run folder ([`eval_run_dir`]), of a base model ([`eval_base`])
 /// and of a study's zero-shot point ([`execute_zero_shot`]).
 pub fn evaluate(cfg: &RunConfig, source: EvalSource, out_dir: &Path) -> Result<EvalResult> {
+    // A trained model is read under the attention of its last step; a base model is untrained.
+    let source_kind = if matches!(source, EvalSource::Base) { SourceKind::Base } else { SourceKind::Trained };
     let owned;
     let (loaded, splits) = match source {
         EvalSource::Trained { loaded, splits } => (loaded, splits),
@@ -254,8 +262,17 @@ pub fn evaluate(cfg: &RunConfig, source: EvalSource, out_dir: &Path) -> Result<E
             (&owned.0, &owned.1)
         }
     };
-    let setup = crate::eval::EvalSetup::from_config(&cfg.raw);
+    let setup = match source_kind {
+        SourceKind::Trained => crate::eval::EvalSetup::for_trained(cfg),
+        SourceKind::Base => crate::eval::EvalSetup::from_config(&cfg.raw),
+    };
     crate::eval::evaluate(&loaded.model, &loaded.tok, &splits.test, &setup, &splits.name, "test", out_dir)
+}
+
+/// Whether [`evaluate`] reads a trained model (its `resolved.total_steps`) or the base model.
+enum SourceKind {
+    Trained,
+    Base,
 }
 
 fn now() -> String {

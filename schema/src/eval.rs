@@ -165,6 +165,15 @@ pub struct MethodResult {
     pub throughput_unit: String,
     /// Mean forward passes per item.
     pub mean_nfe: f64,
+    /// Decoding diagnostics of a generate method, measured the same way for both objectives;
+    /// absent for likelihood and in files written before they existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode: Option<DecodeStats>,
+    /// Likelihood of a diffusion model: the mean over items and choices of each score's Monte
+    /// Carlo standard error (per-choice errors are in `predictions.jsonl`); absent for exact
+    /// scores (AR) and generate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_score_se: Option<f64>,
 }
 
 impl MethodResult {
@@ -172,6 +181,185 @@ impl MethodResult {
     pub fn sweep_steps(&self) -> Option<u64> {
         self.method.strip_prefix("generate@steps=")?.parse().ok()
     }
+
+    /// The τ of a `generate@threshold=τ` method.
+    pub fn sweep_threshold(&self) -> Option<f64> {
+        self.method.strip_prefix("generate@threshold=")?.parse().ok()
+    }
+}
+
+/// How many times one value occurred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueCount {
+    /// The value.
+    pub value: u64,
+    /// How many answers had it.
+    pub count: u64,
+}
+
+/// One confidence bin of a [`Calibration`]: answers whose confidence lies in `[lo, hi)` (the last
+/// bin includes 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationBin {
+    /// Lower edge.
+    pub lo: f64,
+    /// Upper edge.
+    pub hi: f64,
+    /// Answers in the bin.
+    pub count: u64,
+    /// Correct answers in the bin.
+    pub correct: u64,
+    /// Mean answer confidence in the bin (0 when empty).
+    pub mean_confidence: f64,
+    /// `correct / count` (0 when empty).
+    pub accuracy: f64,
+}
+
+/// Calibration of the sampler's commit confidence against correctness.
+///
+/// An answer's confidence is the **mean** over its generated tokens (eos excluded) of each
+/// token's commit confidence (the chosen token's probability under the plain softmax when it was
+/// committed: diffusion at its unmasking step, AR at its decoding step); an empty answer has
+/// confidence 0. Answers fall into equal-width bins on [0, 1]; the bins' counts sum to the
+/// number of answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// How an answer's confidence is made from its tokens' (`mean`).
+    pub answer_confidence: String,
+    /// Equal-width bins on [0, 1], in order.
+    pub bins: Vec<CalibrationBin>,
+    /// Expected calibration error: Σ_bins (count / n) · |accuracy − mean confidence|.
+    pub ece: f64,
+}
+
+/// Decoding diagnostics of one generate method.
+///
+/// `tokens_per_s` = generated tokens (eos excluded, summed over answers) / wall seconds of the
+/// decode call alone (the objective's `generate` over every prompt, batched at `batch_size`;
+/// tokenizing, text decoding and parsing excluded). Diffusion and AR are timed the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecodeStats {
+    /// Answers decoded.
+    pub answers: u64,
+    /// Prompts per decoding batch (`eval.batch_size`).
+    pub batch_size: usize,
+    /// Length budget (`eval.max_new_tokens`; the diffusion canvas).
+    pub max_new_tokens: usize,
+    /// Diffusion: denoising steps of this method; absent for AR and for the threshold strategy
+    /// (which ignores the step schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Diffusion: the unmasking strategy (`low_confidence`, `random`, `threshold`); absent for AR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Diffusion `threshold` strategy: τ; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Wall seconds of the decode call.
+    pub decode_s: f64,
+    /// Generated tokens (eos excluded) per second of the decode call.
+    pub tokens_per_s: f64,
+    /// Forward passes per answer: how many answers took each count, by increasing count.
+    pub nfe_counts: Vec<ValueCount>,
+    /// Mean generated length (tokens, eos excluded).
+    pub mean_length: f64,
+    /// `length_counts[k]`: answers of exactly k generated tokens, k = 0..=max_new_tokens.
+    pub length_counts: Vec<u64>,
+    /// Share of answers ended by an eos (the rest ran out of budget).
+    pub hit_eos_rate: f64,
+    /// `eos_position_counts[k]`: answers whose eos came right after k tokens, k =
+    /// 0..max_new_tokens (answers without eos are not counted).
+    pub eos_position_counts: Vec<u64>,
+    /// Commit confidence against correctness; absent when the decoder reported no per-token
+    /// confidences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// The file of the speed–accuracy frontier in a run folder (one [`FrontierRow`] per generate
+/// method), beside `eval.json`.
+pub const FRONTIER_CSV: &str = "frontier.csv";
+
+/// One point of the speed–accuracy frontier: a generate method of one evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrontierRow {
+    /// The method label (`generate`, `generate@steps=N`, `generate@threshold=τ`).
+    pub method: String,
+    /// How the model was read (`diffusion` / `autoregressive`).
+    pub objective: ObjectiveKind,
+    /// Diffusion strategy of the point (empty for AR).
+    pub strategy: String,
+    /// Diffusion steps (empty for AR and the threshold strategy).
+    pub steps: Option<usize>,
+    /// Threshold τ (empty unless the strategy is `threshold`).
+    pub threshold: Option<f64>,
+    /// Items.
+    pub n: u64,
+    /// Accuracy.
+    pub accuracy: f64,
+    /// Wilson 95% lower bound of the accuracy.
+    pub accuracy_lo: f64,
+    /// Wilson 95% upper bound of the accuracy.
+    pub accuracy_hi: f64,
+    /// Mean forward passes per answer.
+    pub mean_nfe: f64,
+    /// Generated tokens per second of the decode call ([`DecodeStats`]).
+    pub tokens_per_s: f64,
+    /// Mean generated length.
+    pub mean_length: f64,
+    /// Prompts per decoding batch.
+    pub batch_size: usize,
+}
+
+impl EvalResult {
+    /// The frontier points of this evaluation: one row per generate method that carries
+    /// [`DecodeStats`], in method order.
+    pub fn frontier(&self) -> Vec<FrontierRow> {
+        self.methods
+            .iter()
+            .filter_map(|m| {
+                let d = m.decode.as_ref()?;
+                let a = m.report.accuracy;
+                Some(FrontierRow {
+                    method: m.method.clone(),
+                    objective: self.objective,
+                    strategy: d.strategy.clone().unwrap_or_default(),
+                    steps: d.steps,
+                    threshold: d.threshold,
+                    n: m.report.n,
+                    accuracy: a.estimate,
+                    accuracy_lo: a.lo,
+                    accuracy_hi: a.hi,
+                    mean_nfe: m.mean_nfe,
+                    tokens_per_s: d.tokens_per_s,
+                    mean_length: d.mean_length,
+                    batch_size: d.batch_size,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Write `rows` as `frontier.csv` into `dir` (header first).
+pub fn write_frontier(dir: &std::path::Path, rows: &[FrontierRow]) -> crate::Result<()> {
+    let path = dir.join(FRONTIER_CSV);
+    let mut w = csv::WriterBuilder::new().has_headers(true).from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r).map_err(|e| crate::Error::parse(&path, e))?;
+    }
+    let bytes = w.into_inner().map_err(|e| crate::Error::parse(&path, e))?;
+    crate::layout::write_atomic(&path, &bytes)
+}
+
+/// Read `frontier.csv` of `dir`; `None` when the folder has none (older runs).
+pub fn read_frontier(dir: &std::path::Path) -> crate::Result<Option<Vec<FrontierRow>>> {
+    let path = dir.join(FRONTIER_CSV);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut r = csv::Reader::from_path(&path).map_err(|e| crate::Error::parse(&path, e))?;
+    let rows = r.deserialize().collect::<std::result::Result<Vec<FrontierRow>, _>>().map_err(|e| crate::Error::parse(&path, e))?;
+    Ok(Some(rows))
 }
 
 /// `skip_serializing_if` of counts written only when not 0.
@@ -216,6 +404,10 @@ pub struct Prediction {
     pub raw: String,
     /// Per-choice scores (likelihood), in the item's choice order.
     pub scores: Option<Vec<f64>>,
+    /// Per-choice standard errors of `scores` over Monte Carlo samples (diffusion likelihood);
+    /// absent for exact scores and in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_se: Option<Vec<f64>>,
     /// Whether `predicted == gold`.
     pub correct: bool,
 }

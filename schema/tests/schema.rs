@@ -55,6 +55,8 @@ fn eval_result() -> EvalResult {
             throughput: 8.0,
             throughput_unit: "tokens/s".into(),
             mean_nfe: 4.0,
+            decode: None,
+            mean_score_se: None,
         }],
     }
 }
@@ -152,7 +154,7 @@ fn every_record_round_trips() {
     round_trip(&iv(0.5));
     round_trip(&report());
     round_trip(&eval_result());
-    round_trip(&Prediction { id: "q1".into(), method: "likelihood".into(), gold: "yes".into(), predicted: None, raw: String::new(), scores: Some(vec![-1.5, -2.0]), correct: false });
+    round_trip(&Prediction { id: "q1".into(), method: "likelihood".into(), gold: "yes".into(), predicted: None, raw: String::new(), scores: Some(vec![-1.5, -2.0]), score_se: None, correct: false });
     round_trip(&StepMetrics { step: 1, epoch: 0.5, lr: 1e-3, loss: 3.0, ce: 2.5, token_acc: 0.25, grad_norm: 1.0, scored_tokens: 10, tokens: 100, tokens_per_s: 500.0, elapsed_s: 0.2 });
     round_trip(&train_outcome());
     round_trip(&TBucketRow { step: 4, bucket: 1, t_lo: 0.2, t_hi: 0.4, tokens: 12, ce: Some(2.5) });
@@ -214,7 +216,7 @@ fn run_dir_writes_done_failed_and_reads_back() {
     d.write_eval(&eval_result()).unwrap();
     assert_eq!(d.read_eval().unwrap(), Some(eval_result()));
     let mut w = d.predictions_writer().unwrap();
-    let pred = Prediction { id: "q".into(), method: "generate".into(), gold: "yes".into(), predicted: Some("yes".into()), raw: "yes".into(), scores: None, correct: true };
+    let pred = Prediction { id: "q".into(), method: "generate".into(), gold: "yes".into(), predicted: Some("yes".into()), raw: "yes".into(), scores: None, score_se: None, correct: true };
     w.write(&pred).unwrap();
     w.write(&pred).unwrap();
     w.finish().unwrap();

@@ -13,7 +13,10 @@
 //!   the samples ([`stratified_mask_counts`]), masks `k` answer positions chosen uniformly without
 //!   replacement, runs the model with full attention and scores
 //!   `(A / k) · Σ_{masked p} log p(answer_p | corrupted sequence)`. The estimate is the mean of the
-//!   samples. Its expectation, [`exact_elbo`], is
+//!   samples, its standard error the samples' standard deviation over √n ([`standard_error`]). With a
+//!   one-token answer every sample masks that token, so the samples agree and the error is 0.
+//!   The model is read under the attention it ended training with ([`ReadAttention`]; full attention
+//!   once annealing finished). Its expectation, [`exact_elbo`], is
 //!   `E_{k ~ U{1..A}} [ (A/k) · E_{S ⊂ answer, |S| = k} Σ_{p ∈ S} log p(x_p | x with S masked) ]`.
 //!   With `shift` (DiffuLLaMA, Dream) the prediction for position `p` is read from output `p − 1`.
 //!
@@ -27,8 +30,9 @@
 
 use crate::error::{Error, Result};
 use crate::model::params::Fwd;
-use crate::model::mask::{attention_bias, AttentionMode};
+use crate::model::mask::attention_bias;
 use crate::model::{KvCache, Llama};
+use crate::objective::diffusion::ReadAttention;
 use crate::objective::{token_ce, ChoiceScores};
 use crate::rng::{derive_seed, rng_for, Purpose};
 use candle_core::{DType, Tensor};
@@ -322,7 +326,9 @@ pub fn draw_masks(n: usize, a: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
 // ---------------------------------------------------------------------------------------------
 
 /// `Σ_{p ∈ mask} log p(answer_p | prompt ++ answer with `mask` replaced by `mask_id`)` for each
-/// mask, full attention, in forward passes of at most `batch` sequences.
+/// mask, under attention `read` (full for a fully annealed model), in forward passes of at most
+/// `batch` sequences.
+#[allow(clippy::too_many_arguments)]
 fn masked_sums(
     model: &Llama,
     prompt: &[u32],
@@ -331,10 +337,12 @@ fn masked_sums(
     mask_id: u32,
     shift: bool,
     batch: usize,
+    read: ReadAttention,
 ) -> Result<Vec<f64>> {
     let p0 = prompt.len();
     let l = p0 + answer.len();
-    let full = attention_bias(AttentionMode::Full, 0, 0, l, None, model.dtype, &model.device)?; // None: nothing hidden
+    // (1, 1, L, L), or None when nothing is hidden (full attention)
+    let full = attention_bias(read.mode, read.step, read.seed, l, None, model.dtype, &model.device)?;
     let mut out = Vec::with_capacity(masks.len());
     for chunk in masks.chunks(batch.max(1)) {
         let b = chunk.len();
@@ -358,18 +366,31 @@ fn masked_sums(
 }
 
 /// The per-sample Monte Carlo estimates behind [`diffusion_elbo`], in sample order (use them for
-/// a standard error). Needs a non-empty answer, and a non-empty prompt when `cfg.shift`.
+/// a standard error), with full attention. Needs a non-empty answer, and a non-empty prompt when
+/// `cfg.shift`.
 pub fn diffusion_elbo_samples(
     model: &Llama,
     prompt: &[u32],
     answer: &[u32],
     cfg: &DiffusionLikelihood,
 ) -> Result<Vec<ElboSample>> {
+    diffusion_elbo_samples_under(model, prompt, answer, cfg, ReadAttention::FULL)
+}
+
+/// [`diffusion_elbo_samples`] under attention `read` (the attention the model ended training
+/// with; see [`ReadAttention`]).
+pub fn diffusion_elbo_samples_under(
+    model: &Llama,
+    prompt: &[u32],
+    answer: &[u32],
+    cfg: &DiffusionLikelihood,
+    read: ReadAttention,
+) -> Result<Vec<ElboSample>> {
     cfg.validate(model)?;
     check_inputs(model, prompt, answer, cfg.shift)?;
     let a = answer.len();
     let masks = draw_masks(cfg.n_samples, a, cfg.seed)?;
-    let sums = masked_sums(model, prompt, answer, &masks, cfg.mask_id, cfg.shift, cfg.batch)?;
+    let sums = masked_sums(model, prompt, answer, &masks, cfg.mask_id, cfg.shift, cfg.batch, read)?;
     Ok(masks
         .iter()
         .zip(sums)
@@ -395,7 +416,40 @@ pub fn diffusion_choice_scores(
     choices: &[Vec<u32>],
     cfg: &DiffusionLikelihood,
 ) -> Result<Vec<f64>> {
-    choices.iter().map(|c| diffusion_elbo(model, prompt, c, cfg)).collect()
+    Ok(diffusion_choice_scores_se(model, prompt, choices, cfg, ReadAttention::FULL)?.0)
+}
+
+/// [`diffusion_choice_scores`] under attention `read`, with each score's standard error over its
+/// Monte Carlo samples ([`standard_error`]): (scores, standard errors), in choice order.
+pub fn diffusion_choice_scores_se(
+    model: &Llama,
+    prompt: &[u32],
+    choices: &[Vec<u32>],
+    cfg: &DiffusionLikelihood,
+    read: ReadAttention,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut scores = Vec::with_capacity(choices.len());
+    let mut se = Vec::with_capacity(choices.len());
+    for c in choices {
+        let xs: Vec<f64> = diffusion_elbo_samples_under(model, prompt, c, cfg, read)?.iter().map(|x| x.estimate).collect();
+        scores.push(xs.iter().sum::<f64>() / xs.len() as f64);
+        se.push(standard_error(&xs));
+    }
+    Ok((scores, se))
+}
+
+/// Standard error of the mean of `xs`: the sample standard deviation (n − 1 in the
+/// denominator) over √n; 0 for fewer than two values (nothing to estimate the spread from)
+/// and for identical values (a one-token answer: every sample masks that token, so every sample
+/// is the same number).
+pub fn standard_error(xs: &[f64]) -> f64 {
+    let n = xs.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    (var / n as f64).sqrt()
 }
 
 /// Binomial coefficient as f64 (exact for the sizes [`exact_elbo`] accepts).
@@ -417,7 +471,7 @@ pub fn exact_elbo(model: &Llama, prompt: &[u32], answer: &[u32], mask_id: u32, s
     }
     let masks: Vec<Vec<usize>> =
         (1u32..(1u32 << a)).map(|bits| (0..a).filter(|&j| bits >> j & 1 == 1).collect()).collect();
-    let sums = masked_sums(model, prompt, answer, &masks, mask_id, shift, EXACT_BATCH)?;
+    let sums = masked_sums(model, prompt, answer, &masks, mask_id, shift, EXACT_BATCH, ReadAttention::FULL)?;
     let total = masks
         .iter()
         .zip(sums)

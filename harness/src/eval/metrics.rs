@@ -16,11 +16,15 @@
 //! predictions. Balanced accuracy is the mean per-class recall over the classes present in gold.
 //!
 //! [`classification_report`] gathers everything a report needs for one run on one split;
-//! [`paired_comparison`] compares two systems on the same items.
+//! [`paired_comparison`] compares two systems on the same items. [`decode_stats`] and
+//! [`calibration`] describe how a generate method decoded (lengths, eos, forward passes,
+//! tokens/s, commit confidence against correctness).
 
 use crate::error::{Error, Result};
 use crate::stats;
+pub use ddm_schema::eval::{Calibration, CalibrationBin, DecodeStats, ValueCount};
 pub use ddm_schema::{ClassMetrics, ClassificationReport, Confusion, LabelCount, MajorityBaseline, PairedComparison};
+use crate::objective::Generated;
 
 /// Confidence level of every interval in these reports.
 pub const REPORT_CONFIDENCE: f64 = 0.95;
@@ -422,5 +426,118 @@ pub fn paired_comparison(
         macro_f1_diff,
         bootstrap_resamples,
         seed,
+    })
+}
+
+/// Confidence bins of [`calibration`] in every evaluation.
+pub const CALIBRATION_BINS: usize = 10;
+
+/// Calibration of answer confidences against correctness: `answers[i]` = (confidence in [0, 1],
+/// correct). `bins` equal-width bins on [0, 1] (`[lo, hi)`, the last includes 1; a confidence
+/// outside [0, 1] is clamped); the counts sum to `answers.len()`. ECE = Σ (count / n) ·
+/// |accuracy − mean confidence| (0 for no answers).
+pub fn calibration(answers: &[(f64, bool)], bins: usize) -> Calibration {
+    let bins = bins.max(1);
+    let mut count = vec![0u64; bins];
+    let mut correct = vec![0u64; bins];
+    let mut conf_sum = vec![0f64; bins];
+    for &(c, ok) in answers {
+        let c = if c.is_nan() { 0.0 } else { c.clamp(0.0, 1.0) };
+        let b = ((c * bins as f64) as usize).min(bins - 1);
+        count[b] += 1;
+        correct[b] += ok as u64;
+        conf_sum[b] += c;
+    }
+    let n = answers.len().max(1) as f64;
+    let mut ece = 0.0;
+    let out: Vec<CalibrationBin> = (0..bins)
+        .map(|b| {
+            let (mean_confidence, accuracy) =
+                if count[b] > 0 { (conf_sum[b] / count[b] as f64, correct[b] as f64 / count[b] as f64) } else { (0.0, 0.0) };
+            ece += count[b] as f64 / n * (accuracy - mean_confidence).abs();
+            CalibrationBin { lo: b as f64 / bins as f64, hi: (b + 1) as f64 / bins as f64, count: count[b], correct: correct[b], mean_confidence, accuracy }
+        })
+        .collect();
+    Calibration { answer_confidence: "mean".into(), bins: out, ece }
+}
+
+/// An answer's confidence for [`calibration`]: the mean of its tokens' commit confidences; 0 for
+/// an empty answer. `None` when the decoder reported no confidence for some token (the lengths
+/// differ).
+pub fn answer_confidence(g: &Generated) -> Option<f64> {
+    if g.confidence.len() != g.tokens.len() {
+        return None;
+    }
+    if g.tokens.is_empty() {
+        return Some(0.0);
+    }
+    Some(g.confidence.iter().map(|&c| c as f64).sum::<f64>() / g.confidence.len() as f64)
+}
+
+/// What one generate method's settings were, for [`decode_stats`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeSettings {
+    /// `eval.batch_size`.
+    pub batch_size: usize,
+    /// `eval.max_new_tokens`.
+    pub max_new_tokens: usize,
+    /// Diffusion: steps; None for AR.
+    pub steps: Option<usize>,
+    /// Diffusion: the strategy's config spelling; None for AR.
+    pub strategy: Option<String>,
+    /// Diffusion threshold strategy: τ.
+    pub threshold: Option<f64>,
+}
+
+/// The decoding diagnostics of one generate method: `outs[i]` decoded answer i (correct when
+/// `correct[i]`) in a decode call of `decode_s` wall seconds. See [`DecodeStats`] for the
+/// definitions (tokens/s: generated tokens, eos excluded, over the decode call's seconds).
+/// Lengths over `max_new_tokens` (a decoder that overran its budget) are an error.
+pub fn decode_stats(outs: &[Generated], correct: &[bool], decode_s: f64, s: &DecodeSettings) -> Result<DecodeStats> {
+    if outs.len() != correct.len() {
+        return Err(Error::msg(format!("decode_stats: {} answers but {} correctness flags", outs.len(), correct.len())));
+    }
+    let n = outs.len();
+    let max = s.max_new_tokens;
+    let mut length_counts = vec![0u64; max + 1];
+    let mut eos_position_counts = vec![0u64; max];
+    let mut nfe: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    let (mut tokens, mut hits) = (0usize, 0usize);
+    for g in outs {
+        let len = g.tokens.len();
+        if len > max {
+            return Err(Error::msg(format!("decode_stats: an answer of {len} tokens exceeds eval.max_new_tokens = {max}")));
+        }
+        length_counts[len] += 1;
+        if g.hit_eos {
+            hits += 1;
+            if let Some(c) = eos_position_counts.get_mut(len) {
+                *c += 1;
+            }
+        }
+        tokens += len;
+        *nfe.entry(g.nfe as u64).or_default() += 1;
+    }
+    let confs: Option<Vec<f64>> = outs.iter().map(answer_confidence).collect();
+    let calibration = confs.map(|c| {
+        let pairs: Vec<(f64, bool)> = c.into_iter().zip(correct.iter().copied()).collect();
+        calibration(&pairs, CALIBRATION_BINS)
+    });
+    let nn = n.max(1) as f64;
+    Ok(DecodeStats {
+        answers: n as u64,
+        batch_size: s.batch_size,
+        max_new_tokens: max,
+        steps: s.steps,
+        strategy: s.strategy.clone(),
+        threshold: s.threshold,
+        decode_s,
+        tokens_per_s: tokens as f64 / decode_s.max(1e-9),
+        nfe_counts: nfe.into_iter().map(|(value, count)| ValueCount { value, count }).collect(),
+        mean_length: tokens as f64 / nn,
+        length_counts,
+        hit_eos_rate: hits as f64 / nn,
+        eos_position_counts,
+        calibration,
     })
 }

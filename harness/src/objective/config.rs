@@ -2,8 +2,9 @@
 //! `kind = "autoregressive"` with none. Read through a table of optional fields so
 //! that a diffusion field given to the autoregressive objective is an error naming it.
 
-use super::{DiffusionConfig, LossNorm, TSampling};
-use crate::config::ObjectiveKind;
+use super::diffusion::ReadAttention;
+use super::{Autoregressive, Diffusion, DiffusionConfig, LossNorm, Objective, TSampling};
+use crate::config::{EvalAttention, ObjectiveKind};
 use serde::{Deserialize, Serialize};
 
 /// Which objective trains, with its settings: the `[objective]` table, tagged by `kind`.
@@ -40,6 +41,47 @@ impl ObjectiveConfig {
         match kind {
             ObjectiveKind::Diffusion => ObjectiveConfig::default(),
             ObjectiveKind::Autoregressive => ObjectiveConfig::Autoregressive,
+        }
+    }
+
+    /// The objective that reads a model trained with these settings at evaluation time:
+    /// `attention` is `eval.attention` (unset = `trained`), `trained_steps` the optimizer steps the
+    /// model was trained for (`None`: an untrained base model), `seed` the run seed (the annealed
+    /// mask's draws). Diffusion reads under [`super::diffusion::ReadAttention::resolve`]; the
+    /// autoregressive objective is always read causally. [`super::build`] is this with full
+    /// attention (the reading of training-time dev losses).
+    pub fn build_for_eval(&self, mask_id: u32, attention: EvalAttention, trained_steps: Option<u64>, seed: u64) -> Box<dyn Objective> {
+        match self {
+            ObjectiveConfig::Diffusion(d) => {
+                let read = ReadAttention::resolve(attention, d.anneal_steps, trained_steps, seed);
+                Box::new(Diffusion::new(mask_id, d.clone()).reading(read))
+            }
+            ObjectiveConfig::Autoregressive => Box::new(Autoregressive),
+        }
+    }
+
+    /// The decoding settings a generate method with `eval` reports ([`crate::eval::metrics::decode_stats`]):
+    /// steps (not for the threshold strategy, which ignores them), strategy and τ for diffusion,
+    /// none of them for AR.
+    pub fn decode_settings(&self, eval: &crate::config::EvalConfig) -> crate::eval::metrics::DecodeSettings {
+        let diffusion = matches!(self, ObjectiveConfig::Diffusion(_));
+        let threshold = eval.strategy == crate::sample::StrategyKind::Threshold;
+        crate::eval::metrics::DecodeSettings {
+            batch_size: eval.batch_size,
+            max_new_tokens: eval.max_new_tokens,
+            // The threshold strategy ignores the step schedule (it runs until the block is done).
+            steps: (diffusion && !threshold).then_some(eval.steps),
+            strategy: diffusion.then(|| serde_json::to_value(eval.strategy).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+            threshold: (diffusion && threshold).then_some(eval.threshold),
+        }
+    }
+
+    /// Probability that a future key is visible when a model trained with these settings for
+    /// `trained_steps` is read under `attention` (1 full, 0 causal), as recorded in `config.json`.
+    pub fn eval_future_visibility(&self, attention: EvalAttention, trained_steps: Option<u64>, seed: u64) -> f64 {
+        match self {
+            ObjectiveConfig::Diffusion(d) => ReadAttention::resolve(attention, d.anneal_steps, trained_steps, seed).future_visibility(),
+            ObjectiveConfig::Autoregressive => 0.0,
         }
     }
 

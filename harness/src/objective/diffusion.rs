@@ -6,13 +6,16 @@
 //! (an AR model's next-token head is reused unchanged); without it, the output at i predicts token i.
 //! The attention is annealed from causal to full over `anneal_steps` optimizer steps.
 //!
-//! At evaluation time the model is read with full attention: it generates by iterative
-//! denoising ([`DiffusionSampler`]) and scores choices by the Monte Carlo ELBO
-//! ([`diffusion_choice_scores`]), both with the training `shift`.
+//! At evaluation time the model is read under the attention it ended training with
+//! ([`ReadAttention`], from `eval.attention` and the run's optimizer steps: full attention once
+//! annealing finished, else the annealed mask of the last step): it generates by iterative
+//! denoising ([`DiffusionSampler`], reporting each token's commit confidence) and scores choices
+//! by the Monte Carlo ELBO with its standard error ([`diffusion_choice_scores_se`]), both with
+//! the training `shift`.
 
 use super::{key_valid, Batch, ChoiceScores, Generated, Objective, Prepared};
-use crate::config::EvalConfig;
-use crate::eval::likelihood::{diffusion_choice_scores, DiffusionLikelihood};
+use crate::config::{EvalAttention, EvalConfig};
+use crate::eval::likelihood::{diffusion_choice_scores_se, DiffusionLikelihood};
 use crate::model::mask::AttentionMode;
 use crate::model::Llama;
 use crate::sample::{DiffusionSampler, ModelDenoiser};
@@ -109,19 +112,72 @@ impl DiffusionConfig {
     }
 }
 
-/// The diffusion objective: its settings and the mask token.
+/// The attention a diffusion model is read under at evaluation time: `mode` taken at optimizer
+/// step `step`, an annealed mask drawn from (`seed`, `step`) at the evaluated sequence length, as
+/// training drew it at that step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReadAttention {
+    /// The attention mode (annealed for a partly annealed model).
+    pub mode: AttentionMode,
+    /// The optimizer step (0-based) the mode is taken at.
+    pub step: u64,
+    /// The run seed of the annealed mask's draws.
+    pub seed: u64,
+}
+
+impl ReadAttention {
+    /// Full attention.
+    pub const FULL: Self = Self { mode: AttentionMode::Full, step: u64::MAX, seed: 0 };
+    /// Causal attention.
+    pub const CAUSAL: Self = Self { mode: AttentionMode::Causal, step: u64::MAX, seed: 0 };
+
+    /// The reading `choice` means for a model trained with `anneal_steps` for `trained_steps`
+    /// optimizer steps (`None`: an untrained base model, read with full attention) by a run
+    /// seeded `seed`. `trained`: the mode of the last step, `trained_steps − 1`; once annealing
+    /// finished that is full attention.
+    pub fn resolve(choice: EvalAttention, anneal_steps: u64, trained_steps: Option<u64>, seed: u64) -> Self {
+        match (choice, trained_steps) {
+            (EvalAttention::Full, _) | (EvalAttention::Trained, None) => Self::FULL,
+            (EvalAttention::Causal, _) => Self::CAUSAL,
+            (EvalAttention::Trained, Some(n)) => {
+                let step = n.saturating_sub(1);
+                let mode = AttentionMode::Annealed { anneal_steps }.at_step(step);
+                if mode == AttentionMode::Full {
+                    Self::FULL
+                } else {
+                    Self { mode, step, seed }
+                }
+            }
+        }
+    }
+
+    /// Probability that a query sees a given future key (1 full, 0 causal).
+    pub fn future_visibility(&self) -> f64 {
+        self.mode.future_visibility(self.step)
+    }
+}
+
+/// The diffusion objective: its settings, the mask token and how the model is read at
+/// evaluation time.
 #[derive(Debug, Clone)]
 pub struct Diffusion {
     /// Mask token id.
     pub mask_id: u32,
     /// The settings, as configured (the one place `shift` and the rest live).
     pub cfg: DiffusionConfig,
+    /// The attention of evaluation and decoding ([`ReadAttention::FULL`] from [`Diffusion::new`]).
+    pub read: ReadAttention,
 }
 
 impl Diffusion {
-    /// The objective for `cfg` with mask token `mask_id`.
+    /// The objective for `cfg` with mask token `mask_id`, read with full attention at evaluation.
     pub fn new(mask_id: u32, cfg: DiffusionConfig) -> Self {
-        Self { mask_id, cfg }
+        Self { mask_id, cfg, read: ReadAttention::FULL }
+    }
+
+    /// The same objective read under `read` at evaluation time.
+    pub fn reading(self, read: ReadAttention) -> Self {
+        Self { read, ..self }
     }
 
     /// Draw the times of a micro-batch of `b` sequences.
@@ -265,20 +321,25 @@ impl Objective for Diffusion {
         self.prepare_nll_with(batch, &t, &masked, step)
     }
 
+    /// The mode of [`Diffusion::read`] at its step: `Full` or `Causal`, or `Annealed` for a partly
+    /// annealed model (whose mask is then the draw of `read.step`, which `generate` and
+    /// `score_choices` use; a caller holding only this mode sees the annealing probability at its
+    /// own step).
     fn eval_attention(&self) -> AttentionMode {
-        AttentionMode::Full
+        self.read.mode.at_step(self.read.step)
     }
+
     fn generate(&self, model: &Llama, prompts: &[Vec<u32>], eos_id: u32, eval: &EvalConfig, seed: u64) -> Result<Vec<Generated>> {
         let sampler = DiffusionSampler::from_eval(eval, self.cfg.shift, self.mask_id, eos_id, seed);
-        let denoiser = ModelDenoiser::new(model, self.eval_attention());
+        let denoiser = ModelDenoiser::at_step(model, self.read.mode, self.read.step, self.read.seed);
         let outs = sampler.generate(&denoiser, prompts, 0)?;
-        Ok(outs.into_iter().map(|o| Generated { tokens: o.tokens, nfe: o.nfe, hit_eos: o.hit_eos, confidence: Vec::new() }).collect())
+        Ok(outs.into_iter().map(|o| Generated { tokens: o.tokens, nfe: o.nfe, hit_eos: o.hit_eos, confidence: o.confidence }).collect())
     }
 
     fn score_choices(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], item: u64, eval: &EvalConfig, seed: u64) -> Result<ChoiceScores> {
         let base = DiffusionLikelihood { mask_id: self.mask_id, shift: self.cfg.shift, n_samples: eval.mc_samples, batch: eval.batch_size.max(1) * 4, seed };
         let cfg = base.for_item(item);
-        let scores = diffusion_choice_scores(model, prompt, choices, &cfg)?;
-        Ok(ChoiceScores { scores, nfe: choices.len() * cfg.n_samples.div_ceil(cfg.batch), se: None })
+        let (scores, se) = diffusion_choice_scores_se(model, prompt, choices, &cfg, self.read)?;
+        Ok(ChoiceScores { scores, nfe: choices.len() * cfg.n_samples.div_ceil(cfg.batch), se: Some(se) })
     }
 }

@@ -11,7 +11,8 @@
 //! - **Candidates**: argmax at temperature 0, else drawn after temperature, top-k and top-p
 //!   ([`super::pick_token`]). The mask token is excluded (its logit is set to −1e30).
 //!   **Confidence** = the candidate's probability under the model's plain softmax (temperature 1,
-//!   unfiltered, mask token excluded).
+//!   unfiltered, mask token excluded). The output reports each token's confidence at the step
+//!   that committed it ([`DiffusionOutput::confidence`]).
 //! - **Blocks** (semi-autoregressive, LLaDA): with `block_len = Some(b)` the canvas is cut into
 //!   ⌈N/b⌉ blocks (the last may be shorter); only masked positions of the current block are
 //!   eligible, and block k is finished before block k+1 starts. Without it there is one block.
@@ -167,6 +168,9 @@ pub struct DiffusionSampler {
 pub struct DiffusionOutput {
     /// Generated ids, up to and excluding the first eos.
     pub tokens: Vec<u32>,
+    /// The commit confidence of each token of `tokens`, in output order: the candidate's
+    /// probability under the plain softmax (mask token excluded) at the step that committed it.
+    pub confidence: Vec<f32>,
     /// Whether an eos ended the output.
     pub hit_eos: bool,
     /// Forward passes this item took part in (NFE).
@@ -190,6 +194,8 @@ struct ItemState {
     row: Vec<u32>,
     /// Canvas positions committed so far (length N).
     committed: Vec<bool>,
+    /// Commit confidence of each canvas position (length N; 0 until committed).
+    conf: Vec<f32>,
     /// Current block and step within it.
     block: usize,
     step: usize,
@@ -353,6 +359,7 @@ impl DiffusionSampler {
                     pad,
                     row,
                     committed: vec![false; n],
+                    conf: vec![0.0; n],
                     block: 0,
                     step: 0,
                     nfe: 0,
@@ -375,10 +382,13 @@ impl DiffusionSampler {
             } else {
                 None
             };
-            let logits = d.logits_padded(&ids, key_valid.as_deref())?; // (A, L, V)
+            // Only the columns that predict canvas positions: from pmax (one earlier with shift).
+            let from = pmax - usize::from(self.shift);
+            let lt = l - from;
+            let logits = d.logits_padded_from(&ids, key_valid.as_deref(), from)?; // (A, L − from, V)
             let dims = logits.dims3()?;
-            if dims != (a, l, v) {
-                return Err(Error::msg(format!("denoiser returned logits of shape {dims:?}, expected ({a}, {l}, {v})")));
+            if dims != (a, lt, v) {
+                return Err(Error::msg(format!("denoiser returned logits of shape {dims:?}, expected ({a}, {lt}, {v})")));
             }
 
             // Eligible positions (canvas offsets) per active item, and the logit rows they read.
@@ -392,11 +402,11 @@ impl DiffusionSampler {
                     // Column of canvas position c is pmax + c; with shift its prediction is one column left
                     // (pmax ≥ 1 is guaranteed: shifted prompts are non-empty).
                     let col = pmax + c - usize::from(self.shift);
-                    rows.push((ai * l + col) as u32);
+                    rows.push((ai * lt + col - from) as u32);
                 }
                 eligible.push(e);
             }
-            let flat = logits.reshape((a * l, v))?; // (A·L, V)
+            let flat = logits.reshape((a * lt, v))?; // (A·(L − from), V)
             let idx = Tensor::from_vec(rows.clone(), rows.len(), flat.device())?;
             let sel = flat.index_select(&idx, 0)?.to_dtype(DType::F32)?; // (R, V)
             // The mask token is never a candidate: committing it would leave the position masked.
@@ -442,6 +452,7 @@ impl DiffusionSampler {
                 for &j in &chosen {
                     let c = e[j];
                     st.row[pmax + c] = c_here[j].0;
+                    st.conf[c] = c_here[j].1;
                     st.committed[c] = true;
                     step_order.push(st.plen + c);
                 }
@@ -463,6 +474,7 @@ impl DiffusionSampler {
             .map(|st| {
                 let canvas = &st.row[pmax..];
                 let mut tokens = Vec::new();
+                let mut confidence = Vec::new();
                 let mut hit_eos = false;
                 for (c, &t) in canvas.iter().enumerate() {
                     if !st.committed[c] {
@@ -473,9 +485,10 @@ impl DiffusionSampler {
                         break;
                     }
                     tokens.push(t);
+                    confidence.push(st.conf[c]);
                 }
                 let sequence = st.row[st.pad..].to_vec();
-                (st.idx, DiffusionOutput { tokens, hit_eos, nfe: st.nfe, order: st.order, sequence })
+                (st.idx, DiffusionOutput { tokens, confidence, hit_eos, nfe: st.nfe, order: st.order, sequence })
             })
             .collect())
     }

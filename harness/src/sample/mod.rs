@@ -64,24 +64,47 @@ pub trait Denoiser {
         }
         self.logits(ids)
     }
+
+    /// [`Denoiser::logits_padded`] of the columns `from..L` only: (B, L − from, V). The default
+    /// narrows the full logits; a model runs its LM head on those columns alone (the diffusion
+    /// sampler reads only canvas columns, so a long prompt costs no head computation).
+    fn logits_padded_from(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, from: usize) -> Result<Tensor> {
+        let full = self.logits_padded(ids, key_valid)?; // (B, L, V)
+        let l = full.dim(1)?;
+        if from > l {
+            return Err(Error::msg(format!("logits from column {from} of a length-{l} batch")));
+        }
+        Ok(full.narrow(1, from, l - from)?)
+    }
 }
 
 /// A [`Llama`] seen as a [`Denoiser`]: inference forward pass (no dropout) with an attention mode.
 ///
 /// `AttentionMode::Full` for diffusion models, `AttentionMode::Causal` for AR models; an
-/// `Annealed` mode is taken at its end state (full attention).
+/// `Annealed` mode is taken at optimizer step `step` with the mask drawn from (`seed`, `step`)
+/// ([`ModelDenoiser::new`]: its end state, full attention).
 #[derive(Debug, Clone, Copy)]
 pub struct ModelDenoiser<'a> {
     /// The model.
     pub model: &'a Llama,
     /// How queries attend to keys.
     pub mode: AttentionMode,
+    /// Optimizer step an `Annealed` mode is taken at.
+    pub step: u64,
+    /// Run seed of an `Annealed` mode's mask draws.
+    pub seed: u64,
 }
 
 impl<'a> ModelDenoiser<'a> {
-    /// Wrap `model` with attention `mode`.
+    /// Wrap `model` with attention `mode` (an annealed mode at its end state).
     pub fn new(model: &'a Llama, mode: AttentionMode) -> Self {
-        Self { model, mode }
+        Self { model, mode, step: u64::MAX, seed: 0 }
+    }
+
+    /// Wrap `model` with `mode` taken at optimizer `step` of a run seeded `seed` (an annealed
+    /// mode part-way: the mask training drew at that step, at this sequence length).
+    pub fn at_step(model: &'a Llama, mode: AttentionMode, step: u64, seed: u64) -> Self {
+        Self { model, mode, step, seed }
     }
 }
 
@@ -99,7 +122,14 @@ impl Denoiser for ModelDenoiser<'_> {
     }
 
     fn logits_padded(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>) -> Result<Tensor> {
+        self.logits_padded_from(ids, key_valid, 0)
+    }
+
+    fn logits_padded_from(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, from: usize) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
+        if from > l {
+            return Err(Error::msg(format!("logits from column {from} of a length-{l} batch")));
+        }
         if l > self.model.cfg.max_position_embeddings {
             return Err(Error::msg(format!(
                 "sequence of {l} tokens exceeds the model's {} positions",
@@ -111,17 +141,18 @@ impl Denoiser for ModelDenoiser<'_> {
                 return Err(Error::msg(format!("key-padding mask does not match the ({b}, {l}) batch")));
             }
         }
-        // The end state of any annealing schedule: u64::MAX makes visibility 1.
-        let mode = self.mode.at_step(u64::MAX);
+        let mode = self.mode.at_step(self.step);
         let has_pad = key_valid.is_some_and(|kv| kv.iter().any(|row| row.iter().any(|&v| !v)));
         let bias = match key_valid {
             // left-padded prompts: a pad query sees nothing (its output is unused); no key is exempt,
             // unlike training's right padding
-            Some(kv) if has_pad => Some(additive_bias(&visibility(mode, l, u64::MAX, 0), (l, l), Some(kv), EmptyRow::Hidden, self.model.dtype, &self.model.device)?),
-            _ => attention_bias(mode, u64::MAX, 0, l, None, self.model.dtype, &self.model.device)?,
+            Some(kv) if has_pad => Some(additive_bias(&visibility(mode, l, self.step, self.seed), (l, l), Some(kv), EmptyRow::Hidden, self.model.dtype, &self.model.device)?),
+            _ => attention_bias(mode, self.step, self.seed, l, None, self.model.dtype, &self.model.device)?,
         }; // (B|1, 1, L, L)
         let ids = ids.to_device(&self.model.device)?;
-        let out = self.model.forward(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, V)
+        let h = self.model.hidden(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, D)
+        let h = if from == 0 { h } else { h.narrow(1, from, l - from)?.contiguous()? }; // (B, L − from, D)
+        let out = self.model.logits(&h, &Fwd::default())?; // (B, L − from, V)
         Ok(out.to_dtype(DType::F32)?)
     }
 }

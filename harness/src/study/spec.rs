@@ -450,6 +450,7 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
             let mut raw = p.config.clone();
             raw.objective = ObjectiveConfig::Autoregressive;
             raw.eval.steps_sweep.clear(); // a diffusion setting
+            raw.eval.threshold_sweep.clear(); // a diffusion setting
             raw.adapter.kind = AdapterKind::Lora;
             raw.adapter.targets.clear();
             raw.adapter.train_embeddings = false;

@@ -24,6 +24,7 @@
 pub mod error;
 pub mod figures;
 pub mod folder;
+pub mod frontier;
 pub mod page;
 pub mod plots;
 pub mod summary;
