@@ -120,6 +120,13 @@ fn tiny_run_trains_end_to_end() {
     assert_eq!(e.n_items, at_end.n_items);
     assert_eq!(e.methods.iter().map(|m| (&m.method, m.report.correct)).collect::<Vec<_>>(), at_end.methods.iter().map(|m| (&m.method, m.report.correct)).collect::<Vec<_>>());
     assert_eq!(re.read_predictions().unwrap().iter().map(|p| &p.predicted).collect::<Vec<_>>(), dir.read_predictions().unwrap().iter().map(|p| &p.predicted).collect::<Vec<_>>());
+    // eval.* settings may change with --run: here annealing finished, so "full" is what "trained"
+    // read, and the predictions are the same.
+    let full = dir.path().join("evals/full");
+    let (code, _, err) = harness(&["eval", "--run", &out.display().to_string(), "--set", "eval.attention=\"full\"", "--out", &full.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let fe = harness::schema::RunDir::new(&full).read_predictions().unwrap();
+    assert_eq!(fe.iter().map(|p| &p.predicted).collect::<Vec<_>>(), dir.read_predictions().unwrap().iter().map(|p| &p.predicted).collect::<Vec<_>>());
 }
 
 #[test]
@@ -258,7 +265,8 @@ fn eval_of_one_mcq_file_with_data_overrides_and_overlong_items() {
     let (code, _, err) = eval_tiny(&format!("mcq:{file}"), &dir.path().join("bad"), &["data.max_len=4"]);
     assert_ne!(code, 0);
     assert!(err.contains("data.max_len"), "{err}");
-    // `--set` with `--run` is refused (the run folder's config is used as written).
+    // `--set` with `--run` is refused except for eval.* keys (the run folder's training and data
+    // config is used as written).
     let (code, _, err) = harness(&["eval", "--run", &dir.path().display().to_string(), "--set", "data.max_len=128"]);
     assert_ne!(code, 0);
     assert!(err.contains("--set") && err.contains("--run"), "{err}");

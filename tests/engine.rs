@@ -307,6 +307,7 @@ fn run_train(model: &Llama, tr: &harness::model::Trainable, obj: &dyn Objective,
             run_dir: dir.path(),
             checkpoint_dir: dir.path().join("ckpt"),
             stop: None,
+            reader: None,
         },
         None,
     )
@@ -371,9 +372,9 @@ fn overfit(obj: &dyn Objective, kind: AdapterKind, steps: u64, lr: f64) -> (f64,
     let adapter = AdapterConfig { kind, rank: 8, alpha: 16.0, train_embeddings: true, ..Default::default() };
     let (model, tr) = random_model(&cfg, &adapter, 1, &Device::Cpu).unwrap();
     let data = pairs();
-    let (l0, _, _) = train::dev_loss(&model, obj, &data, 8, 4, 9, 2).unwrap();
+    let (l0, _, _) = train::dev_loss(&model, obj, &data, 8, 4, 9, 2, 0).unwrap();
     let (_, csv) = run_train(&model, &tr, obj, &tcfg(steps, lr), 0, &data);
-    let (l1, _, _) = train::dev_loss(&model, obj, &data, 8, 4, 9, 2).unwrap();
+    let (l1, _, _) = train::dev_loss(&model, obj, &data, 8, 4, 9, 2, 0).unwrap();
     (l0, l1, csv)
 }
 

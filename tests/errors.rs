@@ -125,3 +125,18 @@ fn diffusion_only_sweeps_and_likelihood_without_fixed_responses_are_config_error
         validate(&format!("[data]\nresponse_format = \"{format}\"\n[eval]\nmethods = [\"likelihood\"]\n")).unwrap();
     }
 }
+
+#[test]
+fn repeated_sweep_values_and_sweeps_without_generate_are_config_errors() {
+    // A repeated value would write two methods with one label (and duplicate prediction rows).
+    let e = validate("[eval]\nsteps_sweep = [2, 4, 2]\n").unwrap_err();
+    assert!(e.contains("eval.steps_sweep") && e.contains("2 appears twice"), "{e}");
+    let e = validate("[eval]\nthreshold_sweep = [0.9, 0.9]\n").unwrap_err();
+    assert!(e.contains("eval.threshold_sweep") && e.contains("0.9 appears twice"), "{e}");
+    // A sweep re-runs `generate`: without it in eval.methods it would be silently ignored.
+    let e = validate("[eval]\nmethods = [\"likelihood\"]\nsteps_sweep = [2]\n").unwrap_err();
+    assert!(e.contains("eval.steps_sweep") && e.contains("generate"), "{e}");
+    let e = validate("[eval]\nmethods = [\"likelihood\"]\nthreshold_sweep = [0.5]\n").unwrap_err();
+    assert!(e.contains("eval.threshold_sweep") && e.contains("generate"), "{e}");
+    validate("[eval]\nmethods = [\"likelihood\", \"generate\"]\nsteps_sweep = [2, 4]\nthreshold_sweep = [0.5, 0.9]\n").unwrap();
+}

@@ -402,16 +402,20 @@ fn malformed_confusion_does_not_panic() {
 
 #[test]
 fn minimum_detectable_difference_hand_computed() {
-    // z_0.975 = 1.959964, z_0.8 = 0.841621: their sum is 2.801585.
-    // Two proportions at p = 0.5 with 200 items × 2 seeds = 400 per arm:
-    //   sqrt(2 · 0.25 / 400) = sqrt(0.00125) = 0.0353553;  MDE = 2.801585 · 0.0353553 = 0.099050.
-    assert_close!(mde_two_proportions(0.5, 400, MDE_ALPHA, MDE_POWER).unwrap(), 0.099050, 1e-5);
-    // At p = 0.9, 1000 items × 3 seeds: sqrt(2 · 0.09 / 3000) = sqrt(6e-5) = 0.0077460;
-    //   MDE = 2.801585 · 0.0077460 = 0.021701.
-    assert_close!(mde_two_proportions(0.9, 3000, 0.05, 0.8).unwrap(), 0.021701, 1e-5);
+    // z_0.975 = 1.959964, z_0.8 = 0.841621: their sum z = 2.801585, z² = 7.848880.
+    // Two proportions at p = 0.5 with 200 items × 2 seeds = 400 per arm: q = 0.5 − δ has
+    //   q(1−q) = 0.25 − δ², so δ² = z²(0.5 − δ²)/N, δ = sqrt(0.5·z²/(N + z²))
+    //   = sqrt(3.924440 / 407.848880) = sqrt(0.0096223) = 0.098093.
+    assert_close!(mde_two_proportions(0.5, 400, MDE_ALPHA, MDE_POWER).unwrap(), 0.098093, 1e-5);
+    // At p = 1 (a perfect configuration), 1000 items: q = 1 − δ, δ = z·sqrt(δ(1−δ)/N), so
+    //   δ = z²/(N + z²) = 7.848880 / 1007.848880 = 0.0077878 — not 0.
+    assert_close!(mde_two_proportions(1.0, 1000, 0.05, 0.8).unwrap(), 0.0077878, 1e-6);
+    assert_close!(mde_two_proportions(0.0, 1000, 0.05, 0.8).unwrap(), 0.0077878, 1e-6);
     // Paired (McNemar) with 20% discordant items out of 500: sqrt(0.2 / 500) = 0.02;
-    //   MDE = 2.801585 · 0.02 = 0.056032.
+    //   MDE = 2.801585 · 0.02 = 0.056032 (above z²/n = 0.015698).
     assert_close!(mde_paired(0.2, 500, MDE_ALPHA, MDE_POWER).unwrap(), 0.056032, 1e-5);
+    // No discordant item out of 1000: the floor z²/n = 7.848880 / 1000 = 0.0078489.
+    assert_close!(mde_paired(0.0, 1000, MDE_ALPHA, MDE_POWER).unwrap(), 0.0078489, 1e-6);
     // More items, smaller MDE; errors on empty samples and bad levels.
     assert!(mde_two_proportions(0.5, 4000, 0.05, 0.8).unwrap() < mde_two_proportions(0.5, 400, 0.05, 0.8).unwrap());
     assert!(mde_two_proportions(0.5, 0, 0.05, 0.8).is_err());

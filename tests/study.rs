@@ -338,9 +338,10 @@ fn two_seeds_give_intervals_inside_0_100_and_the_diffusion_run_writes_its_t_buck
         assert!(c.accuracy.as_ref().unwrap().interval.is_none(), "no Student-t interval any more");
         assert_eq!(c.accuracy_estimate().unwrap().source, harness::schema::analysis::POOLED_SOURCE);
         assert_eq!(c.items, Some(8));
-        // (z_0.975 + z_0.8)·sqrt(2p(1-p)/(8·2)) at the configuration's accuracy.
+        // The two-proportion MDE at the configuration's accuracy with N = 8 items × 2 seeds.
         let p = c.accuracy.as_ref().unwrap().mean;
-        assert!((c.mde.unwrap() - 2.801585 * (2.0 * p * (1.0 - p) / 16.0).sqrt()).abs() < 1e-5);
+        let want = harness::stats::mde_two_proportions(p, 16, harness::stats::MDE_ALPHA, harness::stats::MDE_POWER).unwrap();
+        assert!((c.mde.unwrap() - want).abs() < 1e-9 && want > 0.0, "{:?} vs {want}", c.mde);
     }
     // Re-running the report gives the same intervals (the bootstrap is seeded).
     report::report(&env.results().join("seeds")).unwrap();

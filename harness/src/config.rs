@@ -522,6 +522,17 @@ impl RawConfig {
         if let Some(tau) = e.threshold_sweep.iter().find(|t| !(0.0..=1.0).contains(*t)) {
             return bad("eval.threshold_sweep", &format!("each τ must be in [0, 1], got {tau}"));
         }
+        // A repeated value would repeat a method label (and its predictions rows).
+        if let Some((i, s)) = e.steps_sweep.iter().enumerate().find(|(i, s)| e.steps_sweep[..*i].contains(s)) {
+            return bad("eval.steps_sweep", &format!("{s} appears twice (entry {})", i + 1));
+        }
+        if let Some((i, t)) = e.threshold_sweep.iter().enumerate().find(|(i, t)| e.threshold_sweep[..*i].contains(t)) {
+            return bad("eval.threshold_sweep", &format!("{t} appears twice (entry {})", i + 1));
+        }
+        if (!e.steps_sweep.is_empty() || !e.threshold_sweep.is_empty()) && !e.methods.contains(&EvalMethod::Generate) {
+            let key = if e.steps_sweep.is_empty() { "eval.threshold_sweep" } else { "eval.steps_sweep" };
+            return bad(key, "sweeps re-run `generate`, which eval.methods does not list: add \"generate\" or empty the sweep");
+        }
         let format = self.data.response_format;
         if e.methods.contains(&EvalMethod::Likelihood) && !format.scores_choices() {
             return bad(

@@ -20,18 +20,24 @@
 //!   multi-tensor AdamW), each beside its composite twin the tests and `selfcheck` compare it with.
 //! - [`objective`]: the training objectives behind one trait, [`objective::Objective`]:
 //!   masked diffusion ([`objective::diffusion`]) and next-token AR ([`objective::autoregressive`]),
-//!   built once from the tagged `[objective]` config ([`objective::build`]). The objective also
-//!   owns how its model is read at evaluation time (attention, generation, choice scoring): the
-//!   training loop and the evaluation never ask which one they run.
+//!   built from the tagged `[objective]` config: for training by [`objective::build`], for
+//!   reading a trained model by `ObjectiveConfig::build_for_eval` (the attention of
+//!   `eval.attention` after the trained steps, [`objective::diffusion::ReadAttention`]). The
+//!   objective owns how its model is read at evaluation time (attention, generation, choice
+//!   scoring, the dev NLL): the training loop and the evaluation never ask which one they run.
 //! - [`train`]: AdamW ([`train::optim`], one multi-tensor kernel on CUDA), the warmup + cosine
 //!   schedule, the one training step ([`train::step`]: accumulation, clipping, update; also what
 //!   `bench` and `selfcheck` run), the step loop with metrics CSV, evaluation hook and checkpoints.
 //! - [`data`]: datasets (PubMedQA, multiple-choice JSONL, alpaca pairs, the synthetic
 //!   clinical-rules benchmark, one row per family in [`data::clinical_rules::TABLE`]) yielding
 //!   [`data::Item`]s, and prompt templates.
-//! - [`sample`]: decoding: iterative denoising for diffusion, greedy/sampled AR with a KV cache.
-//! - [`eval`]: generation and likelihood evaluation, metrics with intervals.
-//! - [`stats`]: Wilson, t-intervals, McNemar, bootstrap, Holm.
+//! - [`sample`]: decoding: iterative denoising for diffusion, greedy/sampled AR with a KV cache;
+//!   both batch `eval.batch_size` prompts per forward pass (left padding, a key-padding mask).
+//! - [`eval`]: generation and likelihood evaluation (answers read back by the response format,
+//!   [`data::ResponseFormat::parse`]), decoding diagnostics per method (tokens/s, NFE, lengths,
+//!   calibration) and the speed–accuracy frontier, metrics with intervals.
+//! - [`stats`]: Wilson, t-intervals, McNemar, bootstrap (and the pooled-item bootstrap across
+//!   seeds), Holm, the minimum detectable difference at 80% power.
 //! - [`study`]: studies (sweeps over run configs × seeds) into resumable result folders, and
 //!   their reports.
 //! - [`rng`]: every random draw comes from a generator seeded from (run seed, purpose, step).

@@ -88,8 +88,9 @@ enum Cmd {
         #[arg(long)]
         limit: Option<usize>,
         /// Config overrides for a base evaluation (`--set eval.max_new_tokens=4`,
-        /// `--set data.max_len=1400`: applied on top of the dataset spec). Not with `--run`.
-        #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "run")]
+        /// `--set data.max_len=1400`: applied on top of the dataset spec). With `--run`, only `eval.*` keys
+        /// (e.g. `--set eval.attention="full"`): the folder's training and data config is used as written.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         /// Output folder (default: `<run>/evals/<stamp>` or `runs/eval-<stamp>`).
         #[arg(long)]
@@ -260,7 +261,7 @@ fn run(cli: Cli) -> Result<()> {
             let (result, dir) = match run {
                 Some(run) => {
                     let dir = out.unwrap_or_else(|| run.join("evals").join(&stamp));
-                    (harness::run::eval_run_dir(&run, methods, limit, &dir)?, dir)
+                    (harness::run::eval_run_dir(&run, methods, limit, &sets, &dir)?, dir)
                 }
                 None => {
                     let dataset = dataset.ok_or_else(|| anyhow::anyhow!("give --run RUN_DIR, or --dataset SPEC (with an optional --base MODEL)"))?;
@@ -306,9 +307,6 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (_, r) = harness::study::report::report(&o.folder)?;
             print!("{}", r.terminal());
-            if let Some(t) = harness::report::study_frontier_table(&o.folder)? {
-                println!("speed–accuracy frontier (every generate method of every run)\n{t}");
-            }
             Ok(())
         }
         Cmd::Report { path } => {
@@ -321,9 +319,6 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (folder, r) = harness::study::report::report(&path)?;
             print!("{}", r.terminal());
-            if let Some(t) = harness::report::study_frontier_table(&folder)? {
-                println!("speed–accuracy frontier (every generate method of every run)\n{t}");
-            }
             println!("written to {}", ddm_schema::StudyDir::new(&folder).report_md().display());
             Ok(())
         }

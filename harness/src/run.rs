@@ -181,6 +181,8 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
     // The resolved config goes into the run folder (created here) before training starts.
     dir.write_config(&cfg)?;
     let objective = objective(&cfg.raw, loaded.tok.mask_id);
+    // How the trained model will be read (eval.attention after the last step): dev loss and NLL too.
+    let reader = crate::eval::EvalSetup::for_trained(&cfg).objective_for_eval(loaded.tok.mask_id);
     // Periodic accuracy on the dev split (never the test split) when asked for.
     let mut dev_hook = DevAccuracy {
         tok: &loaded.tok,
@@ -209,6 +211,7 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
             run_dir,
             checkpoint_dir,
             stop: opts.stop,
+            reader: Some(reader.as_ref()),
         },
         hook,
     )?;
@@ -336,10 +339,25 @@ pub fn execute_zero_shot(raw: RawConfig, run_dir: &Path) -> Result<EvalResult> {
     Ok(eval)
 }
 
-/// Evaluate a finished run folder again (its config and saved adapter) into `out_dir`.
-pub fn eval_run_dir(run_dir: &Path, methods: Option<Vec<EvalMethod>>, limit: Option<usize>, out_dir: &Path) -> Result<EvalResult> {
+/// Evaluate a finished run folder again (its config and saved adapter) into `out_dir`, with
+/// `sets` (`key=value`, as `--set`; `eval.*` keys only, anything else is an error) applied to its
+/// config first — e.g. `eval.attention = "full"` for a run whose annealing did not finish, which
+/// its recorded config alone no longer passes.
+pub fn eval_run_dir(run_dir: &Path, methods: Option<Vec<EvalMethod>>, limit: Option<usize>, sets: &[String], out_dir: &Path) -> Result<EvalResult> {
+    if let Some(bad) = sets.iter().find(|s| !s.trim_start().starts_with("eval.")) {
+        let key = bad.split('=').next().unwrap_or(bad).trim();
+        return Err(Error::config(
+            key,
+            format!("`--set {bad}` with `--run`: only eval.* settings can be changed; the run folder's training and data config is used as written"),
+        ));
+    }
     let run = RunDir::new(run_dir);
     let mut cfg: RunConfig = run.read_config()?;
+    if !sets.is_empty() {
+        let origin = run.config_json().display().to_string();
+        let text = toml::to_string(&cfg.raw).map_err(|e| Error::config(origin.as_str(), e.to_string()))?;
+        cfg.raw = RawConfig::from_str_with(&text, &origin, sets)?;
+    }
     if let Some(m) = methods {
         cfg.raw.eval.methods = m;
     }

@@ -199,18 +199,21 @@ pub const MDE_ALPHA: f64 = 0.05;
 pub const MDE_POWER: f64 = 0.8;
 
 /// Minimum detectable difference of two proportions (two independent arms of `n_per_arm`
-/// trials each, both near the proportion `p`), at two-sided level `alpha` and `power`:
+/// trials each, one at the proportion `p`), at two-sided level `alpha` and `power`: the δ with
 ///
 /// ```text
-/// MDE = (z_{1-α/2} + z_{power}) · sqrt(2 · p(1-p) / N)        N = n_per_arm
+/// δ = (z_{1-α/2} + z_{power}) · sqrt((p(1-p) + q(1-q)) / N)    q = p ∓ δ (toward 1/2), N = n_per_arm
 /// ```
 ///
-/// the normal-approximation sample-size formula for two proportions (e.g. Fleiss, *Statistical
-/// Methods for Rates and Proportions*, §4.2, without continuity correction) solved for the
-/// difference, with the common variance `p(1-p)` at the observed (pooled) proportion. For a
-/// configuration of `n` test items and `s` seeds, the study reports take `N = n · s` (items
-/// pooled across seeds: this treats the seeds' correctness as independent trials, so it is the
-/// MDE of the pooled accuracies, not of a new draw of test items).
+/// the normal-approximation sample-size formula for two proportions with unpooled variances
+/// (e.g. Fleiss, *Statistical Methods for Rates and Proportions*, §4.2, without continuity
+/// correction) solved for the difference, the second arm at the detectable alternative `q`
+/// (found by fixed-point iteration). Taking the alternative's variance keeps the MDE above 0 at
+/// `p = 0` or `1` (there `δ = z²/(N + z²)`), where the common-variance form `sqrt(2p(1-p)/N)`
+/// would claim every difference detectable. For a configuration of `n` test items and `s`
+/// seeds, the study reports take `N = n · s` (items pooled across seeds: this treats the seeds'
+/// correctness as independent trials, so it is the MDE of the pooled accuracies, not of a new
+/// draw of test items).
 ///
 /// Errors when `n_per_arm = 0`, `p` is not in `[0, 1]`, or `alpha` / `power` are not in (0, 1).
 pub fn mde_two_proportions(p: f64, n_per_arm: u64, alpha: f64, power: f64) -> Result<f64> {
@@ -221,7 +224,19 @@ pub fn mde_two_proportions(p: f64, n_per_arm: u64, alpha: f64, power: f64) -> Re
         return Err(Error::msg(format!("minimum detectable difference: proportion {p} is not in [0, 1]")));
     }
     let z = power_z(alpha, power)?;
-    Ok(z * (2.0 * p * (1.0 - p) / n_per_arm as f64).sqrt())
+    let n = n_per_arm as f64;
+    // δ ↦ z·sqrt((p(1-p) + q(1-q))/N) is a contraction on [0, 1/2]: iterate to the fixed point.
+    let mut d = z * ((2.0 * p * (1.0 - p)).max(1.0 / n) / n).sqrt();
+    for _ in 0..200 {
+        let q = if p >= 0.5 { p - d } else { p + d }.clamp(0.0, 1.0);
+        let next = z * ((p * (1.0 - p) + q * (1.0 - q)) / n).sqrt();
+        let done = (next - d).abs() < 1e-12;
+        d = next;
+        if done {
+            break;
+        }
+    }
+    Ok(d)
 }
 
 /// Minimum detectable difference of two systems' accuracies on the same `n` items (paired),
@@ -229,11 +244,13 @@ pub fn mde_two_proportions(p: f64, n_per_arm: u64, alpha: f64, power: f64) -> Re
 /// `(b + c) / n`), at two-sided level `alpha` and `power`:
 ///
 /// ```text
-/// MDE = (z_{1-α/2} + z_{power}) · sqrt(ψ / n)        ψ = (b + c) / n
+/// MDE = max((z_{1-α/2} + z_{power}) · sqrt(ψ / n), (z_{1-α/2} + z_{power})² / n)        ψ = (b + c) / n
 /// ```
 ///
 /// the large-sample McNemar formula (Connor 1987, *Biometrics* 43:207, with `ψ - δ² ≈ ψ`), solved
 /// for the difference δ: the variance of the paired difference of accuracies is `(ψ - δ²)/n`.
+/// A difference δ needs at least a share δ of discordant items, so ψ is taken as `max(ψ, δ)`:
+/// the MDE is never below `z²/n` (when the two systems agree on every item it is not 0).
 ///
 /// Errors when `n = 0`, `discordant` is not in `[0, 1]`, or `alpha` / `power` are not in (0, 1).
 pub fn mde_paired(discordant: f64, n: u64, alpha: f64, power: f64) -> Result<f64> {
@@ -244,7 +261,8 @@ pub fn mde_paired(discordant: f64, n: u64, alpha: f64, power: f64) -> Result<f64
         return Err(Error::msg(format!("minimum detectable difference: discordant share {discordant} is not in [0, 1]")));
     }
     let z = power_z(alpha, power)?;
-    Ok(z * (discordant / n as f64).sqrt())
+    let n = n as f64;
+    Ok((z * (discordant / n).sqrt()).max(z * z / n))
 }
 
 /// `z_{1-α/2} + z_{power}` of a two-sided test at level `alpha` with power `power`.

@@ -11,12 +11,15 @@
 //!   masked-diffusion ELBO of the answer given the prompt, as LLaDA computes it. Each of `n` samples
 //!   draws a number `k` of masked answer tokens in `1..=A` (`A` = answer length), stratified over
 //!   the samples ([`stratified_mask_counts`]), masks `k` answer positions chosen uniformly without
-//!   replacement, runs the model with full attention and scores
+//!   replacement, runs the model under the attention it ended training with ([`ReadAttention`];
+//!   full attention once annealing finished) and scores
 //!   `(A / k) · Σ_{masked p} log p(answer_p | corrupted sequence)`. The estimate is the mean of the
-//!   samples, its standard error the samples' standard deviation over √n ([`standard_error`]). With a
-//!   one-token answer every sample masks that token, so the samples agree and the error is 0.
-//!   The model is read under the attention it ended training with ([`ReadAttention`]; full attention
-//!   once annealing finished). Its expectation, [`exact_elbo`], is
+//!   samples, its standard error the samples' standard deviation over √n ([`standard_error`];
+//!   conservative, since `k` is stratified). An answer of one token (no eos) would be masked in
+//!   every sample, with error 0; evaluation scores each choice followed by its eos, so every
+//!   scored answer has at least two tokens. A partly annealed reading draws one future-key mask
+//!   for the padded batch (from the run seed and the last step), not the mask of each training
+//!   micro-batch. Its expectation, [`exact_elbo`], is
 //!   `E_{k ~ U{1..A}} [ (A/k) · E_{S ⊂ answer, |S| = k} Σ_{p ∈ S} log p(x_p | x with S masked) ]`.
 //!   With `shift` (DiffuLLaMA, Dream) the prediction for position `p` is read from output `p − 1`.
 //!
@@ -438,18 +441,16 @@ pub fn diffusion_choice_scores_se(
     Ok((scores, se))
 }
 
-/// Standard error of the mean of `xs`: the sample standard deviation (n − 1 in the
-/// denominator) over √n; 0 for fewer than two values (nothing to estimate the spread from)
-/// and for identical values (a one-token answer: every sample masks that token, so every sample
-/// is the same number).
+/// Standard error of the mean of `xs`: the sample standard deviation ([`crate::stats::std_dev`])
+/// over √n; 0 for fewer than two values (nothing to estimate the spread from) and for identical
+/// values. For the ELBO samples this treats them as independent draws; their `k` is stratified,
+/// which lowers the estimator's variance, so the reported error is conservative (an upper
+/// estimate of the stratified estimator's error).
 pub fn standard_error(xs: &[f64]) -> f64 {
-    let n = xs.len();
-    if n < 2 {
-        return 0.0;
+    match crate::stats::std_dev(xs) {
+        Ok(sd) => sd / (xs.len() as f64).sqrt(),
+        Err(_) => 0.0,
     }
-    let mean = xs.iter().sum::<f64>() / n as f64;
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    (var / n as f64).sqrt()
 }
 
 /// Binomial coefficient as f64 (exact for the sizes [`exact_elbo`] accepts).

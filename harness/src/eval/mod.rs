@@ -3,4 +3,4 @@ pub mod likelihood;
 pub mod metrics;
 pub mod runner;
 
-pub use runner::{evaluate, parse_label, EvalResult, EvalSetup, MethodResult, Prediction};
+pub use runner::{evaluate, EvalResult, EvalSetup, MethodResult, Prediction};

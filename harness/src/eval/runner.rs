@@ -97,12 +97,6 @@ pub fn sample_limit<T>(mut items: Vec<T>, limit: Option<usize>, seed: u64) -> Ve
 
 pub use ddm_schema::{EvalResult, MethodResult, Prediction};
 
-/// Strict leading-label parsing (the `answer` format's reader); see
-/// [`crate::data::parse_leading_label`].
-pub fn parse_label(text: &str, choices: &[String]) -> Option<usize> {
-    crate::data::parse_leading_label(text, choices)
-}
-
 /// The label list of a split: the union of the items' choices, in first-seen order.
 pub fn label_set(items: &[Item]) -> Vec<String> {
     let mut labels: Vec<String> = Vec::new();
@@ -222,7 +216,11 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
     pred_file.finish()?;
     let result = EvalResult { dataset: dataset.into(), split: split.into(), n_items: items.len(), n_truncated, n_overlong: overlong.len(), objective: setup.objective.kind(), methods };
     out.write_eval(&result)?;
-    ddm_schema::eval::write_frontier(out_dir, &result.frontier())?;
+    // Only generate methods have a frontier point; a likelihood-only evaluation writes no file.
+    let frontier = result.frontier();
+    if !frontier.is_empty() {
+        ddm_schema::eval::write_frontier(out_dir, &frontier)?;
+    }
     Ok(result)
 }
 

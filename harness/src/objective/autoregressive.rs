@@ -53,6 +53,10 @@ impl Objective for Autoregressive {
 
     /// Exact: the training step itself is the mean CE per response token under causal
     /// attention.
+    fn nll_is_exact(&self) -> bool {
+        true
+    }
+
     fn prepare_nll(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared> {
         let mut p = self.prepare(batch, step, micro, seed)?;
         p.attention = self.eval_attention();

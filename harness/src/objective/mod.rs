@@ -241,6 +241,11 @@ pub trait Objective: Send + Sync {
     /// `step`, `micro`): calls with different `micro` are independent draws, which the trainer
     /// averages ([`crate::train::trainer::DEV_NLL_DRAWS`]); an exact objective ignores `micro`.
     fn prepare_nll(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared>;
+    /// Whether [`Objective::prepare_nll`] is exact (no Monte Carlo draw): then one draw is the
+    /// figure and the trainer does not repeat it.
+    fn nll_is_exact(&self) -> bool {
+        false
+    }
     /// The attention used at evaluation and decoding time.
     fn eval_attention(&self) -> AttentionMode;
     /// Generate an answer for every prompt with the decoding settings of `eval`; the draws are

@@ -102,7 +102,10 @@ impl<'a> ModelDenoiser<'a> {
     }
 
     /// Wrap `model` with `mode` taken at optimizer `step` of a run seeded `seed` (an annealed
-    /// mode part-way: the mask training drew at that step, at this sequence length).
+    /// mode part-way: the Bernoulli future-key mask of (`seed`, `step`) drawn at this padded
+    /// batch length — the same law as training's mask at that step, not its exact draw, and
+    /// shifted by each row's left padding, so a partly annealed reading depends on how prompts
+    /// are batched; full and causal readings do not).
     pub fn at_step(model: &'a Llama, mode: AttentionMode, step: u64, seed: u64) -> Self {
         Self { model, mode, step, seed }
     }

@@ -1,6 +1,7 @@
 //! Rendering of a study folder: comfy-table tables for the terminal and the same tables as
 //! Markdown (`report.md` beside `summary.csv`), and the side-by-side comparison of two folders.
-//! Reads data only; every number comes from [`super::analysis`].
+//! Reads data only; every number comes from [`super::analysis`] or, for the speed–accuracy
+//! frontier, the runs' `frontier.csv`.
 //!
 //! Configuration intervals are the 95% pooled-item bootstrap across seeds (items resampled,
 //! seeds kept: inside [0, 100]), with the seed s.d. in its own column; each comparison table
@@ -53,6 +54,15 @@ impl Tab {
     pub fn markdown(&self) -> String {
         format!("### {}\n\n{}\n", self.title, self.table(true))
     }
+}
+
+/// The speed–accuracy frontier of every generate method of every run (each run's
+/// `frontier.csv`, rendered by [`crate::report::study_frontier_table`]); `None` when no run has one.
+fn frontier_tab(folder: &Path) -> Result<Option<Tab>> {
+    let Some(t) = crate::report::study_frontier_table(folder)? else { return Ok(None) };
+    let header = t.header().map(|h| h.cell_iter().map(|c| c.content()).collect()).unwrap_or_default();
+    let rows = t.row_iter().map(|r| r.cell_iter().map(|c| (c.content(), false)).collect()).collect();
+    Ok(Some(Tab { title: "speed–accuracy frontier (every generate method of every run)".into(), header, rows }))
 }
 
 /// A rendered report.
@@ -331,10 +341,11 @@ pub fn report(path: &Path) -> Result<(PathBuf, Rendered)> {
     let mut tables = config_tables(&a);
     tables.extend(pairs_table(&a));
     tables.extend(failed_table(&folder, &man)?);
+    tables.extend(frontier_tab(&folder)?);
     let mut notes = vec![
         "Intervals: 95% pooled-item bootstrap across seeds (the test items resampled, every seed kept; inside [0, 100]); the seed s.d. beside it is the spread across seeds; ¹ a single seed: the run's own interval (Wilson for accuracy, bootstrap over items for macro-F1); ² a folder written before the bootstrap: Student-t across seeds, clipped to [0, 100]. Bold: best configuration by the primary metric; in the pair table, differences whose interval excludes 0 and Holm p ≤ 0.05.".to_string(),
-        "MDE: the smallest accuracy difference detected with 80% power by a two-sided test at α = 0.05. Configuration tables: two proportions, (z₀.₉₇₅ + z₀.₈)·√(2p(1−p)/N) at the row's accuracy p with N = test items × seeds (seeds pooled as independent trials); pair table: McNemar, (z₀.₉₇₅ + z₀.₈)·√(ψ/n) with ψ the discordant share. Differences smaller than the MDE are not resolved by this study.".to_string(),
-        "Losses: configurations of different objectives are compared on the dev NLL per response token (eos included; AR exact, ddm the Monte Carlo ELBO bound, an upper bound on its NLL); each objective's training loss is its own weighting and is shown only in tables of one objective.".to_string(),
+        "MDE: the smallest accuracy difference detected with 80% power by a two-sided test at α = 0.05. Configuration tables: two proportions, δ = (z₀.₉₇₅ + z₀.₈)·√((p(1−p) + q(1−q))/N) at the row's accuracy p and the alternative q = p ∓ δ, with N = test items × seeds (seeds pooled as independent trials); pair table: McNemar, max((z₀.₉₇₅ + z₀.₈)·√(ψ/n), (z₀.₉₇₅ + z₀.₈)²/n) with ψ the discordant share. Differences smaller than the MDE are not resolved by this study.".to_string(),
+        "Losses: configurations of different objectives are compared on the dev NLL per response token (eos included; AR exact, ddm the Monte Carlo ELBO bound, an upper bound on its NLL given the response length — the padding is hidden, so the ddm figure does not pay for where the response ends, AR's does through its eos); each objective's training loss is its own weighting and is shown only in tables of one objective.".to_string(),
     ];
     notes.extend(a.note.clone());
     let r = Rendered { preamble, tables, notes };

@@ -14,8 +14,9 @@ use super::step::{train_step, StepCtx};
 use super::schedule::lr_at;
 use crate::config::TrainConfig;
 use crate::model::params::{Fwd, Trainable};
+use crate::model::mask::AttentionMode;
 use crate::model::Llama;
-use crate::objective::{scored_loss, t_bucket_range, Batch, Example, Objective, TBuckets, T_BUCKETS};
+use crate::objective::{scored_loss, t_bucket_range, Batch, Example, Objective, Prepared, TBuckets, T_BUCKETS};
 use crate::rng::{derive_seed, rng_for, Purpose};
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
@@ -53,6 +54,11 @@ pub struct TrainInputs<'a> {
     pub checkpoint_dir: PathBuf,
     /// Set to stop cleanly after the current step.
     pub stop: Option<&'a AtomicBool>,
+    /// The objective as the trained model will be read at evaluation time (its `eval.attention`
+    /// after the last step): the dev loss and dev NLL are measured under its attention, so the
+    /// logged `dev_nll` is the figure of the model that is evaluated. `None` = the training
+    /// objective's own evaluation attention.
+    pub reader: Option<&'a dyn Objective>,
 }
 
 /// Steps needed for `epochs` passes over `n` examples.
@@ -100,8 +106,10 @@ impl Order {
 }
 
 /// Mean objective loss, CE and token accuracy on `dev`, with fixed draws (independent of the step)
-/// and the objective's evaluation attention.
-pub fn dev_loss(model: &Llama, objective: &dyn Objective, dev: &[Example], micro_batch: usize, max_batches: usize, seed: u64, pad_id: u32) -> Result<(f64, f64, f64)> {
+/// and the objective's evaluation attention. A partly annealed reading uses the annealed mask
+/// of optimizer step `read_step` drawn from the run `seed`, the mask that step trained with.
+#[allow(clippy::too_many_arguments)]
+pub fn dev_loss(model: &Llama, objective: &dyn Objective, dev: &[Example], micro_batch: usize, max_batches: usize, seed: u64, pad_id: u32, read_step: u64) -> Result<(f64, f64, f64)> {
     let eval_seed = derive_seed(seed, Purpose::EvalLoss, 0, 0);
     let (mut loss, mut denom, mut ce, mut n, mut correct) = (0.0, 0.0, 0.0, 0usize, 0usize);
     for (k, chunk) in dev.chunks(micro_batch.max(1)).take(max_batches).enumerate() {
@@ -109,7 +117,8 @@ pub fn dev_loss(model: &Llama, objective: &dyn Objective, dev: &[Example], micro
         let batch = Batch::collate(&refs, pad_id);
         let mut p = objective.prepare(&batch, k as u64, 0, eval_seed)?;
         p.attention = objective.eval_attention();
-        let v = scored_loss(model, &p, 1.0, eval_seed, &Fwd::default())?.read()?;
+        read_at(&mut p, read_step);
+        let v = scored_loss(model, &p, 1.0, seed, &Fwd::default())?.read()?;
         loss += v.loss;
         denom += p.denom;
         ce += v.ce_sum;
@@ -122,8 +131,7 @@ pub fn dev_loss(model: &Llama, objective: &dyn Objective, dev: &[Example], micro
 
 /// Monte Carlo draws per dev batch in [`dev_nll`] (passed as `micro` to
 /// [`Objective::prepare_nll`]). The diffusion bound's 1/t weight makes one draw per sequence
-/// noisy for short responses; an exact objective (AR) repeats the same pass, which costs
-/// `DEV_NLL_DRAWS - 1` extra forward passes per dev batch at each evaluation.
+/// noisy for short responses; an exact objective (AR, [`Objective::nll_is_exact`]) takes one.
 pub const DEV_NLL_DRAWS: u64 = 4;
 
 /// Dev negative log-likelihood per response token (eos included), read under the objective's
@@ -132,19 +140,31 @@ pub const DEV_NLL_DRAWS: u64 = 4;
 /// fixed (seeded from `seed`, the batch index and the draw, apart from those of [`dev_loss`]),
 /// so evaluations at different steps see the same draws. Σ over batches and draws of Σ w·CE,
 /// divided by the response tokens so counted; 0 when nothing is scored.
-pub fn dev_nll(model: &Llama, objective: &dyn Objective, dev: &[Example], micro_batch: usize, max_batches: usize, seed: u64, pad_id: u32) -> Result<f64> {
+/// A partly annealed reading is the mask of step `read_step` (see [`dev_loss`]).
+#[allow(clippy::too_many_arguments)]
+pub fn dev_nll(model: &Llama, objective: &dyn Objective, dev: &[Example], micro_batch: usize, max_batches: usize, seed: u64, pad_id: u32, read_step: u64) -> Result<f64> {
     let nll_seed = derive_seed(seed, Purpose::EvalLoss, 1, 0);
     let (mut sum, mut denom) = (0.0, 0.0);
     for (k, chunk) in dev.chunks(micro_batch.max(1)).take(max_batches).enumerate() {
         let refs: Vec<&Example> = chunk.iter().collect();
         let batch = Batch::collate(&refs, pad_id);
-        for draw in 0..DEV_NLL_DRAWS {
-            let p = objective.prepare_nll(&batch, k as u64, draw, nll_seed)?;
-            sum += scored_loss(model, &p, 1.0, nll_seed, &Fwd::default())?.read()?.loss;
+        let draws = if objective.nll_is_exact() { 1 } else { DEV_NLL_DRAWS };
+        for draw in 0..draws {
+            let mut p = objective.prepare_nll(&batch, k as u64, draw, nll_seed)?;
+            read_at(&mut p, read_step);
+            sum += scored_loss(model, &p, 1.0, seed, &Fwd::default())?.read()?.loss;
             denom += p.denom;
         }
     }
     Ok(if denom > 0.0 { sum / denom } else { 0.0 })
+}
+
+/// An annealed attention is read at `read_step` (the bias is drawn from (run seed, step)); full
+/// and causal attention do not depend on the step.
+fn read_at(p: &mut Prepared, read_step: u64) {
+    if matches!(p.attention, AttentionMode::Annealed { .. }) {
+        p.step = read_step;
+    }
 }
 
 /// The `t_buckets.csv` rows of step `step` from the bucket sums since the previous row.
@@ -276,8 +296,10 @@ fn train_loop(
         let mut rows = Vec::new();
         let mut dl = (None, None);
         if !inp.dev.is_empty() && cfg.dev_loss_batches > 0 {
-            let (l, ce, acc) = dev_loss(model, objective, inp.dev, cfg.micro_batch, cfg.dev_loss_batches, inp.seed, inp.pad_id)?;
-            let nll = dev_nll(model, objective, inp.dev, cfg.micro_batch, cfg.dev_loss_batches, inp.seed, inp.pad_id)?;
+            let reader = inp.reader.unwrap_or(objective);
+            let last = inp.total_steps.saturating_sub(1);
+            let (l, ce, acc) = dev_loss(model, reader, inp.dev, cfg.micro_batch, cfg.dev_loss_batches, inp.seed, inp.pad_id, last)?;
+            let nll = dev_nll(model, reader, inp.dev, cfg.micro_batch, cfg.dev_loss_batches, inp.seed, inp.pad_id, last)?;
             rows.extend([("dev_loss".to_string(), l), ("dev_nll".to_string(), nll), ("dev_ce".to_string(), ce), ("dev_token_acc".to_string(), acc)]);
             dl = (Some(l), Some(nll));
         }

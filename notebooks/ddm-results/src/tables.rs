@@ -155,7 +155,7 @@ pub fn accuracy(study: &Study) -> Table {
         "Intervals: 95% pooled-item bootstrap across seeds (test items resampled, every seed kept), the seed s.d. beside it; a single run shows its own interval \
          (Wilson for accuracy, bootstrap over items for macro-F1); folders written before the bootstrap show a Student-t interval across seeds clipped to [0, 1]. \
          MDE: smallest accuracy difference to another configuration of the same items and seeds detected with 80% power at two-sided α = 0.05 \
-         ((z₀.₉₇₅ + z₀.₈)·√(2p(1−p)/N), N = items × seeds). dev NLL/token: AR exact, ddm its ELBO bound; the training losses of different objectives are not comparable."
+         (δ = (z₀.₉₇₅ + z₀.₈)·√((p(1−p) + q(1−q))/N), q = p ∓ δ, N = items × seeds). dev NLL/token: AR exact, ddm its ELBO bound; the training losses of different objectives are not comparable."
             .into(),
     );
     t
