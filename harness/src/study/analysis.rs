@@ -225,8 +225,9 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
                         dataset: a.dataset(),
                         method: m.clone(),
                         mde: {
+                            // No discordant item still has an MDE (the z²/n floor), not none.
                             let discordant = c.mcnemar.b + c.mcnemar.c;
-                            (discordant > 0 && c.n > 0)
+                            (c.n > 0)
                                 .then(|| stats::mde_paired(discordant as f64 / c.n as f64, c.n, stats::MDE_ALPHA, stats::MDE_POWER).ok())
                                 .flatten()
                         },
