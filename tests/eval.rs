@@ -352,7 +352,7 @@ fn a_partly_annealed_reading_is_neither_full_nor_causal_attention() {
     use harness::sample::{Denoiser, ModelDenoiser};
     let model = random_model(&tiny_config(64), &harness::model::AdapterConfig::default(), 6, &Device::Cpu).unwrap().0;
     let ids = Tensor::from_slice(&[5u32, 9, 13, 2, 40, 41, 7, 8], (1, 8), &Device::Cpu).unwrap();
-    let logits = |r: ReadAttention| ModelDenoiser::at_step(&model, r.mode, r.step, r.seed).logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let logits = |r: ReadAttention| ModelDenoiser::reading(&model, r).logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let half = ReadAttention::resolve(EvalAttention::Trained, 200, Some(100), 3); // 50% of future keys
     let (p, full, causal) = (logits(half), logits(ReadAttention::FULL), logits(ReadAttention::CAUSAL));

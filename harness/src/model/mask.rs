@@ -50,6 +50,38 @@ impl AttentionMode {
     }
 }
 
+/// The attention a trained model is read under at evaluation time: `mode` taken at optimizer
+/// step `step`, an annealed mask drawn from (`seed`, `step`) at the evaluated sequence length, as
+/// training drew it at that step. What `eval.attention` resolves to is
+/// `ReadAttention::resolve` (in [`crate::objective::diffusion`]); the samplers and the likelihood
+/// take a reading through [`crate::sample::ModelDenoiser`] and [`attention_bias`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReadAttention {
+    /// The attention mode (annealed for a partly annealed model).
+    pub mode: AttentionMode,
+    /// The optimizer step (0-based) the mode is taken at.
+    pub step: u64,
+    /// The run seed of the annealed mask's draws.
+    pub seed: u64,
+}
+
+impl ReadAttention {
+    /// Full attention.
+    pub const FULL: Self = Self { mode: AttentionMode::Full, step: u64::MAX, seed: 0 };
+    /// Causal attention.
+    pub const CAUSAL: Self = Self { mode: AttentionMode::Causal, step: u64::MAX, seed: 0 };
+
+    /// Probability that a query sees a given future key (1 full, 0 causal).
+    pub fn future_visibility(&self) -> f64 {
+        self.mode.future_visibility(self.step)
+    }
+
+    /// `mode` at its end state (an annealed mode: full attention).
+    pub fn end_of(mode: AttentionMode) -> Self {
+        Self { mode, step: u64::MAX, seed: 0 }
+    }
+}
+
 /// Visibility matrix, row-major `(L, L)`: `v[i * l + j]` is true when query i sees key j.
 pub fn visibility(mode: AttentionMode, l: usize, step: u64, seed: u64) -> Vec<bool> {
     let mut v = vec![false; l * l];

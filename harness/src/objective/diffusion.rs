@@ -17,6 +17,7 @@ use super::{key_valid, Batch, ChoiceScores, Generated, Objective, Prepared};
 use crate::config::{EvalAttention, EvalConfig};
 use crate::eval::likelihood::{diffusion_choice_scores_se, DiffusionLikelihood};
 use crate::model::mask::AttentionMode;
+pub use crate::model::mask::ReadAttention;
 use crate::model::Llama;
 use crate::sample::{DiffusionSampler, ModelDenoiser};
 use crate::rng::{rng_for, Purpose};
@@ -112,25 +113,7 @@ impl DiffusionConfig {
     }
 }
 
-/// The attention a diffusion model is read under at evaluation time: `mode` taken at optimizer
-/// step `step`, an annealed mask drawn from (`seed`, `step`) at the evaluated sequence length, as
-/// training drew it at that step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ReadAttention {
-    /// The attention mode (annealed for a partly annealed model).
-    pub mode: AttentionMode,
-    /// The optimizer step (0-based) the mode is taken at.
-    pub step: u64,
-    /// The run seed of the annealed mask's draws.
-    pub seed: u64,
-}
-
 impl ReadAttention {
-    /// Full attention.
-    pub const FULL: Self = Self { mode: AttentionMode::Full, step: u64::MAX, seed: 0 };
-    /// Causal attention.
-    pub const CAUSAL: Self = Self { mode: AttentionMode::Causal, step: u64::MAX, seed: 0 };
-
     /// The reading `choice` means for a model trained with `anneal_steps` for `trained_steps`
     /// optimizer steps (`None`: an untrained base model, read with full attention) by a run
     /// seeded `seed`. `trained`: the mode of the last step, `trained_steps − 1`; once annealing
@@ -149,11 +132,6 @@ impl ReadAttention {
                 }
             }
         }
-    }
-
-    /// Probability that a query sees a given future key (1 full, 0 causal).
-    pub fn future_visibility(&self) -> f64 {
-        self.mode.future_visibility(self.step)
     }
 }
 
@@ -331,7 +309,7 @@ impl Objective for Diffusion {
 
     fn generate(&self, model: &Llama, prompts: &[Vec<u32>], eos_id: u32, eval: &EvalConfig, seed: u64) -> Result<Vec<Generated>> {
         let sampler = DiffusionSampler::from_eval(eval, self.cfg.shift, self.mask_id, eos_id, seed);
-        let denoiser = ModelDenoiser::at_step(model, self.read.mode, self.read.step, self.read.seed);
+        let denoiser = ModelDenoiser::reading(model, self.read);
         let outs = sampler.generate(&denoiser, prompts, 0)?;
         Ok(outs.into_iter().map(|o| Generated { tokens: o.tokens, nfe: o.nfe, hit_eos: o.hit_eos, confidence: o.confidence }).collect())
     }

@@ -32,7 +32,7 @@ pub use autoregressive::{ArOutput, ArSampler};
 pub use diffusion::{DiffusionOutput, DiffusionSampler, Strategy, StrategyKind};
 
 use crate::model::params::Fwd;
-use crate::model::mask::{additive_bias, attention_bias, visibility, AttentionMode, EmptyRow};
+use crate::model::mask::{additive_bias, attention_bias, visibility, AttentionMode, EmptyRow, ReadAttention};
 use crate::model::Llama;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
@@ -78,36 +78,31 @@ pub trait Denoiser {
     }
 }
 
-/// A [`Llama`] seen as a [`Denoiser`]: inference forward pass (no dropout) with an attention mode.
+/// A [`Llama`] seen as a [`Denoiser`]: inference forward pass (no dropout) under a
+/// [`ReadAttention`].
 ///
-/// `AttentionMode::Full` for diffusion models, `AttentionMode::Causal` for AR models; an
-/// `Annealed` mode is taken at optimizer step `step` with the mask drawn from (`seed`, `step`)
-/// ([`ModelDenoiser::new`]: its end state, full attention).
+/// Full attention for diffusion models, causal for AR models; an `Annealed` mode is taken at the
+/// reading's step with the mask drawn from its (seed, step) — the Bernoulli future-key mask at
+/// this padded batch length: the same law as training's mask at that step, not its exact draw,
+/// and shifted by each row's left padding, so a partly annealed reading depends on how prompts
+/// are batched (full and causal readings do not).
 #[derive(Debug, Clone, Copy)]
 pub struct ModelDenoiser<'a> {
     /// The model.
     pub model: &'a Llama,
     /// How queries attend to keys.
-    pub mode: AttentionMode,
-    /// Optimizer step an `Annealed` mode is taken at.
-    pub step: u64,
-    /// Run seed of an `Annealed` mode's mask draws.
-    pub seed: u64,
+    pub read: ReadAttention,
 }
 
 impl<'a> ModelDenoiser<'a> {
-    /// Wrap `model` with attention `mode` (an annealed mode at its end state).
+    /// Wrap `model` with attention `mode` at its end state (an annealed mode: full attention).
     pub fn new(model: &'a Llama, mode: AttentionMode) -> Self {
-        Self { model, mode, step: u64::MAX, seed: 0 }
+        Self { model, read: ReadAttention::end_of(mode) }
     }
 
-    /// Wrap `model` with `mode` taken at optimizer `step` of a run seeded `seed` (an annealed
-    /// mode part-way: the Bernoulli future-key mask of (`seed`, `step`) drawn at this padded
-    /// batch length — the same law as training's mask at that step, not its exact draw, and
-    /// shifted by each row's left padding, so a partly annealed reading depends on how prompts
-    /// are batched; full and causal readings do not).
-    pub fn at_step(model: &'a Llama, mode: AttentionMode, step: u64, seed: u64) -> Self {
-        Self { model, mode, step, seed }
+    /// Wrap `model` read under `read`.
+    pub fn reading(model: &'a Llama, read: ReadAttention) -> Self {
+        Self { model, read }
     }
 }
 
@@ -144,13 +139,14 @@ impl Denoiser for ModelDenoiser<'_> {
                 return Err(Error::msg(format!("key-padding mask does not match the ({b}, {l}) batch")));
             }
         }
-        let mode = self.mode.at_step(self.step);
+        let (step, seed) = (self.read.step, self.read.seed);
+        let mode = self.read.mode.at_step(step);
         let has_pad = key_valid.is_some_and(|kv| kv.iter().any(|row| row.iter().any(|&v| !v)));
         let bias = match key_valid {
             // left-padded prompts: a pad query sees nothing (its output is unused); no key is exempt,
             // unlike training's right padding
-            Some(kv) if has_pad => Some(additive_bias(&visibility(mode, l, self.step, self.seed), (l, l), Some(kv), EmptyRow::Hidden, self.model.dtype, &self.model.device)?),
-            _ => attention_bias(mode, self.step, self.seed, l, None, self.model.dtype, &self.model.device)?,
+            Some(kv) if has_pad => Some(additive_bias(&visibility(mode, l, step, seed), (l, l), Some(kv), EmptyRow::Hidden, self.model.dtype, &self.model.device)?),
+            _ => attention_bias(mode, step, seed, l, None, self.model.dtype, &self.model.device)?,
         }; // (B|1, 1, L, L)
         let ids = ids.to_device(&self.model.device)?;
         let h = self.model.hidden(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, D)
