@@ -38,22 +38,9 @@ pub fn eval_table(r: &EvalResult) -> Table {
 pub fn frontier_table(rows: &[FrontierRow]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["method", "objective", "strategy", "steps", "τ", "n", "accuracy % [95% CI]", "mean NFE", "tokens/s", "mean length", "batch"]);
-    let opt = |x: Option<String>| x.unwrap_or_else(|| "-".into());
+    t.set_header(FrontierRow::HEADER.to_vec());
     for r in rows {
-        t.add_row(vec![
-            Cell::new(&r.method),
-            Cell::new(r.objective.as_str()),
-            Cell::new(if r.strategy.is_empty() { "-" } else { r.strategy.as_str() }),
-            Cell::new(opt(r.steps.map(|s| s.to_string()))),
-            Cell::new(opt(r.threshold.map(|x| format!("{x}")))),
-            Cell::new(r.n),
-            Cell::new(format!("{} [{}, {}]", pct(r.accuracy), pct(r.accuracy_lo), pct(r.accuracy_hi))),
-            Cell::new(format!("{:.2}", r.mean_nfe)),
-            Cell::new(format!("{:.1}", r.tokens_per_s)),
-            Cell::new(format!("{:.2}", r.mean_length)),
-            Cell::new(r.batch_size),
-        ]);
+        t.add_row(r.cells());
     }
     t
 }

@@ -311,6 +311,33 @@ pub struct FrontierRow {
     pub batch_size: usize,
 }
 
+impl FrontierRow {
+    /// The columns of a rendered frontier table, one per [`FrontierRow::cells`] entry: the one
+    /// column list `harness report` and the notebooks both render.
+    pub const HEADER: [&'static str; 11] =
+        ["method", "objective", "strategy", "steps", "τ", "n", "accuracy % [95% CI]", "mean NFE", "tokens/s", "mean length", "batch"];
+
+    /// This row as text cells under [`FrontierRow::HEADER`] (`-` where a column does not apply;
+    /// accuracy in percent with its Wilson interval).
+    pub fn cells(&self) -> Vec<String> {
+        let opt = |x: Option<String>| x.unwrap_or_else(|| "-".into());
+        let pct = |x: f64| format!("{:.1}", 100.0 * x);
+        vec![
+            self.method.clone(),
+            self.objective.as_str().to_string(),
+            if self.strategy.is_empty() { "-".into() } else { self.strategy.clone() },
+            opt(self.steps.map(|s| s.to_string())),
+            opt(self.threshold.map(|x| format!("{x}"))),
+            self.n.to_string(),
+            format!("{} [{}, {}]", pct(self.accuracy), pct(self.accuracy_lo), pct(self.accuracy_hi)),
+            format!("{:.2}", self.mean_nfe),
+            format!("{:.1}", self.tokens_per_s),
+            format!("{:.2}", self.mean_length),
+            self.batch_size.to_string(),
+        ]
+    }
+}
+
 impl EvalResult {
     /// The frontier points of this evaluation: one row per generate method that carries
     /// [`DecodeStats`], in method order.

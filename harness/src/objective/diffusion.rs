@@ -248,7 +248,7 @@ impl Diffusion {
 
     /// Which maskable positions of `batch` are masked (`masked[i * l + pos]`), each with
     /// probability `t[i]`, drawn from (`seed`, step, micro).
-    fn draw_masks(&self, batch: &Batch, t: &[f64], seed: u64, step: u64, micro: u64) -> Vec<bool> {
+    fn draw_noise_masks(&self, batch: &Batch, t: &[f64], seed: u64, step: u64, micro: u64) -> Vec<bool> {
         let mut rng = rng_for(seed, Purpose::NoiseMask, step, micro);
         let mut masked = vec![false; batch.b * batch.l];
         for (i, &ti) in t.iter().enumerate() {
@@ -288,14 +288,14 @@ impl Objective for Diffusion {
 
     fn prepare(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared> {
         let t = self.sample_t(batch.b, seed, step, micro)?;
-        let masked = self.draw_masks(batch, &t, seed, step, micro);
+        let masked = self.draw_noise_masks(batch, &t, seed, step, micro);
         self.prepare_with(batch, &t, &masked, step)
     }
 
     fn prepare_nll(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared> {
         let bound = self.bound();
         let t = bound.sample_t(batch.b, seed, step, micro)?;
-        let masked = bound.draw_masks(batch, &t, seed, step, micro);
+        let masked = bound.draw_noise_masks(batch, &t, seed, step, micro);
         self.prepare_nll_with(batch, &t, &masked, step)
     }
 

@@ -28,24 +28,16 @@ pub fn rows(study: &Study) -> Result<Vec<(String, FrontierRow)>> {
 
 /// The frontier as a table: one row per run and generate method.
 pub fn table(study: &Study) -> Result<Table> {
+    let mut header = vec!["run"];
+    header.extend(FrontierRow::HEADER);
     let mut t = Table::new(
-        "Speed–accuracy frontier (accuracy with Wilson 95% interval; tokens/s of the decode call, both decoders batched at `batch`)",
-        &["run", "method", "strategy", "steps", "τ", "accuracy", "mean NFE", "tokens/s", "mean length", "batch"],
+        "Speed–accuracy frontier (accuracy % with Wilson 95% interval; tokens/s of the decode call, both decoders batched at `batch`)",
+        &header,
     );
-    let opt = |x: Option<String>| x.unwrap_or_else(|| "–".into());
     for (run, r) in rows(study)? {
-        t.rows.push(vec![
-            run,
-            r.method.clone(),
-            if r.strategy.is_empty() { "–".into() } else { r.strategy.clone() },
-            opt(r.steps.map(|s| s.to_string())),
-            opt(r.threshold.map(|x| x.to_string())),
-            format!("{:.3} [{:.3}, {:.3}]", r.accuracy, r.accuracy_lo, r.accuracy_hi),
-            format!("{:.2}", r.mean_nfe),
-            format!("{:.1}", r.tokens_per_s),
-            format!("{:.2}", r.mean_length),
-            r.batch_size.to_string(),
-        ]);
+        let mut row = vec![run];
+        row.extend(r.cells());
+        t.rows.push(row);
     }
     t.note = Some("tokens/s = generated tokens (eos excluded) / wall seconds of the decode call (all prompts, batched).".into());
     Ok(t)
