@@ -322,6 +322,11 @@ impl Default for EvalConfig {
     }
 }
 
+/// The first entry of `xs` equal to an earlier one, with its index.
+fn first_repeat<T: PartialEq>(xs: &[T]) -> Option<(usize, &T)> {
+    xs.iter().enumerate().find(|(i, x)| xs[..*i].contains(x))
+}
+
 /// What `auto` resolved to, and numbers derived from the config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Resolved {
@@ -523,10 +528,10 @@ impl RawConfig {
             return bad("eval.threshold_sweep", &format!("each τ must be in [0, 1], got {tau}"));
         }
         // A repeated value would repeat a method label (and its predictions rows).
-        if let Some((i, s)) = e.steps_sweep.iter().enumerate().find(|(i, s)| e.steps_sweep[..*i].contains(s)) {
+        if let Some((i, s)) = first_repeat(&e.steps_sweep) {
             return bad("eval.steps_sweep", &format!("{s} appears twice (entry {})", i + 1));
         }
-        if let Some((i, t)) = e.threshold_sweep.iter().enumerate().find(|(i, t)| e.threshold_sweep[..*i].contains(t)) {
+        if let Some((i, t)) = first_repeat(&e.threshold_sweep) {
             return bad("eval.threshold_sweep", &format!("{t} appears twice (entry {})", i + 1));
         }
         if (!e.steps_sweep.is_empty() || !e.threshold_sweep.is_empty()) && !e.methods.contains(&EvalMethod::Generate) {

@@ -83,39 +83,6 @@ pub fn eval_folder_tables(dir: &std::path::Path) -> crate::Result<Option<Vec<(&'
     Ok(Some(out))
 }
 
-/// The frontier of every run of a study folder (`runs/<id>/frontier.csv`, runs in name order)
-/// as one table with the run id first; `None` when no run has one (older folders).
-pub fn study_frontier_table(folder: &std::path::Path) -> crate::Result<Option<Table>> {
-    let runs = ddm_schema::StudyDir::new(folder).runs();
-    let Ok(entries) = std::fs::read_dir(&runs) else { return Ok(None) };
-    let mut dirs: Vec<std::path::PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
-    dirs.sort();
-    let mut rows = Vec::new();
-    for d in dirs {
-        let id = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        for r in ddm_schema::eval::read_frontier(&d)?.unwrap_or_default() {
-            rows.push((id.clone(), r));
-        }
-    }
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let only: Vec<FrontierRow> = rows.iter().map(|(_, r)| r.clone()).collect();
-    let mut t = frontier_table(&only);
-    let mut header: Vec<String> = vec!["run".into()];
-    header.extend(t.header().map(|h| h.cell_iter().map(|c| c.content()).collect::<Vec<_>>()).unwrap_or_default());
-    let body: Vec<Vec<String>> = t.row_iter().map(|r| r.cell_iter().map(|c| c.content()).collect()).collect();
-    t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(header);
-    for ((id, _), cells) in rows.iter().zip(body) {
-        let mut row = vec![id.clone()];
-        row.extend(cells);
-        t.add_row(row);
-    }
-    Ok(Some(t))
-}
-
 /// Markdown for a comfy table (GitHub pipe table).
 pub fn to_markdown(t: &Table) -> String {
     let mut s = String::new();

@@ -150,13 +150,11 @@ pub fn parse_leading_label(text: &str, choices: &[String]) -> Option<usize> {
     if word.is_empty() {
         return None;
     }
-    let next = t[end..].chars().next();
-    let ends_word = match next {
-        None => true,
-        Some(c) if ".,;:)!".contains(c) || c == '\n' || c == '\r' => true,
-        // a space (or tab) then more text: "A 54-year-old"; trailing whitespace alone is fine
-        Some(_) => t[end..].trim_start_matches([' ', '\t']).is_empty() || t[end..].trim_start_matches([' ', '\t']).starts_with(['\n', '\r']),
-    };
+    // The word ends at punctuation, or at spaces/tabs followed by the end or a newline; a space
+    // then more text ("A 54-year-old") is not a label.
+    let after = &t[end..];
+    let rest = after.trim_start_matches([' ', '\t']);
+    let ends_word = after.starts_with(|c: char| ".,;:)!".contains(c)) || rest.is_empty() || rest.starts_with(['\n', '\r']);
     if !ends_word {
         return None;
     }

@@ -49,7 +49,8 @@ impl ObjectiveConfig {
     /// model was trained for (`None`: an untrained base model), `seed` the run seed (the annealed
     /// mask's draws). Diffusion reads under [`super::diffusion::ReadAttention::resolve`]; the
     /// autoregressive objective is always read causally. [`super::build`] is this with full
-    /// attention (the reading of training-time dev losses).
+    /// attention (the training objective; the trainer measures its dev figures with this reader,
+    /// `TrainInputs::reader`).
     pub fn build_for_eval(&self, mask_id: u32, attention: EvalAttention, trained_steps: Option<u64>, seed: u64) -> Box<dyn Objective> {
         match self {
             ObjectiveConfig::Diffusion(d) => {

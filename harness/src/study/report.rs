@@ -16,6 +16,7 @@ use super::manifest::{self, Manifest};
 use super::spec::PrimaryMetric;
 use crate::stats::{Interval, SeedSummary};
 use crate::{Error, Result};
+use ddm_schema::eval::FrontierRow;
 use ddm_schema::StudyDir;
 use comfy_table::{presets, Attribute, Cell, Table};
 use std::path::{Path, PathBuf};
@@ -56,12 +57,24 @@ impl Tab {
     }
 }
 
-/// The speed–accuracy frontier of every generate method of every run (each run's
-/// `frontier.csv`, rendered by [`crate::report::study_frontier_table`]); `None` when no run has one.
+/// The speed–accuracy frontier of every generate method of every run: each run's
+/// `frontier.csv` (runs in name order) under [`FrontierRow::HEADER`], the run id first; `None`
+/// when no run has one (folders written before the frontier existed).
 fn frontier_tab(folder: &Path) -> Result<Option<Tab>> {
-    let Some(t) = crate::report::study_frontier_table(folder)? else { return Ok(None) };
-    let header = t.header().map(|h| h.cell_iter().map(|c| c.content()).collect()).unwrap_or_default();
-    let rows = t.row_iter().map(|r| r.cell_iter().map(|c| (c.content(), false)).collect()).collect();
+    let Ok(entries) = std::fs::read_dir(StudyDir::new(folder).runs()) else { return Ok(None) };
+    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    let mut rows = Vec::new();
+    for d in dirs {
+        let id = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for r in ddm_schema::eval::read_frontier(&d)?.unwrap_or_default() {
+            rows.push(std::iter::once(id.clone()).chain(r.cells()).map(|c| (c, false)).collect());
+        }
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let header = std::iter::once("run").chain(FrontierRow::HEADER).map(str::to_string).collect();
     Ok(Some(Tab { title: "speed–accuracy frontier (every generate method of every run)".into(), header, rows }))
 }
 

@@ -55,7 +55,8 @@ pub fn figure(study: &Study) -> Result<Figure> {
             .map(|(i, run)| {
                 let mut pts: Vec<&FrontierRow> = all.iter().filter(|(r, _)| r == run).map(|(_, r)| r).collect();
                 pts.sort_by(|a, b| x(a).total_cmp(&x(b)));
-                XySeries { faint: false,
+                XySeries {
+                    faint: false,
                     name: run.clone(),
                     points: pts.iter().map(|r| (x(r), r.accuracy)).collect(),
                     bars: pts.iter().map(|r| (x(r), r.accuracy_lo, r.accuracy_hi)).collect(),
@@ -111,7 +112,8 @@ pub fn calibration_figure(study: &Study) -> Result<Figure> {
     let mut series = vec![XySeries { faint: false, name: "perfect calibration".into(), points: vec![(0.0, 0.0), (1.0, 1.0)], bars: vec![], markers: false, color: 7 }];
     for (i, (run, d)) in stats.iter().enumerate() {
         let Some(c) = &d.calibration else { continue };
-        series.push(XySeries { faint: false,
+        series.push(XySeries {
+            faint: false,
             name: format!("{run} (ECE {:.3})", c.ece),
             points: c.bins.iter().filter(|b| b.count > 0).map(|b| (b.mean_confidence, b.accuracy)).collect(),
             bars: vec![],
