@@ -20,7 +20,7 @@ for p in python3 /opt/torch/.venv/bin/python3; do
 done
 export PYTHON=$PY
 libs=""
-for so in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10; do
+for so in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcupti.so.13; do
   d=$("$PY" - "$so" <<'PY'
 import os, sys, site
 name = sys.argv[1]
@@ -48,7 +48,7 @@ case "$job" in
     dir=results/bench/$(date -u +%Y%m%d-%H%M%S)-$( (cut -c1-7 .gpu/commit || git rev-parse --short HEAD) 2>/dev/null || echo nogit)
     bash bench/run.sh "$BIN" "$dir"
     tar czf "$OUT/bench.tgz" "$dir" ;;
-  ops) "$BIN" bench --ops --out "$OUT/ops" 2>&1 | tail -60 ;;
+  ops) "$BIN" bench --ops --out "$OUT/ops" 2>&1 | tee "$OUT/ops.txt" | tail -150 ;;
   study)
     for s in "$@"; do "$BIN" study "$s" 2>&1 | tail -60; done
     tar czf "$OUT/results.tgz" results ;;

@@ -45,6 +45,11 @@ pub fn smollm2_135m() -> LlamaConfig {
     }
 }
 
+/// The tiny shape of `--quick` runs (CPU checks of the bench code).
+fn quick_arch() -> LlamaConfig {
+    LlamaConfig { num_hidden_layers: 2, hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_key_value_heads: Some(2), vocab_size: 512, ..smollm2_135m() }
+}
+
 /// One training-throughput measurement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainBench {
@@ -162,15 +167,26 @@ impl DecodeBench {
     }
 }
 
+/// One training shape of the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Sequence length.
+    pub seq: usize,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Measured for the diffusion objective only (the study shape: the studies train ddm-SFT and
+    /// AR-SFT at the same shape, and the AR rows at seq 512 already show the objectives' gap).
+    pub ddm_only: bool,
+}
+
 /// Bench settings.
 #[derive(Debug, Clone)]
 pub struct BenchOpts {
     /// Model shape.
     pub arch: LlamaConfig,
-    /// Sequence length.
-    pub seq: usize,
-    /// Batch sizes.
-    pub batches: Vec<usize>,
+    /// Training shapes (sequence length, batch size), each measured for every objective and rank
+    /// of `ranks` unless `ddm_only` lists it.
+    pub shapes: Vec<Shape>,
     /// LoRA ranks (0 = full fine-tuning).
     pub ranks: Vec<usize>,
     /// Warm-up steps.
@@ -198,7 +214,7 @@ fn random_examples(n: usize, seq: usize, vocab: usize, seed: u64) -> Vec<Example
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// Measure one training configuration.
-pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: usize) -> Result<TrainBench> {
+pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize) -> Result<TrainBench> {
     let adapter = if rank == 0 {
         AdapterConfig { kind: AdapterKind::Full, ..Default::default() }
     } else {
@@ -213,7 +229,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     let tc = TrainConfig::default();
     let mut opt = AdamW::new(&tr, AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.adam_eps, weight_decay: 0.0 })?;
     let mut acc = GradAccum::new(&tr);
-    let data = random_examples(batch, opts.seq, opts.arch.vocab_size, 1);
+    let data = random_examples(batch, seq, opts.arch.vocab_size, 1);
     let refs: Vec<&Example> = data.iter().collect();
     let b = Batch::collate(&refs, 0);
     let mut peak: f64 = 0.0;
@@ -260,15 +276,15 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     }
     let ms = |x: f64| x * 1e3 / reps as f64;
     let phases = Some(Phases { forward_ms: ms(ph[0]), backward_ms: ms(ph[1]), optimizer_ms: ms(ph[2]), enqueue_ms: ms(ph[3]) });
-    let tps = (batch * opts.seq) as f64 / dt;
-    let mfu = opts.peak_flops.map(|p| 3.0 * opts.arch.forward_flops_per_token(opts.seq) * tps / p);
+    let tps = (batch * seq) as f64 / dt;
+    let mfu = opts.peak_flops.map(|p| 3.0 * opts.arch.forward_flops_per_token(seq) * tps / p);
     Ok(TrainBench {
         impl_name: "candle".into(),
         layer_path: model.layer_path(),
         objective: objective.into(),
         lora_rank: rank,
         batch,
-        seq: opts.seq,
+        seq: seq,
         ms_per_step: dt * 1e3,
         tokens_per_s: tps,
         peak_mem_gib: peak,
@@ -374,7 +390,10 @@ fn append_jsonl<T: Serialize>(path: &std::path::Path, v: &T) -> Result<()> {
 
 /// The `harness bench` command: every training configuration, then decoding; appends JSON lines
 /// to `candle.jsonl` and `decode.jsonl` in `dir` as each finishes, and writes `env.json`.
-pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, peak_tflops: Option<f64>, decode: bool) -> Result<()> {
+///
+/// `only`: when not empty, the training rows to run, each `objective:rank:batch:seq` (rank 0 =
+/// full fine-tuning), e.g. `ddm:16:64:512`; the others are skipped.
+pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, peak_tflops: Option<f64>, decode: bool, only: &[String]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let resolved = crate::config::resolve_device(device)?;
     let dev = crate::config::device(&resolved)?;
@@ -382,30 +401,32 @@ pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, p
     let peak = peak_tflops.map(|t| t * 1e12).or_else(|| gpu.as_deref().and_then(known_peak));
     let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
     let mut arch = smollm2_135m();
-    let (seq, batches, ranks) = if quick {
-        arch.num_hidden_layers = 2;
-        arch.hidden_size = 64;
-        arch.intermediate_size = 128;
-        arch.num_attention_heads = 4;
-        arch.num_key_value_heads = Some(2);
-        arch.vocab_size = 512;
-        (64, vec![2], vec![16, 0])
+    let sh = |seq, batch, ddm_only| Shape { seq, batch, ddm_only };
+    let (shapes, ranks) = if quick {
+        arch = quick_arch();
+        (vec![sh(64, 2, false), sh(32, 2, true)], vec![16, 0])
     } else {
-        (512, vec![16, 64], vec![16, 0])
+        // seq 512 (the reference scripts' shape) and the study shape, seq 160 (clinical-rules rows)
+        (vec![sh(512, 16, false), sh(512, 64, false), sh(160, 16, true), sh(160, 64, true)], vec![16, 0])
     };
     let env = serde_json::json!({
-        "device": resolved, "gpu": gpu, "dtype": format!("{dtype:?}"), "peak_flops": peak, "arch": arch, "seq": seq,
+        "device": resolved, "gpu": gpu, "dtype": format!("{dtype:?}"), "peak_flops": peak, "arch": arch,
+        "shapes": shapes.iter().map(|s| [s.seq, s.batch]).collect::<Vec<_>>(),
         "harness_version": env!("CARGO_PKG_VERSION"), "quick": quick, "steps": steps,
         "mfu_convention": "3 x forward matmul FLOPs per token (incl. attention scores) x tokens/s / dense bf16 peak",
     });
     crate::run::write_json(&dir.join("env.json"), &env)?;
-    let opts = BenchOpts { arch, seq, batches: batches.clone(), ranks: ranks.clone(), warmup: 3, steps, peak_flops: peak, device: dev, dtype };
+    let opts = BenchOpts { arch, shapes: shapes.clone(), ranks: ranks.clone(), warmup: 3, steps, peak_flops: peak, device: dev, dtype };
     for objective in ["ddm", "ar"] {
         for &rank in &ranks {
-            for &batch in &batches {
-                match train_step_bench(&opts, objective, rank, batch) {
+            for s in shapes.iter().filter(|s| objective == "ddm" || !s.ddm_only) {
+                let (batch, seq) = (s.batch, s.seq);
+                if !only.is_empty() && !only.iter().any(|o| o == &format!("{objective}:{rank}:{batch}:{seq}")) {
+                    continue;
+                }
+                match train_step_bench(&opts, objective, rank, batch, seq) {
                     Ok(r) => {
-                        eprintln!("{objective} r={rank} b={batch}: {:.1} ms/step, {:.0} tokens/s, {:.1} GiB", r.ms_per_step, r.tokens_per_s, r.peak_mem_gib);
+                        eprintln!("{objective} r={rank} b={batch} seq={seq}: {:.1} ms/step, {:.0} tokens/s, {:.1} GiB", r.ms_per_step, r.tokens_per_s, r.peak_mem_gib);
                         if let Some(p) = &r.phases {
                             eprintln!(
                                 "  phases: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms; host enqueue of fwd+bwd {:.1} ms",
@@ -415,7 +436,7 @@ pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, p
                         append_jsonl(&dir.join("candle.jsonl"), &r)?
                     }
                     Err(e) => {
-                        eprintln!("{objective} r={rank} b={batch}: failed: {e}");
+                        eprintln!("{objective} r={rank} b={batch} seq={seq}: failed: {e}");
                         append_jsonl(&dir.join("candle.jsonl"), &serde_json::json!({"impl_name": "candle", "objective": objective, "lora_rank": rank, "batch": batch, "seq": seq, "error": e.to_string().lines().next().unwrap_or("").to_string()}))?
                     }
                 }
@@ -441,14 +462,84 @@ pub struct OpTiming {
     pub ms: f64,
 }
 
+/// Profile `steps` training steps of one configuration with CUPTI ([`crate::profile`]): device
+/// time per kernel, host time per driver call, copies; after `warmup` unprofiled steps.
+pub fn step_profile(opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize, steps: usize) -> Result<crate::profile::StepProfile> {
+    let adapter = if rank == 0 { AdapterConfig { kind: AdapterKind::Full, ..Default::default() } } else { AdapterConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() } };
+    let (model, tr) = random_model_dtype(&opts.arch, &adapter, 0, opts.dtype, &opts.device)?;
+    let cfg = if objective == "ddm" { ObjectiveConfig::default() } else { ObjectiveConfig::Autoregressive };
+    let obj = crate::objective::build(&cfg, 0);
+    let tc = TrainConfig::default();
+    let mut opt = AdamW::new(&tr, AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.adam_eps, weight_decay: 0.0 })?;
+    let mut acc = GradAccum::new(&tr);
+    let data = random_examples(batch, seq, opts.arch.vocab_size, 1);
+    let refs: Vec<&Example> = data.iter().collect();
+    let b = Batch::collate(&refs, 0);
+    let mut run = |step: usize| -> Result<()> {
+        let p = obj.prepare(&b, step as u64, 0, 0)?;
+        let sc = StepCtx { seed: 0, step: step as u64, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 1.0 };
+        train_step(&model, std::slice::from_ref(&p), sc)?;
+        Ok(())
+    };
+    for step in 0..opts.warmup {
+        run(step)?;
+    }
+    opts.device.synchronize()?;
+    let session = crate::profile::Session::start()?;
+    let t0 = Instant::now();
+    for step in opts.warmup..opts.warmup + steps {
+        run(step)?;
+    }
+    opts.device.synchronize()?;
+    let wall = t0.elapsed().as_secs_f64();
+    let agg = session.stop()?;
+    let name = format!("{objective} {} b{batch} x {seq}", if rank == 0 { "full".to_string() } else { format!("LoRA {rank}") });
+    Ok(agg.finish(&name, steps, wall))
+}
+
+/// `harness bench --ops`: a CUPTI profile of training steps ([`step_profile`]) at ddm LoRA 16 and
+/// full fine-tuning, batch 64 × 512, and at the study shape 16 × 160 (tiny shapes with `quick`),
+/// into `dir/profile.jsonl` with a summary on stderr; then the time of each tensor operation a
+/// step is made of, into `dir/ops.jsonl`. Without CUDA (or CUPTI) the profile is skipped with a
+/// note.
+pub fn op_profile(dir: &std::path::Path, device: &str, quick: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let dev = crate::config::device(&crate::config::resolve_device(device)?)?;
+    let bf = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
+    let arch = if quick { quick_arch() } else { smollm2_135m() };
+    let rows: &[(&str, usize, usize, usize)] = if quick { &[("ddm", 16, 2, 64)] } else { &[("ddm", 16, 64, 512), ("ddm", 0, 64, 512), ("ddm", 16, 16, 512), ("ddm", 16, 16, 160), ("ar", 16, 64, 512)] };
+    let opts = BenchOpts { arch, shapes: vec![], ranks: vec![], warmup: 3, steps: 3, peak_flops: None, device: dev.clone(), dtype: bf };
+    for &(objective, rank, batch, seq) in rows {
+        match step_profile(&opts, objective, rank, batch, seq, 3) {
+            Ok(p) => {
+                eprintln!("== {}: wall {:.1} ms/step, device busy {:.1} ms ({:.0}%), kernels {:.1} ms in {:.0} launches, host in driver calls {:.1} ms", p.config, p.wall_ms_per_step, p.device_busy_ms_per_step, 100.0 * p.device_busy_ms_per_step / p.wall_ms_per_step.max(1e-9), p.kernel_ms_per_step, p.launches_per_step, p.driver_ms_per_step);
+                for k in p.kernels.iter().take(25) {
+                    eprintln!("  {:8.2} ms {:6.1}% {:7.1}x  {}", k.ms_per_step, 100.0 * k.share, k.launches_per_step, k.name.chars().take(110).collect::<String>());
+                }
+                for a in p.driver.iter().take(10) {
+                    eprintln!("  host {:8.2} ms {:8.1} calls (max {:.0} us)  {}", a.ms_per_step, a.calls_per_step, a.max_us, a.name);
+                }
+                for c in &p.copies {
+                    eprintln!("  copy {:8.3} ms {:6.1}x {:9.2} MiB  {}", c.ms_per_step, c.count_per_step, c.mib_per_step, c.kind);
+                }
+                append_jsonl(&dir.join("profile.jsonl"), &p)?;
+            }
+            Err(e) => {
+                eprintln!("step profile {objective} r={rank} b={batch} seq={seq} skipped: {e}");
+                break;
+            }
+        }
+    }
+    op_timings(dir, &dev, quick)
+}
+
 /// Time the tensor operations a training step is made of, at SmolLM2-135M shapes and batch 64
 /// (batch 2 and tiny widths with `quick`), into `dir/ops.jsonl`.
-pub fn op_profile(dir: &std::path::Path, device: &str, quick: bool) -> Result<()> {
+fn op_timings(dir: &std::path::Path, dev: &Device, quick: bool) -> Result<()> {
     use crate::kernels::fused as kernels;
     use crate::model::{attention, ops};
     use candle_core::{Tensor, D};
-    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
-    let dev = crate::config::device(&crate::config::resolve_device(device)?)?;
+    let dev = dev.clone();
     let bf = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
     let (b, l, h, hkv, dh, d, f, v, n) = if quick { (2, 32, 4, 2, 8, 32, 64, 256, 64) } else { (64, 512, 9, 3, 64, 576, 1536, 49152, 8192) };
     let r = |shape: &[usize], dt: DType| -> Result<Tensor> { Ok(Tensor::randn(0f32, 1.0, shape, &dev)?.to_dtype(dt)?) };

@@ -48,7 +48,8 @@
 //!   notebooks' `ddm-results` reads them with.
 //! - [`report`]: rendering of result data (tables); the loop and the runners only write data.
 //! - [`bench`](mod@bench) and [`selfcheck`]: throughput at the SmolLM2-135M shape, and the pinned
-//!   cross-check on any device; [`device`]: CUDA allocator settings and memory high-water mark.
+//!   cross-check on any device; [`profile`]: where a step's host and device time goes (CUPTI,
+//!   loaded at run time); [`device`]: CUDA allocator settings and memory high-water mark.
 //!
 //! Binaries are thin: `src/main.rs` parses arguments and calls these modules.
 //!
@@ -77,6 +78,7 @@ pub mod error;
 pub mod kernels;
 pub mod eval;
 pub mod model;
+pub mod profile;
 pub mod report;
 pub mod objective;
 pub mod rng;

@@ -57,10 +57,15 @@ enum Cmd {
         /// Skip the decoding benchmark.
         #[arg(long)]
         no_decode: bool,
-        /// Instead: time the individual tensor operations of a training step at batch 64 × 512
-        /// (ops.jsonl), to see which kernels a step spends its device time in.
+        /// Instead: profile training steps with CUPTI (profile.jsonl: device time per kernel, host
+        /// time per driver call, copies, device busy vs wall) and time the individual tensor
+        /// operations of a step at batch 64 × 512 (ops.jsonl).
         #[arg(long)]
         ops: bool,
+        /// Only these training rows, `objective:rank:batch:seq` (rank 0 = full fine-tuning),
+        /// comma-separated, e.g. `ddm:16:64:512,ddm:0:64:512`.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Render a bench folder (candle.jsonl, torch.jsonl, decode.jsonl) as a table with ratios.
     BenchTable {
@@ -238,13 +243,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("selfcheck passed: {} checks", checks.len());
             Ok(())
         }
-        Cmd::Bench { out, device, quick, steps, peak_tflops, no_decode, ops } => {
+        Cmd::Bench { out, device, quick, steps, peak_tflops, no_decode, ops, only } => {
             let dir = out.unwrap_or_else(harness::bench::default_dir);
             if ops {
                 harness::bench::op_profile(&dir, &device, quick)?;
                 return Ok(());
             }
-            harness::bench::run_cli(&dir, &device, quick, steps, peak_tflops, !no_decode)?;
+            harness::bench::run_cli(&dir, &device, quick, steps, peak_tflops, !no_decode, &only)?;
             println!("{}", harness::report::bench_table(&dir)?);
             println!("written to {}", dir.display());
             Ok(())
