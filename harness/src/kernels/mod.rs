@@ -7,7 +7,12 @@
 //!   RMSNorm's backward, SwiGLU and its backward, cross-entropy forward/backward over the
 //!   vocabulary;
 //! - [`ce`]: token cross-entropy as one autograd node, built on the cross-entropy kernels;
-//! - [`optim`]: the multi-tensor AdamW update and global gradient norm.
+//! - [`optim`]: the multi-tensor AdamW update and global gradient norm;
+//! - [`layout`]: data movement (head transposes, row gather/scatter, embedding gradient);
+//! - [`gemm`]: `y += a · op(b)` into an existing buffer (cuBLAS β = 1), for LoRA terms and
+//!   summed input gradients.
 pub mod ce;
 pub mod fused;
+pub mod gemm;
+pub mod layout;
 pub mod optim;

@@ -24,6 +24,7 @@ use super::lora::{AdapterConfig, AdapterKind};
 use super::ops::{self, Attach1, Attach2};
 use super::params::{Fwd, GradSink, Trainable, Weight};
 use crate::kernels::fused as kernels;
+use crate::kernels::layout::swap_axes;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -182,7 +183,11 @@ impl Attention {
     /// (B, L, D) → (B, L, D), appending this chunk's keys and values to `cache`.
     fn forward(&self, x: &Tensor, bias: Option<&Tensor>, rot: &Rotary, ctx: &Fwd, cache: Option<&mut LayerCache>, offset: usize) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
-        let heads = |y: Tensor, n: usize| y.reshape((b, l, n, self.head_dim))?.transpose(1, 2)?.contiguous(); // (B, n, L, Dh)
+        // (B, n, L, Dh); the reference training path keeps autograd's transpose
+        let heads = |y: Tensor, n: usize| {
+            let y = y.reshape((b, l, n, self.head_dim))?;
+            if ctx.train { y.transpose(1, 2)?.contiguous() } else { swap_axes(&y) }
+        };
         let q = rot.apply(&heads(self.q_proj.forward(x, ctx)?, self.n_heads)?, offset, ctx)?; // (B, H, L, Dh)
         let mut k = rot.apply(&heads(self.k_proj.forward(x, ctx)?, self.n_kv)?, offset, ctx)?; // (B, Hkv, L, Dh)
         let mut v = heads(self.v_proj.forward(x, ctx)?, self.n_kv)?;
@@ -288,7 +293,7 @@ impl DecoderLayer {
         let (v, sv) = lins[2].fwd_rows(&h1, ctx)?;
         let qh = ops::rope_heads_fwd(&q.reshape((b, l, ()))?, hq, cos, sin)?; // (B, H, L, Dh)
         let kh = ops::rope_heads_fwd(&k.reshape((b, l, ()))?, hkv, cos, sin)?; // (B, Hkv, L, Dh)
-        let vh = v.reshape((b, l, hkv, dh))?.transpose(1, 2)?.contiguous()?; // (B, Hkv, L, Dh)
+        let vh = swap_axes(&v.reshape((b, l, hkv, dh))?)?; // (B, Hkv, L, Dh)
         let a = attention::attention_fwd(&qh, &kh, &vh, bias.as_ref())?.reshape((n, d))?; // (N, D)
         let (o, so) = lins[3].fwd_rows(&a, ctx)?;
         let x2 = (&xd + o.reshape((b, l, d))?)?; // (B, L, D)
@@ -309,15 +314,18 @@ impl DecoderLayer {
             // MLP half
             let dm = lins[6].bwd_rows(&saved[6], &dy.reshape((n, d))?, &sink)?; // (N, F)
             let (dg, du) = kernels::swiglu_bwd(&g, &u, &dm)?;
-            let dh2 = (lins[4].bwd_rows(&saved[4], &dg, &sink)? + lins[5].bwd_rows(&saved[5], &du, &sink)?)?.reshape((b, l, d))?;
+            let dh2 = lins[4].bwd_rows(&saved[4], &dg, &sink)?; // (N, D)
+            let dh2 = lins[5].bwd_rows_acc(&saved[5], &du, &sink, Some(dh2))?.reshape((b, l, d))?;
             let dx2 = (&dy + norm_bwd(&x2, &w2, p2.as_ref(), eps2, &dh2, &sink)?)?; // (B, L, D)
             // attention half
             let da = lins[3].bwd_rows(&saved[3], &dx2.reshape((n, d))?, &sink)?.reshape((b, l, d))?;
             let (dq, dk, dv) = attention::attention_bwd(&qh, &kh, &vh, bias.as_ref(), &da)?;
             let dq = ops::rope_heads_bwd(&dq, &cos, &nsin)?.reshape((n, ()))?;
             let dk = ops::rope_heads_bwd(&dk, &cos, &nsin)?.reshape((n, ()))?;
-            let dv = dv.transpose(1, 2)?.contiguous()?.reshape((n, ()))?;
-            let dh1 = ((lins[0].bwd_rows(&saved[0], &dq, &sink)? + lins[1].bwd_rows(&saved[1], &dk, &sink)?)? + lins[2].bwd_rows(&saved[2], &dv, &sink)?)?;
+            let dv = swap_axes(&dv)?.reshape((n, ()))?; // (B, L, Hkv, Dh) → (N, Hkv·Dh)
+            let dh1 = lins[0].bwd_rows(&saved[0], &dq, &sink)?; // (N, D), then + the k and v paths in place
+            let dh1 = lins[1].bwd_rows_acc(&saved[1], &dk, &sink, Some(dh1))?;
+            let dh1 = lins[2].bwd_rows_acc(&saved[2], &dv, &sink, Some(dh1))?;
             let dx1 = norm_bwd(&xd, &w1, p1.as_ref(), eps1, &dh1.reshape((b, l, d))?, &sink)?;
             dx2 + dx1
         };

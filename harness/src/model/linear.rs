@@ -13,6 +13,7 @@
 
 use super::lora::{AdapterConfig, AdapterKind, LoraAdapter};
 use super::ops::frozen_linear;
+use crate::kernels::gemm::matmul_acc;
 use super::params::{Fwd, GradSink, Trainable, Weight};
 use candle_core::{DType, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -42,8 +43,9 @@ pub struct Saved {
 
 enum Cast {
     Frozen,
-    /// A (r, in), s·B (out, r), the adapter input x⊙m and the dropout multiplier m.
-    Lora { ad: Tensor, bd: Tensor, xin: Tensor, mask: Option<Tensor> },
+    /// A (r, in), s·B (out, r), the adapter input x⊙m, its projection z = (x⊙m) Aᵀ (N, r) and
+    /// the dropout multiplier m.
+    Lora { ad: Tensor, bd: Tensor, xin: Tensor, z: Tensor, mask: Option<Tensor> },
     /// W_c (out, in).
     Full { wc: Tensor },
 }
@@ -134,8 +136,9 @@ impl Linear {
                     Some(m) => (x * m)?,
                     None => x.clone(),
                 };
-                let y = (frozen_linear(x, w)? + xin.matmul(&ad.t()?)?.matmul(&bd.t()?)?)?; // (N, out)
-                (y, Cast::Lora { ad, bd, xin, mask })
+                let z = xin.matmul(&ad.t()?)?; // (N, r)
+                let y = matmul_acc(frozen_linear(x, w)?, &z, &bd, true)?; // (N, out): x Wᵀ + z (sB)ᵀ in one buffer
+                (y, Cast::Lora { ad, bd, xin, z, mask })
             }
             (Weight::Trainable(v), _) => {
                 let wc = v.as_tensor().detach().to_dtype(dt)?; // (out, in)
@@ -148,24 +151,35 @@ impl Linear {
     /// Input gradient (N, in) for the output gradient `g` (N, out) of [`Linear::fwd_rows`];
     /// parameter gradients (f32) go to `sink`.
     pub fn bwd_rows(&self, s: &Saved, g: &Tensor, sink: &GradSink) -> Res<Tensor> {
+        self.bwd_rows_acc(s, g, sink, None)
+    }
+
+    /// [`Linear::bwd_rows`] added to `acc` (N, in) when given: the input gradients of linears
+    /// that read the same input are summed in one buffer ([`matmul_acc`]; `acc` must be a tensor
+    /// the caller owns alone, e.g. what an earlier `bwd_rows` returned).
+    pub fn bwd_rows_acc(&self, s: &Saved, g: &Tensor, sink: &GradSink, acc: Option<Tensor>) -> Res<Tensor> {
         let g = g.contiguous()?; // (N, out)
+        // acc + g · m for m (out, in), or g · m
+        let gm = |acc: Option<Tensor>, m: &Tensor| match acc {
+            Some(y) => matmul_acc(y, &g, m, false),
+            None => g.matmul(m),
+        };
         match (&s.cast, &self.weight, &self.lora) {
-            (Cast::Frozen, Weight::Frozen(w), _) => g.matmul(w),
-            (Cast::Lora { ad, bd, xin, mask }, Weight::Frozen(w), Some(l)) => {
+            (Cast::Frozen, Weight::Frozen(w), _) => gm(acc, w),
+            (Cast::Lora { ad, bd, xin, z, mask }, Weight::Frozen(w), Some(l)) => {
                 let gb = g.matmul(bd)?; // (N, r)
-                let mut dlow = gb.matmul(ad)?; // (N, in)
-                if let Some(m) = mask {
-                    dlow = (dlow * m)?;
-                }
-                let dx = (g.matmul(w)? + dlow)?;
+                let dx = gm(acc, w)?; // (N, in)
+                let dx = match mask {
+                    Some(m) => (dx + (gb.matmul(ad)? * m)?)?,
+                    None => matmul_acc(dx, &gb, ad, false)?, // + gb A
+                };
                 sink.add(l.a.as_tensor(), gb.t()?.matmul(xin)?.to_dtype(DType::F32)?)?; // (r, in)
-                let xa = xin.matmul(&ad.t()?)?; // (N, r)
-                sink.add(l.b.as_tensor(), (g.t()?.matmul(&xa)?.to_dtype(DType::F32)? * l.scale)?)?; // (out, r)
+                sink.add(l.b.as_tensor(), (g.t()?.matmul(z)?.to_dtype(DType::F32)? * l.scale)?)?; // (out, r)
                 Ok(dx)
             }
             (Cast::Full { wc }, Weight::Trainable(v), _) => {
                 sink.add(v.as_tensor(), g.t()?.matmul(&s.x)?.to_dtype(DType::F32)?)?; // (out, in)
-                g.matmul(wc)
+                gm(acc, wc)
             }
             _ => candle_core::bail!("linear: backward does not match its forward"),
         }

@@ -224,7 +224,7 @@ impl Llama {
     fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let e = self.embed_tokens.get(self.dtype)?; // (V, D)
-        e.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, self.cfg.hidden_size)) // (B, L, D)
+        crate::kernels::layout::embedding(&e, &ids.flatten_all()?)?.reshape((b, l, self.cfg.hidden_size)) // (B, L, D)
     }
 
     fn hidden_inner(&self, ids: &Tensor, bias: Option<&Tensor>, ctx: &Fwd, mut cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {

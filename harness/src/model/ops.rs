@@ -188,7 +188,7 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Res<Tensor> {
 /// (B, L, H·Dh). `nsin` is −sin.
 pub fn rope_heads_bwd(g: &Tensor, cos: &Tensor, nsin: &Tensor) -> Res<Tensor> {
     let (b, h, l, dh) = g.dims4()?;
-    let g = g.transpose(1, 2)?.contiguous()?; // (B, L, H, Dh)
+    let g = crate::kernels::layout::swap_axes(g)?; // (B, L, H, Dh)
     candle_nn::rotary_emb::rope_thd(&g, cos, nsin)?.reshape((b, l, h * dh))
 }
 
@@ -196,7 +196,8 @@ pub fn rope_heads_bwd(g: &Tensor, cos: &Tensor, nsin: &Tensor) -> Res<Tensor> {
 /// instead of reshape, transpose, copy and RoPE). `cos`, `sin`: (L, Dh/2).
 pub fn rope_heads_fwd(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Res<Tensor> {
     let (b, l, hd) = x.dims3()?;
-    candle_nn::rotary_emb::rope_thd(&x.contiguous()?.reshape((b, l, heads, hd / heads))?, cos, sin)?.transpose(1, 2)?.contiguous()
+    let r = candle_nn::rotary_emb::rope_thd(&x.contiguous()?.reshape((b, l, heads, hd / heads))?, cos, sin)?; // (B, L, H, Dh)
+    crate::kernels::layout::swap_axes(&r)
 }
 
 /// RMSNorm's weight gradient: Σ_rows g ⊙ x / rms(x), in f32. `x`, `g`: (..., D).

@@ -280,7 +280,8 @@ pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx
     }
     let d = h.dim(2)?;
     let rows = Tensor::from_vec(p.rows.clone(), p.rows.len(), dev)?;
-    let hs = h.reshape((p.b * p.l, d))?.index_select(&rows, 0)?; // (N, D)
+    // (N, D); the rows are distinct, so the gradient is a scatter (no index_add)
+    let hs = crate::kernels::layout::gather_rows(&h.reshape((p.b * p.l, d))?, &rows)?;
     let logits = model.logits(&hs, ctx)?; // (N, V)
     weighted_ce(&logits, p, total_denom)
 }
