@@ -68,8 +68,9 @@ extern "C" __global__ void softmax_bwd_bf16(const bf16* p, const bf16* dp, bf16*
 
 // RMSNorm backward for x: r = 1/sqrt(mean(x²) + eps), m = mean(g⊙w⊙x),
 // dx = r ⊙ (g⊙w − x ⊙ r² m); one warp per row.
-extern "C" __global__ void rms_norm_bwd_bf16(const bf16* x, const bf16* w, const bf16* g, bf16* dx, uint32_t rows,
-                                             uint32_t cols, float eps) {
+// `res` (optional, rows × cols) is added to the result: the residual stream's gradient.
+extern "C" __global__ void rms_norm_bwd_bf16(const bf16* x, const bf16* w, const bf16* g, const bf16* res, bf16* dx,
+                                             uint32_t rows, uint32_t cols, float eps) {
     uint32_t row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
@@ -86,10 +87,11 @@ extern "C" __global__ void rms_norm_bwd_bf16(const bf16* x, const bf16* w, const
     float r = rsqrtf(ss / cols + eps);
     float m = gwx / cols;
     bf16* o = dx + (size_t)row * cols;
+    const bf16* rr = res ? res + (size_t)row * cols : nullptr;
     for (uint32_t j = lane; j < cols; j += 32) {
         float xv = __bfloat162float(xr[j]);
         float gw = __bfloat162float(gr[j]) * __bfloat162float(w[j]);
-        o[j] = __float2bfloat16(r * (gw - xv * r * r * m));
+        o[j] = __float2bfloat16(r * (gw - xv * r * r * m) + (rr ? __bfloat162float(rr[j]) : 0.f));
     }
 }
 

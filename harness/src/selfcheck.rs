@@ -166,6 +166,26 @@ fn kernel_checks(device: &Device) -> Result<Vec<Check>> {
     let (a2, b2) = k::swiglu_bwd_composite(&g, &u, &dy)?;
     push("swiglu backward dg", &a1, &a2)?;
     push("swiglu backward du", &b1, &b2)?;
+    // the layout and accumulating-matmul kernels (kernels/layout.rs, kernels/gemm.rs)
+    push("rms-norm backward + residual", &k::rms_norm_bwd_add(&x, &w, &g, 1e-5, Some(&x))?, &(k::rms_norm_bwd_composite(&x, &w, &g, 1e-5)? + &x)?)?;
+    use crate::kernels::{gemm, layout};
+    let q = r(&[2, 37, 3, 64], 1.0)?;
+    push("swap axes", &layout::swap_axes(&q)?, &layout::swap_axes_composite(&q)?)?;
+    let (ya, aa, bt) = (r(&[37, 48], 1.0)?, r(&[37, 16], 1.0)?, r(&[48, 16], 1.0)?);
+    push("matmul accumulate (b transposed)", &gemm::matmul_acc(ya.copy()?, &aa, &bt, true)?, &gemm::matmul_acc_composite(&ya, &aa, &bt, true)?)?;
+    let bn = bt.t()?.contiguous()?;
+    push("matmul accumulate", &gemm::matmul_acc(ya.copy()?, &aa, &bn, false)?, &gemm::matmul_acc_composite(&ya, &aa, &bn, false)?)?;
+    let table = candle_core::Var::from_tensor(&r(&[50, 64], 1.0)?)?;
+    let ids = Tensor::from_vec(vec![3u32, 7, 3, 49, 0, 7, 7], 7, device)?;
+    let gout = r(&[7, 64], 1.0)?;
+    let composite = table.as_tensor().zeros_like()?.index_add(&ids, &gout, 0)?;
+    let ge = (layout::embedding(table.as_tensor(), &ids)? * &gout)?.sum_all()?.backward()?;
+    push("embedding backward", ge.get(table.as_tensor()).ok_or_else(|| Error::msg("no embedding gradient"))?, &composite)?;
+    let rows = Tensor::from_vec(vec![5u32, 0, 49, 12], 4, device)?;
+    let grow = r(&[4, 64], 1.0)?;
+    let composite = table.as_tensor().zeros_like()?.index_add(&rows, &grow, 0)?;
+    let gr = (layout::gather_rows(table.as_tensor(), &rows)? * &grow)?.sum_all()?.backward()?;
+    push("gather rows backward", gr.get(table.as_tensor()).ok_or_else(|| Error::msg("no row gradient"))?, &composite)?;
     Ok(out)
 }
 

@@ -51,10 +51,20 @@ pub fn softmax_bwd_composite(p: &Tensor, dp: &Tensor) -> Result<Tensor> {
 
 /// RMSNorm's gradient for `x` (..., D) with weight `w` (D) and output gradient `g`.
 pub fn rms_norm_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused_ok(x) && w.dtype() == DType::BF16 && g.dtype() == DType::BF16 {
-        return imp::rms_norm_bwd(x, w, g, eps);
+    rms_norm_bwd_add(x, w, g, eps, None)
+}
+
+/// [`rms_norm_bwd`] + `res` (same shape as `x`) when given, in one pass on CUDA: the gradient of
+/// a residual stream through a pre-norm block.
+pub fn rms_norm_bwd_add(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64, res: Option<&Tensor>) -> Result<Tensor> {
+    if fused_ok(x) && w.dtype() == DType::BF16 && g.dtype() == DType::BF16 && res.is_none_or(|r| r.dtype() == DType::BF16 && r.dims() == x.dims()) {
+        return imp::rms_norm_bwd(x, w, g, eps, res);
     }
-    rms_norm_bwd_composite(x, w, g, eps)
+    let dx = rms_norm_bwd_composite(x, w, g, eps)?;
+    match res {
+        Some(r) => dx + r,
+        None => Ok(dx),
+    }
 }
 
 /// The composite of [`rms_norm_bwd`], in f32: r = 1/sqrt(mean(x²)+eps),
@@ -156,7 +166,7 @@ mod imp {
     pub fn softmax_bwd(_: &Tensor, _: &Tensor) -> Result<Tensor> {
         Err(no())
     }
-    pub fn rms_norm_bwd(_: &Tensor, _: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
+    pub fn rms_norm_bwd(_: &Tensor, _: &Tensor, _: &Tensor, _: f64, _: Option<&Tensor>) -> Result<Tensor> {
         Err(no())
     }
     pub fn ce_fwd(_: &Tensor, _: &Tensor) -> Result<Tensor> {
@@ -325,6 +335,8 @@ mod imp {
 
     struct RmsBwd {
         eps: f32,
+        /// Added to the result (contiguous, x's shape).
+        res: Option<Tensor>,
     }
     impl CustomOp3 for RmsBwd {
         fn name(&self) -> &'static str {
@@ -347,10 +359,23 @@ mod imp {
             let (xv, wv, gv) = (view::<bf16>(x, xl)?, view::<bf16>(w, wl)?, view::<bf16>(g, gl)?);
             let out = unsafe { dev.alloc::<bf16>(xl.shape().elem_count())? };
             let func = dev.get_or_load_custom_func("rms_norm_bwd_bf16", MODULE, PTX)?;
+            let res = self.res.as_ref().map(|r| r.storage_and_layout());
+            let rv = match &res {
+                Some((s, l)) => match &**s {
+                    candle_core::Storage::Cuda(c) => Some(view::<bf16>(c, l)?),
+                    _ => candle_core::bail!("rms-norm-bwd: residual not on the GPU"),
+                },
+                None => None,
+            };
+            let null = 0u64;
             let mut b = func.builder();
             b.arg(&xv);
             b.arg(&wv);
             b.arg(&gv);
+            match &rv {
+                Some(v) => b.arg(v),
+                None => b.arg(&null),
+            };
             b.arg(&out);
             b.arg(&rows);
             b.arg(&cols);
@@ -361,8 +386,9 @@ mod imp {
         }
     }
 
-    pub fn rms_norm_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
-        x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &g.contiguous()?, &RmsBwd { eps: eps as f32 })
+    pub fn rms_norm_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64, res: Option<&Tensor>) -> Result<Tensor> {
+        let res = res.map(|r| r.contiguous()).transpose()?;
+        x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &g.contiguous()?, &RmsBwd { eps: eps as f32, res })
     }
 
     struct CeFwd;

@@ -295,15 +295,16 @@ impl DecoderLayer {
         let kh = ops::rope_heads_fwd(&k.reshape((b, l, ()))?, hkv, cos, sin)?; // (B, Hkv, L, Dh)
         let vh = swap_axes(&v.reshape((b, l, hkv, dh))?)?; // (B, Hkv, L, Dh)
         let a = attention::attention_fwd(&qh, &kh, &vh, bias.as_ref())?.reshape((n, d))?; // (N, D)
-        let (o, so) = lins[3].fwd_rows(&a, ctx)?;
-        let x2 = (&xd + o.reshape((b, l, d))?)?; // (B, L, D)
+        // the residual stream: a copy of the input the o projection accumulates into
+        let (x2, so) = lins[3].fwd_rows_acc(&a, ctx, Some(xd.reshape((n, d))?.copy()?))?;
+        let x2 = x2.reshape((b, l, d))?; // (B, L, D)
         // MLP half
         let h2 = candle_nn::ops::rms_norm(&x2, &w2, eps2 as f32)?.reshape((n, d))?; // (N, D)
         let (g, sg) = lins[4].fwd_rows(&h2, ctx)?; // (N, F)
         let (u, su) = lins[5].fwd_rows(&h2, ctx)?;
         let m = kernels::swiglu(&g, &u)?;
-        let (dn, sd) = lins[6].fwd_rows(&m, ctx)?;
-        let x3 = (&x2 + dn.reshape((b, l, d))?)?; // (B, L, D)
+        let (x3, sd) = lins[6].fwd_rows_acc(&m, ctx, Some(x2.reshape((n, d))?.copy()?))?;
+        let x3 = x3.reshape((b, l, d))?; // (B, L, D)
         let x_tracks = x.track_op();
         let sink = sink.clone();
         let nsin = sin.neg()?;
@@ -316,7 +317,7 @@ impl DecoderLayer {
             let (dg, du) = kernels::swiglu_bwd(&g, &u, &dm)?;
             let dh2 = lins[4].bwd_rows(&saved[4], &dg, &sink)?; // (N, D)
             let dh2 = lins[5].bwd_rows_acc(&saved[5], &du, &sink, Some(dh2))?.reshape((b, l, d))?;
-            let dx2 = (&dy + norm_bwd(&x2, &w2, p2.as_ref(), eps2, &dh2, &sink)?)?; // (B, L, D)
+            let dx2 = norm_bwd(&x2, &w2, p2.as_ref(), eps2, &dh2, &sink, Some(&dy))?; // (B, L, D): + the residual's dy
             // attention half
             let da = lins[3].bwd_rows(&saved[3], &dx2.reshape((n, d))?, &sink)?.reshape((b, l, d))?;
             let (dq, dk, dv) = attention::attention_bwd(&qh, &kh, &vh, bias.as_ref(), &da)?;
@@ -326,8 +327,7 @@ impl DecoderLayer {
             let dh1 = lins[0].bwd_rows(&saved[0], &dq, &sink)?; // (N, D), then + the k and v paths in place
             let dh1 = lins[1].bwd_rows_acc(&saved[1], &dk, &sink, Some(dh1))?;
             let dh1 = lins[2].bwd_rows_acc(&saved[2], &dv, &sink, Some(dh1))?;
-            let dx1 = norm_bwd(&xd, &w1, p1.as_ref(), eps1, &dh1.reshape((b, l, d))?, &sink)?;
-            dx2 + dx1
+            norm_bwd(&xd, &w1, p1.as_ref(), eps1, &dh1.reshape((b, l, d))?, &sink, Some(&dx2)) // + the residual's dx2
         };
         match anchor {
             // the backward always runs (it delivers the parameter gradients); dx only when x tracks
@@ -342,10 +342,11 @@ impl DecoderLayer {
     }
 }
 
-/// RMSNorm's input gradient for `g`, its weight's gradient (when `param` trains) into `sink`.
-fn norm_bwd(x: &Tensor, wc: &Tensor, param: Option<&Tensor>, eps: f64, g: &Tensor, sink: &GradSink) -> Result<Tensor> {
+/// RMSNorm's input gradient for `g` plus `res` (the residual stream's gradient) when given, its
+/// weight's gradient (when `param` trains) into `sink`.
+fn norm_bwd(x: &Tensor, wc: &Tensor, param: Option<&Tensor>, eps: f64, g: &Tensor, sink: &GradSink, res: Option<&Tensor>) -> Result<Tensor> {
     if let Some(p) = param {
         sink.add(p, ops::rms_norm_weight_grad(x, g, eps)?.to_dtype(p.dtype())?)?;
     }
-    kernels::rms_norm_bwd(x, wc, g, eps)
+    kernels::rms_norm_bwd_add(x, wc, g, eps, res)
 }

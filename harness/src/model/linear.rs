@@ -121,13 +121,25 @@ impl Linear {
     /// weight must already be in x's dtype (no silent cast): otherwise an error naming
     /// `model.layer_path`.
     pub fn fwd_rows(&self, x: &Tensor, ctx: &Fwd) -> Res<(Tensor, Saved)> {
+        self.fwd_rows_acc(x, ctx, None)
+    }
+
+    /// [`Linear::fwd_rows`] added to `acc` (N, out) when given (a residual stream the output
+    /// lands on: one buffer, no element-wise add; `acc` must be a tensor the caller owns alone).
+    pub fn fwd_rows_acc(&self, x: &Tensor, ctx: &Fwd, acc: Option<Tensor>) -> Res<(Tensor, Saved)> {
         let dt = x.dtype();
+        // acc + x Wᵀ, or x Wᵀ
+        let xw = |acc: Option<Tensor>, w: &Tensor| match acc {
+            Some(y) => matmul_acc(y, x, w, true),
+            None if w.dtype() == dt && matches!(self.weight, Weight::Frozen(_)) => frozen_linear(x, w),
+            None => x.matmul(&w.t()?),
+        };
         let (y, cast) = match (&self.weight, self.adapter()) {
             (Weight::Frozen(w), _) if w.dtype() != dt => candle_core::bail!(
                 "model.layer_path = \"fused\" needs frozen weights in the activation dtype (weight {:?}, activations {dt:?}); use \"reference\"",
                 w.dtype()
             ),
-            (Weight::Frozen(w), None) => (frozen_linear(x, w)?, Cast::Frozen),
+            (Weight::Frozen(w), None) => (xw(acc, w)?, Cast::Frozen),
             (Weight::Frozen(w), Some(l)) => {
                 let ad = l.a.as_tensor().detach().to_dtype(dt)?; // (r, in)
                 let bd = (l.b.as_tensor().detach() * l.scale)?.to_dtype(dt)?; // (out, r)
@@ -137,12 +149,12 @@ impl Linear {
                     None => x.clone(),
                 };
                 let z = xin.matmul(&ad.t()?)?; // (N, r)
-                let y = matmul_acc(frozen_linear(x, w)?, &z, &bd, true)?; // (N, out): x Wᵀ + z (sB)ᵀ in one buffer
+                let y = matmul_acc(xw(acc, w)?, &z, &bd, true)?; // (N, out): x Wᵀ + z (sB)ᵀ in one buffer
                 (y, Cast::Lora { ad, bd, xin, z, mask })
             }
             (Weight::Trainable(v), _) => {
                 let wc = v.as_tensor().detach().to_dtype(dt)?; // (out, in)
-                (x.matmul(&wc.t()?)?, Cast::Full { wc })
+                (xw(acc, &wc)?, Cast::Full { wc })
             }
         };
         Ok((y, Saved { x: x.clone(), cast }))
