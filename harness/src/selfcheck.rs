@@ -151,6 +151,7 @@ fn kernel_checks(device: &Device) -> Result<Vec<Check>> {
     let w = (r(&[96], 0.3)? + 1.0)?;
     let g = r(&[3, 5, 96], 1.0)?;
     push("rms-norm backward", &k::rms_norm_bwd(&x, &w, &g, 1e-5)?, &k::rms_norm_bwd_composite(&x, &w, &g, 1e-5)?)?;
+    push("rms-norm backward + residual", &k::rms_norm_bwd_add(&x, &w, &g, 1e-5, Some(&x))?, &(k::rms_norm_bwd_composite(&x, &w, &g, 1e-5)? + &x)?)?;
     let logits = r(&[37, 1000], 4.0)?;
     let tg = Tensor::from_vec((0..37u32).map(|i| (i * 271) % 1000).collect::<Vec<_>>(), 37, device)?;
     let (l1, c1, h1) = k::ce_fwd(&logits, &tg)?;
@@ -167,7 +168,6 @@ fn kernel_checks(device: &Device) -> Result<Vec<Check>> {
     push("swiglu backward dg", &a1, &a2)?;
     push("swiglu backward du", &b1, &b2)?;
     // the layout and accumulating-matmul kernels (kernels/layout.rs, kernels/gemm.rs)
-    push("rms-norm backward + residual", &k::rms_norm_bwd_add(&x, &w, &g, 1e-5, Some(&x))?, &(k::rms_norm_bwd_composite(&x, &w, &g, 1e-5)? + &x)?)?;
     use crate::kernels::{gemm, layout};
     let q = r(&[2, 37, 3, 64], 1.0)?;
     push("swap axes", &layout::swap_axes(&q)?, &layout::swap_axes_composite(&q)?)?;
