@@ -38,4 +38,5 @@ if [ -z "${SKIP_TORCH_DECODE:-}" ]; then
   "$PY" bench/torch_decode.py $QUICK ${DECODE_BATCHES:+--batches "$DECODE_BATCHES"} >> "$OUT/torch_decode.jsonl" 2>> "$OUT/torch_decode.log" \
     || { echo "torch decode side failed, see $OUT/torch_decode.log"; tail -5 "$OUT/torch_decode.log"; }
 fi
-"$BIN" bench-table "$OUT"
+if [ -x "$BIN" ] || command -v "$BIN" >/dev/null 2>&1; then "$BIN" bench-table "$OUT"
+else echo "no harness binary at $BIN: render later with 'harness bench-table $OUT'"; fi
