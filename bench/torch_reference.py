@@ -23,9 +23,11 @@ position 0's output (`future_token_changes_pos0`, checked on the model that was 
 and an ar row only when it does not; otherwise the row is an error row.
 
 Fields: impl, objective, lora_rank, batch, seq, ms_per_step, tokens_per_s (batch × seq / s),
-peak_mem_gib (torch.cuda.max_memory_allocated over the timed steps), compile_s (torch-compile: wall
-seconds of the warm-up steps, which include compiling; torch: of the warm-up steps), trainable_params,
-loss (last step), future_token_changes_pos0, mfu, device, steps.
+peak_mem_gib (torch.cuda.max_memory_allocated; torch-compile: over the timed steps, torch: from the
+first warm-up step on), compile_s (torch-compile: wall seconds of the warm-up steps, which compile;
+torch: warmup_s), compiled_graphs (torch-compile: graphs dynamo built: one per decoder block shape and
+autograd need, so 2 with LoRA, where block 0's input needs no gradient, and 1 for full fine-tuning, plus
+the head), trainable_params, loss (last step), future_token_changes_pos0, mfu, device, steps.
 
 MFU = 3 × forward matmul FLOPs per token × tokens/s / peak (989e12 dense bf16 on H100/H200), where
 forward matmul FLOPs per token = 2 × (matmul parameters of the 30 layers + vocab × hidden for the head)
@@ -152,7 +154,7 @@ def bench_eager(a, objective, rank, batch, seq, steps, warmup):
         loss = hf_step(inner, head, opt, x, objective)
     sync()
     dt = (time.perf_counter() - t0) / steps
-    return dict(ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt, compile_s=warm_s,
+    return dict(ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt, warmup_s=warm_s,
                 peak_mem_gib=(torch.cuda.max_memory_allocated() / 2**30) if DEV == "cuda" else 0.0,
                 future_token_changes_pos0=ok, trainable_params=sum(p.numel() for p in params), loss=loss.item())
 
@@ -360,6 +362,9 @@ def main():
         log("--quick: running the tiny model on the GPU that is present")
     arch = TINY if args.quick else SMOLLM2
     grid = json.loads(args.grid) if args.grid else default_grid(args.quick)
+    for g in grid:
+        if len(g) != 4 or g[0] not in ("ddm", "ar") or not all(isinstance(v, int) and v >= 0 for v in g[1:]):
+            raise SystemExit(f"bad grid entry {g}: want [objective (ddm|ar), rank, batch, seq]")
     steps = args.steps or (2 if args.quick else 10)
     impls = [i for i in ["eager", "compile"] if args.only in (None, i)]
     peak = peak_flops()
@@ -385,7 +390,7 @@ def main():
                 mfu = 3 * forward_flops_per_token(arch, seq) * r["tokens_per_s"] / peak if peak else None
                 row = dict(key, **r, mfu=mfu, device=device, steps=steps)
                 log(f"  {r['ms_per_step']:.1f} ms/step, {r['tokens_per_s']:.0f} tokens/s, {r['peak_mem_gib']:.1f} GiB, "
-                    f"warm-up/compile {r['compile_s']:.1f} s")
+                    f"warm-up {r.get('compile_s', r.get('warmup_s', 0.0)):.1f} s")
             except Exception as e:  # out of memory, compile failure, failed check: an error row, then the next one
                 oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
                 msg = "out of memory" if oom else f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:400]

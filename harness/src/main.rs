@@ -67,7 +67,8 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
-    /// Render a bench folder (candle.jsonl, torch.jsonl, decode.jsonl) as a table with ratios.
+    /// Render a bench folder (candle.jsonl, torch.jsonl, decode.jsonl, torch_decode.jsonl) as two tables
+    /// with ratios (training, decoding), printed and written to table.md.
     BenchTable {
         /// The bench folder.
         dir: PathBuf,
@@ -250,14 +251,19 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             harness::bench::run_cli(&dir, &device, quick, steps, peak_tflops, !no_decode, &only)?;
-            println!("{}", harness::report::bench_table(&dir)?);
+            for (title, t) in harness::report::bench_tables(&dir)? {
+                println!("{title}\n{t}");
+            }
             println!("written to {}", dir.display());
             Ok(())
         }
         Cmd::BenchTable { dir } => {
-            let t = harness::report::bench_table(&dir)?;
-            std::fs::write(dir.join("table.md"), format!("{}\n", harness::report::to_markdown(&t))).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-            println!("{t}");
+            let tables = harness::report::bench_tables(&dir)?;
+            let md: Vec<String> = tables.iter().map(|(title, t)| format!("## {title}\n\n{}", harness::report::to_markdown(t))).collect();
+            std::fs::write(dir.join("table.md"), md.join("\n")).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            for (title, t) in &tables {
+                println!("{title}\n{t}");
+            }
             Ok(())
         }
         Cmd::Eval { run, base, dataset, methods, objective, limit, sets, out } => {

@@ -119,54 +119,279 @@ fn read_jsonl(path: &std::path::Path) -> crate::Result<Vec<serde_json::Value>> {
         .collect()
 }
 
-/// Training throughput of candle and torch side by side with the candle / torch ratio, and the
-/// decoding throughput, from a bench folder.
-pub fn bench_table(dir: &std::path::Path) -> crate::Result<Table> {
-    let candle = read_jsonl(&dir.join("candle.jsonl"))?;
-    let torch = read_jsonl(&dir.join("torch.jsonl"))?;
-    let decode = read_jsonl(&dir.join("decode.jsonl"))?;
+
+type Row = serde_json::Value;
+
+fn num(v: &Row, k: &str) -> Option<f64> {
+    v.get(k).and_then(|x| x.as_f64())
+}
+
+fn fixed(x: Option<f64>, d: usize) -> String {
+    x.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "-".into())
+}
+
+fn times(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// A row's error, short enough for a table cell ("OOM", or the first words of the message).
+fn error_cell(v: &Row) -> Option<String> {
+    let e = v.get("error")?.as_str().unwrap_or("error");
+    if e.to_ascii_lowercase().replace('_', " ").contains("out of memory") {
+        return Some("OOM".into());
+    }
+    let first = e.lines().next().unwrap_or("");
+    Some(format!("error: {}", first.chars().take(60).collect::<String>()))
+}
+
+/// A row's value, its error, or "-" when there is no row.
+fn cell(v: Option<&Row>, k: &str, d: usize) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) => error_cell(v).unwrap_or_else(|| fixed(num(v, k), d)),
+    }
+}
+
+fn mfu_cell(v: Option<&Row>) -> String {
+    match v {
+        Some(v) if v.get("error").is_none() => fixed(num(v, "mfu").map(|x| 100.0 * x), 1),
+        _ => "-".into(),
+    }
+}
+
+/// (objective, LoRA rank, batch, seq) of a training row; seq 512 when absent (files from before the
+/// bench measured more than one sequence length).
+type TrainKey = (String, u64, u64, u64);
+
+fn train_key(v: &Row) -> TrainKey {
+    (v["objective"].as_str().unwrap_or("").to_string(), v["lora_rank"].as_u64().unwrap_or(0), v["batch"].as_u64().unwrap_or(0), v["seq"].as_u64().unwrap_or(512))
+}
+
+/// The last row of `impl_name` at `k` (files are appended to: a later measurement wins).
+fn last_at<'a>(rows: &'a [Row], impl_name: &str, k: &TrainKey) -> Option<&'a Row> {
+    rows.iter().rev().find(|x| x["impl"].as_str() == Some(impl_name) && &train_key(x) == k)
+}
+
+/// Training throughput: each candle row beside the torch references at the same (objective, rank,
+/// batch, seq): eager HF + peft (`torch`) and the compiled hand-written model (`torch-compile`),
+/// with candle / torch ratios of tokens/s. Torch rows with no candle row follow, candle cells blank.
+fn train_table(candle: &[Row], torch: &[Row]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["objective", "LoRA r", "batch", "candle tok/s", "candle ms/step", "candle GiB", "candle MFU %", "torch tok/s", "torch ms/step", "torch GiB", "candle / torch"]);
-    let key = |v: &serde_json::Value| (v["objective"].as_str().unwrap_or("").to_string(), v["lora_rank"].as_u64().unwrap_or(0), v["batch"].as_u64().unwrap_or(0));
-    let f = |v: &serde_json::Value, k: &str, d: usize| v.get(k).and_then(|x| x.as_f64()).map(|x| format!("{x:.d$}")).unwrap_or_else(|| "-".into());
-    for c in &candle {
-        let k = key(c);
-        let tr = torch.iter().find(|x| key(x) == k && x["impl"].as_str() == Some("torch"));
-        let ratio = match (c.get("tokens_per_s").and_then(|x| x.as_f64()), tr.and_then(|x| x.get("tokens_per_s")).and_then(|x| x.as_f64())) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
-            _ => "-".into(),
-        };
-        let mfu = c.get("mfu").and_then(|x| x.as_f64()).map(|x| format!("{:.1}", 100.0 * x)).unwrap_or_else(|| "-".into());
-        let err = c.get("error").and_then(|e| e.as_str()).map(|e| format!("error: {}", e.lines().next().unwrap_or("")));
+    t.set_header(vec![
+        "objective",
+        "LoRA r",
+        "batch",
+        "seq",
+        "candle tok/s",
+        "candle ms/step",
+        "candle GiB",
+        "candle MFU %",
+        "torch eager tok/s",
+        "torch.compile tok/s",
+        "torch.compile GiB",
+        "torch.compile MFU %",
+        "candle / eager",
+        "candle / compile",
+    ]);
+    let mut keys: Vec<(TrainKey, Option<&Row>)> = candle.iter().map(|c| (train_key(c), Some(c))).collect();
+    for x in torch.iter().filter(|x| matches!(x["impl"].as_str(), Some("torch" | "torch-compile"))) {
+        let k = train_key(x);
+        if !keys.iter().any(|(kk, _)| kk == &k) {
+            keys.push((k, None));
+        }
+    }
+    for (k, c) in keys {
+        let eager = last_at(torch, "torch", &k);
+        let comp = last_at(torch, "torch-compile", &k);
+        let ok = |v: Option<&Row>| v.filter(|v| v.get("error").is_none()).and_then(|v| num(v, "tokens_per_s"));
         t.add_row(vec![
             k.0.clone(),
             if k.1 == 0 { "full".into() } else { k.1.to_string() },
             k.2.to_string(),
-            err.unwrap_or_else(|| f(c, "tokens_per_s", 0)),
-            f(c, "ms_per_step", 1),
-            f(c, "peak_mem_gib", 1),
-            mfu,
-            tr.map(|x| f(x, "tokens_per_s", 0)).unwrap_or_else(|| "-".into()),
-            tr.map(|x| f(x, "ms_per_step", 1)).unwrap_or_else(|| "-".into()),
-            tr.map(|x| f(x, "peak_mem_gib", 1)).unwrap_or_else(|| "-".into()),
-            ratio,
+            k.3.to_string(),
+            cell(c, "tokens_per_s", 0),
+            c.filter(|c| c.get("error").is_none()).map(|c| fixed(num(c, "ms_per_step"), 1)).unwrap_or_else(|| "-".into()),
+            c.filter(|c| c.get("error").is_none()).map(|c| fixed(num(c, "peak_mem_gib"), 1)).unwrap_or_else(|| "-".into()),
+            mfu_cell(c),
+            cell(eager, "tokens_per_s", 0),
+            cell(comp, "tokens_per_s", 0),
+            comp.filter(|c| c.get("error").is_none()).map(|c| fixed(num(c, "peak_mem_gib"), 1)).unwrap_or_else(|| "-".into()),
+            mfu_cell(comp),
+            times(ok(c), ok(eager)),
+            times(ok(c), ok(comp)),
         ]);
     }
-    for d in &decode {
+    t
+}
+
+/// Prompts per forward pass of a candle decode row; files from before `batch_size` existed decoded
+/// diffusion with every item in one batch and AR one prompt at a time.
+fn decode_batch(d: &Row) -> u64 {
+    d["batch_size"].as_u64().unwrap_or_else(|| if d["sampler"].as_str().unwrap_or("").starts_with("ar") { 1 } else { d["items"].as_u64().unwrap_or(0) })
+}
+
+/// Decoding throughput: each candle sampler row beside the torch reference at the same batch size:
+/// AR rows against HF `generate` with a static cache, diffusion rows against the plain PyTorch
+/// diffusion loop with the same number of forward passes. The torch rows that no candle row was
+/// matched with follow.
+fn decode_section(decode: &[Row], torch: &[Row]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["sampler", "batch", "NFE", "candle tok/s", "torch reference", "torch NFE", "torch tok/s", "candle / torch"]);
+    let torch: Vec<&Row> = torch.iter().filter(|x| x.get("batch").is_some()).collect();
+    let mut used = vec![false; torch.len()];
+    for d in decode {
+        let sampler = d["sampler"].as_str().unwrap_or("");
+        let b = decode_batch(d);
+        let nfe = num(d, "mean_nfe");
+        let want = if sampler.starts_with("ar") { "hf-generate-static" } else { "torch-diffusion-loop" };
+        let m = torch.iter().enumerate().rev().find(|(_, x)| {
+            x["impl"].as_str() == Some(want)
+                && x["batch"].as_u64() == Some(b)
+                && (want != "torch-diffusion-loop" || matches!((num(x, "nfe"), nfe), (Some(a), Some(n)) if (a - n).abs() < 0.5))
+        });
+        if let Some((i, _)) = m {
+            used[i] = true;
+        }
+        let r = m.map(|(_, x)| *x);
+        let ok = r.filter(|x| x.get("error").is_none()).and_then(|x| num(x, "tokens_per_s"));
         t.add_row(vec![
-            d["sampler"].as_str().unwrap_or("").to_string(),
-            "-".into(),
-            d["items"].to_string(),
-            f(d, "tokens_per_s", 0),
-            format!("nfe {}", f(d, "mean_nfe", 1)),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            "decode".into(),
+            sampler.to_string(),
+            b.to_string(),
+            fixed(nfe, 1),
+            fixed(num(d, "tokens_per_s"), 0),
+            r.map(|_| want.to_string()).unwrap_or_else(|| "-".into()),
+            fixed(r.and_then(|x| num(x, "nfe")), 0),
+            cell(r, "tokens_per_s", 0),
+            times(num(d, "tokens_per_s"), ok),
         ]);
     }
-    Ok(t)
+    for (x, _) in torch.iter().zip(&used).filter(|(_, u)| !**u) {
+        t.add_row(vec![
+            "-".into(),
+            x["batch"].as_u64().map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+            "-".into(),
+            "-".into(),
+            x["impl"].as_str().unwrap_or("").to_string(),
+            fixed(num(x, "nfe"), 0),
+            cell(Some(x), "tokens_per_s", 0),
+            "-".into(),
+        ]);
+    }
+    t
+}
+
+/// The tables of a bench folder: `training` (candle.jsonl beside torch.jsonl) and, when there are
+/// decode rows, `decoding` (decode.jsonl beside torch_decode.jsonl).
+pub fn bench_tables(dir: &std::path::Path) -> crate::Result<Vec<(&'static str, Table)>> {
+    let candle = read_jsonl(&dir.join("candle.jsonl"))?;
+    let torch = read_jsonl(&dir.join("torch.jsonl"))?;
+    let decode = read_jsonl(&dir.join("decode.jsonl"))?;
+    let torch_decode = read_jsonl(&dir.join("torch_decode.jsonl"))?;
+    let mut out = vec![("training", train_table(&candle, &torch))];
+    if !decode.is_empty() || torch_decode.iter().any(|x| x.get("batch").is_some()) {
+        out.push(("decoding", decode_section(&decode, &torch_decode)));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cells(t: &Table) -> Vec<Vec<String>> {
+        t.row_iter().map(|r| r.cell_iter().map(|c| c.content()).collect()).collect()
+    }
+
+    #[test]
+    fn bench_tables_match_rows_by_shape_and_show_ratios() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        w(
+            "candle.jsonl",
+            concat!(
+                r#"{"impl_name":"candle","objective":"ddm","lora_rank":16,"batch":64,"seq":512,"ms_per_step":100,"tokens_per_s":200000,"peak_mem_gib":20,"mfu":0.2}"#,
+                "\n",
+                r#"{"impl_name":"candle","objective":"ddm","lora_rank":16,"batch":64,"seq":160,"ms_per_step":50,"tokens_per_s":90000,"peak_mem_gib":6,"mfu":0.05}"#,
+                "\n",
+                r#"{"impl_name":"candle","objective":"ar","lora_rank":0,"batch":16,"error":"tensor error: CUDA_ERROR_OUT_OF_MEMORY"}"#,
+                "\n"
+            ),
+        );
+        w(
+            "torch.jsonl",
+            concat!(
+                r#"{"impl":"torch-env","torch":"2.11"}"#,
+                "\n",
+                // seq 512 eager and compiled; a seq-160 eager row that must not match the 512 one
+                r#"{"impl":"torch","objective":"ddm","lora_rank":16,"batch":64,"seq":512,"tokens_per_s":100000,"peak_mem_gib":40}"#,
+                "\n",
+                r#"{"impl":"torch-compile","objective":"ddm","lora_rank":16,"batch":64,"seq":512,"tokens_per_s":400000,"peak_mem_gib":30,"mfu":0.3}"#,
+                "\n",
+                r#"{"impl":"torch","objective":"ddm","lora_rank":16,"batch":64,"seq":160,"tokens_per_s":30000}"#,
+                "\n",
+                r#"{"impl":"torch-compile","objective":"ddm","lora_rank":16,"batch":64,"seq":160,"error":"out of memory"}"#,
+                "\n",
+                // no `seq`: 512, the older files' one length
+                r#"{"impl":"torch","objective":"ar","lora_rank":0,"batch":16,"tokens_per_s":50000}"#,
+                "\n",
+                r#"{"impl":"torch-compile","objective":"ar","lora_rank":16,"batch":64,"seq":512,"tokens_per_s":300000}"#,
+                "\n"
+            ),
+        );
+        w(
+            "decode.jsonl",
+            concat!(
+                r#"{"sampler":"diffusion-low_confidence","items":16,"batch_size":16,"prompt_len":256,"new_tokens":32,"steps":32,"tokens_per_s":1000,"mean_nfe":32.0,"wall_s":0.5}"#,
+                "\n",
+                r#"{"sampler":"ar-greedy-kv-cache","items":16,"batch_size":16,"prompt_len":256,"new_tokens":32,"steps":32,"tokens_per_s":800,"mean_nfe":32.0,"wall_s":0.6}"#,
+                "\n",
+                // an old row without batch_size: AR decoded one prompt at a time
+                r#"{"sampler":"ar-greedy-kv-cache","items":16,"prompt_len":256,"new_tokens":32,"steps":32,"tokens_per_s":150,"mean_nfe":32.0,"wall_s":3.0}"#,
+                "\n"
+            ),
+        );
+        w(
+            "torch_decode.jsonl",
+            concat!(
+                r#"{"impl":"torch-decode-env","torch":"2.11"}"#,
+                "\n",
+                r#"{"impl":"hf-generate-static","batch":16,"nfe":32,"tokens_per_s":3200}"#,
+                "\n",
+                r#"{"impl":"hf-generate-dynamic","batch":16,"nfe":32,"tokens_per_s":400}"#,
+                "\n",
+                r#"{"impl":"hf-generate-static","batch":1,"nfe":32,"tokens_per_s":300}"#,
+                "\n",
+                r#"{"impl":"torch-diffusion-loop","batch":16,"nfe":32,"tokens_per_s":500}"#,
+                "\n"
+            ),
+        );
+        let tables = bench_tables(dir.path()).unwrap();
+        assert_eq!(tables.iter().map(|x| x.0).collect::<Vec<_>>(), ["training", "decoding"]);
+        let tr = cells(&tables[0].1);
+        let col = |name: &str| tables[0].1.header().unwrap().cell_iter().position(|c| c.content() == name).unwrap();
+        let (eager, comp, r_eager, r_comp) = (col("torch eager tok/s"), col("torch.compile tok/s"), col("candle / eager"), col("candle / compile"));
+        assert_eq!(tr.len(), 4, "{tr:?}");
+        assert_eq!(&tr[0][..4], ["ddm", "16", "64", "512"]);
+        assert_eq!((tr[0][eager].as_str(), tr[0][comp].as_str()), ("100000", "400000"));
+        assert_eq!((tr[0][r_eager].as_str(), tr[0][r_comp].as_str()), ("2.00x", "0.50x"));
+        assert_eq!(tr[0][col("torch.compile MFU %")], "30.0");
+        assert_eq!(&tr[1][..4], ["ddm", "16", "64", "160"]);
+        assert_eq!((tr[1][r_eager].as_str(), tr[1][comp].as_str(), tr[1][r_comp].as_str()), ("3.00x", "OOM", "-"));
+        assert_eq!(&tr[2][..5], ["ar", "full", "16", "512", "OOM"]);
+        assert_eq!((tr[2][eager].as_str(), tr[2][r_eager].as_str()), ("50000", "-"));
+        // a torch row with no candle row is listed after the candle rows
+        assert_eq!((&tr[3][..5], tr[3][comp].as_str()), (&["ar", "16", "64", "512", "-"].map(String::from)[..], "300000"));
+        let de = cells(&tables[1].1);
+        assert_eq!(de[0], ["diffusion-low_confidence", "16", "32.0", "1000", "torch-diffusion-loop", "32", "500", "2.00x"]);
+        assert_eq!(de[1], ["ar-greedy-kv-cache", "16", "32.0", "800", "hf-generate-static", "32", "3200", "0.25x"]);
+        assert_eq!(de[2], ["ar-greedy-kv-cache", "1", "32.0", "150", "hf-generate-static", "32", "300", "0.50x"]);
+        assert_eq!(de[3], ["-", "16", "-", "-", "hf-generate-dynamic", "32", "400", "-"]);
+        assert_eq!(de.len(), 4);
+        assert!(to_markdown(&tables[1].1).contains("| ar-greedy-kv-cache | 16 | 32.0 | 800 | hf-generate-static | 32 | 3200 | 0.25x |"));
+    }
 }
