@@ -2,6 +2,19 @@
 // Tensor i of a list is the f32 buffer at ptrs[i] with sizes[i] elements; grid.y indexes tensors,
 // grid.x strides over elements. Compiled to PTX by harness/build.rs (feature `cuda`).
 #include <stdint.h>
+#include <cuda_bf16.h>
+
+// dst_i (bf16) = src_i (f32) · scales[i] for every tensor i: the compute-dtype copies of the
+// trainable tensors (LoRA's A and s·B) for one forward pass, in one launch.
+extern "C" __global__ void cast_scale_multi_bf16(const uint64_t* src_ptrs, const uint64_t* dst_ptrs, const uint64_t* sizes,
+                                                 const float* scales) {
+    const float* x = reinterpret_cast<const float*>(src_ptrs[blockIdx.y]);
+    __nv_bfloat16* y = reinterpret_cast<__nv_bfloat16*>(dst_ptrs[blockIdx.y]);
+    const uint64_t n = sizes[blockIdx.y];
+    const float s = scales[blockIdx.y];
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
+        y[i] = __float2bfloat16(x[i] * s);
+}
 
 // Σ x² over every tensor, accumulated into out[0] (zeroed by the caller).
 extern "C" __global__ void sumsq_multi(const uint64_t* ptrs, const uint64_t* sizes, float* out) {

@@ -175,6 +175,8 @@ fn kernel_checks(device: &Device) -> Result<Vec<Check>> {
     push("matmul accumulate (b transposed)", &gemm::matmul_acc(ya.copy()?, &aa, &bt, true)?, &gemm::matmul_acc_composite(&ya, &aa, &bt, true)?)?;
     let bn = bt.t()?.contiguous()?;
     push("matmul accumulate", &gemm::matmul_acc(ya.copy()?, &aa, &bn, false)?, &gemm::matmul_acc_composite(&ya, &aa, &bn, false)?)?;
+    let (wa, wb) = (r(&[300, 24], 1.0)?, r(&[300, 40], 1.0)?);
+    push("weight-gradient matmul (f32 out)", &gemm::matmul_tn_f32(&wa, &wb, 0.5)?, &gemm::matmul_tn_f32_composite(&wa, &wb, 0.5)?)?;
     let table = candle_core::Var::from_tensor(&r(&[50, 64], 1.0)?)?;
     let ids = Tensor::from_vec(vec![3u32, 7, 3, 49, 0, 7, 7], 7, device)?;
     let gout = r(&[7, 64], 1.0)?;

@@ -7,10 +7,11 @@
 //!   RMSNorm's backward, SwiGLU and its backward, cross-entropy forward/backward over the
 //!   vocabulary;
 //! - [`ce`]: token cross-entropy as one autograd node, built on the cross-entropy kernels;
-//! - [`optim`]: the multi-tensor AdamW update and global gradient norm;
+//! - [`optim`]: the multi-tensor AdamW update and global gradient norm, and the one-launch bf16
+//!   copies of every LoRA adapter for a forward pass;
 //! - [`layout`]: data movement (head transposes, row gather/scatter, embedding gradient);
-//! - [`gemm`]: `y += a · op(b)` into an existing buffer (cuBLAS β = 1), for LoRA terms and
-//!   summed input gradients.
+//! - [`gemm`]: `y += a · op(b)` into an existing buffer (cuBLAS β = 1), for LoRA terms,
+//!   residual streams and summed input gradients; weight gradients `aᵀ b` straight to f32.
 pub mod ce;
 pub mod fused;
 pub mod gemm;

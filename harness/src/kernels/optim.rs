@@ -37,9 +37,19 @@ pub fn adamw(params: &[Tensor], m: &[Tensor], v: &[Tensor], grads: &[Tensor], hp
     imp::adamw(params, m, v, grads, hp)
 }
 
+/// bf16 copies of `srcs` (f32, contiguous, one CUDA device), each multiplied by its entry of
+/// `scales`, in one launch and one allocation (the copies are views of one buffer); None when not
+/// applicable.
+pub fn cast_scaled_bf16(srcs: &[Tensor], scales: &[f32]) -> Result<Option<Vec<Tensor>>> {
+    imp::cast_scaled_bf16(srcs, scales)
+}
+
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use super::AdamWStep;
+    pub fn cast_scaled_bf16(_: &[Tensor], _: &[f32]) -> Result<Option<Vec<Tensor>>> {
+        Ok(None)
+    }
     use candle_core::{Result, Tensor};
     pub fn sum_squares(_: &[Tensor]) -> Result<Option<f64>> {
         Ok(None)
@@ -94,6 +104,67 @@ mod imp {
         let max = sizes.iter().copied().max().unwrap_or(1);
         let gx = max.div_ceil(THREADS as u64).clamp(1, 1024) as u32;
         LaunchConfig { grid_dim: (gx, n as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    struct CastMulti<'a> {
+        srcs: &'a [Tensor],
+        scales: &'a [f32],
+        total: usize,
+    }
+
+    impl candle_core::CustomOp1 for CastMulti<'_> {
+        fn name(&self) -> &'static str {
+            "cast-scale-multi"
+        }
+        fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("cast-scale-multi called on the CPU")
+        }
+        fn cuda_fwd(&self, s: &candle_core::CudaStorage, _: &candle_core::Layout) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            use candle_core::backend::BackendStorage;
+            let dev = s.device().clone();
+            let (src, sizes) = addresses(&dev, self.srcs)?;
+            let stream = dev.cuda_stream();
+            let out = unsafe { dev.alloc::<half::bf16>(self.total)? };
+            let base = {
+                let (p, _sync) = out.device_ptr(&stream);
+                p
+            };
+            let mut dst = Vec::with_capacity(sizes.len());
+            let mut off = 0u64;
+            for &n in &sizes {
+                dst.push(base + 2 * off);
+                off += n;
+            }
+            let up = |x: &Vec<u64>| stream.clone_htod(x).map_err(err);
+            let (ds, dd, dn) = (up(&src)?, up(&dst)?, up(&sizes)?);
+            let dsc = stream.clone_htod(self.scales).map_err(err)?;
+            let func = dev.get_or_load_custom_func("cast_scale_multi_bf16", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&ds);
+            b.arg(&dd);
+            b.arg(&dn);
+            b.arg(&dsc);
+            // SAFETY: the source pointers and sizes describe live f32 buffers, the destinations
+            // consecutive ranges of `out` (total elements).
+            unsafe { b.launch(grid(&sizes, sizes.len())) }.map_err(err)?;
+            Ok((candle_core::CudaStorage::wrap_cuda_slice(out, dev), candle_core::Shape::from(self.total)))
+        }
+    }
+
+    pub fn cast_scaled_bf16(srcs: &[Tensor], scales: &[f32]) -> Result<Option<Vec<Tensor>>> {
+        if srcs.is_empty() || scales.len() != srcs.len() || device_of(&[srcs]).is_none() {
+            return Ok(None);
+        }
+        let total: usize = srcs.iter().map(|t| t.elem_count()).sum();
+        let all = srcs[0].apply_op1_no_bwd(&CastMulti { srcs, scales, total })?; // (total,) bf16
+        let mut out = Vec::with_capacity(srcs.len());
+        let mut off = 0;
+        for t in srcs {
+            let n = t.elem_count();
+            out.push(all.narrow(0, off, n)?.reshape(t.shape())?);
+            off += n;
+        }
+        Ok(Some(out))
     }
 
     pub fn sum_squares(grads: &[Tensor]) -> Result<Option<f64>> {

@@ -13,7 +13,7 @@
 
 use super::lora::{AdapterConfig, AdapterKind, LoraAdapter};
 use super::ops::frozen_linear;
-use crate::kernels::gemm::matmul_acc;
+use crate::kernels::gemm::{matmul_acc, matmul_tn_f32};
 use super::params::{Fwd, GradSink, Trainable, Weight};
 use candle_core::{DType, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -141,8 +141,7 @@ impl Linear {
             ),
             (Weight::Frozen(w), None) => (xw(acc, w)?, Cast::Frozen),
             (Weight::Frozen(w), Some(l)) => {
-                let ad = l.a.as_tensor().detach().to_dtype(dt)?; // (r, in)
-                let bd = (l.b.as_tensor().detach() * l.scale)?.to_dtype(dt)?; // (out, r)
+                let (ad, bd) = l.compute_copies(dt)?; // A (r, in), s·B (out, r)
                 let mask = l.dropout_mask(x, self.index, ctx)?;
                 let xin = match &mask {
                     Some(m) => (x * m)?,
@@ -185,12 +184,12 @@ impl Linear {
                     Some(m) => (dx + (gb.matmul(ad)? * m)?)?,
                     None => matmul_acc(dx, &gb, ad, false)?, // + gb A
                 };
-                sink.add(l.a.as_tensor(), gb.t()?.matmul(xin)?.to_dtype(DType::F32)?)?; // (r, in)
-                sink.add(l.b.as_tensor(), (g.t()?.matmul(z)?.to_dtype(DType::F32)? * l.scale)?)?; // (out, r)
+                sink.add(l.a.as_tensor(), matmul_tn_f32(&gb, xin, 1.0)?)?; // (r, in), f32
+                sink.add(l.b.as_tensor(), matmul_tn_f32(&g, z, l.scale)?)?; // (out, r), f32
                 Ok(dx)
             }
             (Cast::Full { wc }, Weight::Trainable(v), _) => {
-                sink.add(v.as_tensor(), g.t()?.matmul(&s.x)?.to_dtype(DType::F32)?)?; // (out, in)
+                sink.add(v.as_tensor(), matmul_tn_f32(&g, &s.x, 1.0)?)?; // (out, in), f32
                 gm(acc, wc)
             }
             _ => candle_core::bail!("linear: backward does not match its forward"),

@@ -237,6 +237,9 @@ impl Llama {
         }
         let fused = ctx.train && cache.is_none() && self.layer_path == LayerPath::Fused;
         let tables = if fused { Some(self.rotary.tables(offset, ids.dim(1)?, self.dtype)?) } else { None };
+        if fused {
+            self.refresh_adapter_copies()?;
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             x = match &tables {
                 Some((cos, sin)) => layer.forward_fused(&x, bias, cos, sin, ctx, &self.sink)?,
@@ -247,6 +250,26 @@ impl Llama {
             c.len += ids.dim(1)?;
         }
         self.norm.forward(&x, ctx)
+    }
+
+    /// The compute-dtype copies (A, s·B) of every LoRA adapter, made in one launch on CUDA (bf16)
+    /// and stored in the adapters for this forward pass; elsewhere the adapters cast their own.
+    fn refresh_adapter_copies(&self) -> candle_core::Result<()> {
+        if self.dtype != DType::BF16 {
+            return Ok(());
+        }
+        let ads: Vec<&super::lora::LoraAdapter> = self.layers.iter().flat_map(|b| b.linears()).filter_map(|(_, l)| l.lora.as_ref()).collect();
+        let srcs: Vec<Tensor> = ads.iter().flat_map(|a| [a.a.as_tensor().clone(), a.b.as_tensor().clone()]).collect();
+        let scales: Vec<f32> = ads.iter().flat_map(|a| [1.0, a.scale as f32]).collect();
+        match crate::kernels::optim::cast_scaled_bf16(&srcs, &scales)? {
+            Some(c) => {
+                for (i, a) in ads.iter().enumerate() {
+                    a.set_copies(Some((c[2 * i].clone(), c[2 * i + 1].clone())));
+                }
+            }
+            None => ads.iter().for_each(|a| a.set_copies(None)),
+        }
+        Ok(())
     }
 
     /// LM head on hidden states (..., D) → (..., V).

@@ -67,6 +67,10 @@ pub struct LoraAdapter {
     pub scale: f64,
     /// Dropout probability on the adapter input.
     pub dropout: f64,
+    /// This forward pass's compute-dtype copies (A, s·B), made for every adapter of the model in
+    /// one launch by [`crate::model::Llama`] before a fused training forward
+    /// ([`LoraAdapter::set_copies`]); shared by the clones of the adapter.
+    copies: std::sync::Arc<std::sync::Mutex<Option<(Tensor, Tensor)>>>,
 }
 
 impl LoraAdapter {
@@ -81,7 +85,25 @@ impl LoraAdapter {
         let b = Var::zeros((out_dim, cfg.rank), DType::F32, dev)?;
         tr.push(format!("base_model.model.{prefix}.lora_A.weight"), a.clone());
         tr.push(format!("base_model.model.{prefix}.lora_B.weight"), b.clone());
-        Ok(Self { a, b, scale: cfg.alpha / cfg.rank as f64, dropout: cfg.dropout })
+        Ok(Self { a, b, scale: cfg.alpha / cfg.rank as f64, dropout: cfg.dropout, copies: Default::default() })
+    }
+
+    /// Store this pass's compute-dtype copies of A and s·B (or clear them with None).
+    pub fn set_copies(&self, c: Option<(Tensor, Tensor)>) {
+        if let Ok(mut g) = self.copies.lock() {
+            *g = c;
+        }
+    }
+
+    /// A (r, in) and s·B (out, r) in `dtype`: the stored copies when they are in `dtype`, else
+    /// cast now.
+    pub fn compute_copies(&self, dtype: DType) -> candle_core::Result<(Tensor, Tensor)> {
+        if let Some((a, b)) = self.copies.lock().ok().and_then(|g| g.clone()) {
+            if a.dtype() == dtype {
+                return Ok((a, b));
+            }
+        }
+        Ok((self.a.as_tensor().detach().to_dtype(dtype)?, (self.b.as_tensor().detach() * self.scale)?.to_dtype(dtype)?))
     }
 
     /// The dropout multiplier of the adapter input `x` (N, in) of the linear with dropout seed

@@ -15,7 +15,7 @@
 //!   directly on the storage, no copy at all).
 
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
 use std::sync::Mutex;
 
 type Res<T> = candle_core::Result<T>;
@@ -205,5 +205,9 @@ pub fn rms_norm_weight_grad(x: &Tensor, g: &Tensor, eps: f64) -> Res<Tensor> {
     let d = *x.dims().last().unwrap_or(&1);
     let ones = Tensor::ones(d, x.dtype(), x.device())?;
     let n = candle_nn::ops::rms_norm(&x.contiguous()?, &ones, eps as f32)?; // x / rms(x)
-    (g.to_dtype(DType::F32)? * n.to_dtype(DType::F32)?)?.reshape(((), d))?.sum(0)
+    let gn = (g * n)?.reshape(((), d))?; // (N, D)
+    // Σ over the rows as a product with a ones column: one cuBLAS call with f32 accumulation and
+    // output on CUDA (the f32 casts, product and row sum were ~25 ms of a full fine-tuning step)
+    let ones = Tensor::ones((gn.dim(0)?, 1), gn.dtype(), gn.device())?;
+    crate::kernels::gemm::matmul_tn_f32(&gn, &ones, 1.0)?.squeeze(1)
 }
