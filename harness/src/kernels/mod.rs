@@ -6,8 +6,11 @@
 //! - [`fused`]: row-wise bf16 kernels of the training path: masked softmax and its backward,
 //!   RMSNorm's backward, SwiGLU and its backward, cross-entropy forward/backward over the
 //!   vocabulary;
+//! - [`flash`]: FlashAttention-2-style attention forward and backward (bf16, head width 64,
+//!   grouped-query heads, additive bias) on the tensor cores, no (B, H, L, T) matrix;
 //! - [`ce`]: token cross-entropy as one autograd node, built on the cross-entropy kernels;
 //! - [`optim`]: the multi-tensor AdamW update and global gradient norm.
 pub mod ce;
+pub mod flash;
 pub mod fused;
 pub mod optim;
