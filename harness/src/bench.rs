@@ -608,8 +608,21 @@ fn op_timings(dir: &std::path::Path, dev: &Device, quick: bool) -> Result<()> {
         ("kernels::swiglu_bwd (B*L,F)".into(), Box::new(|| Ok(kernels::swiglu_bwd(&xf, &xf, &xf)?.0))),
         ("kernels::ce_fwd (N,V)".into(), Box::new(|| Ok(kernels::ce_fwd(&logits, &t_rows)?.0))),
         ("kernels::ce_bwd (N,V)".into(), Box::new(|| kernels::ce_bwd(&logits, &t_rows, &lse, &g_rows))),
-        ("attention_fwd (B,H,L,Dh), GQA".into(), Box::new(|| attention::attention_fwd(&q, &k, &k, None))),
-        ("attention_bwd (B,H,L,Dh), GQA, g (B,L,D)".into(), Box::new(|| Ok(attention::attention_bwd(&q, &k, &k, None, &x3)?.0))),
+        ("attention_fwd (B,H,L,Dh), GQA".into(), Box::new(|| attention::attention_fwd_composite(&q, &k, &k, None))),
+        ("attention_bwd (B,H,L,Dh), GQA, g (B,L,D)".into(), Box::new(|| Ok(attention::attention_bwd_composite(&q, &k, &k, None, &x3)?.0))),
+        ("flash_fwd (B,H,L,Dh), GQA".into(), Box::new(|| Ok(crate::kernels::flash::flash_fwd(&q, &k, &k, None, 0.125)?.0))),
+        ("flash_bwd (B,H,L,Dh), GQA, g (B,L,D)".into(), Box::new({
+            // the forward's o and lse, computed at the first call (untimed: the warm-up call)
+            let saved = std::cell::OnceCell::new();
+            let (q, k, x3) = (&q, &k, &x3);
+            move || {
+                if saved.get().is_none() {
+                    let _ = saved.set(crate::kernels::flash::flash_fwd(q, k, k, None, 0.125)?);
+                }
+                let (o, lse) = saved.get().expect("set above");
+                Ok(crate::kernels::flash::flash_bwd(q, k, k, o, lse, x3, None, 0.125)?.0)
+            }
+        })),
         ("rope_heads_fwd (B,L,D = H*Dh)".into(), Box::new(|| ops::rope_heads_fwd(&x3, h, &cos, &sin))),
     ];
     let path = dir.join("ops.jsonl");

@@ -2,7 +2,9 @@
 //! `tests/fixtures/tiny-llama`, a fixed batch, mask and t; losses pinned from PyTorch by
 //! `tests/scripts/torch_crosscheck.py`) run on the chosen device, in f32 and in bf16, next to the
 //! CPU numbers, plus one training step's gradient norm. Passes when every number is within its
-//! tolerance: 1e-4 for f32, 2% relative for bf16.
+//! tolerance: 1e-4 for f32, 2% relative for bf16. On CUDA also the fused kernels against their
+//! composites and the flash attention kernels against the composite attention in f32 (checks
+//! named `flash <case> <part>`, plus `flash training step ...`).
 
 use crate::model::lora::AdapterConfig;
 use crate::model::params::Fwd;
@@ -116,6 +118,7 @@ pub fn run(device: &Device) -> Result<Vec<Check>> {
     checks.extend(optimizer_checks(device)?);
     if device.is_cuda() {
         checks.extend(kernel_checks(device)?);
+        checks.extend(flash_checks(device)?);
     }
     Ok(checks)
 }
@@ -188,6 +191,190 @@ fn kernel_checks(device: &Device) -> Result<Vec<Check>> {
     let composite = table.as_tensor().zeros_like()?.index_add(&rows, &grow, 0)?;
     let gr = (layout::gather_rows(table.as_tensor(), &rows)? * &grow)?.sum_all()?.backward()?;
     push("gather rows backward", gr.get(table.as_tensor()).ok_or_else(|| Error::msg("no row gradient"))?, &composite)?;
+    Ok(out)
+}
+
+/// One flash-attention test case: shapes, which bias, and whether backward is checked too.
+struct FlashCase {
+    name: &'static str,
+    b: usize,
+    h: usize,
+    hkv: usize,
+    l: usize,
+    t: usize,
+    bias: FlashBias,
+    bwd: bool,
+}
+
+#[derive(Clone, Copy)]
+enum FlashBias {
+    None,
+    /// (1, 1, L, L): the annealed mask at step 1 of 4 (half of the future visible).
+    Annealed,
+    /// (B, 1, L, L): causal, row 1 left-padded by L/3 keys, so its first L/3 queries see no key
+    /// ([`crate::model::mask::EmptyRow::Hidden`]: their bias stays −1e9 everywhere).
+    Padded,
+    /// (1, 1, L, T): query i sees keys 0..=T−L+i (a chunk continuing a KV cache).
+    Cache,
+    /// (B, 1, L, T): [`Self::Cache`] with row 1's first T−L+2 keys padding, so its first two
+    /// queries see no key.
+    CachePadded,
+}
+
+/// The flash attention kernels (kernels/flash.rs) against the composite attention
+/// (model/attention.rs) computed in f32 from the same bf16 inputs: output, dq, dk, dv as
+/// max |flash − composite| / max |composite| (the names say the case and the part; the
+/// parenthesis where the worst element is and how many are out of tolerance), then one fused
+/// training step of a head-width-64 model with and without flash.
+fn flash_checks(device: &Device) -> Result<Vec<Check>> {
+    use crate::kernels::flash;
+    use crate::model::attention;
+    use crate::model::mask::{self, AttentionMode, EmptyRow};
+    let (bf, f32t) = (DType::BF16, DType::F32);
+    let on = format!("{:?} BF16", device.location());
+    let cases = [
+        FlashCase { name: "B2 H9/3 L=T=160 no bias", b: 2, h: 9, hkv: 3, l: 160, t: 160, bias: FlashBias::None, bwd: true },
+        FlashCase { name: "B2 H9/3 L=T=160 annealed (1,1,L,L)", b: 2, h: 9, hkv: 3, l: 160, t: 160, bias: FlashBias::Annealed, bwd: true },
+        FlashCase { name: "B2 H9/3 L=T=160 key padding (B,1,L,L) empty rows", b: 2, h: 9, hkv: 3, l: 160, t: 160, bias: FlashBias::Padded, bwd: true },
+        FlashCase { name: "B2 H9/3 L=T=37 annealed", b: 2, h: 9, hkv: 3, l: 37, t: 37, bias: FlashBias::Annealed, bwd: true },
+        FlashCase { name: "B3 H4/4 L=T=161 key padding", b: 3, h: 4, hkv: 4, l: 161, t: 161, bias: FlashBias::Padded, bwd: true },
+        FlashCase { name: "B1 H9/3 L=T=512 annealed", b: 1, h: 9, hkv: 3, l: 512, t: 512, bias: FlashBias::Annealed, bwd: true },
+        FlashCase { name: "B2 H8/1 L=37 T=100 cache mask (1,1,L,T)", b: 2, h: 8, hkv: 1, l: 37, t: 100, bias: FlashBias::Cache, bwd: true },
+        FlashCase { name: "B2 H9/3 L=5 T=40 cache mask", b: 2, h: 9, hkv: 3, l: 5, t: 40, bias: FlashBias::Cache, bwd: false },
+        FlashCase { name: "B2 H9/3 L=5 T=40 cache mask, padded (B,1,L,T) empty rows", b: 2, h: 9, hkv: 3, l: 5, t: 40, bias: FlashBias::CachePadded, bwd: false },
+        FlashCase { name: "B2 H9/3 L=1 T=40 no bias", b: 2, h: 9, hkv: 3, l: 1, t: 40, bias: FlashBias::None, bwd: false },
+    ];
+    let mut out = Vec::new();
+    for c in &cases {
+        let dh = flash::HEAD_DIM;
+        let r = |shape: &[usize], std: f32| -> Result<Tensor> { Ok(Tensor::randn(0f32, std, shape, device)?.to_dtype(bf)?) };
+        // scores of std ~2 after scaling: peaked rows, so the online rescaling matters
+        let q = r(&[c.b, c.h, c.l, dh], 1.5)?;
+        let k = r(&[c.b, c.hkv, c.t, dh], 1.5)?;
+        let v = r(&[c.b, c.hkv, c.t, dh], 1.0)?;
+        let g = r(&[c.b, c.l, c.h * dh], 1.0)?;
+        let bias: Option<Tensor> = match c.bias {
+            FlashBias::None => None,
+            FlashBias::Annealed => mask::attention_bias(AttentionMode::Annealed { anneal_steps: 4 }, 1, 7, c.l, None, bf, device)?,
+            FlashBias::Padded => {
+                let vis = mask::visibility(AttentionMode::Causal, c.l, 0, 0);
+                let pad = c.l / 3;
+                let kv: Vec<Vec<bool>> = (0..c.b).map(|bi| (0..c.l).map(|j| bi != 1 || j >= pad).collect()).collect();
+                Some(mask::additive_bias(&vis, (c.l, c.t), Some(&kv), EmptyRow::Hidden, bf, device)?)
+            }
+            FlashBias::Cache => mask::cache_bias(c.l, c.t - c.l, bf, device)?,
+            FlashBias::CachePadded => {
+                let pad: Vec<usize> = (0..c.b).map(|bi| if bi == 1 { c.t - c.l + 2 } else { 0 }).collect();
+                mask::padded_cache_bias(c.l, c.t - c.l, &pad, bf, device)?
+            }
+        };
+        let up = |t: &Tensor| t.to_dtype(f32t);
+        let (q32, k32, v32, g32) = (up(&q)?, up(&k)?, up(&v)?, up(&g)?);
+        let b32 = bias.as_ref().map(up).transpose()?;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let (o, lse) = flash::flash_fwd(&q, &k, &v, bias.as_ref(), scale)?;
+        let o_ref = attention::attention_fwd_composite(&q32, &k32, &v32, b32.as_ref())?;
+        out.push(flash_compare(&format!("flash {} forward o", c.name), &on, &o, &o_ref)?);
+        if c.bwd {
+            let (dq, dk, dv) = flash::flash_bwd(&q, &k, &v, &o, &lse, &g, bias.as_ref(), scale)?;
+            let (dq_ref, dk_ref, dv_ref) = attention::attention_bwd_composite(&q32, &k32, &v32, b32.as_ref(), &g32)?;
+            out.push(flash_compare(&format!("flash {} backward dq", c.name), &on, &dq, &dq_ref)?);
+            out.push(flash_compare(&format!("flash {} backward dk", c.name), &on, &dk, &dk_ref)?);
+            out.push(flash_compare(&format!("flash {} backward dv", c.name), &on, &dv, &dv_ref)?);
+        }
+    }
+    out.extend(flash_step_checks(device, &on)?);
+    Ok(out)
+}
+
+/// max |a − b| / max |b| over all elements (NaN or ±inf in `a`: reported as NaN, failing), with
+/// the worst element's index (in `b`'s shape), how many elements exceed the tolerance and how many
+/// of `a` are not finite in the check's name. Tolerance 2e-2.
+fn flash_compare(name: &str, on: &str, a: &Tensor, b: &Tensor) -> Result<Check> {
+    let tol = 2e-2;
+    let dims = b.dims().to_vec();
+    if a.dims() != b.dims() {
+        return Ok(Check { name: format!("{name} (shape {:?} vs reference {:?})", a.dims(), dims), on: on.into(), value: f64::NAN, reference: 0.0, tolerance: tol, ok: false });
+    }
+    let av: Vec<f32> = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let bv: Vec<f32> = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let scale = bv.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-20) as f64;
+    let (mut worst, mut at, mut bad, mut nonfinite) = (0f64, 0usize, 0usize, 0usize);
+    for (i, (x, y)) in av.iter().zip(&bv).enumerate() {
+        let d = if x.is_finite() { (x - y).abs() as f64 } else { f64::INFINITY };
+        nonfinite += usize::from(!x.is_finite());
+        bad += usize::from(d > tol * scale);
+        if d > worst || (d.is_infinite() && worst.is_finite()) {
+            worst = d;
+            at = i;
+        }
+    }
+    let mut idx = vec![0usize; dims.len()];
+    let mut rest = at;
+    for (k, &n) in dims.iter().enumerate().rev() {
+        idx[k] = rest % n.max(1);
+        rest /= n.max(1);
+    }
+    let rel = if worst.is_finite() { worst / scale } else { f64::NAN };
+    let detail = format!("worst at {idx:?} of {dims:?}: {} vs {}; {bad} of {} over tol; {nonfinite} non-finite; max|ref| {scale:.3e}", av[at], bv[at], av.len());
+    Ok(Check { name: format!("{name}: max|flash - f32 composite|/max|ref| ({detail})"), on: on.into(), value: rel, reference: 0.0, tolerance: tol, ok: rel <= tol })
+}
+
+/// One fused training step (LoRA-free full fine-tuning, annealed mask, right padding) of a small
+/// head-width-64 model in bf16, with the flash kernels and with the composite attention forced:
+/// loss and gradient norm must agree to bf16 rounding.
+fn flash_step_checks(device: &Device, on: &str) -> Result<Vec<Check>> {
+    use crate::kernels::flash;
+    let cfg = LlamaConfig {
+        vocab_size: 64,
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: Some(2),
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 128,
+        tie_word_embeddings: true,
+    };
+    let probe_q = Tensor::zeros((1, 4, 8, 64), DType::BF16, device)?;
+    let probe_k = Tensor::zeros((1, 2, 8, 64), DType::BF16, device)?;
+    let serves = flash::flash_ok(&probe_q, &probe_k, None);
+    let mut out = vec![Check {
+        name: "flash serves bf16 head-width-64 attention (1 = yes; 0 under DDM_ATTENTION=composite)".into(),
+        on: on.into(),
+        value: f64::from(u8::from(serves)),
+        reference: 1.0,
+        tolerance: 0.0,
+        ok: serves,
+    }];
+    let (b, l) = (2, 48);
+    let ids: Vec<u32> = (0..b * l).map(|i| ((i * 37 + 11) % 62) as u32).collect();
+    let batch = Batch { ids, b, l, prompt_len: vec![4, 6], len: vec![48, 37] };
+    let obj = Diffusion::new(63, DiffusionConfig { anneal_steps: 4, ..Default::default() });
+    let step = |model: &Llama, tr: &crate::model::Trainable| -> Result<(f64, f64)> {
+        let p = obj.prepare(&batch, 1, 0, 5)?;
+        let mut acc = crate::train::optim::GradAccum::new(tr);
+        let mut opt = crate::train::optim::AdamW::new(tr, Default::default())?;
+        let sc = crate::train::step::StepCtx { seed: 5, step: 1, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 0.0 };
+        let v = crate::train::step::train_step(model, std::slice::from_ref(&p), sc)?;
+        Ok((v.loss, v.grad_norm))
+    };
+    let full = AdapterConfig { kind: crate::model::lora::AdapterKind::Full, ..Default::default() };
+    let build = || -> Result<(Llama, crate::model::Trainable)> {
+        // init std 0.08: attention far from uniform at width 256
+        let w = crate::model::load::random_weights(&cfg, 0.08, 3, DType::BF16, device)?;
+        let vb = candle_nn::VarBuilder::from_tensors(w, DType::BF16, device);
+        Llama::load(vb, &cfg, &BuildOpts { adapter: &full, seed: 3, layer_path: crate::model::LayerPath::Fused })
+    };
+    let (m1, t1) = build()?;
+    let (loss_f, norm_f) = step(&m1, &t1)?;
+    let (m2, t2) = build()?;
+    let (loss_c, norm_c) = flash::with_composite(|| step(&m2, &t2))?;
+    let tl = 1e-2 * loss_c.abs();
+    out.push(Check { name: "flash training step loss vs composite attention".into(), on: on.into(), value: loss_f, reference: loss_c, tolerance: tl, ok: (loss_f - loss_c).abs() <= tl });
+    let tn = 2e-2 * norm_c.abs();
+    out.push(Check { name: "flash training step grad norm vs composite attention".into(), on: on.into(), value: norm_f, reference: norm_c, tolerance: tn, ok: (norm_f - norm_c).abs() <= tn });
     Ok(out)
 }
 

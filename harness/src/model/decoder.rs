@@ -12,8 +12,9 @@
 //!   the gradient accumulator drains after each backward pass. The node hangs on the layer input
 //!   and one trainable tensor of the layer (the "anchor"), so that it is recorded even when the
 //!   input needs no gradient (layer 0 of a LoRA model). Attention recomputes its probabilities in
-//!   backward ([`crate::model::attention`]); the row-wise pieces run as bf16 CUDA kernels
-//!   ([`crate::kernels::fused`]).
+//!   backward ([`crate::model::attention`]: on CUDA in bf16 with the FlashAttention kernels of
+//!   [`crate::kernels::flash`], which keep only the output and per-row softmax statistics); the
+//!   row-wise pieces run as bf16 CUDA kernels ([`crate::kernels::fused`]).
 //!
 //! Tests compare the two paths: loss, every parameter gradient and the input gradient.
 
@@ -202,7 +203,7 @@ impl Attention {
         let y = if ctx.train {
             attention::attention_reference(&q, &k, &v, bias)?
         } else {
-            attention::attention_fwd(&q, &k, &v, bias)?
+            attention::attention_fwd(&q, &k, &v, bias)?.0 // what a backward would need is dropped
         }; // (B, L, D)
         self.o_proj.forward(&y, ctx)
     }
@@ -294,7 +295,8 @@ impl DecoderLayer {
         let qh = ops::rope_heads_fwd(&q.reshape((b, l, ()))?, hq, cos, sin)?; // (B, H, L, Dh)
         let kh = ops::rope_heads_fwd(&k.reshape((b, l, ()))?, hkv, cos, sin)?; // (B, Hkv, L, Dh)
         let vh = swap_axes(&v.reshape((b, l, hkv, dh))?)?; // (B, Hkv, L, Dh)
-        let a = attention::attention_fwd(&qh, &kh, &vh, bias.as_ref())?.reshape((n, d))?; // (N, D)
+        let (a, att) = attention::attention_fwd(&qh, &kh, &vh, bias.as_ref())?; // (B, L, D), what backward needs
+        let a = a.reshape((n, d))?; // (N, D)
         // the residual stream: a copy of the input the o projection accumulates into
         let (x2, so) = lins[3].fwd_rows_acc(&a, ctx, Some(xd.reshape((n, d))?.copy()?))?;
         let x2 = x2.reshape((b, l, d))?; // (B, L, D)
@@ -320,7 +322,7 @@ impl DecoderLayer {
             let dx2 = norm_bwd(&x2, &w2, p2.as_ref(), eps2, &dh2, &sink, Some(&dy))?; // (B, L, D): + the residual's dy
             // attention half
             let da = lins[3].bwd_rows(&saved[3], &dx2.reshape((n, d))?, &sink)?.reshape((b, l, d))?;
-            let (dq, dk, dv) = attention::attention_bwd(&qh, &kh, &vh, bias.as_ref(), &da)?;
+            let (dq, dk, dv) = attention::attention_bwd(&qh, &kh, &vh, bias.as_ref(), &att, &da)?;
             let dq = ops::rope_heads_bwd(&dq, &cos, &nsin)?.reshape((n, ()))?;
             let dk = ops::rope_heads_bwd(&dk, &cos, &nsin)?.reshape((n, ()))?;
             let dv = swap_axes(&dv)?.reshape((n, ()))?; // (B, L, Hkv, Dh) → (N, Hkv·Dh)
