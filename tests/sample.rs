@@ -7,7 +7,7 @@ use harness::model::load::{random_model, tiny_config};
 use harness::model::{AdapterConfig, AttentionMode, Llama};
 use harness::rng::{rng_for, Purpose};
 use harness::sample::diffusion::{plan, BlockPlan};
-use harness::sample::{pick_token, ArSampler, Denoiser, DiffusionSampler, ModelDenoiser, Strategy, StrategyKind};
+use harness::sample::{greedy_rows, pick_token, ArSampler, Denoiser, DiffusionSampler, ModelDenoiser, Strategy, StrategyKind};
 use std::cell::RefCell;
 
 const V: usize = 200;
@@ -400,6 +400,40 @@ fn pick_token_filters() {
     assert!(pick_token(&[f32::NAN, 1.0], 0.0, None, None, &mut rng).is_err());
     assert!(pick_token(&[], 0.0, None, None, &mut rng).is_err());
     assert!(pick_token(&row, 1.0, Some(0), None, &mut rng).is_err());
+}
+
+#[test]
+fn greedy_rows_on_the_device_equals_pick_token() {
+    use rand::Rng;
+    let mut rng = rng_for(3, Purpose::Init, 0, 0);
+    let v = 4096;
+    let mut rows: Vec<Vec<f32>> = (0..6).map(|_| (0..v).map(|_| rng.random_range(-8.0f32..8.0)).collect()).collect();
+    // Ties at the maximum: the first index wins, as in pick_token.
+    rows[1][10] = 20.0;
+    rows[1][3000] = 20.0;
+    rows[1][7] = 20.0;
+    rows[2] = vec![0.5; v]; // all equal
+    rows[3][v - 1] = 30.0; // the last column
+    rows[4].iter_mut().for_each(|x| *x *= 0.01); // nearly flat: a small confidence
+    let flat: Vec<f32> = rows.concat();
+    let t = Tensor::from_vec(flat, (rows.len(), v), &Device::Cpu).unwrap();
+    for dtype in [candle_core::DType::F32, candle_core::DType::BF16] {
+        let t = t.to_dtype(dtype).unwrap();
+        let got = greedy_rows(&t).unwrap();
+        // pick_token on the same values as the host sees them (bf16 rounded, then f32)
+        let host = t.to_dtype(candle_core::DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        for (i, (row, &(tok, c))) in host.iter().zip(&got).enumerate() {
+            let (want, wc) = pick_token(row, 0.0, None, None, &mut rng).unwrap();
+            assert_eq!(tok, want, "{dtype:?} row {i}");
+            assert!((c - wc).abs() < 1e-5, "{dtype:?} row {i}: confidence {c} vs {wc}");
+        }
+    }
+    assert_eq!(greedy_rows(&t).unwrap()[1].0, 7);
+    assert_eq!(greedy_rows(&t).unwrap()[2], (0, 1.0 / v as f32));
+    let mut bad = rows[0].clone();
+    bad[5] = f32::NAN;
+    assert!(greedy_rows(&Tensor::from_vec(bad, (1, v), &Device::Cpu).unwrap()).is_err());
+    assert!(greedy_rows(&Tensor::zeros((0, v), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap().is_empty());
 }
 
 fn tiny(seed: u64) -> Llama {

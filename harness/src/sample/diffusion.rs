@@ -8,7 +8,8 @@
 //! - **shift**: with `shift = true` the candidate for position p is read from output row p − 1
 //!   (the model was trained to predict token i+1 at output i); without shift from row p. A shifted
 //!   sampler needs a non-empty prompt. Run a sampler with the convention its model was trained with.
-//! - **Candidates**: argmax at temperature 0, else drawn after temperature, top-k and top-p
+//! - **Candidates**: argmax at temperature 0 (first index of the maximum, chosen on the device:
+//!   [`super::greedy_rows`]), else drawn after temperature, top-k and top-p on the host
 //!   ([`super::pick_token`]). The mask token is excluded (its logit is set to −1e30).
 //!   **Confidence** = the candidate's probability under the model's plain softmax (temperature 1,
 //!   unfiltered, mask token excluded). The output reports each token's confidence at the step
@@ -39,11 +40,11 @@
 //!   consecutive items, left-padded to the longest prompt; otherwise items are first grouped by
 //!   prompt length (equal lengths only, no padding). An item that finishes leaves the batch.
 
-use super::{pick_token, validate_sampling, Denoiser};
+use super::{greedy_rows, pick_token, validate_sampling, Denoiser};
 use crate::config::EvalConfig;
 use crate::rng::{rng_for, ChaCha8Rng, Purpose};
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -421,13 +422,7 @@ impl DiffusionSampler {
                 .map(|&s| rng_for(self.seed, Purpose::Sampler, first_item + states[s].idx as u64, states[s].nfe as u64))
                 .collect();
             let cands: Vec<(u32, f32)> = if self.temperature == 0.0 {
-                let probs = candle_nn::ops::softmax_last_dim(&sel)?; // (R, V)
-                let conf = probs.max(D::Minus1)?.to_vec1::<f32>()?; // (R,)
-                let tok = sel.argmax(D::Minus1)?.to_vec1::<u32>()?; // (R,)
-                if let Some(bad) = conf.iter().find(|c| !c.is_finite()) {
-                    return Err(Error::msg(format!("non-finite confidence {bad}: the logits hold NaN or infinity")));
-                }
-                tok.into_iter().zip(conf).collect()
+                greedy_rows(&sel)? // on the device; (R,) ids and confidences come back
             } else {
                 let table = sel.to_vec2::<f32>()?; // R rows of V
                 let mut out = Vec::with_capacity(table.len());
