@@ -485,6 +485,49 @@ fn diffusion_on_tiny_model_batched_matches_one_by_one() {
 }
 
 #[test]
+fn the_model_runs_its_head_on_the_asked_positions_only_and_agrees_with_the_full_logits() {
+    let model = tiny(4);
+    let d = ModelDenoiser::new(&model, AttentionMode::Full);
+    // Two left-padded rows; positions in any order, repeated, across rows.
+    let ids = Tensor::from_slice(&[0u32, 0, 5, 9, 13, 63, 63, 7, 8, 9, 10, 63, 63, 63], (2, 7), &Device::Cpu).unwrap();
+    let kv = vec![vec![false, false, true, true, true, true, true], vec![true; 7]];
+    let full = d.logits_padded(&ids, Some(&kv)).unwrap().to_vec3::<f32>().unwrap(); // (2, 7, V)
+    let positions = [(1usize, 6usize), (0, 4), (0, 5), (1, 3), (0, 4)];
+    for (name, got) in [
+        ("model", d.logits_at(&ids, Some(&kv), &positions).unwrap()),
+        // the trait's default (what a hand-set denoiser gets): the full logits, picked out
+        ("default", Denoiser::logits_at(&FullOnly(d), &ids, Some(&kv), &positions).unwrap()),
+    ] {
+        assert_eq!(got.dims2().unwrap(), (positions.len(), 64), "{name}");
+        for (row, &(b, j)) in got.to_vec2::<f32>().unwrap().iter().zip(&positions) {
+            let diff = row.iter().zip(&full[b][j]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{name} ({b}, {j}): {diff}");
+        }
+    }
+    assert!(d.logits_at(&ids, None, &[(2, 0)]).is_err(), "a row outside the batch is an error");
+    assert!(d.logits_at(&ids, None, &[(0, 7)]).is_err(), "a column outside the batch is an error");
+    assert_eq!(d.logits_at(&ids, None, &[]).unwrap().dims2().unwrap(), (0, 64));
+}
+
+/// A model denoiser seen only through `logits_padded`: every other method is the trait's default.
+struct FullOnly<'a>(ModelDenoiser<'a>);
+
+impl Denoiser for FullOnly<'_> {
+    fn logits(&self, ids: &Tensor) -> harness::Result<Tensor> {
+        self.0.logits(ids)
+    }
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+    fn supports_padding(&self) -> bool {
+        true
+    }
+    fn logits_padded(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>) -> harness::Result<Tensor> {
+        self.0.logits_padded(ids, key_valid)
+    }
+}
+
+#[test]
 fn ar_cached_equals_full_recompute() {
     let model = sharp(5);
     let d = ModelDenoiser::new(&model, AttentionMode::Causal);

@@ -370,6 +370,7 @@ impl DiffusionSampler {
             })
             .collect();
 
+        let mut no_mask: Option<Tensor> = None;
         loop {
             let active: Vec<usize> = (0..states.len()).filter(|&s| !states[s].done).collect();
             if active.is_empty() {
@@ -383,38 +384,35 @@ impl DiffusionSampler {
             } else {
                 None
             };
-            // Only the columns that predict canvas positions: from pmax (one earlier with shift).
-            let from = pmax - usize::from(self.shift);
-            let lt = l - from;
-            let logits = d.logits_padded_from(&ids, key_valid.as_deref(), from)?; // (A, L − from, V)
-            let dims = logits.dims3()?;
-            if dims != (a, lt, v) {
-                return Err(Error::msg(format!("denoiser returned logits of shape {dims:?}, expected ({a}, {lt}, {v})")));
-            }
-
-            // Eligible positions (canvas offsets) per active item, and the logit rows they read.
+            // Eligible positions (canvas offsets) per active item, and the (row, column) of the
+            // output each reads: column pmax + c, one column left with shift (pmax ≥ 1 is
+            // guaranteed then: shifted prompts are non-empty).
             let mut eligible: Vec<Vec<usize>> = Vec::with_capacity(a);
-            let mut rows: Vec<u32> = Vec::new();
+            let mut positions: Vec<(usize, usize)> = Vec::new();
             for (ai, &s) in active.iter().enumerate() {
                 let st = &states[s];
                 let bp = &blocks[st.block];
                 let e: Vec<usize> = (bp.start..bp.start + bp.len).filter(|&c| !st.committed[c]).collect();
-                for &c in &e {
-                    // Column of canvas position c is pmax + c; with shift its prediction is one column left
-                    // (pmax ≥ 1 is guaranteed: shifted prompts are non-empty).
-                    let col = pmax + c - usize::from(self.shift);
-                    rows.push((ai * lt + col - from) as u32);
-                }
+                positions.extend(e.iter().map(|&c| (ai, pmax + c - usize::from(self.shift))));
                 eligible.push(e);
             }
-            let flat = logits.reshape((a * lt, v))?; // (A·(L − from), V)
-            let idx = Tensor::from_vec(rows.clone(), rows.len(), flat.device())?;
-            let sel = flat.index_select(&idx, 0)?.to_dtype(DType::F32)?; // (R, V)
+            // Logits of those positions only: (R, V).
+            let sel = d.logits_at(&ids, key_valid.as_deref(), &positions)?;
+            let dims = sel.dims2()?;
+            if dims != (positions.len(), v) {
+                return Err(Error::msg(format!("denoiser returned logits of shape {dims:?}, expected ({}, {v})", positions.len())));
+            }
+            let sel = sel.to_dtype(DType::F32)?;
             // The mask token is never a candidate: committing it would leave the position masked.
-            let mut no_mask = vec![0f32; v];
-            no_mask[self.mask_id as usize] = MASK_LOGIT;
-            let no_mask = Tensor::from_vec(no_mask, (1, v), sel.device())?; // (1, V)
-            let sel = sel.broadcast_add(&no_mask)?.contiguous()?; // (R, V)
+            let no_mask = match &no_mask {
+                Some(t) => t,
+                None => {
+                    let mut row = vec![0f32; v];
+                    row[self.mask_id as usize] = MASK_LOGIT;
+                    no_mask.insert(Tensor::from_vec(row, (1, v), sel.device())?) // (1, V), once per group
+                }
+            };
+            let sel = sel.broadcast_add(no_mask)?.contiguous()?; // (R, V)
 
             // One generator per active item for this step.
             let mut rngs: Vec<ChaCha8Rng> = active

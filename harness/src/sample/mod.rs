@@ -1,8 +1,10 @@
 //! Decoding: diffusion iterative denoising and AR decoding.
 //!
-//! - [`Denoiser`]: "give me logits for every position of these ids". Samplers only talk to this
-//!   trait, so tests can drive them with a hand-set logit function; [`ModelDenoiser`] implements it
-//!   for a [`Llama`] with a chosen attention mode (full for diffusion models, causal for AR).
+//! - [`Denoiser`]: "give me logits for every position of these ids" (or for some positions only,
+//!   [`Denoiser::logits_at`]). Samplers only talk to this trait, so tests can drive them with a
+//!   hand-set logit function; [`ModelDenoiser`] implements it for a [`Llama`] with a chosen
+//!   attention mode (full for diffusion models, causal for AR), running its LM head only on the
+//!   positions asked for.
 //! - [`diffusion`]: iterative denoising from a fully masked canvas ([`DiffusionSampler`]).
 //! - [`autoregressive`]: greedy / sampled left-to-right decoding, batched with the KV cache
 //!   ([`ArSampler::generate_batched`]; [`ArSampler::generate_cached`] for one prompt) or, one
@@ -14,8 +16,9 @@
 //!
 //! ## Padding
 //! Both samplers batch prompts of different lengths by **left padding** (right-aligning the
-//! prompts), and a key-padding mask hides the pad columns from every query (a pad query sees no key,
-//! [`EmptyRow::Hidden`]; its output is unused). Diffusion: every row of a batch is
+//! prompts), and a key-padding mask hides the pad columns from every query (a pad query's output is
+//! unused: it sees no key, [`EmptyRow::Hidden`], except under the full attention of a diffusion
+//! reading, where it sees the real keys so that the bias stays (B, 1, 1, L)). Diffusion: every row of a batch is
 //! `pad… prompt canvas`, so the generated region starts at the same column in every row. AR with
 //! the KV cache: every row is `pad… prompt generated…`; all rows share one column offset in the
 //! cache ([`crate::model::KvCache::left_padded`]), the prompt pass gets a causal bias with the pad
@@ -78,6 +81,37 @@ pub trait Denoiser {
         }
         Ok(full.narrow(1, from, l - from)?)
     }
+
+    /// Logits (R, V) f32 at the `positions` of a batch `ids` (B, L), in their order:
+    /// `positions[r] = (b, j)` is row b, column j. This is what the diffusion sampler asks for:
+    /// the columns that predict the eligible masked positions, not the whole canvas. The default
+    /// picks them out of [`Denoiser::logits_padded_from`] (from the least column asked for); a
+    /// model gathers those positions' hidden states and runs its LM head on them alone.
+    fn logits_at(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, positions: &[(usize, usize)]) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        check_positions(positions, b, l)?;
+        let v = self.vocab_size();
+        let Some(from) = positions.iter().map(|p| p.1).min() else {
+            return Ok(Tensor::zeros((0, v), DType::F32, ids.device())?);
+        };
+        let lt = l - from;
+        let full = self.logits_padded_from(ids, key_valid, from)?; // (B, L − from, V)
+        let dims = full.dims3()?;
+        if dims != (b, lt, v) {
+            return Err(Error::msg(format!("denoiser returned logits of shape {dims:?}, expected ({b}, {lt}, {v})")));
+        }
+        let idx: Vec<u32> = positions.iter().map(|&(r, j)| (r * lt + j - from) as u32).collect();
+        let idx = Tensor::from_vec(idx, positions.len(), full.device())?;
+        Ok(full.reshape((b * lt, v))?.index_select(&idx, 0)?.to_dtype(DType::F32)?) // (R, V)
+    }
+}
+
+/// Check that every (row, column) of `positions` lies in a (b, l) batch.
+fn check_positions(positions: &[(usize, usize)], b: usize, l: usize) -> Result<()> {
+    match positions.iter().find(|&&(r, j)| r >= b || j >= l) {
+        Some(&(r, j)) => Err(Error::msg(format!("logits asked at ({r}, {j}) of a ({b}, {l}) batch"))),
+        None => Ok(()),
+    }
 }
 
 /// A [`Llama`] seen as a [`Denoiser`]: inference forward pass (no dropout) under a
@@ -108,6 +142,52 @@ impl<'a> ModelDenoiser<'a> {
     }
 }
 
+impl ModelDenoiser<'_> {
+    /// Check a (b, l) batch and its key-padding mask against the model.
+    fn check(&self, b: usize, l: usize, key_valid: Option<&[Vec<bool>]>) -> Result<()> {
+        if l > self.model.cfg.max_position_embeddings {
+            return Err(Error::msg(format!(
+                "sequence of {l} tokens exceeds the model's {} positions",
+                self.model.cfg.max_position_embeddings
+            )));
+        }
+        if let Some(kv) = key_valid {
+            if kv.len() != b || kv.iter().any(|row| row.len() != l) {
+                return Err(Error::msg(format!("key-padding mask does not match the ({b}, {l}) batch")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The attention bias of a whole-sequence pass of length `l` under the reading, with the pad
+    /// keys of `key_valid` hidden, or None when nothing is hidden. With padding under full
+    /// attention the bias is (B, 1, 1, L): the pad keys are hidden from every query, and a pad
+    /// query (whose output is unused, and which no real query sees) attends to the real keys
+    /// instead of to nothing, so every real position computes what it would with the (B, 1, L, L)
+    /// bias, built and copied at B·L entries instead of B·L². Other readings: (B, 1, L, L), a pad
+    /// query seeing nothing ([`EmptyRow::Hidden`]).
+    fn full_bias(&self, l: usize, key_valid: Option<&[Vec<bool>]>) -> Result<Option<Tensor>> {
+        let (step, seed) = (self.read.step, self.read.seed);
+        let mode = self.read.mode.at_step(step);
+        let has_pad = key_valid.is_some_and(|kv| kv.iter().any(|row| row.iter().any(|&v| !v)));
+        let (dtype, dev) = (self.model.dtype, &self.model.device);
+        Ok(match key_valid {
+            // left-padded prompts: no key is exempt, unlike training's right padding
+            Some(kv) if has_pad && mode == AttentionMode::Full => Some(additive_bias(&vec![true; l], (1, l), Some(kv), EmptyRow::Hidden, dtype, dev)?),
+            Some(kv) if has_pad => Some(additive_bias(&visibility(mode, l, step, seed), (l, l), Some(kv), EmptyRow::Hidden, dtype, dev)?),
+            _ => attention_bias(mode, step, seed, l, None, dtype, dev)?,
+        }) // (B|1, 1, L|1, L)
+    }
+
+    /// The LM head on the rows `idx` of the hidden states `h` (N, D): (R, V) f32.
+    fn head_rows(&self, h: &Tensor, idx: Vec<u32>) -> Result<Tensor> {
+        let n = idx.len();
+        let idx = Tensor::from_vec(idx, n, h.device())?;
+        let rows = h.index_select(&idx, 0)?; // (R, D)
+        Ok(self.model.logits(&rows, &Fwd::default())?.to_dtype(DType::F32)?) // (R, V)
+    }
+}
+
 impl Denoiser for ModelDenoiser<'_> {
     fn logits(&self, ids: &Tensor) -> Result<Tensor> {
         self.logits_padded(ids, None)
@@ -130,31 +210,25 @@ impl Denoiser for ModelDenoiser<'_> {
         if from > l {
             return Err(Error::msg(format!("logits from column {from} of a length-{l} batch")));
         }
-        if l > self.model.cfg.max_position_embeddings {
-            return Err(Error::msg(format!(
-                "sequence of {l} tokens exceeds the model's {} positions",
-                self.model.cfg.max_position_embeddings
-            )));
-        }
-        if let Some(kv) = key_valid {
-            if kv.len() != b || kv.iter().any(|row| row.len() != l) {
-                return Err(Error::msg(format!("key-padding mask does not match the ({b}, {l}) batch")));
-            }
-        }
-        let (step, seed) = (self.read.step, self.read.seed);
-        let mode = self.read.mode.at_step(step);
-        let has_pad = key_valid.is_some_and(|kv| kv.iter().any(|row| row.iter().any(|&v| !v)));
-        let bias = match key_valid {
-            // left-padded prompts: a pad query sees nothing (its output is unused); no key is exempt,
-            // unlike training's right padding
-            Some(kv) if has_pad => Some(additive_bias(&visibility(mode, l, step, seed), (l, l), Some(kv), EmptyRow::Hidden, self.model.dtype, &self.model.device)?),
-            _ => attention_bias(mode, step, seed, l, None, self.model.dtype, &self.model.device)?,
-        }; // (B|1, 1, L, L)
+        self.check(b, l, key_valid)?;
+        let bias = self.full_bias(l, key_valid)?;
         let ids = ids.to_device(&self.model.device)?;
         let h = self.model.hidden(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, D)
         let h = if from == 0 { h } else { h.narrow(1, from, l - from)?.contiguous()? }; // (B, L − from, D)
         let out = self.model.logits(&h, &Fwd::default())?; // (B, L − from, V)
         Ok(out.to_dtype(DType::F32)?)
+    }
+
+    /// The hidden states of the asked positions only go through the LM head: R rows, not B·L.
+    fn logits_at(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, positions: &[(usize, usize)]) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        self.check(b, l, key_valid)?;
+        check_positions(positions, b, l)?;
+        let bias = self.full_bias(l, key_valid)?;
+        let ids = ids.to_device(&self.model.device)?;
+        let h = self.model.hidden(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, D)
+        let h = h.reshape((b * l, ()))?; // (B·L, D)
+        self.head_rows(&h, positions.iter().map(|&(r, j)| (r * l + j) as u32).collect())
     }
 }
 
