@@ -6,6 +6,9 @@
 //!   attention mode (full for diffusion models, causal for AR), running its LM head only on the
 //!   positions asked for.
 //! - [`diffusion`]: iterative denoising from a fully masked canvas ([`DiffusionSampler`]).
+//!   With `eval.cache = "prefix"` it keeps a [`PrefixCache`] (Fast-dLLM's prefix KV cache) and
+//!   asks [`Denoiser::logits_at_prefix`], which a model answers by running only the columns from
+//!   the current block on, most steps.
 //! - [`autoregressive`]: greedy / sampled left-to-right decoding, batched with the KV cache
 //!   ([`ArSampler::generate_batched`]; [`ArSampler::generate_cached`] for one prompt) or, one
 //!   prompt at a time, by full recomputation through a [`Denoiser`] ([`ArSampler::generate`]).
@@ -34,11 +37,11 @@ pub mod autoregressive;
 pub mod diffusion;
 
 pub use autoregressive::{ArOutput, ArSampler};
-pub use diffusion::{DiffusionOutput, DiffusionSampler, Strategy, StrategyKind};
+pub use diffusion::{CacheKind, DiffusionOutput, DiffusionSampler, Strategy, StrategyKind};
 
 use crate::model::params::Fwd;
 use crate::model::mask::{additive_bias, attention_bias, visibility, AttentionMode, EmptyRow, ReadAttention};
-use crate::model::Llama;
+use crate::model::{KvCache, Llama};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, D};
 use rand::Rng;
@@ -103,6 +106,76 @@ pub trait Denoiser {
         let idx: Vec<u32> = positions.iter().map(|&(r, j)| (r * lt + j - from) as u32).collect();
         let idx = Tensor::from_vec(idx, positions.len(), full.device())?;
         Ok(full.reshape((b * lt, v))?.index_select(&idx, 0)?.to_dtype(DType::F32)?) // (R, V)
+    }
+
+    /// [`Denoiser::logits_at`] with a prefix KV cache (diffusion decoding with
+    /// `eval.cache = "prefix"`): columns `0..prefix[b]` of row b (its padding, prompt and committed
+    /// earlier blocks) are its cacheable prefix. A row whose prefix differs from the one `cache`
+    /// holds for it (the first step of a block) is run whole and its prefix's keys and values
+    /// kept; any other row runs only its columns from the prefix on (and any asked for before
+    /// it), attending to its cached prefix keys. See [`PrefixCache`] for what this approximates.
+    /// The rows of `cache` are the rows of `ids`: drop finished rows with
+    /// [`PrefixCache::select_rows`]. The default ignores the cache: every row is run whole
+    /// ([`Denoiser::logits_at`], exact).
+    fn logits_at_prefix(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, positions: &[(usize, usize)], prefix: &[usize], cache: &mut PrefixCache) -> Result<Tensor> {
+        let _ = (prefix, cache);
+        self.logits_at(ids, key_valid, positions)
+    }
+}
+
+/// The prefix KV cache of one decoding batch for [`Denoiser::logits_at_prefix`]
+/// (`eval.cache = "prefix"`, Fast-dLLM's prefix cache): per row b, the keys and values of its
+/// columns `0..cached[b]` as the pass that last refreshed the row computed them.
+///
+/// Reusing them is **exact** when no prefix column attends to a later one (a causal reading, or
+/// a block-causal model whose prefix never sees the block), and **approximate** for a
+/// full-attention model, whose prefix keys and values would change as the canvas fills in; the
+/// cache is refreshed at the first step of every block. [`ModelDenoiser`] holds the keys and
+/// values; a denoiser without a cache leaves it empty.
+#[derive(Debug, Clone, Default)]
+pub struct PrefixCache {
+    /// Keys and values of every row, (B, Hkv, C, Dh) per layer, C = the longest cached prefix;
+    /// the columns of row b from `cached[b]` on are stale or zero and hidden from its queries.
+    kv: Option<KvCache>,
+    /// Per row, the cached prefix length; None before its first pass.
+    cached: Vec<Option<usize>>,
+    /// Query columns (rows × columns) run through the model under this cache.
+    query_columns: usize,
+    /// Rows run whole so far (a refreshed prefix each).
+    refreshes: usize,
+}
+
+impl PrefixCache {
+    /// Per row, the prefix length cached (None: nothing yet).
+    pub fn cached(&self) -> &[Option<usize>] {
+        &self.cached
+    }
+
+    /// Query columns (rows × columns of the chunks) the model has run under this cache: B·L
+    /// for each whole-row pass, B·(L − first column) for a cached one. A measure of the work the
+    /// cache saves (0 for a denoiser without a cache).
+    pub fn query_columns(&self) -> usize {
+        self.query_columns
+    }
+
+    /// Rows run whole (their prefix computed and cached) so far.
+    pub fn refreshes(&self) -> usize {
+        self.refreshes
+    }
+
+    /// Keep only the rows `rows`, in that order (the batch's rows after finished items leave).
+    pub fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
+        if self.cached.is_empty() {
+            return Ok(());
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r >= self.cached.len()) {
+            return Err(Error::msg(format!("prefix cache: row {r} of a batch of {}", self.cached.len())));
+        }
+        self.cached = rows.iter().map(|&r| self.cached[r]).collect();
+        if let Some(kv) = &self.kv {
+            self.kv = Some(kv.select_rows(rows)?);
+        }
+        Ok(())
     }
 }
 
@@ -229,6 +302,123 @@ impl Denoiser for ModelDenoiser<'_> {
         let h = self.model.hidden(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, D)
         let h = h.reshape((b * l, ()))?; // (B·L, D)
         self.head_rows(&h, positions.iter().map(|&(r, j)| (r * l + j) as u32).collect())
+    }
+
+    /// Rows whose prefix moved (or that have none cached) run whole through
+    /// [`Llama::hidden_capture`], and their prefix columns' keys and values are kept; the other
+    /// rows run, through [`Llama::hidden_over_prefix`], only the columns from q0 = the least of
+    /// their prefix starts and asked columns, each row b attending to its cached columns
+    /// `0..prefix[b]` (minus padding) and to the chunk's columns from `prefix[b]` on, under the
+    /// reading's visibility between the absolute columns. The LM head runs on the asked rows only.
+    fn logits_at_prefix(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, positions: &[(usize, usize)], prefix: &[usize], cache: &mut PrefixCache) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        self.check(b, l, key_valid)?;
+        check_positions(positions, b, l)?;
+        if prefix.len() != b || prefix.iter().any(|&p| p > l) {
+            return Err(Error::msg(format!("prefix lengths {prefix:?} do not fit a ({b}, {l}) batch")));
+        }
+        if cache.cached.is_empty() {
+            cache.cached = vec![None; b];
+        }
+        if cache.cached.len() != b {
+            return Err(Error::msg(format!("prefix cache of {} rows for a batch of {b}", cache.cached.len())));
+        }
+        let (dtype, dev) = (self.model.dtype, &self.model.device);
+        let ids = ids.to_device(dev)?;
+        let rows_of = |rows: &[usize]| -> Result<Tensor> {
+            Ok(if rows.len() == b { ids.clone() } else { ids.index_select(&Tensor::from_vec(rows.iter().map(|&r| r as u32).collect(), rows.len(), dev)?, 0)? })
+        };
+        let (fresh, kept): (Vec<usize>, Vec<usize>) = (0..b).partition(|&r| cache.cached[r] != Some(prefix[r]));
+        // slot[r]: row r's index among the fresh rows (Ok) or among the kept rows (Err).
+        let mut slot: Vec<std::result::Result<usize, usize>> = vec![Ok(0); b];
+        fresh.iter().enumerate().for_each(|(f, &r)| slot[r] = Ok(f));
+        kept.iter().enumerate().for_each(|(k, &r)| slot[r] = Err(k));
+        // Each position's row in the stacked hidden states [whole rows (L each); chunk rows (lq each)].
+        let mut at: Vec<Option<u32>> = vec![None; positions.len()];
+        let mut hidden: Vec<Tensor> = Vec::with_capacity(2);
+        let mut new_kv: Option<KvCache> = None;
+        if !fresh.is_empty() {
+            let kv: Option<Vec<Vec<bool>>> = key_valid.map(|kv| fresh.iter().map(|&r| kv[r].clone()).collect());
+            let bias = self.full_bias(l, kv.as_deref())?;
+            let (h, kvc) = self.model.hidden_capture(&rows_of(&fresh)?, bias.as_ref())?; // (F, L, D)
+            let c = fresh.iter().map(|&r| prefix[r]).max().unwrap_or(0);
+            new_kv = Some(kvc.narrow_columns(c)?);
+            for (p, &(r, j)) in positions.iter().enumerate() {
+                if let Ok(f) = slot[r] {
+                    at[p] = Some((f * l + j) as u32);
+                }
+            }
+            hidden.push(h.reshape((fresh.len() * l, ()))?);
+            cache.query_columns += fresh.len() * l;
+            cache.refreshes += fresh.len();
+        }
+        if !kept.is_empty() {
+            let old = cache.kv.as_ref().ok_or_else(|| Error::msg("prefix cache: rows marked cached but no keys held"))?;
+            let past = if kept.len() == b { old.clone() } else { old.select_rows(&kept)? };
+            let c = past.len;
+            // The chunk starts at the least prefix start or asked column of the kept rows.
+            let mut q0 = kept.iter().map(|&r| prefix[r]).min().unwrap_or(l);
+            q0 = positions.iter().filter(|p| slot[p.0].is_err()).map(|p| p.1).fold(q0, usize::min);
+            let lq = l - q0;
+            if lq > 0 {
+                let t = c + lq;
+                // Row r sees its cached columns before prefix[r] and the chunk's from prefix[r] on (pads hidden).
+                let valid: Vec<Vec<bool>> = kept
+                    .iter()
+                    .map(|&r| {
+                        let real = |j: usize| key_valid.is_none_or(|kv| kv[r][j]);
+                        let cached = (0..c).map(|j| j < prefix[r] && real(j));
+                        cached.chain((q0..l).map(|j| j >= prefix[r] && real(j))).collect()
+                    })
+                    .collect();
+                let (step, seed) = (self.read.step, self.read.seed);
+                let mode = self.read.mode.at_step(step);
+                let bias = if mode == AttentionMode::Full {
+                    additive_bias(&vec![true; t], (1, t), Some(&valid), EmptyRow::Hidden, dtype, dev)? // (K, 1, 1, T)
+                } else {
+                    // The reading's visibility between absolute columns: query q0 + i, key j (cached) or q0 + j' (chunk).
+                    let full = visibility(mode, l, step, seed);
+                    let mut vis = Vec::with_capacity(lq * t);
+                    for i in q0..l {
+                        vis.extend((0..c).map(|j| full[i * l + j]));
+                        vis.extend((q0..l).map(|j| full[i * l + j]));
+                    }
+                    additive_bias(&vis, (lq, t), Some(&valid), EmptyRow::Hidden, dtype, dev)? // (K, 1, lq, T)
+                };
+                let chunk = rows_of(&kept)?.narrow(1, q0, lq)?.contiguous()?; // (K, lq)
+                let h = self.model.hidden_over_prefix(&chunk, &past, q0, Some(&bias))?; // (K, lq, D)
+                let base = fresh.len() * l;
+                for (p, &(r, j)) in positions.iter().enumerate() {
+                    if let Err(k) = slot[r] {
+                        at[p] = Some((base + k * lq + j - q0) as u32);
+                    }
+                }
+                hidden.push(h.reshape((kept.len() * lq, ()))?);
+                cache.query_columns += kept.len() * lq;
+            }
+        }
+        // The cache after this pass: the fresh rows' new prefixes, the kept rows' old ones.
+        if let Some(fkv) = new_kv {
+            cache.kv = Some(match (&cache.kv, kept.is_empty()) {
+                (Some(old), false) => {
+                    let c = old.len.max(fkv.len);
+                    let stacked = KvCache::cat_rows(&old.pad_columns(c)?, &fkv.pad_columns(c)?)?; // (B + F) rows
+                    let order: Vec<usize> = (0..b).map(|r| slot[r].map_or(r, |f| b + f)).collect();
+                    stacked.select_rows(&order)?
+                }
+                _ => fkv,
+            });
+            for &r in &fresh {
+                cache.cached[r] = Some(prefix[r]);
+            }
+        }
+        let v = self.model.cfg.vocab_size;
+        if positions.is_empty() {
+            return Ok(Tensor::zeros((0, v), DType::F32, dev)?);
+        }
+        let idx: Vec<u32> = at.into_iter().collect::<Option<_>>().ok_or_else(|| Error::msg("prefix cache: a position was not computed"))?;
+        let h = if hidden.len() == 1 { hidden.remove(0) } else { Tensor::cat(&hidden, 0)? }; // (N, D)
+        self.head_rows(&h, idx)
     }
 }
 
