@@ -862,7 +862,9 @@ fn decode_bench_measures_both_methods_the_same_way() {
     for b in [1usize, 3] {
         let at: Vec<_> = rows.iter().filter(|r| r.batch_size == Some(b)).collect();
         let names: Vec<&str> = at.iter().map(|r| r.sampler.as_str()).collect();
-        assert!(names.contains(&"ar-greedy-kv-cache") && names.contains(&"diffusion-low_confidence"), "batch {b}: {names:?}");
+        for want in ["ar-greedy-kv-cache", "diffusion-low_confidence", "diffusion-low_confidence-prefix-cache", "diffusion-threshold-prefix-cache"] {
+            assert!(names.contains(&want), "batch {b}: {names:?} lacks {want}");
+        }
         for r in at {
             assert_eq!((r.items, r.prompt_len, r.new_tokens), (b, 5, 6), "{r:?}");
             assert!(r.wall_s > 0.0 && r.tokens_per_s > 0.0, "{r:?}");
@@ -872,7 +874,7 @@ fn decode_bench_measures_both_methods_the_same_way() {
             if r.sampler.starts_with("ar") {
                 // one pass per chosen token (the eos included), the first being the prompt pass
                 assert!((r.mean_nfe - (r.mean_gen_len + r.eos_rate)).abs() < 1e-9, "{r:?}");
-            } else if r.sampler == "diffusion-threshold" {
+            } else if r.sampler.starts_with("diffusion-threshold") {
                 // commits every position above 0.9, at least one per pass
                 assert!(r.mean_nfe >= 1.0 && r.mean_nfe <= 6.0, "{r:?}");
             } else {
