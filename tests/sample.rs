@@ -690,6 +690,13 @@ fn prefix_cache_under_full_attention_refreshes_at_each_block_and_runs_only_the_t
         assert_eq!(&o.sequence[..plen], &p[..]);
         assert!(o.sequence[plen..].iter().all(|&t| t != 63), "every canvas position committed");
     }
+    // An empty prompt (unshifted): the first block's prefix is empty, nothing to cache.
+    let empty = s.generate(&d, &[vec![], vec![]], 0).unwrap();
+    s.cache = CacheKind::None;
+    let empty_plain = s.generate(&d, &[vec![], vec![]], 0).unwrap();
+    assert_eq!(empty[0].order[0], empty_plain[0].order[0]);
+    assert!(empty.iter().all(|o| o.sequence.len() == n && o.sequence.iter().all(|&t| t != 63)));
+    s.cache = CacheKind::Prefix;
     // A partly annealed reading keeps its mask between absolute columns under the cache too.
     let annealed = ReadAttention { mode: AttentionMode::Annealed { anneal_steps: 100 }, step: 30, seed: 4 };
     let outs = s.generate(&ModelDenoiser::reading(&model, annealed), &prompts, 0).unwrap();
