@@ -78,6 +78,7 @@ fn tiny_run_trains_end_to_end() {
     assert_eq!(cfg["train"]["max_steps"], 6);
     assert_eq!(cfg["resolved"]["mask_id"], 16);
     assert_eq!(cfg["resolved"]["device"], "cpu");
+    assert_eq!(cfg["eval"]["cache"], "none", "the decoding cache is recorded in config.json");
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 7, "header + 6 steps");
     assert!(out.join("checkpoints/adapter.safetensors").is_file());
@@ -127,6 +128,15 @@ fn tiny_run_trains_end_to_end() {
     assert_eq!(code, 0, "{err}");
     let fe = harness::schema::RunDir::new(&full).read_predictions().unwrap();
     assert_eq!(fe.iter().map(|p| &p.predicted).collect::<Vec<_>>(), dir.read_predictions().unwrap().iter().map(|p| &p.predicted).collect::<Vec<_>>());
+    // The prefix KV cache is an eval.* setting too (its accuracy cost: compare this folder with the
+    // run's own evaluation); eval.json records it.
+    let cached = dir.path().join("evals/prefix");
+    let (code, _, err) = harness(&["eval", "--run", &out.display().to_string(), "--set", "eval.cache=\"prefix\"", "--out", &cached.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let ce = harness::schema::RunDir::new(&cached).read_eval().unwrap().expect("eval.json of the cached evaluation");
+    assert_eq!(ce.n_items, at_end.n_items);
+    assert!(ce.methods.iter().filter_map(|m| m.decode.as_ref()).all(|d| d.cache.as_deref() == Some("prefix")), "{:?}", ce.methods);
+    assert!(at_end.methods.iter().filter_map(|m| m.decode.as_ref()).all(|d| d.cache.as_deref() == Some("none")));
 }
 
 #[test]

@@ -199,6 +199,7 @@ fn both_decoders_report_the_same_decoding_diagnostics_and_the_frontier() {
                     _ => Some(3),
                 };
                 assert_eq!(d.steps, steps, "{}", m.method);
+                assert_eq!(d.cache.as_deref(), Some("none"), "{}: decoded without a cache by default", m.method);
                 let cal = d.calibration.as_ref().expect("diffusion reports commit confidences");
                 assert_eq!(cal.bins.len(), 10);
                 assert_eq!(cal.bins.iter().map(|b| b.count).sum::<u64>(), 8, "calibration bins sum to n");
@@ -207,6 +208,7 @@ fn both_decoders_report_the_same_decoding_diagnostics_and_the_frontier() {
             } else {
                 assert_eq!(d.steps, None);
                 assert_eq!(d.strategy, None);
+                assert_eq!(d.cache, None);
             }
         }
         if objective == "diffusion" {
@@ -235,6 +237,20 @@ fn both_decoders_report_the_same_decoding_diagnostics_and_the_frontier() {
         assert!(rep.status.success(), "{}", String::from_utf8_lossy(&rep.stderr));
         let text = String::from_utf8_lossy(&rep.stdout);
         assert!(text.contains("speed–accuracy frontier") && text.contains("tokens/s"), "{text}");
+    }
+}
+
+#[test]
+fn the_prefix_cache_is_an_eval_setting_recorded_in_the_decoding_diagnostics() {
+    // `--set eval.cache="prefix"` decodes with the prefix KV cache (blocks of 3 here: a refresh
+    // per block) and eval.json says so, per generate method, sweeps included.
+    let (_keep, out) = eval_tiny("diffusion", &["generate"], &["eval.cache=\"prefix\"", "eval.block_len=3", "eval.threshold_sweep=[0.5]"]);
+    let ev = harness::schema::RunDir::new(&out).read_eval().unwrap().expect("eval.json");
+    assert_eq!(ev.methods.len(), 2);
+    for m in &ev.methods {
+        let d = m.decode.as_ref().expect("decode stats");
+        assert_eq!(d.cache.as_deref(), Some("prefix"), "{}", m.method);
+        assert_eq!(d.answers, 8);
     }
 }
 

@@ -4,10 +4,11 @@
 
 use candle_core::{Device, Tensor};
 use harness::model::load::{random_model, tiny_config};
+use harness::model::mask::ReadAttention;
 use harness::model::{AdapterConfig, AttentionMode, Llama};
 use harness::rng::{rng_for, Purpose};
 use harness::sample::diffusion::{plan, BlockPlan};
-use harness::sample::{pick_token, ArSampler, Denoiser, DiffusionSampler, ModelDenoiser, Strategy, StrategyKind};
+use harness::sample::{greedy_rows, pick_token, ArSampler, CacheKind, Denoiser, DiffusionOutput, DiffusionSampler, ModelDenoiser, PrefixCache, Strategy, StrategyKind};
 use std::cell::RefCell;
 
 const V: usize = 200;
@@ -402,6 +403,40 @@ fn pick_token_filters() {
     assert!(pick_token(&row, 1.0, Some(0), None, &mut rng).is_err());
 }
 
+#[test]
+fn greedy_rows_on_the_device_equals_pick_token() {
+    use rand::Rng;
+    let mut rng = rng_for(3, Purpose::Init, 0, 0);
+    let v = 4096;
+    let mut rows: Vec<Vec<f32>> = (0..6).map(|_| (0..v).map(|_| rng.random_range(-8.0f32..8.0)).collect()).collect();
+    // Ties at the maximum: the first index wins, as in pick_token.
+    rows[1][10] = 20.0;
+    rows[1][3000] = 20.0;
+    rows[1][7] = 20.0;
+    rows[2] = vec![0.5; v]; // all equal
+    rows[3][v - 1] = 30.0; // the last column
+    rows[4].iter_mut().for_each(|x| *x *= 0.01); // nearly flat: a small confidence
+    let flat: Vec<f32> = rows.concat();
+    let t = Tensor::from_vec(flat, (rows.len(), v), &Device::Cpu).unwrap();
+    for dtype in [candle_core::DType::F32, candle_core::DType::BF16] {
+        let t = t.to_dtype(dtype).unwrap();
+        let got = greedy_rows(&t).unwrap();
+        // pick_token on the same values as the host sees them (bf16 rounded, then f32)
+        let host = t.to_dtype(candle_core::DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        for (i, (row, &(tok, c))) in host.iter().zip(&got).enumerate() {
+            let (want, wc) = pick_token(row, 0.0, None, None, &mut rng).unwrap();
+            assert_eq!(tok, want, "{dtype:?} row {i}");
+            assert!((c - wc).abs() < 1e-5, "{dtype:?} row {i}: confidence {c} vs {wc}");
+        }
+    }
+    assert_eq!(greedy_rows(&t).unwrap()[1].0, 7);
+    assert_eq!(greedy_rows(&t).unwrap()[2], (0, 1.0 / v as f32));
+    let mut bad = rows[0].clone();
+    bad[5] = f32::NAN;
+    assert!(greedy_rows(&Tensor::from_vec(bad, (1, v), &Device::Cpu).unwrap()).is_err());
+    assert!(greedy_rows(&Tensor::zeros((0, v), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap().is_empty());
+}
+
 fn tiny(seed: u64) -> Llama {
     random_model(&tiny_config(64), &AdapterConfig::default(), seed, &Device::Cpu).unwrap().0
 }
@@ -451,6 +486,224 @@ fn diffusion_on_tiny_model_batched_matches_one_by_one() {
 }
 
 #[test]
+fn the_model_runs_its_head_on_the_asked_positions_only_and_agrees_with_the_full_logits() {
+    let model = tiny(4);
+    let d = ModelDenoiser::new(&model, AttentionMode::Full);
+    // Two left-padded rows; positions in any order, repeated, across rows.
+    let ids = Tensor::from_slice(&[0u32, 0, 5, 9, 13, 63, 63, 7, 8, 9, 10, 63, 63, 63], (2, 7), &Device::Cpu).unwrap();
+    let kv = vec![vec![false, false, true, true, true, true, true], vec![true; 7]];
+    let full = d.logits_padded(&ids, Some(&kv)).unwrap().to_vec3::<f32>().unwrap(); // (2, 7, V)
+    let positions = [(1usize, 6usize), (0, 4), (0, 5), (1, 3), (0, 4)];
+    for (name, got) in [
+        ("model", d.logits_at(&ids, Some(&kv), &positions).unwrap()),
+        // the trait's default (what a hand-set denoiser gets): the full logits, picked out
+        ("default", Denoiser::logits_at(&FullOnly(d), &ids, Some(&kv), &positions).unwrap()),
+    ] {
+        assert_eq!(got.dims2().unwrap(), (positions.len(), 64), "{name}");
+        for (row, &(b, j)) in got.to_vec2::<f32>().unwrap().iter().zip(&positions) {
+            let diff = row.iter().zip(&full[b][j]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{name} ({b}, {j}): {diff}");
+        }
+    }
+    assert!(d.logits_at(&ids, None, &[(2, 0)]).is_err(), "a row outside the batch is an error");
+    assert!(d.logits_at(&ids, None, &[(0, 7)]).is_err(), "a column outside the batch is an error");
+    assert_eq!(d.logits_at(&ids, None, &[]).unwrap().dims2().unwrap(), (0, 64));
+}
+
+/// A model denoiser seen only through `logits_padded`: every other method is the trait's default.
+struct FullOnly<'a>(ModelDenoiser<'a>);
+
+impl Denoiser for FullOnly<'_> {
+    fn logits(&self, ids: &Tensor) -> harness::Result<Tensor> {
+        self.0.logits(ids)
+    }
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+    fn supports_padding(&self) -> bool {
+        true
+    }
+    fn logits_padded(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>) -> harness::Result<Tensor> {
+        self.0.logits_padded(ids, key_valid)
+    }
+}
+
+/// One call of the prefix-cached path: the rows' prefixes, what the cache held before the call,
+/// and the query columns the call ran.
+#[derive(Debug, Clone)]
+struct CacheCall {
+    prefix: Vec<usize>,
+    cached_before: Vec<Option<usize>>,
+    columns: usize,
+    len: usize,
+    /// The least prefix start or asked column of the rows read from the cache (the chunk's start).
+    first: Option<usize>,
+}
+
+/// A model denoiser that records every prefix-cached call.
+struct Spy<'a> {
+    d: ModelDenoiser<'a>,
+    calls: RefCell<Vec<CacheCall>>,
+    plain: RefCell<usize>,
+}
+
+impl<'a> Spy<'a> {
+    fn new(d: ModelDenoiser<'a>) -> Self {
+        Self { d, calls: RefCell::new(Vec::new()), plain: RefCell::new(0) }
+    }
+}
+
+impl Denoiser for Spy<'_> {
+    fn logits(&self, ids: &Tensor) -> harness::Result<Tensor> {
+        self.d.logits(ids)
+    }
+    fn vocab_size(&self) -> usize {
+        self.d.vocab_size()
+    }
+    fn supports_padding(&self) -> bool {
+        true
+    }
+    fn logits_padded(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>) -> harness::Result<Tensor> {
+        self.d.logits_padded(ids, key_valid)
+    }
+    fn logits_at(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, positions: &[(usize, usize)]) -> harness::Result<Tensor> {
+        *self.plain.borrow_mut() += 1;
+        self.d.logits_at(ids, key_valid, positions)
+    }
+    fn logits_at_prefix(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, positions: &[(usize, usize)], prefix: &[usize], cache: &mut PrefixCache) -> harness::Result<Tensor> {
+        let cached_before = if cache.cached().is_empty() { vec![None; prefix.len()] } else { cache.cached().to_vec() };
+        let kept = |r: usize| cached_before[r] == Some(prefix[r]);
+        let first = (0..prefix.len()).filter(|&r| kept(r)).map(|r| prefix[r]).chain(positions.iter().filter(|p| kept(p.0)).map(|p| p.1)).min();
+        let before = cache.query_columns();
+        let out = self.d.logits_at_prefix(ids, key_valid, positions, prefix, cache)?;
+        assert_eq!(cache.cached(), prefix.iter().map(|&p| Some(p)).collect::<Vec<_>>(), "every row holds its prefix after a call");
+        let len = ids.dims2()?.1;
+        self.calls.borrow_mut().push(CacheCall { prefix: prefix.to_vec(), cached_before, columns: cache.query_columns() - before, len, first });
+        Ok(out)
+    }
+}
+
+/// Same tokens, commit order and NFE; confidences within `tol`.
+fn assert_same_diffusion(a: &DiffusionOutput, b: &DiffusionOutput, tol: f32, what: &str) {
+    assert_eq!((&a.sequence, &a.order, a.nfe, a.hit_eos, &a.tokens), (&b.sequence, &b.order, b.nfe, b.hit_eos, &b.tokens), "{what}");
+    for (x, y) in a.confidence.iter().zip(&b.confidence) {
+        assert!((x - y).abs() < tol, "{what}: confidence {x} vs {y}");
+    }
+}
+
+#[test]
+fn prefix_cache_is_exact_when_the_prefix_never_sees_later_columns() {
+    // Under a causal reading no column attends to a later one, so the prefix's keys and values
+    // are the same at every step: cached decoding must equal uncached decoding, token for token
+    // (confidences up to rounding), with padding, shift, blocks, and items of one batch at
+    // different blocks (threshold).
+    let model = sharp(7);
+    let d = ModelDenoiser::reading(&model, ReadAttention::CAUSAL);
+    let prompts = mixed_prompts();
+    let mut rows_left = false;
+    for (strategy, block_len, shift) in [
+        (Strategy::LowConfidence, Some(4), true),
+        (Strategy::LowConfidence, None, false),
+        (Strategy::Threshold(0.3), Some(3), true),
+        (Strategy::Random, Some(5), false),
+    ] {
+        let mut s = DiffusionSampler::new(12, 8, 63, 62);
+        (s.strategy, s.block_len, s.shift, s.batch_size, s.seed) = (strategy, block_len, shift, 4, 3);
+        let plain = s.generate(&d, &prompts, 0).unwrap();
+        s.cache = CacheKind::Prefix;
+        let spy = Spy::new(d);
+        let cached = s.generate(&spy, &prompts, 0).unwrap();
+        let what = format!("{strategy:?} blocks {block_len:?} shift {shift}");
+        for (i, (x, y)) in cached.iter().zip(&plain).enumerate() {
+            assert_same_diffusion(x, y, 1e-5, &format!("{what} item {i}"));
+        }
+        let calls = spy.calls.borrow();
+        assert_eq!(*spy.plain.borrow(), 0, "{what}: every step went through the cache");
+        rows_left |= calls.windows(2).any(|w| w[1].prefix.len() < w[0].prefix.len());
+        assert_eq!(calls.len(), plain.iter().map(|o| o.nfe).max().unwrap(), "{what}: one call per step of the batch");
+        // Some steps ran from the cache, and those ran fewer columns than the whole batch.
+        let cached_steps = calls.iter().filter(|c| c.cached_before.iter().zip(&c.prefix).all(|(b, p)| *b == Some(*p))).count();
+        assert!(cached_steps > 0, "{what}: {calls:?}");
+        let whole: usize = calls.iter().map(|c| c.prefix.len() * c.len).sum();
+        let ran: usize = calls.iter().map(|c| c.columns).sum();
+        assert!(ran < whole, "{what}: {ran} columns ran, {whole} without the cache");
+        if let Strategy::Threshold(_) = strategy {
+            // Items at different blocks in one batch: a step that refreshes some rows and reads
+            // others from the cache, and rows with different prefixes.
+            assert!(
+                calls.iter().any(|c| c.cached_before.iter().zip(&c.prefix).any(|(b, p)| *b == Some(*p)) && c.cached_before.iter().zip(&c.prefix).any(|(b, p)| *b != Some(*p))),
+                "{what}: no step mixed refreshed and cached rows: {calls:?}"
+            );
+        }
+        // The cache changes nothing about batching: one item at a time gives the same.
+        for (i, p) in prompts.iter().enumerate() {
+            let one = s.generate_one(&d, p, i as u64).unwrap();
+            assert_same_diffusion(&one, &cached[i], 1e-4, &format!("{what} item {i} alone"));
+        }
+    }
+    assert!(rows_left, "some items finished early and left the cached batch");
+}
+
+#[test]
+fn prefix_cache_under_full_attention_refreshes_at_each_block_and_runs_only_the_tail() {
+    let model = sharp(8);
+    let d = ModelDenoiser::new(&model, AttentionMode::Full);
+    let prompts = vec![vec![3u32, 17, 42, 8, 1, 9], vec![5u32, 6, 7, 8, 9, 10]];
+    let (n, plen) = (8usize, 6usize);
+    // One block (the whole canvas): the first step runs whole, exactly as without the cache; the
+    // others run only the canvas and the column before it (shift).
+    let mut s = DiffusionSampler::new(n, n, 63, 62);
+    (s.shift, s.batch_size, s.early_stop) = (true, 2, false);
+    let plain = s.generate(&d, &prompts, 0).unwrap();
+    s.cache = CacheKind::Prefix;
+    let spy = Spy::new(d);
+    let cached = s.generate(&spy, &prompts, 0).unwrap();
+    for (x, y) in cached.iter().zip(&plain) {
+        assert_eq!(x.order[0], y.order[0], "the first step is the uncached step");
+        assert!(x.order[0].iter().all(|&p| x.sequence[p] == y.sequence[p]), "the first step commits the same tokens");
+        assert_eq!(x.nfe, n);
+    }
+    let calls = spy.calls.borrow();
+    assert_eq!(calls.len(), n);
+    assert_eq!(calls[0].columns, 2 * (plen + n), "the first step runs the whole batch");
+    for c in &calls[1..] {
+        assert_eq!(c.prefix, vec![plen, plen]);
+        let first = c.first.unwrap();
+        assert!(first >= plen - 1, "{c:?}");
+        assert_eq!(c.columns, 2 * (plen + n - first), "a cached step runs the canvas from its first masked column (the one before it with shift) only");
+    }
+    // Blocks of 3: a refresh at the first step of each block, per item.
+    let mut s = DiffusionSampler::new(n, n, 63, 62);
+    (s.shift, s.batch_size, s.early_stop, s.block_len, s.cache) = (false, 2, false, Some(3), CacheKind::Prefix);
+    let spy = Spy::new(d);
+    let outs = s.generate(&spy, &prompts, 0).unwrap();
+    let calls = spy.calls.borrow();
+    let refreshes: Vec<usize> = calls.iter().map(|c| c.cached_before.iter().zip(&c.prefix).filter(|(b, p)| **b != Some(**p)).count()).collect();
+    assert_eq!(refreshes.iter().sum::<usize>(), 2 * 3, "two items × three blocks: {refreshes:?}");
+    let prefixes: Vec<usize> = calls.iter().map(|c| c.prefix[0]).collect();
+    assert_eq!(prefixes, vec![6, 6, 6, 9, 9, 9, 12, 12], "the prefix moves to each block's start");
+    for c in calls.iter().filter(|c| c.cached_before[0] == Some(c.prefix[0])) {
+        assert_eq!(c.first, Some(c.prefix[0]), "unshifted, every asked column is in the block");
+        assert_eq!(c.columns, 2 * (plen + n - c.prefix[0]), "a cached step runs the block and what follows it");
+    }
+    for (o, p) in outs.iter().zip(&prompts) {
+        assert_eq!(&o.sequence[..plen], &p[..]);
+        assert!(o.sequence[plen..].iter().all(|&t| t != 63), "every canvas position committed");
+    }
+    // An empty prompt (unshifted): the first block's prefix is empty, nothing to cache.
+    let empty = s.generate(&d, &[vec![], vec![]], 0).unwrap();
+    s.cache = CacheKind::None;
+    let empty_plain = s.generate(&d, &[vec![], vec![]], 0).unwrap();
+    assert_eq!(empty[0].order[0], empty_plain[0].order[0]);
+    assert!(empty.iter().all(|o| o.sequence.len() == n && o.sequence.iter().all(|&t| t != 63)));
+    s.cache = CacheKind::Prefix;
+    // A partly annealed reading keeps its mask between absolute columns under the cache too.
+    let annealed = ReadAttention { mode: AttentionMode::Annealed { anneal_steps: 100 }, step: 30, seed: 4 };
+    let outs = s.generate(&ModelDenoiser::reading(&model, annealed), &prompts, 0).unwrap();
+    assert!(outs.iter().all(|o| o.sequence[plen..].iter().all(|&t| t != 63)));
+}
+
+#[test]
 fn ar_cached_equals_full_recompute() {
     let model = sharp(5);
     let d = ModelDenoiser::new(&model, AttentionMode::Causal);
@@ -480,18 +733,18 @@ fn ar_cached_equals_full_recompute() {
 #[test]
 fn samplers_are_built_from_the_eval_config() {
     use harness::config::EvalConfig;
-    let e = EvalConfig { steps: 5, max_new_tokens: 6, block_len: 3, temperature: 0.7, top_k: 4, top_p: 0.8, threshold: 0.6, batch_size: 2, ..EvalConfig::default() };
+    let e = EvalConfig { steps: 5, max_new_tokens: 6, block_len: 3, temperature: 0.7, top_k: 4, top_p: 0.8, threshold: 0.6, batch_size: 2, cache: CacheKind::Prefix, ..EvalConfig::default() };
     for (kind, want) in [(StrategyKind::LowConfidence, Strategy::LowConfidence), (StrategyKind::Random, Strategy::Random), (StrategyKind::Threshold, Strategy::Threshold(0.6))] {
         let s = DiffusionSampler::from_eval(&EvalConfig { strategy: kind, ..e.clone() }, true, MASK, EOS, 9);
         assert_eq!(s.strategy, want);
         assert_eq!((s.steps, s.max_new_tokens, s.block_len, s.batch_size), (5, 6, Some(3), 2));
         assert_eq!((s.temperature, s.top_k, s.top_p), (0.7, Some(4), Some(0.8)));
-        assert_eq!((s.shift, s.mask_id, s.eos_id, s.seed, s.early_stop), (true, MASK, EOS, 9, true));
+        assert_eq!((s.shift, s.mask_id, s.eos_id, s.seed, s.early_stop, s.cache), (true, MASK, EOS, 9, true, CacheKind::Prefix));
     }
     // 0 / 1 mean off.
     let off = EvalConfig::default();
     let d = DiffusionSampler::from_eval(&off, false, MASK, EOS, 0);
-    assert_eq!((d.block_len, d.top_k, d.top_p, d.strategy), (None, None, None, Strategy::LowConfidence));
+    assert_eq!((d.block_len, d.top_k, d.top_p, d.strategy, d.cache), (None, None, None, Strategy::LowConfidence, CacheKind::None));
     let a = ArSampler::from_eval(&e, EOS, 9);
     assert_eq!(a, ArSampler { max_new_tokens: 6, temperature: 0.7, top_k: Some(4), top_p: Some(0.8), eos_id: EOS, seed: 9, batch_size: 2 });
     assert_eq!(ArSampler::from_eval(&off, EOS, 0), ArSampler { batch_size: off.batch_size, ..ArSampler::greedy(off.max_new_tokens, EOS) });
@@ -500,6 +753,18 @@ fn samplers_are_built_from_the_eval_config() {
     assert_eq!(k, StrategyKind::Threshold);
     let err = serde_json::from_str::<StrategyKind>("\"greedy\"").unwrap_err().to_string();
     assert!(err.contains("low_confidence") && err.contains("random"), "{err}");
+    assert_eq!(serde_json::from_str::<CacheKind>("\"prefix\"").unwrap(), CacheKind::Prefix);
+    assert_eq!(serde_json::to_string(&CacheKind::None).unwrap(), "\"none\"");
+    let err = serde_json::from_str::<CacheKind>("\"dual\"").unwrap_err().to_string();
+    assert!(err.contains("none") && err.contains("prefix"), "{err}");
+    // `eval.cache` in a run config: a diffusion setting, an error on an AR run.
+    let raw = |sets: &[&str]| harness::config::RawConfig::from_str_with("name = \"t\"", "test", &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let ok = raw(&["eval.cache=\"prefix\""]).unwrap();
+    assert_eq!(ok.eval.cache, CacheKind::Prefix);
+    ok.validate().unwrap();
+    let bad = raw(&["eval.cache=\"prefix\"", "objective={kind=\"autoregressive\"}"]).unwrap().validate().unwrap_err().to_string();
+    assert!(bad.contains("eval.cache") && bad.contains("autoregressive"), "{bad}");
+    assert!(raw(&["eval.cache=\"dual\""]).unwrap_err().to_string().contains("eval.cache"));
 }
 
 /// Prompts of lengths 3, 7, 12 and 5 with tokens in 0..62 (62 and 63 left for eos choices).
@@ -604,7 +869,9 @@ fn decode_bench_measures_both_methods_the_same_way() {
     for b in [1usize, 3] {
         let at: Vec<_> = rows.iter().filter(|r| r.batch_size == Some(b)).collect();
         let names: Vec<&str> = at.iter().map(|r| r.sampler.as_str()).collect();
-        assert!(names.contains(&"ar-greedy-kv-cache") && names.contains(&"diffusion-low_confidence"), "batch {b}: {names:?}");
+        for want in ["ar-greedy-kv-cache", "diffusion-low_confidence", "diffusion-low_confidence-prefix-cache", "diffusion-threshold-prefix-cache"] {
+            assert!(names.contains(&want), "batch {b}: {names:?} lacks {want}");
+        }
         for r in at {
             assert_eq!((r.items, r.prompt_len, r.new_tokens), (b, 5, 6), "{r:?}");
             assert!(r.wall_s > 0.0 && r.tokens_per_s > 0.0, "{r:?}");
@@ -614,7 +881,7 @@ fn decode_bench_measures_both_methods_the_same_way() {
             if r.sampler.starts_with("ar") {
                 // one pass per chosen token (the eos included), the first being the prompt pass
                 assert!((r.mean_nfe - (r.mean_gen_len + r.eos_rate)).abs() < 1e-9, "{r:?}");
-            } else if r.sampler == "diffusion-threshold" {
+            } else if r.sampler.starts_with("diffusion-threshold") {
                 // commits every position above 0.9, at least one per pass
                 assert!(r.mean_nfe >= 1.0 && r.mean_nfe <= 6.0, "{r:?}");
             } else {

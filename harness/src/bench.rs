@@ -6,8 +6,9 @@
 //! Decoding (`decode.jsonl`, one [`DecodeBench`] per line): at each batch size b (1, 16 and 64,
 //! the batch sizes of `shared/reference/torch_decode_anchor.py`; 1 and 2 with `--quick`), b
 //! prompts of 256 tokens and a budget of 32 new tokens, decoded b per forward pass by each
-//! diffusion strategy (32 steps, full attention) and by batched AR with the KV cache, each call
-//! timed the same way after a warm-up call. Fields: `sampler`, `items`, `batch_size`,
+//! diffusion strategy (32 steps, full attention; `low_confidence` and `threshold` also with the
+//! prefix KV cache, rows `…-prefix-cache`) and by batched AR with the KV cache, each call timed
+//! the same way after a warm-up call. Fields: `sampler`, `items`, `batch_size`,
 //! `prompt_len`, `new_tokens`, `steps`, `tokens_per_s` (generated tokens excluding eos / wall
 //! seconds of the decode call), `mean_nfe` (forward passes per answer), `generated_tokens`,
 //! `mean_gen_len` (mean generated length, eos excluded), `eos_rate`, `wall_s`.
@@ -20,7 +21,7 @@ use crate::model::mask::AttentionMode;
 use crate::model::{LayerPath, Llama, LlamaConfig};
 use crate::objective::{Batch, Example};
 use crate::rng::{rng_for, Purpose};
-use crate::sample::{ArSampler, DiffusionSampler, ModelDenoiser, Strategy};
+use crate::sample::{ArSampler, CacheKind, DiffusionSampler, ModelDenoiser, Strategy};
 use crate::train::optim::{AdamW, AdamWParams, GradAccum};
 use crate::train::step::{self as phase, train_step, StepCtx};
 use crate::Result;
@@ -112,7 +113,10 @@ pub struct Phases {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodeBench {
     /// `diffusion-low_confidence`, `diffusion-random`, `diffusion-threshold` (full attention, no
-    /// cache) or `ar-greedy-kv-cache` (batched, left-padded, KV cache).
+    /// cache), `diffusion-low_confidence-prefix-cache`, `diffusion-threshold-prefix-cache` (the
+    /// same with the prefix KV cache, `eval.cache = "prefix"`: one block, so the prompt's keys and
+    /// values are computed at the first step and reused by the others) or `ar-greedy-kv-cache`
+    /// (batched, left-padded, KV cache).
     pub sampler: String,
     /// Prompts decoded.
     pub items: usize,
@@ -313,7 +317,8 @@ pub fn future_token_check(model: &Llama, mode: AttentionMode) -> Result<bool> {
 
 /// Decoding throughput of each sampler, for each batch size b of `batches`: b prompts decoded b
 /// per forward pass (as in `shared/reference/torch_decode_anchor.py`'s HF `generate` rows), by
-/// each diffusion strategy and by batched AR with the KV cache.
+/// each diffusion strategy (`low_confidence` and `threshold` also with the prefix KV cache) and by
+/// batched AR with the KV cache.
 pub fn decode_bench(opts: &BenchOpts, batches: &[usize], prompt_len: usize, new_tokens: usize, steps: usize) -> Result<Vec<DecodeBench>> {
     let none = AdapterConfig { targets: vec![], ..Default::default() };
     let (model, _) = random_model_dtype(&opts.arch, &none, 0, opts.dtype, &opts.device)?;
@@ -333,14 +338,23 @@ pub fn decode_bench(opts: &BenchOpts, batches: &[usize], prompt_len: usize, new_
         let prompts: Vec<Vec<u32>> = random_examples(b, prompt_len * 2, opts.arch.vocab_size, 2).into_iter().map(|e| e.prompt).collect();
         // eos id 1 never appears in random prompts; random weights rarely produce it, so every item
         // decodes its full budget (a worst case for diffusion early stopping).
-        for (name, strat) in [("low_confidence", Strategy::LowConfidence), ("random", Strategy::Random), ("threshold", Strategy::Threshold(0.9))] {
+        let rows = [
+            ("low_confidence", Strategy::LowConfidence, CacheKind::None),
+            ("random", Strategy::Random, CacheKind::None),
+            ("threshold", Strategy::Threshold(0.9), CacheKind::None),
+            ("low_confidence", Strategy::LowConfidence, CacheKind::Prefix),
+            ("threshold", Strategy::Threshold(0.9), CacheKind::Prefix),
+        ];
+        for (name, strat, cache) in rows {
             let mut s = DiffusionSampler::new(new_tokens, steps, 0, 1);
             s.strategy = strat;
             s.shift = true;
             s.batch_size = b;
+            s.cache = cache;
             let d = ModelDenoiser::new(&model, AttentionMode::Full);
             let (items, wall) = timed(&|| Ok(s.generate(&d, &prompts, 0)?.iter().map(|o| (o.tokens.len(), o.nfe, o.hit_eos)).collect()))?;
-            out.push(DecodeBench::from_items(format!("diffusion-{name}"), b, shape, &items, wall));
+            let suffix = if cache == CacheKind::Prefix { "-prefix-cache" } else { "" };
+            out.push(DecodeBench::from_items(format!("diffusion-{name}{suffix}"), b, shape, &items, wall));
         }
         let mut s = ArSampler::greedy(new_tokens, 1);
         s.batch_size = b;

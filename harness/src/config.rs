@@ -13,7 +13,7 @@ use crate::model::LayerPath;
 use crate::model::tokenizer::MaskToken;
 use crate::model::LlamaConfig;
 pub use crate::objective::config::ObjectiveConfig;
-use crate::sample::StrategyKind;
+use crate::sample::{CacheKind, StrategyKind};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -280,6 +280,13 @@ pub struct EvalConfig {
     pub threshold: f64,
     /// Diffusion generation: semi-autoregressive block length (0 = one block).
     pub block_len: usize,
+    /// Diffusion generation: `none` or `prefix` — Fast-dLLM's prefix KV cache: the first step of
+    /// each block runs the whole sequence and keeps the keys and values of the columns before the
+    /// block, the block's other steps run only the columns from it on. Exact for a causal reading,
+    /// approximate under full attention (its accuracy cost is what evaluating with and without it
+    /// measures). Must be `none` for the autoregressive objective, whose decoder always uses its
+    /// KV cache.
+    pub cache: CacheKind,
     /// Sampling temperature (0 = greedy / argmax).
     pub temperature: f64,
     /// Top-k filter (0 = off).
@@ -312,6 +319,7 @@ impl Default for EvalConfig {
             strategy: StrategyKind::LowConfidence,
             threshold: 0.9,
             block_len: 0,
+            cache: CacheKind::None,
             temperature: 0.0,
             top_k: 0,
             top_p: 1.0,
@@ -498,6 +506,12 @@ impl RawConfig {
                 }
                 if !self.eval.threshold_sweep.is_empty() {
                     return bad("eval.threshold_sweep", "a diffusion setting (threshold strategy): must be empty for the autoregressive objective");
+                }
+                if self.eval.cache != CacheKind::None {
+                    return bad(
+                        "eval.cache",
+                        "a diffusion setting (the prefix KV cache of diffusion decoding): must be \"none\" for the autoregressive objective, whose decoder always uses its KV cache",
+                    );
                 }
                 if self.eval.attention == Some(EvalAttention::Full) {
                     return bad("eval.attention", "\"full\" is a diffusion reading: the autoregressive objective is read causally (use \"trained\" or \"causal\")");

@@ -255,6 +255,10 @@ pub struct DecodeStats {
     /// Diffusion `threshold` strategy: τ; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    /// Diffusion: the KV cache of decoding (`eval.cache`: `none` or `prefix`); absent for AR and
+    /// in files written before it existed (which decoded without a cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
     /// Wall seconds of the decode call.
     pub decode_s: f64,
     /// Generated tokens (eos excluded) per second of the decode call.

@@ -487,6 +487,8 @@ pub struct DecodeSettings {
     pub strategy: Option<String>,
     /// Diffusion threshold strategy: τ.
     pub threshold: Option<f64>,
+    /// Diffusion: the KV cache's config spelling (`eval.cache`); None for AR.
+    pub cache: Option<String>,
 }
 
 /// The decoding diagnostics of one generate method: `outs[i]` decoded answer i (correct when
@@ -531,6 +533,7 @@ pub fn decode_stats(outs: &[Generated], correct: &[bool], decode_s: f64, s: &Dec
         steps: s.steps,
         strategy: s.strategy.clone(),
         threshold: s.threshold,
+        cache: s.cache.clone(),
         decode_s,
         tokens_per_s: tokens as f64 / decode_s.max(1e-9),
         nfe_counts: nfe.into_iter().map(|(value, count)| ValueCount { value, count }).collect(),

@@ -154,6 +154,16 @@ impl LayerCache {
         let sel = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(&Tensor::new(rows, t.device())?, 0)).transpose();
         Ok(Self { k: sel(&self.k)?, v: sel(&self.v)? })
     }
+
+    /// The cached keys and values, (B, Hkv, T, Dh) each; None while empty.
+    pub(crate) fn kv(&self) -> (Option<&Tensor>, Option<&Tensor>) {
+        (self.k.as_ref(), self.v.as_ref())
+    }
+
+    /// A cache holding these keys and values, (B, Hkv, T, Dh) each.
+    pub(crate) fn from_kv(k: Option<Tensor>, v: Option<Tensor>) -> Self {
+        Self { k, v }
+    }
 }
 
 #[derive(Debug, Clone)]

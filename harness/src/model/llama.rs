@@ -101,6 +101,10 @@ impl LlamaConfig {
 /// every query by the attention bias ([`crate::model::mask::padded_cache_bias`]). RoPE scores
 /// depend only on relative positions, so a padded row computes the logits of the same row
 /// unpadded, up to floating-point rounding.
+///
+/// It is also the prefix cache of diffusion decoding ([`crate::sample::PrefixCache`]): filled by
+/// [`Llama::hidden_capture`], cut to the prefix ([`KvCache::narrow_columns`]) and read, never
+/// extended, by [`Llama::hidden_over_prefix`].
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
@@ -139,6 +143,65 @@ impl KvCache {
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let layers = self.layers.iter().map(|l| l.select_rows(&idx)).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { layers, len: self.len, pad })
+    }
+
+    /// Each layer's keys and values mapped by `f` (the same for both), the other fields kept.
+    fn map_layers(&self, len: usize, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (k, v) = l.kv();
+                Ok(LayerCache::from_kv(k.map(&f).transpose()?, v.map(&f).transpose()?))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self { layers, len, pad: self.pad.clone() })
+    }
+
+    /// The first `n` columns only (`n` ≤ [`KvCache::len`]), copied out contiguous.
+    pub fn narrow_columns(&self, n: usize) -> candle_core::Result<Self> {
+        if n > self.len {
+            candle_core::bail!("KV cache: {n} columns of {}", self.len)
+        }
+        self.map_layers(n, |t| t.narrow(2, 0, n)?.contiguous())
+    }
+
+    /// Widened to `n` ≥ [`KvCache::len`] columns by zero keys and values after the cached ones
+    /// (for a caller whose bias hides them).
+    pub fn pad_columns(&self, n: usize) -> candle_core::Result<Self> {
+        if n < self.len {
+            candle_core::bail!("KV cache: padding {} columns to {n}", self.len)
+        }
+        if n == self.len {
+            return Ok(self.clone());
+        }
+        let extra = n - self.len;
+        self.map_layers(n, |t| {
+            let (b, h, _, d) = t.dims4()?;
+            Tensor::cat(&[t, &Tensor::zeros((b, h, extra, d), t.dtype(), t.device())?], 2)
+        })
+    }
+
+    /// The rows of `a` then those of `b` as one batch; both hold the same columns and layers, and
+    /// neither is left-padded.
+    pub fn cat_rows(a: &Self, b: &Self) -> candle_core::Result<Self> {
+        if a.len != b.len || a.layers.len() != b.layers.len() || !a.pad.is_empty() || !b.pad.is_empty() {
+            candle_core::bail!("KV cache: cannot stack caches of {} and {} columns", a.len, b.len)
+        }
+        let layers = a
+            .layers
+            .iter()
+            .zip(&b.layers)
+            .map(|(x, y)| {
+                let cat = |p: Option<&Tensor>, q: Option<&Tensor>| match (p, q) {
+                    (Some(p), Some(q)) => Tensor::cat(&[p, q], 0).map(Some),
+                    _ => Ok(None),
+                };
+                let ((xk, xv), (yk, yv)) = (x.kv(), y.kv());
+                Ok(LayerCache::from_kv(cat(xk, yk)?, cat(xv, yv)?))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self { layers, len: a.len, pad: Vec::new() })
     }
 }
 
@@ -319,6 +382,41 @@ impl Llama {
         }
         let bias = super::mask::padded_cache_bias(l, cache.len, &cache.pad, self.dtype, &self.device)?; // (B|1, 1, l, T) or None
         self.hidden_inner(ids, bias.as_ref(), &Fwd::default(), Some(cache))
+    }
+
+    /// [`Llama::hidden`] at inference under a caller-provided `bias`, also returning every
+    /// column's keys and values as a cache (`len` = L, no padding recorded): the first pass of
+    /// prefix-cached diffusion decoding, which keeps the prefix columns
+    /// ([`KvCache::narrow_columns`]). The hidden states are those of [`Llama::hidden`].
+    pub fn hidden_capture(&self, ids: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<(Tensor, KvCache)> {
+        let mut cache = KvCache::default();
+        let h = self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut cache))?;
+        Ok((h, cache))
+    }
+
+    /// Final-normed hidden states (B, l, D) of a chunk `ids` (B, l) at positions
+    /// `offset..offset + l`, attending to the keys of `prefix` (its C = [`KvCache::len`] cached
+    /// columns, at positions 0..C) followed by the chunk's own keys, under a caller-provided
+    /// `bias` broadcastable to (B, H, l, C + l) — e.g. hiding the cached columns the chunk
+    /// recomputes, when `offset` < C. The cache is not changed (the chunk is not appended), so
+    /// several chunks can continue one prefix. Inference only. (The AR path,
+    /// [`Llama::hidden_cached`], appends with a causal chunk bias instead.)
+    pub fn hidden_over_prefix(&self, ids: &Tensor, prefix: &KvCache, offset: usize, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        if offset + l > self.cfg.max_position_embeddings {
+            candle_core::bail!("chunk at positions {offset}..{} exceeds the model's {} positions", offset + l, self.cfg.max_position_embeddings)
+        }
+        if !prefix.layers.is_empty() && prefix.layers.len() != self.layers.len() {
+            candle_core::bail!("KV cache of {} layers for a model of {}", prefix.layers.len(), self.layers.len())
+        }
+        if let Some(k) = prefix.layers.first().and_then(|l| l.kv().0) {
+            if k.dim(0)? != b {
+                candle_core::bail!("KV cache of {} rows continued by a batch of {b}", k.dim(0)?)
+            }
+        }
+        // A shallow copy (tensors are shared) whose RoPE offset is the chunk's first position.
+        let mut c = KvCache { layers: prefix.layers.clone(), len: offset, pad: Vec::new() };
+        self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut c))
     }
 
     /// Turn every LoRA adapter off (base-model outputs) or back on.

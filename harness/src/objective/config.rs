@@ -62,8 +62,8 @@ impl ObjectiveConfig {
     }
 
     /// The decoding settings a generate method with `eval` reports ([`crate::eval::metrics::decode_stats`]):
-    /// steps (not for the threshold strategy, which ignores them), strategy and τ for diffusion,
-    /// none of them for AR.
+    /// steps (not for the threshold strategy, which ignores them), strategy, τ and the cache for
+    /// diffusion, none of them for AR.
     pub fn decode_settings(&self, eval: &crate::config::EvalConfig) -> crate::eval::metrics::DecodeSettings {
         let diffusion = matches!(self, ObjectiveConfig::Diffusion(_));
         let threshold = eval.strategy == crate::sample::StrategyKind::Threshold;
@@ -74,6 +74,7 @@ impl ObjectiveConfig {
             steps: (diffusion && !threshold).then_some(eval.steps),
             strategy: diffusion.then(|| serde_json::to_value(eval.strategy).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
             threshold: (diffusion && threshold).then_some(eval.threshold),
+            cache: diffusion.then(|| eval.cache.as_str().to_string()),
         }
     }
 

@@ -16,13 +16,16 @@
 //!   cache, the reference the cached path is checked against.
 //!
 //! Each new token is chosen from the logits at the last position by [`super::pick_token`], whose
-//! confidence (the token's plain-softmax probability) is returned per token; the t-th token of
+//! confidence (the token's plain-softmax probability) is returned per token. The batched path
+//! chooses greedy tokens (temperature 0) on the device ([`super::greedy_rows`], the same choice):
+//! a step copies only the chosen ids and their confidences to the host, not the (A, V) logits;
+//! sampling copies the logits and draws on the host. The t-th token of
 //! item `item` draws from `rng_for(seed, Purpose::Sampler, item, t)`, so outputs do not depend on
 //! the batching. Decoding stops after an eos (not included in the output) or after
 //! `max_new_tokens` tokens. NFE of an item counts the forward passes it took part in, the prompt
 //! pass included; both paths report the same NFE.
 
-use super::{pick_token, validate_sampling, Denoiser};
+use super::{greedy_rows, pick_token, validate_sampling, Denoiser};
 use crate::config::EvalConfig;
 use crate::model::params::Fwd;
 use crate::model::{KvCache, Llama};
@@ -100,18 +103,23 @@ impl ArSampler {
         Ok(())
     }
 
-    /// Choose token number `t` of item `item` from its last-position logits `row` (V,), record it
-    /// in `out`; returns whether decoding goes on.
+    /// Choose token number `t` of item `item` from its last-position logits `row` (V,), on the host
+    /// ([`pick_token`]), and record it in `out`; returns whether decoding goes on.
     fn next(&self, row: &[f32], item: u64, out: &mut ArOutput) -> Result<bool> {
         let mut rng = rng_for(self.seed, Purpose::Sampler, item, out.tokens.len() as u64);
         let (tok, conf) = pick_token(row, self.temperature, self.top_k, self.top_p, &mut rng)?;
+        Ok(self.record(tok, conf, out))
+    }
+
+    /// Record the chosen `tok` (with its confidence) in `out`; returns whether decoding goes on.
+    fn record(&self, tok: u32, conf: f32, out: &mut ArOutput) -> bool {
         if tok == self.eos_id {
             out.hit_eos = true;
-            return Ok(false);
+            return false;
         }
         out.tokens.push(tok);
         out.confidence.push(conf);
-        Ok(out.tokens.len() < self.max_new_tokens)
+        out.tokens.len() < self.max_new_tokens
     }
 
     /// Decode `prompt` with the model's KV cache: [`ArSampler::generate_batched`] of one prompt.
@@ -172,15 +180,27 @@ impl ArSampler {
             let h = model.hidden_cached(&ids, &mut cache)?; // (A, l, D)
             let l = h.dim(1)?;
             let last = model.logits(&h.narrow(1, l - 1, 1)?.contiguous()?, &Fwd::default())?.squeeze(1)?; // (A, V)
-            let rows = last.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             let mut keep = Vec::with_capacity(active.len());
             let mut next = Vec::with_capacity(active.len());
-            for (r, (&i, row)) in active.iter().zip(&rows).enumerate() {
-                let out = &mut outs[i];
-                out.nfe += 1;
-                if self.next(row, first_item + i as u64, out)? {
-                    keep.push(r);
-                    next.push(out.tokens[out.tokens.len() - 1]);
+            if self.temperature == 0.0 {
+                // Greedy on the device: only the (A,) ids and confidences come back.
+                for (r, (&i, (tok, conf))) in active.iter().zip(greedy_rows(&last)?).enumerate() {
+                    let out = &mut outs[i];
+                    out.nfe += 1;
+                    if self.record(tok, conf, out) {
+                        keep.push(r);
+                        next.push(tok);
+                    }
+                }
+            } else {
+                let rows = last.to_dtype(DType::F32)?.to_vec2::<f32>()?; // A rows of V
+                for (r, (&i, row)) in active.iter().zip(&rows).enumerate() {
+                    let out = &mut outs[i];
+                    out.nfe += 1;
+                    if self.next(row, first_item + i as u64, out)? {
+                        keep.push(r);
+                        next.push(out.tokens[out.tokens.len() - 1]);
+                    }
                 }
             }
             if keep.is_empty() {

@@ -8,7 +8,8 @@
 //! - **shift**: with `shift = true` the candidate for position p is read from output row p − 1
 //!   (the model was trained to predict token i+1 at output i); without shift from row p. A shifted
 //!   sampler needs a non-empty prompt. Run a sampler with the convention its model was trained with.
-//! - **Candidates**: argmax at temperature 0, else drawn after temperature, top-k and top-p
+//! - **Candidates**: argmax at temperature 0 (first index of the maximum, chosen on the device:
+//!   [`super::greedy_rows`]), else drawn after temperature, top-k and top-p on the host
 //!   ([`super::pick_token`]). The mask token is excluded (its logit is set to −1e30).
 //!   **Confidence** = the candidate's probability under the model's plain softmax (temperature 1,
 //!   unfiltered, mask token excluded). The output reports each token's confidence at the step
@@ -34,16 +35,30 @@
 //!   `rng_for(seed, Purpose::Sampler, first_item + i, s)`: first the candidates of its eligible
 //!   positions in increasing position order (temperature > 0 only), then the `Random` choice. The
 //!   draws do not depend on how items are batched.
+//! - **Prefix cache** (`cache = CacheKind::Prefix`, `eval.cache = "prefix"`; Fast-dLLM's prefix
+//!   cache): at the first step of each block an item's row runs whole, as without the cache, and
+//!   the keys and values of its columns before the block (padding, prompt, earlier committed
+//!   blocks) are kept; the block's other steps run only the columns from the block start to the
+//!   end of the canvas (with shift also the column before the block while the block's first
+//!   position is masked), attending to the cached prefix keys (pad columns hidden) and to each
+//!   other under the model's reading (full attention for a diffusion model; a causal or annealed
+//!   reading keeps its visibility between the absolute columns).
+//!   [`super::Denoiser::logits_at_prefix`], [`super::PrefixCache`]. Exact when the prefix
+//!   never attends to later columns (a causal reading: the outputs equal the uncached ones up to
+//!   rounding); approximate under full attention, where the prefix's keys and values would change
+//!   as the canvas fills in — its accuracy cost is measured by evaluating with and without it.
+//!   With one block only the first step runs whole. A refresh is per item, so items of a batch
+//!   at different blocks (the `threshold` strategy) are decoded as they would be alone.
 //! - **Batching**: items are processed in groups of at most `batch_size`, in order. When the
 //!   denoiser supports padding ([`super::Denoiser::supports_padding`]) a group is any `batch_size`
 //!   consecutive items, left-padded to the longest prompt; otherwise items are first grouped by
 //!   prompt length (equal lengths only, no padding). An item that finishes leaves the batch.
 
-use super::{pick_token, validate_sampling, Denoiser};
+use super::{greedy_rows, pick_token, validate_sampling, Denoiser, PrefixCache};
 use crate::config::EvalConfig;
 use crate::rng::{rng_for, ChaCha8Rng, Purpose};
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -85,6 +100,31 @@ pub enum StrategyKind {
     Random,
     /// [`Strategy::Threshold`].
     Threshold,
+}
+
+/// Whether diffusion decoding keeps a KV cache of the prefix (`eval.cache`): `none` (every step
+/// runs the whole sequence) or `prefix` (Fast-dLLM's prefix cache: the first step of each block
+/// runs the whole sequence and keeps the keys and values of the columns before the block —
+/// padding, prompt, earlier committed blocks; the block's other steps run only the columns from
+/// the block on, attending to those cached keys). See the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheKind {
+    /// No cache: every step runs every column.
+    #[default]
+    None,
+    /// The prefix KV cache ([`super::PrefixCache`]).
+    Prefix,
+}
+
+impl CacheKind {
+    /// The config spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CacheKind::None => "none",
+            CacheKind::Prefix => "prefix",
+        }
+    }
 }
 
 /// One semi-autoregressive block of the canvas and its commit schedule.
@@ -161,6 +201,8 @@ pub struct DiffusionSampler {
     pub early_stop: bool,
     /// Items per forward pass (≥ 1).
     pub batch_size: usize,
+    /// The prefix KV cache (default [`CacheKind::None`]).
+    pub cache: CacheKind,
 }
 
 /// What the sampler returns for one item.
@@ -223,12 +265,13 @@ impl DiffusionSampler {
             seed: 0,
             early_stop: true,
             batch_size: 1,
+            cache: CacheKind::None,
         }
     }
 
     /// The sampler `eval` configures for a model trained with `shift`: steps, canvas length,
-    /// strategy, blocks (0 = one block), temperature, top-k/top-p (0 / 1 = off), batch size; early
-    /// stop on.
+    /// strategy, blocks (0 = one block), temperature, top-k/top-p (0 / 1 = off), batch size, cache;
+    /// early stop on.
     pub fn from_eval(eval: &EvalConfig, shift: bool, mask_id: u32, eos_id: u32, seed: u64) -> Self {
         Self {
             steps: eval.steps,
@@ -244,6 +287,7 @@ impl DiffusionSampler {
             seed,
             early_stop: true,
             batch_size: eval.batch_size,
+            cache: eval.cache,
         }
     }
 
@@ -369,11 +413,20 @@ impl DiffusionSampler {
             })
             .collect();
 
+        let mut no_mask: Option<Tensor> = None;
+        let mut cache = PrefixCache::default();
+        let mut cached_rows: Vec<usize> = Vec::new(); // the states whose rows `cache` holds, in order
         loop {
             let active: Vec<usize> = (0..states.len()).filter(|&s| !states[s].done).collect();
             if active.is_empty() {
                 break;
             }
+            if self.cache == CacheKind::Prefix && !cached_rows.is_empty() && cached_rows != active {
+                // Items that finished left the batch: drop their rows (`active` ⊆ `cached_rows`, in order).
+                let keep: Vec<usize> = active.iter().map(|s| cached_rows.iter().position(|c| c == s).unwrap_or(usize::MAX)).collect();
+                cache.select_rows(&keep)?;
+            }
+            cached_rows.clone_from(&active);
             let a = active.len();
             let flat_ids: Vec<u32> = active.iter().flat_map(|&s| states[s].row.iter().copied()).collect();
             let ids = Tensor::from_vec(flat_ids, (a, l), &Device::Cpu)?; // (A, L)
@@ -382,38 +435,42 @@ impl DiffusionSampler {
             } else {
                 None
             };
-            // Only the columns that predict canvas positions: from pmax (one earlier with shift).
-            let from = pmax - usize::from(self.shift);
-            let lt = l - from;
-            let logits = d.logits_padded_from(&ids, key_valid.as_deref(), from)?; // (A, L − from, V)
-            let dims = logits.dims3()?;
-            if dims != (a, lt, v) {
-                return Err(Error::msg(format!("denoiser returned logits of shape {dims:?}, expected ({a}, {lt}, {v})")));
-            }
-
-            // Eligible positions (canvas offsets) per active item, and the logit rows they read.
+            // Eligible positions (canvas offsets) per active item, and the (row, column) of the
+            // output each reads: column pmax + c, one column left with shift (pmax ≥ 1 is
+            // guaranteed then: shifted prompts are non-empty).
             let mut eligible: Vec<Vec<usize>> = Vec::with_capacity(a);
-            let mut rows: Vec<u32> = Vec::new();
+            let mut positions: Vec<(usize, usize)> = Vec::new();
             for (ai, &s) in active.iter().enumerate() {
                 let st = &states[s];
                 let bp = &blocks[st.block];
                 let e: Vec<usize> = (bp.start..bp.start + bp.len).filter(|&c| !st.committed[c]).collect();
-                for &c in &e {
-                    // Column of canvas position c is pmax + c; with shift its prediction is one column left
-                    // (pmax ≥ 1 is guaranteed: shifted prompts are non-empty).
-                    let col = pmax + c - usize::from(self.shift);
-                    rows.push((ai * lt + col - from) as u32);
-                }
+                positions.extend(e.iter().map(|&c| (ai, pmax + c - usize::from(self.shift))));
                 eligible.push(e);
             }
-            let flat = logits.reshape((a * lt, v))?; // (A·(L − from), V)
-            let idx = Tensor::from_vec(rows.clone(), rows.len(), flat.device())?;
-            let sel = flat.index_select(&idx, 0)?.to_dtype(DType::F32)?; // (R, V)
+            // Logits of those positions only: (R, V).
+            let sel = match self.cache {
+                CacheKind::None => d.logits_at(&ids, key_valid.as_deref(), &positions)?,
+                CacheKind::Prefix => {
+                    // Each row's prefix: everything before its current block.
+                    let prefix: Vec<usize> = active.iter().map(|&s| pmax + blocks[states[s].block].start).collect();
+                    d.logits_at_prefix(&ids, key_valid.as_deref(), &positions, &prefix, &mut cache)?
+                }
+            };
+            let dims = sel.dims2()?;
+            if dims != (positions.len(), v) {
+                return Err(Error::msg(format!("denoiser returned logits of shape {dims:?}, expected ({}, {v})", positions.len())));
+            }
+            let sel = sel.to_dtype(DType::F32)?;
             // The mask token is never a candidate: committing it would leave the position masked.
-            let mut no_mask = vec![0f32; v];
-            no_mask[self.mask_id as usize] = MASK_LOGIT;
-            let no_mask = Tensor::from_vec(no_mask, (1, v), sel.device())?; // (1, V)
-            let sel = sel.broadcast_add(&no_mask)?.contiguous()?; // (R, V)
+            let no_mask = match &no_mask {
+                Some(t) => t,
+                None => {
+                    let mut row = vec![0f32; v];
+                    row[self.mask_id as usize] = MASK_LOGIT;
+                    no_mask.insert(Tensor::from_vec(row, (1, v), sel.device())?) // (1, V), once per group
+                }
+            };
+            let sel = sel.broadcast_add(no_mask)?.contiguous()?; // (R, V)
 
             // One generator per active item for this step.
             let mut rngs: Vec<ChaCha8Rng> = active
@@ -421,13 +478,7 @@ impl DiffusionSampler {
                 .map(|&s| rng_for(self.seed, Purpose::Sampler, first_item + states[s].idx as u64, states[s].nfe as u64))
                 .collect();
             let cands: Vec<(u32, f32)> = if self.temperature == 0.0 {
-                let probs = candle_nn::ops::softmax_last_dim(&sel)?; // (R, V)
-                let conf = probs.max(D::Minus1)?.to_vec1::<f32>()?; // (R,)
-                let tok = sel.argmax(D::Minus1)?.to_vec1::<u32>()?; // (R,)
-                if let Some(bad) = conf.iter().find(|c| !c.is_finite()) {
-                    return Err(Error::msg(format!("non-finite confidence {bad}: the logits hold NaN or infinity")));
-                }
-                tok.into_iter().zip(conf).collect()
+                greedy_rows(&sel)? // on the device; (R,) ids and confidences come back
             } else {
                 let table = sel.to_vec2::<f32>()?; // R rows of V
                 let mut out = Vec::with_capacity(table.len());

@@ -1,19 +1,27 @@
 //! Decoding: diffusion iterative denoising and AR decoding.
 //!
-//! - [`Denoiser`]: "give me logits for every position of these ids". Samplers only talk to this
-//!   trait, so tests can drive them with a hand-set logit function; [`ModelDenoiser`] implements it
-//!   for a [`Llama`] with a chosen attention mode (full for diffusion models, causal for AR).
+//! - [`Denoiser`]: "give me logits for every position of these ids" (or for some positions only,
+//!   [`Denoiser::logits_at`]). Samplers only talk to this trait, so tests can drive them with a
+//!   hand-set logit function; [`ModelDenoiser`] implements it for a [`Llama`] with a chosen
+//!   attention mode (full for diffusion models, causal for AR), running its LM head only on the
+//!   positions asked for.
 //! - [`diffusion`]: iterative denoising from a fully masked canvas ([`DiffusionSampler`]).
+//!   With `eval.cache = "prefix"` it keeps a [`PrefixCache`] (Fast-dLLM's prefix KV cache) and
+//!   asks [`Denoiser::logits_at_prefix`], which a model answers by running only the columns from
+//!   the current block on, most steps.
 //! - [`autoregressive`]: greedy / sampled left-to-right decoding, batched with the KV cache
 //!   ([`ArSampler::generate_batched`]; [`ArSampler::generate_cached`] for one prompt) or, one
 //!   prompt at a time, by full recomputation through a [`Denoiser`] ([`ArSampler::generate`]).
 //! - [`pick_token`]: the shared per-position choice (argmax at temperature 0, else temperature,
-//!   top-k and top-p, drawn from a seeded generator).
+//!   top-k and top-p, drawn from a seeded generator), on the host; [`greedy_rows`] is its
+//!   temperature-0 case on the device, for many rows at once (the samplers' greedy path: only the
+//!   chosen ids and their confidences come back to the host).
 //!
 //! ## Padding
 //! Both samplers batch prompts of different lengths by **left padding** (right-aligning the
-//! prompts), and a key-padding mask hides the pad columns from every query (a pad query sees no key,
-//! [`EmptyRow::Hidden`]; its output is unused). Diffusion: every row of a batch is
+//! prompts), and a key-padding mask hides the pad columns from every query (a pad query's output is
+//! unused: it sees no key, [`EmptyRow::Hidden`], except under the full attention of a diffusion
+//! reading, where it sees the real keys so that the bias stays (B, 1, 1, L)). Diffusion: every row of a batch is
 //! `pad… prompt canvas`, so the generated region starts at the same column in every row. AR with
 //! the KV cache: every row is `pad… prompt generated…`; all rows share one column offset in the
 //! cache ([`crate::model::KvCache::left_padded`]), the prompt pass gets a causal bias with the pad
@@ -29,13 +37,13 @@ pub mod autoregressive;
 pub mod diffusion;
 
 pub use autoregressive::{ArOutput, ArSampler};
-pub use diffusion::{DiffusionOutput, DiffusionSampler, Strategy, StrategyKind};
+pub use diffusion::{CacheKind, DiffusionOutput, DiffusionSampler, Strategy, StrategyKind};
 
 use crate::model::params::Fwd;
 use crate::model::mask::{additive_bias, attention_bias, visibility, AttentionMode, EmptyRow, ReadAttention};
-use crate::model::Llama;
+use crate::model::{KvCache, Llama};
 use crate::{Error, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, D};
 use rand::Rng;
 
 /// Something that returns logits for every position of a batch of token ids.
@@ -76,6 +84,107 @@ pub trait Denoiser {
         }
         Ok(full.narrow(1, from, l - from)?)
     }
+
+    /// Logits (R, V) f32 at the `positions` of a batch `ids` (B, L), in their order:
+    /// `positions[r] = (b, j)` is row b, column j. This is what the diffusion sampler asks for:
+    /// the columns that predict the eligible masked positions, not the whole canvas. The default
+    /// picks them out of [`Denoiser::logits_padded_from`] (from the least column asked for); a
+    /// model gathers those positions' hidden states and runs its LM head on them alone.
+    fn logits_at(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, positions: &[(usize, usize)]) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        check_positions(positions, b, l)?;
+        let v = self.vocab_size();
+        let Some(from) = positions.iter().map(|p| p.1).min() else {
+            return Ok(Tensor::zeros((0, v), DType::F32, ids.device())?);
+        };
+        let lt = l - from;
+        let full = self.logits_padded_from(ids, key_valid, from)?; // (B, L − from, V)
+        let dims = full.dims3()?;
+        if dims != (b, lt, v) {
+            return Err(Error::msg(format!("denoiser returned logits of shape {dims:?}, expected ({b}, {lt}, {v})")));
+        }
+        let idx: Vec<u32> = positions.iter().map(|&(r, j)| (r * lt + j - from) as u32).collect();
+        let idx = Tensor::from_vec(idx, positions.len(), full.device())?;
+        Ok(full.reshape((b * lt, v))?.index_select(&idx, 0)?.to_dtype(DType::F32)?) // (R, V)
+    }
+
+    /// [`Denoiser::logits_at`] with a prefix KV cache (diffusion decoding with
+    /// `eval.cache = "prefix"`): columns `0..prefix[b]` of row b (its padding, prompt and committed
+    /// earlier blocks) are its cacheable prefix. A row whose prefix differs from the one `cache`
+    /// holds for it (the first step of a block) is run whole and its prefix's keys and values
+    /// kept; any other row runs only its columns from the prefix on (and any asked for before
+    /// it), attending to its cached prefix keys. See [`PrefixCache`] for what this approximates.
+    /// The rows of `cache` are the rows of `ids`: drop finished rows with
+    /// [`PrefixCache::select_rows`]. The default ignores the cache: every row is run whole
+    /// ([`Denoiser::logits_at`], exact).
+    fn logits_at_prefix(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, positions: &[(usize, usize)], prefix: &[usize], cache: &mut PrefixCache) -> Result<Tensor> {
+        let _ = (prefix, cache);
+        self.logits_at(ids, key_valid, positions)
+    }
+}
+
+/// The prefix KV cache of one decoding batch for [`Denoiser::logits_at_prefix`]
+/// (`eval.cache = "prefix"`, Fast-dLLM's prefix cache): per row b, the keys and values of its
+/// columns `0..cached[b]` as the pass that last refreshed the row computed them.
+///
+/// Reusing them is **exact** when no prefix column attends to a later one (a causal reading, or
+/// a block-causal model whose prefix never sees the block), and **approximate** for a
+/// full-attention model, whose prefix keys and values would change as the canvas fills in; the
+/// cache is refreshed at the first step of every block. [`ModelDenoiser`] holds the keys and
+/// values; a denoiser without a cache leaves it empty.
+#[derive(Debug, Clone, Default)]
+pub struct PrefixCache {
+    /// Keys and values of every row, (B, Hkv, C, Dh) per layer, C = the longest cached prefix;
+    /// the columns of row b from `cached[b]` on are stale or zero and hidden from its queries.
+    kv: Option<KvCache>,
+    /// Per row, the cached prefix length; None before its first pass.
+    cached: Vec<Option<usize>>,
+    /// Query columns (rows × columns) run through the model under this cache.
+    query_columns: usize,
+    /// Rows run whole so far (a refreshed prefix each).
+    refreshes: usize,
+}
+
+impl PrefixCache {
+    /// Per row, the prefix length cached (None: nothing yet).
+    pub fn cached(&self) -> &[Option<usize>] {
+        &self.cached
+    }
+
+    /// Query columns (rows × columns of the chunks) the model has run under this cache: B·L
+    /// for each whole-row pass, B·(L − first column) for a cached one. A measure of the work the
+    /// cache saves (0 for a denoiser without a cache).
+    pub fn query_columns(&self) -> usize {
+        self.query_columns
+    }
+
+    /// Rows run whole (their prefix computed and cached) so far.
+    pub fn refreshes(&self) -> usize {
+        self.refreshes
+    }
+
+    /// Keep only the rows `rows`, in that order (the batch's rows after finished items leave).
+    pub fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
+        if self.cached.is_empty() {
+            return Ok(());
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r >= self.cached.len()) {
+            return Err(Error::msg(format!("prefix cache: row {r} of a batch of {}", self.cached.len())));
+        }
+        self.cached = rows.iter().map(|&r| self.cached[r]).collect();
+        if let Some(kv) = &self.kv {
+            self.kv = Some(kv.select_rows(rows)?);
+        }
+        Ok(())
+    }
+}
+
+/// Check that every (row, column) of `positions` lies in a (b, l) batch.
+fn check_positions(positions: &[(usize, usize)], b: usize, l: usize) -> Result<()> {
+    match positions.iter().find(|&&(r, j)| r >= b || j >= l) {
+        Some(&(r, j)) => Err(Error::msg(format!("logits asked at ({r}, {j}) of a ({b}, {l}) batch"))),
+        None => Ok(()),
+    }
 }
 
 /// A [`Llama`] seen as a [`Denoiser`]: inference forward pass (no dropout) under a
@@ -106,6 +215,52 @@ impl<'a> ModelDenoiser<'a> {
     }
 }
 
+impl ModelDenoiser<'_> {
+    /// Check a (b, l) batch and its key-padding mask against the model.
+    fn check(&self, b: usize, l: usize, key_valid: Option<&[Vec<bool>]>) -> Result<()> {
+        if l > self.model.cfg.max_position_embeddings {
+            return Err(Error::msg(format!(
+                "sequence of {l} tokens exceeds the model's {} positions",
+                self.model.cfg.max_position_embeddings
+            )));
+        }
+        if let Some(kv) = key_valid {
+            if kv.len() != b || kv.iter().any(|row| row.len() != l) {
+                return Err(Error::msg(format!("key-padding mask does not match the ({b}, {l}) batch")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The attention bias of a whole-sequence pass of length `l` under the reading, with the pad
+    /// keys of `key_valid` hidden, or None when nothing is hidden. With padding under full
+    /// attention the bias is (B, 1, 1, L): the pad keys are hidden from every query, and a pad
+    /// query (whose output is unused, and which no real query sees) attends to the real keys
+    /// instead of to nothing, so every real position computes what it would with the (B, 1, L, L)
+    /// bias, built and copied at B·L entries instead of B·L². Other readings: (B, 1, L, L), a pad
+    /// query seeing nothing ([`EmptyRow::Hidden`]).
+    fn full_bias(&self, l: usize, key_valid: Option<&[Vec<bool>]>) -> Result<Option<Tensor>> {
+        let (step, seed) = (self.read.step, self.read.seed);
+        let mode = self.read.mode.at_step(step);
+        let has_pad = key_valid.is_some_and(|kv| kv.iter().any(|row| row.iter().any(|&v| !v)));
+        let (dtype, dev) = (self.model.dtype, &self.model.device);
+        Ok(match key_valid {
+            // left-padded prompts: no key is exempt, unlike training's right padding
+            Some(kv) if has_pad && mode == AttentionMode::Full => Some(additive_bias(&vec![true; l], (1, l), Some(kv), EmptyRow::Hidden, dtype, dev)?),
+            Some(kv) if has_pad => Some(additive_bias(&visibility(mode, l, step, seed), (l, l), Some(kv), EmptyRow::Hidden, dtype, dev)?),
+            _ => attention_bias(mode, step, seed, l, None, dtype, dev)?,
+        }) // (B|1, 1, L|1, L)
+    }
+
+    /// The LM head on the rows `idx` of the hidden states `h` (N, D): (R, V) f32.
+    fn head_rows(&self, h: &Tensor, idx: Vec<u32>) -> Result<Tensor> {
+        let n = idx.len();
+        let idx = Tensor::from_vec(idx, n, h.device())?;
+        let rows = h.index_select(&idx, 0)?; // (R, D)
+        Ok(self.model.logits(&rows, &Fwd::default())?.to_dtype(DType::F32)?) // (R, V)
+    }
+}
+
 impl Denoiser for ModelDenoiser<'_> {
     fn logits(&self, ids: &Tensor) -> Result<Tensor> {
         self.logits_padded(ids, None)
@@ -128,31 +283,142 @@ impl Denoiser for ModelDenoiser<'_> {
         if from > l {
             return Err(Error::msg(format!("logits from column {from} of a length-{l} batch")));
         }
-        if l > self.model.cfg.max_position_embeddings {
-            return Err(Error::msg(format!(
-                "sequence of {l} tokens exceeds the model's {} positions",
-                self.model.cfg.max_position_embeddings
-            )));
-        }
-        if let Some(kv) = key_valid {
-            if kv.len() != b || kv.iter().any(|row| row.len() != l) {
-                return Err(Error::msg(format!("key-padding mask does not match the ({b}, {l}) batch")));
-            }
-        }
-        let (step, seed) = (self.read.step, self.read.seed);
-        let mode = self.read.mode.at_step(step);
-        let has_pad = key_valid.is_some_and(|kv| kv.iter().any(|row| row.iter().any(|&v| !v)));
-        let bias = match key_valid {
-            // left-padded prompts: a pad query sees nothing (its output is unused); no key is exempt,
-            // unlike training's right padding
-            Some(kv) if has_pad => Some(additive_bias(&visibility(mode, l, step, seed), (l, l), Some(kv), EmptyRow::Hidden, self.model.dtype, &self.model.device)?),
-            _ => attention_bias(mode, step, seed, l, None, self.model.dtype, &self.model.device)?,
-        }; // (B|1, 1, L, L)
+        self.check(b, l, key_valid)?;
+        let bias = self.full_bias(l, key_valid)?;
         let ids = ids.to_device(&self.model.device)?;
         let h = self.model.hidden(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, D)
         let h = if from == 0 { h } else { h.narrow(1, from, l - from)?.contiguous()? }; // (B, L − from, D)
         let out = self.model.logits(&h, &Fwd::default())?; // (B, L − from, V)
         Ok(out.to_dtype(DType::F32)?)
+    }
+
+    /// The hidden states of the asked positions only go through the LM head: R rows, not B·L.
+    fn logits_at(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, positions: &[(usize, usize)]) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        self.check(b, l, key_valid)?;
+        check_positions(positions, b, l)?;
+        let bias = self.full_bias(l, key_valid)?;
+        let ids = ids.to_device(&self.model.device)?;
+        let h = self.model.hidden(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, D)
+        let h = h.reshape((b * l, ()))?; // (B·L, D)
+        self.head_rows(&h, positions.iter().map(|&(r, j)| (r * l + j) as u32).collect())
+    }
+
+    /// Rows whose prefix moved (or that have none cached) run whole through
+    /// [`Llama::hidden_capture`], and their prefix columns' keys and values are kept; the other
+    /// rows run, through [`Llama::hidden_over_prefix`], only the columns from q0 = the least of
+    /// their prefix starts and asked columns, each row b attending to its cached columns
+    /// `0..prefix[b]` (minus padding) and to the chunk's columns from `prefix[b]` on, under the
+    /// reading's visibility between the absolute columns. The LM head runs on the asked rows only.
+    fn logits_at_prefix(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>, positions: &[(usize, usize)], prefix: &[usize], cache: &mut PrefixCache) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        self.check(b, l, key_valid)?;
+        check_positions(positions, b, l)?;
+        if prefix.len() != b || prefix.iter().any(|&p| p > l) {
+            return Err(Error::msg(format!("prefix lengths {prefix:?} do not fit a ({b}, {l}) batch")));
+        }
+        if cache.cached.is_empty() {
+            cache.cached = vec![None; b];
+        }
+        if cache.cached.len() != b {
+            return Err(Error::msg(format!("prefix cache of {} rows for a batch of {b}", cache.cached.len())));
+        }
+        let (dtype, dev) = (self.model.dtype, &self.model.device);
+        let ids = ids.to_device(dev)?;
+        let rows_of = |rows: &[usize]| -> Result<Tensor> {
+            Ok(if rows.len() == b { ids.clone() } else { ids.index_select(&Tensor::from_vec(rows.iter().map(|&r| r as u32).collect(), rows.len(), dev)?, 0)? })
+        };
+        let (fresh, kept): (Vec<usize>, Vec<usize>) = (0..b).partition(|&r| cache.cached[r] != Some(prefix[r]));
+        // slot[r]: row r's index among the fresh rows (Ok) or among the kept rows (Err).
+        let mut slot: Vec<std::result::Result<usize, usize>> = vec![Ok(0); b];
+        fresh.iter().enumerate().for_each(|(f, &r)| slot[r] = Ok(f));
+        kept.iter().enumerate().for_each(|(k, &r)| slot[r] = Err(k));
+        // Each position's row in the stacked hidden states [whole rows (L each); chunk rows (lq each)].
+        let mut at: Vec<Option<u32>> = vec![None; positions.len()];
+        let mut hidden: Vec<Tensor> = Vec::with_capacity(2);
+        let mut new_kv: Option<KvCache> = None;
+        if !fresh.is_empty() {
+            let kv: Option<Vec<Vec<bool>>> = key_valid.map(|kv| fresh.iter().map(|&r| kv[r].clone()).collect());
+            let bias = self.full_bias(l, kv.as_deref())?;
+            let (h, kvc) = self.model.hidden_capture(&rows_of(&fresh)?, bias.as_ref())?; // (F, L, D)
+            let c = fresh.iter().map(|&r| prefix[r]).max().unwrap_or(0);
+            new_kv = Some(kvc.narrow_columns(c)?);
+            for (p, &(r, j)) in positions.iter().enumerate() {
+                if let Ok(f) = slot[r] {
+                    at[p] = Some((f * l + j) as u32);
+                }
+            }
+            hidden.push(h.reshape((fresh.len() * l, ()))?);
+            cache.query_columns += fresh.len() * l;
+            cache.refreshes += fresh.len();
+        }
+        if !kept.is_empty() {
+            let old = cache.kv.as_ref().ok_or_else(|| Error::msg("prefix cache: rows marked cached but no keys held"))?;
+            let past = if kept.len() == b { old.clone() } else { old.select_rows(&kept)? };
+            let c = past.len;
+            // The chunk starts at the least prefix start or asked column of the kept rows.
+            let mut q0 = kept.iter().map(|&r| prefix[r]).min().unwrap_or(l);
+            q0 = positions.iter().filter(|p| slot[p.0].is_err()).map(|p| p.1).fold(q0, usize::min);
+            let lq = l - q0;
+            if lq > 0 {
+                let t = c + lq;
+                // Row r sees its cached columns before prefix[r] and the chunk's from prefix[r] on (pads hidden).
+                let valid: Vec<Vec<bool>> = kept
+                    .iter()
+                    .map(|&r| {
+                        let real = |j: usize| key_valid.is_none_or(|kv| kv[r][j]);
+                        let cached = (0..c).map(|j| j < prefix[r] && real(j));
+                        cached.chain((q0..l).map(|j| j >= prefix[r] && real(j))).collect()
+                    })
+                    .collect();
+                let (step, seed) = (self.read.step, self.read.seed);
+                let mode = self.read.mode.at_step(step);
+                let bias = if mode == AttentionMode::Full {
+                    additive_bias(&vec![true; t], (1, t), Some(&valid), EmptyRow::Hidden, dtype, dev)? // (K, 1, 1, T)
+                } else {
+                    // The reading's visibility between absolute columns: query q0 + i, key j (cached) or q0 + j' (chunk).
+                    let full = visibility(mode, l, step, seed);
+                    let mut vis = Vec::with_capacity(lq * t);
+                    for i in q0..l {
+                        vis.extend((0..c).map(|j| full[i * l + j]));
+                        vis.extend((q0..l).map(|j| full[i * l + j]));
+                    }
+                    additive_bias(&vis, (lq, t), Some(&valid), EmptyRow::Hidden, dtype, dev)? // (K, 1, lq, T)
+                };
+                let chunk = rows_of(&kept)?.narrow(1, q0, lq)?.contiguous()?; // (K, lq)
+                let h = self.model.hidden_over_prefix(&chunk, &past, q0, Some(&bias))?; // (K, lq, D)
+                let base = fresh.len() * l;
+                for (p, &(r, j)) in positions.iter().enumerate() {
+                    if let Err(k) = slot[r] {
+                        at[p] = Some((base + k * lq + j - q0) as u32);
+                    }
+                }
+                hidden.push(h.reshape((kept.len() * lq, ()))?);
+                cache.query_columns += kept.len() * lq;
+            }
+        }
+        // The cache after this pass: the fresh rows' new prefixes, the kept rows' old ones.
+        if let Some(fkv) = new_kv {
+            cache.kv = Some(match (&cache.kv, kept.is_empty()) {
+                (Some(old), false) => {
+                    let c = old.len.max(fkv.len);
+                    let stacked = KvCache::cat_rows(&old.pad_columns(c)?, &fkv.pad_columns(c)?)?; // (B + F) rows
+                    let order: Vec<usize> = (0..b).map(|r| slot[r].map_or(r, |f| b + f)).collect();
+                    stacked.select_rows(&order)?
+                }
+                _ => fkv,
+            });
+            for &r in &fresh {
+                cache.cached[r] = Some(prefix[r]);
+            }
+        }
+        let v = self.model.cfg.vocab_size;
+        if positions.is_empty() {
+            return Ok(Tensor::zeros((0, v), DType::F32, dev)?);
+        }
+        let idx: Vec<u32> = at.into_iter().collect::<Option<_>>().ok_or_else(|| Error::msg("prefix cache: a position was not computed"))?;
+        let h = if hidden.len() == 1 { hidden.remove(0) } else { Tensor::cat(&hidden, 0)? }; // (N, D)
+        self.head_rows(&h, idx)
     }
 }
 
@@ -246,4 +512,41 @@ pub fn pick_token<R: Rng>(
         }
     }
     Ok((tok as u32, prob_of(tok)))
+}
+
+/// [`pick_token`] at temperature 0 for every row of `logits` (R, V) (any float dtype, on any
+/// device), computed on the device in f32: the argmax (**first** index of the maximum, as
+/// `pick_token`, whatever order the device reduces in) and its confidence, the plain-softmax
+/// probability 1 / Σ exp(x − max). Only the (R,) ids and (R,) confidences are copied to the host,
+/// in one copy. Agrees with `pick_token` on the same f32 rows: same ids, confidences within
+/// f32 rounding of its f64 sum. Errors on a non-finite confidence (NaN or infinite logits).
+pub fn greedy_rows(logits: &Tensor) -> Result<Vec<(u32, f32)>> {
+    let (r, v) = logits.dims2()?;
+    if r == 0 {
+        return Ok(Vec::new());
+    }
+    if v == 0 {
+        return Err(Error::msg("empty logits row"));
+    }
+    if v > 1 << 24 {
+        return Err(Error::msg(format!("greedy_rows: a vocabulary of {v} does not fit f32 indices")));
+    }
+    let dev = logits.device();
+    let x = logits.to_dtype(DType::F32)?; // (R, V)
+    let max = x.max_keepdim(D::Minus1)?; // (R, 1)
+    let conf = x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.recip()?; // (R, 1)
+    // The first index of the maximum: the least column index among those equal to it.
+    let cols = Tensor::arange(0f32, v as f32, dev)?.reshape((1, v))?.broadcast_as((r, v))?; // (R, V)
+    let past = Tensor::new(&[v as f32], dev)?.reshape((1, 1))?.broadcast_as((r, v))?; // (R, V)
+    let first = x.broadcast_eq(&max)?.where_cond(&cols, &past)?.min_keepdim(D::Minus1)?; // (R, 1)
+    let both = Tensor::cat(&[&first, &conf], 1)?.to_vec2::<f32>()?; // R rows of (id, confidence)
+    both.into_iter()
+        .map(|row| {
+            let (id, c) = (row[0], row[1]);
+            if !c.is_finite() || id >= v as f32 {
+                return Err(Error::msg(format!("non-finite confidence {c}: the logits hold NaN or infinity")));
+            }
+            Ok((id as u32, c))
+        })
+        .collect()
 }
