@@ -17,6 +17,10 @@ use candle_core::{Result, Tensor};
 /// (B, X, Y, W) → (B, Y, X, W), contiguous.
 pub fn swap_axes(x: &Tensor) -> Result<Tensor> {
     let (_, _, _, w) = x.dims4()?;
+    let t = x.transpose(1, 2)?;
+    if t.is_contiguous() {
+        return Ok(t); // x is itself a transposed view of contiguous storage: nothing to move
+    }
     if fused_ok(x) && (w * 2) % 16 == 0 {
         return imp::swap_axes(&x.contiguous()?);
     }
