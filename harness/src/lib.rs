@@ -13,11 +13,13 @@
 //!   `model.layer_path` ([`model::LayerPath`]) — fused (one autograd node with a hand-written
 //!   backward, parameter gradients through a [`model::params::GradSink`]) or reference (autograd
 //!   through candle's composite ops, which inference also uses). One linear type
-//!   ([`model::linear`]: frozen, LoRA ([`model::lora`]) or trained fully), parameters in
-//!   [`model::params`], graph plumbing in [`model::ops`], attention with recompute in
-//!   [`model::attention`].
-//! - [`kernels`]: the CUDA kernels (row-wise bf16 training kernels, fused cross-entropy,
-//!   multi-tensor AdamW), each beside its composite twin the tests and `selfcheck` compare it with.
+//!   ([`model::linear`]: frozen, LoRA ([`model::lora`]) or trained fully; its products
+//!   accumulate into one buffer on CUDA), parameters in [`model::params`], graph plumbing in
+//!   [`model::ops`], attention in [`model::attention`] (flash kernels on CUDA for head width 64,
+//!   the composite with recompute elsewhere).
+//! - [`kernels`]: the CUDA kernels (flash attention, row-wise bf16 training kernels, fused
+//!   cross-entropy, accumulating and f32-output matmuls, data movement, multi-tensor AdamW and
+//!   adapter casts), each beside its composite twin the tests and `selfcheck` compare it with.
 //! - [`objective`]: the training objectives behind one trait, [`objective::Objective`]:
 //!   masked diffusion ([`objective::diffusion`]) and next-token AR ([`objective::autoregressive`]),
 //!   built from the tagged `[objective]` config: for training by [`objective::build`], for
@@ -31,8 +33,10 @@
 //! - [`data`]: datasets (PubMedQA, multiple-choice JSONL, alpaca pairs, the synthetic
 //!   clinical-rules benchmark, one row per family in [`data::clinical_rules::TABLE`]) yielding
 //!   [`data::Item`]s, and prompt templates.
-//! - [`sample`]: decoding: iterative denoising for diffusion, greedy/sampled AR with a KV cache;
-//!   both batch `eval.batch_size` prompts per forward pass (left padding, a key-padding mask).
+//! - [`sample`]: decoding: iterative denoising for diffusion (the LM head on the eligible
+//!   positions only, an optional prefix KV cache, `eval.cache`), greedy/sampled AR with a KV
+//!   cache (greedy choice on the device); both batch `eval.batch_size` prompts per forward pass
+//!   (left padding, a key-padding mask).
 //! - [`eval`]: generation and likelihood evaluation (answers read back by the response format,
 //!   [`data::ResponseFormat::parse`]), decoding diagnostics per method (tokens/s, NFE, lengths,
 //!   calibration) and the speed–accuracy frontier, metrics with intervals.
@@ -61,6 +65,7 @@
 //! | the diffusion objective (masking, 1/t weight, shift; how it generates and scores choices) | `src/objective/diffusion.rs` |
 //! | the AR objective | `src/objective/autoregressive.rs` |
 //! | attention masks and the one bias builder | `src/model/mask.rs` |
+//! | attention (flash kernels and the composite) | `src/model/attention.rs`, `src/kernels/flash.rs` |
 //! | the diffusion sampler | `src/sample/diffusion.rs` |
 //! | the AR sampler (KV cache) | `src/sample/autoregressive.rs` |
 //! | the training step | `src/train/step.rs` |
