@@ -139,4 +139,16 @@ fn repeated_sweep_values_and_sweeps_without_generate_are_config_errors() {
     let e = validate("[eval]\nmethods = [\"likelihood\"]\nthreshold_sweep = [0.5]\n").unwrap_err();
     assert!(e.contains("eval.threshold_sweep") && e.contains("generate"), "{e}");
     validate("[eval]\nmethods = [\"likelihood\", \"generate\"]\nsteps_sweep = [2, 4]\nthreshold_sweep = [0.5, 0.9]\n").unwrap();
+    // the cache sweep: no repeats, not the configured cache, diffusion only, a `generate` to re-run
+    let e = validate("[eval]\ncache_sweep = [\"prefix\", \"prefix\"]\n").unwrap_err();
+    assert!(e.contains("eval.cache_sweep") && e.contains("appears twice"), "{e}");
+    let e = validate("[eval]\ncache_sweep = [\"none\"]\n").unwrap_err();
+    assert!(e.contains("eval.cache_sweep") && e.contains("eval.cache already"), "{e}");
+    let e = validate("[eval]\nmethods = [\"likelihood\"]\ncache_sweep = [\"prefix\"]\n").unwrap_err();
+    assert!(e.contains("eval.cache_sweep") && e.contains("generate"), "{e}");
+    let e = validate("[objective]\nkind = \"autoregressive\"\n[eval]\ncache_sweep = [\"prefix\"]\n").unwrap_err();
+    assert!(e.contains("eval.cache_sweep") && e.contains("autoregressive"), "{e}");
+    let e = validate("[eval]\ncache_sweep = [\"warm\"]\n").unwrap_err();
+    assert!(e.contains("cache_sweep"), "{e}");
+    validate("[eval]\ncache_sweep = [\"prefix\"]\n").unwrap();
 }

@@ -255,6 +255,23 @@ fn the_prefix_cache_is_an_eval_setting_recorded_in_the_decoding_diagnostics() {
 }
 
 #[test]
+fn the_cache_sweep_decodes_one_model_with_and_without_the_prefix_cache() {
+    // eval.cache_sweep adds `generate@cache=prefix` beside the plain (uncached) `generate`: the
+    // same trained model, its accuracy and speed with and without the cache, in frontier.csv.
+    let (_keep, out) = eval_tiny("diffusion", &["generate"], &["eval.block_len=3", "eval.cache_sweep=[\"prefix\"]"]);
+    let ev = harness::schema::RunDir::new(&out).read_eval().unwrap().expect("eval.json");
+    let names: Vec<&str> = ev.methods.iter().map(|m| m.method.as_str()).collect();
+    assert_eq!(names, ["generate", "generate@cache=prefix"]);
+    let caches: Vec<Option<&str>> = ev.methods.iter().map(|m| m.decode.as_ref().and_then(|d| d.cache.as_deref())).collect();
+    assert_eq!(caches, [Some("none"), Some("prefix")]);
+    let rows = harness::schema::eval::read_frontier(&out).unwrap().expect("frontier.csv");
+    let cached: Vec<Option<&str>> = rows.iter().map(|r| r.cache.as_deref()).collect();
+    assert_eq!(cached, [Some("none"), Some("prefix")], "frontier.csv has the cache column");
+    let header = std::fs::read_to_string(out.join("frontier.csv")).unwrap();
+    assert!(header.lines().next().unwrap().split(',').any(|c| c == "cache"), "{header}");
+}
+
+#[test]
 fn eval_json_without_the_decoding_fields_still_reads() {
     // An eval.json written before the decoding diagnostics: a method without `decode`.
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

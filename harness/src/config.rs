@@ -287,6 +287,12 @@ pub struct EvalConfig {
     /// measures). Must be `none` for the autoregressive objective, whose decoder always uses its
     /// KV cache.
     pub cache: CacheKind,
+    /// Diffusion generation: also evaluate `generate` with each of these caches (methods
+    /// `generate@cache=K`, everything else as configured), so one trained model is decoded with and
+    /// without the prefix cache: its accuracy cost and speed-up side by side in `frontier.csv`.
+    /// Must not repeat `eval.cache` or itself; empty = off; must be empty for the autoregressive
+    /// objective.
+    pub cache_sweep: Vec<CacheKind>,
     /// Sampling temperature (0 = greedy / argmax).
     pub temperature: f64,
     /// Top-k filter (0 = off).
@@ -320,6 +326,7 @@ impl Default for EvalConfig {
             threshold: 0.9,
             block_len: 0,
             cache: CacheKind::None,
+            cache_sweep: vec![],
             temperature: 0.0,
             top_k: 0,
             top_p: 1.0,
@@ -507,6 +514,9 @@ impl RawConfig {
                 if !self.eval.threshold_sweep.is_empty() {
                     return bad("eval.threshold_sweep", "a diffusion setting (threshold strategy): must be empty for the autoregressive objective");
                 }
+                if !self.eval.cache_sweep.is_empty() {
+                    return bad("eval.cache_sweep", "a diffusion setting (the prefix KV cache of diffusion decoding): must be empty for the autoregressive objective");
+                }
                 if self.eval.cache != CacheKind::None {
                     return bad(
                         "eval.cache",
@@ -548,8 +558,20 @@ impl RawConfig {
         if let Some((i, t)) = first_repeat(&e.threshold_sweep) {
             return bad("eval.threshold_sweep", &format!("{t} appears twice (entry {})", i + 1));
         }
-        if (!e.steps_sweep.is_empty() || !e.threshold_sweep.is_empty()) && !e.methods.contains(&EvalMethod::Generate) {
-            let key = if e.steps_sweep.is_empty() { "eval.threshold_sweep" } else { "eval.steps_sweep" };
+        if let Some((i, c)) = first_repeat(&e.cache_sweep) {
+            return bad("eval.cache_sweep", &format!("\"{}\" appears twice (entry {})", c.as_str(), i + 1));
+        }
+        if e.cache_sweep.contains(&e.cache) {
+            return bad("eval.cache_sweep", &format!("\"{}\" is eval.cache already (the plain `generate` method decodes with it)", e.cache.as_str()));
+        }
+        if (!e.steps_sweep.is_empty() || !e.threshold_sweep.is_empty() || !e.cache_sweep.is_empty()) && !e.methods.contains(&EvalMethod::Generate) {
+            let key = if !e.steps_sweep.is_empty() {
+                "eval.steps_sweep"
+            } else if !e.threshold_sweep.is_empty() {
+                "eval.threshold_sweep"
+            } else {
+                "eval.cache_sweep"
+            };
             return bad(key, "sweeps re-run `generate`, which eval.methods does not list: add \"generate\" or empty the sweep");
         }
         let format = self.data.response_format;

@@ -297,6 +297,10 @@ pub struct FrontierRow {
     pub steps: Option<usize>,
     /// Threshold τ (empty unless the strategy is `threshold`).
     pub threshold: Option<f64>,
+    /// Diffusion decoding cache (`none` / `prefix`; empty for AR and in files written before
+    /// this column existed).
+    #[serde(default)]
+    pub cache: Option<String>,
     /// Items.
     pub n: u64,
     /// Accuracy.
@@ -318,8 +322,8 @@ pub struct FrontierRow {
 impl FrontierRow {
     /// The columns of a rendered frontier table, one per [`FrontierRow::cells`] entry: the one
     /// column list `harness report` and the notebooks both render.
-    pub const HEADER: [&'static str; 11] =
-        ["method", "objective", "strategy", "steps", "τ", "n", "accuracy % [95% CI]", "mean NFE", "tokens/s", "mean length", "batch"];
+    pub const HEADER: [&'static str; 12] =
+        ["method", "objective", "strategy", "steps", "τ", "cache", "n", "accuracy % [95% CI]", "mean NFE", "tokens/s", "mean length", "batch"];
 
     /// This row as text cells under [`FrontierRow::HEADER`] (`-` where a column does not apply;
     /// accuracy in percent with its Wilson interval).
@@ -332,6 +336,7 @@ impl FrontierRow {
             if self.strategy.is_empty() { "-".into() } else { self.strategy.clone() },
             opt(self.steps.map(|s| s.to_string())),
             opt(self.threshold.map(|x| format!("{x}"))),
+            opt(self.cache.clone()),
             self.n.to_string(),
             format!("{} [{}, {}]", pct(self.accuracy), pct(self.accuracy_lo), pct(self.accuracy_hi)),
             format!("{:.2}", self.mean_nfe),
@@ -357,6 +362,7 @@ impl EvalResult {
                     strategy: d.strategy.clone().unwrap_or_default(),
                     steps: d.steps,
                     threshold: d.threshold,
+                    cache: d.cache.clone(),
                     n: m.report.n,
                     accuracy: a.estimate,
                     accuracy_lo: a.lo,

@@ -226,8 +226,9 @@ pub fn evaluate(model: &Llama, tok: &Tok, items: &[Item], setup: &EvalSetup, dat
 
 /// The evaluations `eval` asks for, in order: (label, method, settings). Each method once, and
 /// `generate` again at each step count of `eval.steps_sweep` (label `generate@steps=N`) and with
-/// the threshold strategy at each τ of `eval.threshold_sweep` (label `generate@threshold=τ`, the
-/// other settings as configured); the config admits sweeps only for diffusion.
+/// the threshold strategy at each τ of `eval.threshold_sweep` (label `generate@threshold=τ`) and
+/// with each cache of `eval.cache_sweep` (label `generate@cache=K`), the other settings as
+/// configured; the config admits sweeps only for diffusion.
 fn plan(eval: &EvalConfig) -> Vec<(String, EvalMethod, EvalConfig)> {
     let mut plan = Vec::new();
     for &m in &eval.methods {
@@ -238,6 +239,9 @@ fn plan(eval: &EvalConfig) -> Vec<(String, EvalMethod, EvalConfig)> {
             }
             for &threshold in &eval.threshold_sweep {
                 plan.push((format!("generate@threshold={threshold}"), m, EvalConfig { strategy: StrategyKind::Threshold, threshold, ..eval.clone() }));
+            }
+            for &cache in &eval.cache_sweep {
+                plan.push((format!("generate@cache={}", cache.as_str()), m, EvalConfig { cache, ..eval.clone() }));
             }
         }
     }
