@@ -217,25 +217,50 @@ fn random_examples(n: usize, seq: usize, vocab: usize, seed: u64) -> Vec<Example
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// One training configuration of the bench, built the same way for the timed rows
+/// ([`train_step_bench`]) and the profile ([`step_profile`]): random weights, the objective at
+/// its defaults (diffusion: shifted, uniform t, full attention from the first step), AdamW and
+/// one fixed random batch of `batch` × `seq` tokens.
+struct TrainSetup {
+    model: Llama,
+    trainable_params: usize,
+    obj: Box<dyn crate::objective::Objective>,
+    opt: AdamW,
+    acc: GradAccum,
+    batch: Batch,
+}
+
+impl TrainSetup {
+    fn new(opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize) -> Result<Self> {
+        let adapter = if rank == 0 {
+            AdapterConfig { kind: AdapterKind::Full, ..Default::default() }
+        } else {
+            AdapterConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() }
+        };
+        let (model, tr) = random_model_dtype(&opts.arch, &adapter, 0, opts.dtype, &opts.device)?;
+        let cfg = if objective == "ddm" { ObjectiveConfig::default() } else { ObjectiveConfig::Autoregressive };
+        let tc = TrainConfig::default();
+        let opt = AdamW::new(&tr, AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.adam_eps, weight_decay: 0.0 })?;
+        let acc = GradAccum::new(&tr);
+        let data = random_examples(batch, seq, opts.arch.vocab_size, 1);
+        let refs: Vec<&Example> = data.iter().collect();
+        let batch = Batch::collate(&refs, 0);
+        Ok(Self { model, trainable_params: tr.numel(), obj: crate::objective::build(&cfg, 0), opt, acc, batch })
+    }
+
+    /// Optimizer step `step` through [`train_step`], as the trainer runs it; its loss.
+    fn step(&mut self, step: usize) -> Result<f64> {
+        let p = self.obj.prepare(&self.batch, step as u64, 0, 0)?;
+        let sc = StepCtx { seed: 0, step: step as u64, accum: &mut self.acc, opt: &mut self.opt, lr: 1e-4, max_grad_norm: 1.0 };
+        Ok(train_step(&self.model, std::slice::from_ref(&p), sc)?.loss)
+    }
+}
+
 /// Measure one training configuration.
 pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize) -> Result<TrainBench> {
-    let adapter = if rank == 0 {
-        AdapterConfig { kind: AdapterKind::Full, ..Default::default() }
-    } else {
-        AdapterConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() }
-    };
     crate::device::peak_allocated(&opts.device, true); // a new high-water mark for this configuration
-    let (model, tr) = random_model_dtype(&opts.arch, &adapter, 0, opts.dtype, &opts.device)?;
-    // Diffusion at its defaults: shifted, uniform t, full attention from the first step.
-    let cfg = if objective == "ddm" { ObjectiveConfig::default() } else { ObjectiveConfig::Autoregressive };
-    let obj = crate::objective::build(&cfg, 0);
-    let future = future_token_check(&model, obj.eval_attention())?;
-    let tc = TrainConfig::default();
-    let mut opt = AdamW::new(&tr, AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.adam_eps, weight_decay: 0.0 })?;
-    let mut acc = GradAccum::new(&tr);
-    let data = random_examples(batch, seq, opts.arch.vocab_size, 1);
-    let refs: Vec<&Example> = data.iter().collect();
-    let b = Batch::collate(&refs, 0);
+    let mut su = TrainSetup::new(opts, objective, rank, batch, seq)?;
+    let future = future_token_check(&su.model, su.obj.eval_attention())?;
     let mut peak: f64 = 0.0;
     let mut loss = 0.0;
     let mut t0 = Instant::now();
@@ -244,9 +269,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
             opts.device.synchronize()?;
             t0 = Instant::now();
         }
-        let p = obj.prepare(&b, step as u64, 0, 0)?;
-        let sc = StepCtx { seed: 0, step: step as u64, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 1.0 };
-        loss = train_step(&model, std::slice::from_ref(&p), sc)?.loss;
+        loss = su.step(step)?;
     }
     opts.device.synchronize()?;
     let dt = t0.elapsed().as_secs_f64() / opts.steps as f64;
@@ -256,18 +279,18 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     for rep in 0..reps {
         let step = (opts.warmup + opts.steps + rep) as u64;
         let t = Instant::now();
-        let p = obj.prepare(&b, step, 0, 0)?;
-        let parts = phase::forward(&model, &p, p.denom, 0, step, 0)?;
+        let p = su.obj.prepare(&su.batch, step, 0, 0)?;
+        let parts = phase::forward(&su.model, &p, p.denom, 0, step, 0)?;
         let t_fwd_enq = t.elapsed().as_secs_f64();
         opts.device.synchronize()?;
         peak = peak.max(crate::device::driver_used(&opts.device).unwrap_or(0) as f64 / GIB);
         let t1 = Instant::now();
-        phase::backward(&parts, &mut acc)?;
+        phase::backward(&parts, &mut su.acc)?;
         let t_bwd_enq = t1.elapsed().as_secs_f64();
         opts.device.synchronize()?;
         peak = peak.max(crate::device::driver_used(&opts.device).unwrap_or(0) as f64 / GIB);
         let t2 = Instant::now();
-        phase::update(&mut acc, &mut opt, 1e-4, 1.0, step)?;
+        phase::update(&mut su.acc, &mut su.opt, 1e-4, 1.0, step)?;
         opts.device.synchronize()?;
         let t3 = t2.elapsed().as_secs_f64();
         ph[0] += t1.duration_since(t).as_secs_f64();
@@ -284,16 +307,16 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     let mfu = opts.peak_flops.map(|p| 3.0 * opts.arch.forward_flops_per_token(seq) * tps / p);
     Ok(TrainBench {
         impl_name: "candle".into(),
-        layer_path: model.layer_path(),
+        layer_path: su.model.layer_path(),
         objective: objective.into(),
         lora_rank: rank,
         batch,
-        seq: seq,
+        seq,
         ms_per_step: dt * 1e3,
         tokens_per_s: tps,
         peak_mem_gib: peak,
         mfu,
-        trainable_params: tr.numel(),
+        trainable_params: su.trainable_params,
         loss,
         future_token_changes_pos0: future,
         device: format!("{:?}", opts.device.location()),
@@ -479,30 +502,15 @@ pub struct OpTiming {
 /// Profile `steps` training steps of one configuration with CUPTI ([`crate::profile`]): device
 /// time per kernel, host time per driver call, copies; after `warmup` unprofiled steps.
 pub fn step_profile(opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize, steps: usize) -> Result<crate::profile::StepProfile> {
-    let adapter = if rank == 0 { AdapterConfig { kind: AdapterKind::Full, ..Default::default() } } else { AdapterConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() } };
-    let (model, tr) = random_model_dtype(&opts.arch, &adapter, 0, opts.dtype, &opts.device)?;
-    let cfg = if objective == "ddm" { ObjectiveConfig::default() } else { ObjectiveConfig::Autoregressive };
-    let obj = crate::objective::build(&cfg, 0);
-    let tc = TrainConfig::default();
-    let mut opt = AdamW::new(&tr, AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.adam_eps, weight_decay: 0.0 })?;
-    let mut acc = GradAccum::new(&tr);
-    let data = random_examples(batch, seq, opts.arch.vocab_size, 1);
-    let refs: Vec<&Example> = data.iter().collect();
-    let b = Batch::collate(&refs, 0);
-    let mut run = |step: usize| -> Result<()> {
-        let p = obj.prepare(&b, step as u64, 0, 0)?;
-        let sc = StepCtx { seed: 0, step: step as u64, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 1.0 };
-        train_step(&model, std::slice::from_ref(&p), sc)?;
-        Ok(())
-    };
+    let mut su = TrainSetup::new(opts, objective, rank, batch, seq)?;
     for step in 0..opts.warmup {
-        run(step)?;
+        su.step(step)?;
     }
     opts.device.synchronize()?;
     let session = crate::profile::Session::start()?;
     let t0 = Instant::now();
     for step in opts.warmup..opts.warmup + steps {
-        run(step)?;
+        su.step(step)?;
     }
     opts.device.synchronize()?;
     let wall = t0.elapsed().as_secs_f64();

@@ -185,9 +185,10 @@ mod imp {
 
 #[cfg(feature = "cuda")]
 mod imp {
-    use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+    use super::super::launch::{grid_stride, view};
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::{CudaDType, CudaDevice};
+    use candle_core::cuda_backend::CudaDevice;
     use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
     use half::bf16;
 
@@ -198,13 +199,6 @@ mod imp {
         candle_core::Error::Msg(format!("fused kernel: {e:?}"))
     }
 
-    fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
-        if !l.is_contiguous() {
-            candle_core::bail!("fused kernel: input is not contiguous")
-        }
-        let n = l.shape().elem_count();
-        Ok(s.as_cuda_slice::<T>()?.slice(l.start_offset()..l.start_offset() + n))
-    }
 
     fn rows_cols(l: &Layout) -> Result<(u32, u32)> {
         let dims = l.dims();
@@ -472,10 +466,6 @@ mod imp {
         x.contiguous()?.apply_op3_no_bwd(&t.contiguous()?, &lg, &CeBwd)
     }
 
-    fn grid_stride(n: usize) -> LaunchConfig {
-        let blocks = (n as u64).div_ceil(256).clamp(1, 65_536) as u32;
-        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-    }
 
     struct SwigluFwd;
     impl CustomOp2 for SwigluFwd {

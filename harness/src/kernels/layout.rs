@@ -35,6 +35,18 @@ pub fn swap_axes_composite(x: &Tensor) -> Result<Tensor> {
 /// Rows `rows` (N,) u32 of `x` (M, D) → (N, D), differentiable in `x`. The rows must be distinct
 /// (the gradient of a repeated row would keep only one of its copies).
 pub fn gather_rows(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    select_rows("gather-rows", x, rows, |g, rows, m, _| imp::scatter_rows(g, rows, m))
+}
+
+/// Token embedding: rows `ids` (N,) u32 of `e` (V, D) → (N, D), differentiable in `e`; the
+/// gradient rows of repeated ids are summed (in f32 on CUDA).
+pub fn embedding(e: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    select_rows("embedding", e, ids, |g, ids, v, e| imp::index_add_rows(g, ids, v)?.to_dtype(e.dtype()))
+}
+
+/// Rows `rows` of `x` (M, D), differentiable in `x`: the gradient is `fused(g, rows, M, x)` for
+/// a bf16 CUDA output gradient `g` (contiguous), else candle's `index_add` into zeros.
+fn select_rows(name: &'static str, x: &Tensor, rows: &Tensor, fused: fn(&Tensor, &Tensor, usize, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
     if !x.track_op() {
         return x.index_select(rows, 0);
     }
@@ -42,36 +54,14 @@ pub fn gather_rows(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
     let out = x.detach().index_select(rows, 0)?; // (N, D)
     let rows = rows.clone();
     Attach1::apply(
-        "gather-rows",
+        name,
         x,
         out,
         Box::new(move |x, _, g| {
             if fused_ok(g) {
-                return imp::scatter_rows(&g.contiguous()?, &rows, m);
+                return fused(&g.contiguous()?, &rows, m, x);
             }
             x.zeros_like()?.index_add(&rows, &g.reshape(((), d))?, 0)
-        }),
-    )
-}
-
-/// Token embedding: rows `ids` (N,) u32 of `e` (V, D) → (N, D), differentiable in `e`; the
-/// gradient rows of repeated ids are summed (in f32 on CUDA).
-pub fn embedding(e: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    if !e.track_op() {
-        return e.index_select(ids, 0);
-    }
-    let (v, d) = e.dims2()?;
-    let out = e.detach().index_select(ids, 0)?; // (N, D)
-    let ids = ids.clone();
-    Attach1::apply(
-        "embedding",
-        e,
-        out,
-        Box::new(move |e, _, g| {
-            if fused_ok(g) {
-                return imp::index_add_rows(&g.contiguous()?, &ids, v)?.to_dtype(e.dtype());
-            }
-            e.zeros_like()?.index_add(&ids, &g.reshape(((), d))?, 0)
         }),
     )
 }
@@ -96,8 +86,8 @@ mod imp {
 #[cfg(feature = "cuda")]
 mod imp {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::CudaDType;
+    use super::super::launch::{grid_stride, view};
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
     use half::bf16;
 
@@ -109,17 +99,6 @@ mod imp {
     }
     fn cpu() -> candle_core::Error {
         candle_core::Error::Msg("layout kernel called on the CPU".into())
-    }
-    fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
-        if !l.is_contiguous() {
-            candle_core::bail!("layout kernel: input is not contiguous")
-        }
-        let n = l.shape().elem_count();
-        Ok(s.as_cuda_slice::<T>()?.slice(l.start_offset()..l.start_offset() + n))
-    }
-    fn grid(n: usize, per_block: usize) -> LaunchConfig {
-        let blocks = (n as u64).div_ceil(per_block as u64).clamp(1, 65_536) as u32;
-        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     }
 
     struct SwapAxes;
@@ -149,7 +128,7 @@ mod imp {
             bld.arg(&y32);
             bld.arg(&w16);
             // SAFETY: src and out hold n bf16 = chunks × 16 bytes; candle's allocations are 256-byte aligned.
-            unsafe { bld.launch(grid(chunks, 256)) }.map_err(err)?;
+            unsafe { bld.launch(grid_stride(chunks)) }.map_err(err)?;
             Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from((b, y, x, w))))
         }
     }

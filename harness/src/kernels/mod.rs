@@ -20,3 +20,26 @@ pub mod fused;
 pub mod gemm;
 pub mod layout;
 pub mod optim;
+
+/// Launch plumbing shared by the kernel modules' CUDA sides.
+#[cfg(feature = "cuda")]
+pub(crate) mod launch {
+    use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig};
+    use candle_core::cuda_backend::CudaDType;
+    use candle_core::{CudaStorage, Layout, Result};
+
+    /// The elements of a contiguous input as a device view (an error for a strided one).
+    pub fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
+        if !l.is_contiguous() {
+            candle_core::bail!("kernel input is not contiguous")
+        }
+        let n = l.shape().elem_count();
+        Ok(s.as_cuda_slice::<T>()?.slice(l.start_offset()..l.start_offset() + n))
+    }
+
+    /// 256 threads per block, enough blocks (at most 65,536) for a grid-stride loop over `n` items.
+    pub fn grid_stride(n: usize) -> LaunchConfig {
+        let blocks = (n as u64).div_ceil(256).clamp(1, 65_536) as u32;
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    }
+}

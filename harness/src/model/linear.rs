@@ -129,10 +129,11 @@ impl Linear {
     pub fn fwd_rows_acc(&self, x: &Tensor, ctx: &Fwd, acc: Option<Tensor>) -> Res<(Tensor, Saved)> {
         let dt = x.dtype();
         // acc + x Wᵀ, or x Wᵀ
-        let xw = |acc: Option<Tensor>, w: &Tensor| match acc {
-            Some(y) => matmul_acc(y, x, w, true),
-            None if w.dtype() == dt && matches!(self.weight, Weight::Frozen(_)) => frozen_linear(x, w),
-            None => x.matmul(&w.t()?),
+        // (a frozen W reaching here is in x's dtype: the first arm below rejects any other)
+        let xw = |acc: Option<Tensor>, w: &Tensor| match (acc, &self.weight) {
+            (Some(y), _) => matmul_acc(y, x, w, true),
+            (None, Weight::Frozen(_)) => frozen_linear(x, w),
+            (None, Weight::Trainable(_)) => x.matmul(&w.t()?),
         };
         let (y, cast) = match (&self.weight, self.adapter()) {
             (Weight::Frozen(w), _) if w.dtype() != dt => candle_core::bail!(
