@@ -308,6 +308,7 @@ fn run_train(model: &Llama, tr: &harness::model::Trainable, obj: &dyn Objective,
             checkpoint_dir: dir.path().join("ckpt"),
             stop: None,
             reader: None,
+            launch: harness::train::graph::StepLaunch::Eager,
         },
         None,
     )

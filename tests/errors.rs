@@ -152,3 +152,33 @@ fn repeated_sweep_values_and_sweeps_without_generate_are_config_errors() {
     assert!(e.contains("cache_sweep"), "{e}");
     validate("[eval]\ncache_sweep = [\"prefix\"]\n").unwrap();
 }
+
+#[test]
+fn train_launch_resolves_per_device_and_names_its_key_when_it_cannot_run() {
+    use harness::config::resolve_launch;
+    use harness::model::{AdapterConfig, AdapterKind};
+    use harness::train::graph::StepLaunch::{Auto, CudaGraph, Eager};
+    let lora = AdapterConfig::default();
+    let dropout = AdapterConfig { dropout: 0.1, ..Default::default() };
+    let full_dropout = AdapterConfig { kind: AdapterKind::Full, dropout: 0.1, ..Default::default() };
+    // auto: a graph on CUDA unless LoRA dropout is on; eager on the CPU
+    assert_eq!(resolve_launch(Auto, "cuda:0", &lora).unwrap(), CudaGraph);
+    assert_eq!(resolve_launch(Auto, "cuda:0", &dropout).unwrap(), Eager);
+    assert_eq!(resolve_launch(Auto, "cuda:0", &full_dropout).unwrap(), CudaGraph, "dropout only acts on adapters");
+    assert_eq!(resolve_launch(Auto, "cpu", &lora).unwrap(), Eager);
+    assert_eq!(resolve_launch(Eager, "cuda:0", &lora).unwrap(), Eager);
+    // an explicit graph where it cannot run is an error naming the key
+    for (dev, a) in [("cpu", &lora), ("cuda:0", &dropout)] {
+        let e = resolve_launch(CudaGraph, dev, a).unwrap_err().to_string();
+        assert!(e.contains("train.launch") && e.contains("cuda_graph"), "{e}");
+    }
+    // the TOML spelling, and the resolved choice in config.json (a CPU run: eager)
+    let cfg = validate("[train]\nmax_steps = 3\nlaunch = \"auto\"\n").unwrap().resolve().unwrap();
+    if cfg.resolved.device == "cpu" {
+        assert_eq!(serde_json::to_value(&cfg).unwrap()["resolved"]["launch"], "eager");
+        let e = validate("[train]\nmax_steps = 3\nlaunch = \"cuda_graph\"\n").unwrap().resolve().unwrap_err().to_string();
+        assert!(e.contains("train.launch"), "{e}");
+    }
+    let e = validate("[train]\nlaunch = \"graph\"\n").unwrap_err();
+    assert!(e.contains("launch") && e.contains("cuda_graph"), "an unknown spelling lists the choices: {e}");
+}

@@ -864,7 +864,7 @@ fn ar_confidence_and_bad_prompts() {
 #[test]
 fn decode_bench_measures_both_methods_the_same_way() {
     use harness::bench::{decode_bench, BenchOpts};
-    let opts = BenchOpts { arch: tiny_config(64), shapes: vec![], ranks: vec![], warmup: 0, steps: 1, peak_flops: None, device: Device::Cpu, dtype: candle_core::DType::F32 };
+    let opts = BenchOpts { arch: tiny_config(64), shapes: vec![], ranks: vec![], warmup: 0, steps: 1, peak_flops: None, launches: vec![], device: Device::Cpu, dtype: candle_core::DType::F32 };
     let rows = decode_bench(&opts, &[1, 3], 5, 6, 3).unwrap();
     for b in [1usize, 3] {
         let at: Vec<_> = rows.iter().filter(|r| r.batch_size == Some(b)).collect();

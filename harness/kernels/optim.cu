@@ -4,14 +4,16 @@
 #include <stdint.h>
 #include <cuda_bf16.h>
 
-// dst_i (bf16) = src_i (f32) · scales[i] for every tensor i: the compute-dtype copies of the
-// trainable tensors (LoRA's A and s·B) for one forward pass, in one launch.
-extern "C" __global__ void cast_scale_multi_bf16(const uint64_t* src_ptrs, const uint64_t* dst_ptrs, const uint64_t* sizes,
-                                                 const float* scales) {
-    const float* x = reinterpret_cast<const float*>(src_ptrs[blockIdx.y]);
-    __nv_bfloat16* y = reinterpret_cast<__nv_bfloat16*>(dst_ptrs[blockIdx.y]);
-    const uint64_t n = sizes[blockIdx.y];
-    const float s = scales[blockIdx.y];
+// dst_i (bf16) = src_i (f32) · scale_i for every tensor i: the compute-dtype copies of the
+// trainable tensors (LoRA's A and s·B) for one forward pass, in one launch. `table` holds four
+// rows of n entries: source pointers, offsets (elements) of each copy in `dst`, sizes, and the
+// scales' f32 bit patterns; it is the same every step, so it is uploaded once.
+extern "C" __global__ void cast_scale_multi_bf16(const uint64_t* table, uint64_t n_tensors, __nv_bfloat16* dst) {
+    const uint64_t t = blockIdx.y;
+    const float* x = reinterpret_cast<const float*>(table[t]);
+    __nv_bfloat16* y = dst + table[n_tensors + t];
+    const uint64_t n = table[2 * n_tensors + t];
+    const float s = __uint_as_float((unsigned int)table[3 * n_tensors + t]);
     for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x)
         y[i] = __float2bfloat16(x[i] * s);
 }

@@ -22,6 +22,7 @@ use crate::model::{LayerPath, Llama, LlamaConfig};
 use crate::objective::{Batch, Example};
 use crate::rng::{rng_for, Purpose};
 use crate::sample::{ArSampler, CacheKind, DiffusionSampler, ModelDenoiser, Strategy};
+use crate::train::graph::{GraphStep, StepLaunch};
 use crate::train::optim::{AdamW, AdamWParams, GradAccum};
 use crate::train::step::{self as phase, train_step, StepCtx};
 use crate::Result;
@@ -86,10 +87,17 @@ pub struct TrainBench {
     pub future_token_changes_pos0: bool,
     /// Device description.
     pub device: String,
+    /// How the steps were launched (`eager` in files written before CUDA graphs existed).
+    #[serde(default = "eager")]
+    pub launch: StepLaunch,
     /// Where a step's time goes, from separate steps with a device synchronisation after each
     /// phase (absent in files written before this field existed).
     #[serde(default)]
     pub phases: Option<Phases>,
+}
+
+fn eager() -> StepLaunch {
+    StepLaunch::Eager
 }
 
 /// Milliseconds of one training step by phase (each phase ends with a device synchronisation).
@@ -203,6 +211,8 @@ pub struct BenchOpts {
     pub device: Device,
     /// Dtype.
     pub dtype: DType,
+    /// How the training steps are launched; each training row is measured once per entry.
+    pub launches: Vec<StepLaunch>,
 }
 
 fn random_examples(n: usize, seq: usize, vocab: usize, seed: u64) -> Vec<Example> {
@@ -228,10 +238,11 @@ struct TrainSetup {
     opt: AdamW,
     acc: GradAccum,
     batch: Batch,
+    graph: Option<GraphStep>,
 }
 
 impl TrainSetup {
-    fn new(opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize) -> Result<Self> {
+    fn new(opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize, launch: StepLaunch) -> Result<Self> {
         let adapter = if rank == 0 {
             AdapterConfig { kind: AdapterKind::Full, ..Default::default() }
         } else {
@@ -245,21 +256,28 @@ impl TrainSetup {
         let data = random_examples(batch, seq, opts.arch.vocab_size, 1);
         let refs: Vec<&Example> = data.iter().collect();
         let batch = Batch::collate(&refs, 0);
-        Ok(Self { model, trainable_params: tr.numel(), obj: crate::objective::build(&cfg, 0), opt, acc, batch })
+        let graph = match launch {
+            StepLaunch::CudaGraph => {
+                let shape = crate::objective::FixedShape::for_examples(&data, batch.b).ok_or_else(|| crate::Error::msg("no bench examples"))?;
+                Some(GraphStep::new(&acc, shape, 0, true)?)
+            }
+            StepLaunch::Auto | StepLaunch::Eager => None,
+        };
+        Ok(Self { model, trainable_params: tr.numel(), obj: crate::objective::build(&cfg, 0), opt, acc, batch, graph })
     }
 
     /// Optimizer step `step` through [`train_step`], as the trainer runs it; its loss.
     fn step(&mut self, step: usize) -> Result<f64> {
         let p = self.obj.prepare(&self.batch, step as u64, 0, 0)?;
-        let sc = StepCtx { seed: 0, step: step as u64, accum: &mut self.acc, opt: &mut self.opt, lr: 1e-4, max_grad_norm: 1.0 };
+        let sc = StepCtx { seed: 0, step: step as u64, accum: &mut self.acc, opt: &mut self.opt, lr: 1e-4, max_grad_norm: 1.0, graph: self.graph.as_mut() };
         Ok(train_step(&self.model, std::slice::from_ref(&p), sc)?.loss)
     }
 }
 
 /// Measure one training configuration.
-pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize) -> Result<TrainBench> {
+pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize, launch: StepLaunch) -> Result<TrainBench> {
     crate::device::peak_allocated(&opts.device, true); // a new high-water mark for this configuration
-    let mut su = TrainSetup::new(opts, objective, rank, batch, seq)?;
+    let mut su = TrainSetup::new(opts, objective, rank, batch, seq, launch)?;
     let future = future_token_check(&su.model, su.obj.eval_attention())?;
     let mut peak: f64 = 0.0;
     let mut loss = 0.0;
@@ -275,7 +293,8 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     let dt = t0.elapsed().as_secs_f64() / opts.steps as f64;
     // phase profile: three more steps through the step's phases, synchronising after each
     let mut ph = [0f64; 4];
-    let reps = 3;
+    // (a captured step has no phases to time apart; its peak is the pool's high-water mark)
+    let reps = if su.graph.is_some() { 0 } else { 3 };
     for rep in 0..reps {
         let step = (opts.warmup + opts.steps + rep) as u64;
         let t = Instant::now();
@@ -302,7 +321,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
         peak = bytes as f64 / GIB;
     }
     let ms = |x: f64| x * 1e3 / reps as f64;
-    let phases = Some(Phases { forward_ms: ms(ph[0]), backward_ms: ms(ph[1]), optimizer_ms: ms(ph[2]), enqueue_ms: ms(ph[3]) });
+    let phases = (reps > 0).then(|| Phases { forward_ms: ms(ph[0]), backward_ms: ms(ph[1]), optimizer_ms: ms(ph[2]), enqueue_ms: ms(ph[3]) });
     let tps = (batch * seq) as f64 / dt;
     let mfu = opts.peak_flops.map(|p| 3.0 * opts.arch.forward_flops_per_token(seq) * tps / p);
     Ok(TrainBench {
@@ -320,6 +339,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
         loss,
         future_token_changes_pos0: future,
         device: format!("{:?}", opts.device.location()),
+        launch: if su.graph.is_some() { StepLaunch::CudaGraph } else { StepLaunch::Eager },
         phases,
     })
 }
@@ -430,7 +450,16 @@ fn append_jsonl<T: Serialize>(path: &std::path::Path, v: &T) -> Result<()> {
 ///
 /// `only`: when not empty, the training rows to run, each `objective:rank:batch:seq` (rank 0 =
 /// full fine-tuning), e.g. `ddm:16:64:512`; the others are skipped.
-pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, peak_tflops: Option<f64>, decode: bool, only: &[String]) -> Result<()> {
+pub fn run_cli(
+    dir: &std::path::Path,
+    device: &str,
+    quick: bool,
+    steps: usize,
+    peak_tflops: Option<f64>,
+    decode: bool,
+    only: &[String],
+    launches: &[StepLaunch],
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let resolved = crate::config::resolve_device(device)?;
     let dev = crate::config::device(&resolved)?;
@@ -453,7 +482,15 @@ pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, p
         "mfu_convention": "3 x forward matmul FLOPs per token (incl. attention scores) x tokens/s / dense bf16 peak",
     });
     crate::run::write_json(&dir.join("env.json"), &env)?;
-    let opts = BenchOpts { arch, shapes: shapes.clone(), ranks: ranks.clone(), warmup: 3, steps, peak_flops: peak, device: dev, dtype };
+    // every launch a run could resolve to on this device, unless asked for some
+    let launches: Vec<StepLaunch> = if !launches.is_empty() {
+        launches.iter().map(|&l| crate::config::resolve_launch(l, &resolved, &Default::default())).collect::<Result<_>>()?
+    } else if dev.is_cuda() {
+        vec![StepLaunch::Eager, StepLaunch::CudaGraph]
+    } else {
+        vec![StepLaunch::Eager]
+    };
+    let opts = BenchOpts { arch, shapes: shapes.clone(), ranks: ranks.clone(), warmup: 3, steps, peak_flops: peak, device: dev, dtype, launches };
     for objective in ["ddm", "ar"] {
         for &rank in &ranks {
             for s in shapes.iter().filter(|s| objective == "ddm" || !s.ddm_only) {
@@ -461,9 +498,10 @@ pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, p
                 if !only.is_empty() && !only.iter().any(|o| o == &format!("{objective}:{rank}:{batch}:{seq}")) {
                     continue;
                 }
-                match train_step_bench(&opts, objective, rank, batch, seq) {
+                for &launch in &opts.launches {
+                match train_step_bench(&opts, objective, rank, batch, seq, launch) {
                     Ok(r) => {
-                        eprintln!("{objective} r={rank} b={batch} seq={seq}: {:.1} ms/step, {:.0} tokens/s, {:.1} GiB", r.ms_per_step, r.tokens_per_s, r.peak_mem_gib);
+                        eprintln!("{objective} r={rank} b={batch} seq={seq} {}: {:.1} ms/step, {:.0} tokens/s, {:.1} GiB", launch.as_str(), r.ms_per_step, r.tokens_per_s, r.peak_mem_gib);
                         if let Some(p) = &r.phases {
                             eprintln!(
                                 "  phases: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms; host enqueue of fwd+bwd {:.1} ms",
@@ -473,9 +511,10 @@ pub fn run_cli(dir: &std::path::Path, device: &str, quick: bool, steps: usize, p
                         append_jsonl(&dir.join("candle.jsonl"), &r)?
                     }
                     Err(e) => {
-                        eprintln!("{objective} r={rank} b={batch} seq={seq}: failed: {e}");
-                        append_jsonl(&dir.join("candle.jsonl"), &serde_json::json!({"impl_name": "candle", "objective": objective, "lora_rank": rank, "batch": batch, "seq": seq, "error": e.to_string().lines().next().unwrap_or("").to_string()}))?
+                        eprintln!("{objective} r={rank} b={batch} seq={seq} {}: failed: {e}", launch.as_str());
+                        append_jsonl(&dir.join("candle.jsonl"), &serde_json::json!({"impl_name": "candle", "objective": objective, "lora_rank": rank, "batch": batch, "seq": seq, "launch": launch.as_str(), "error": e.to_string().lines().next().unwrap_or("").to_string()}))?
                     }
+                }
                 }
             }
         }
@@ -501,8 +540,16 @@ pub struct OpTiming {
 
 /// Profile `steps` training steps of one configuration with CUPTI ([`crate::profile`]): device
 /// time per kernel, host time per driver call, copies; after `warmup` unprofiled steps.
-pub fn step_profile(opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize, steps: usize) -> Result<crate::profile::StepProfile> {
-    let mut su = TrainSetup::new(opts, objective, rank, batch, seq)?;
+pub fn step_profile(
+    opts: &BenchOpts,
+    objective: &str,
+    rank: usize,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    launch: StepLaunch,
+) -> Result<crate::profile::StepProfile> {
+    let mut su = TrainSetup::new(opts, objective, rank, batch, seq, launch)?;
     for step in 0..opts.warmup {
         su.step(step)?;
     }
@@ -515,7 +562,7 @@ pub fn step_profile(opts: &BenchOpts, objective: &str, rank: usize, batch: usize
     opts.device.synchronize()?;
     let wall = t0.elapsed().as_secs_f64();
     let agg = session.stop()?;
-    let name = format!("{objective} {} b{batch} x {seq}", if rank == 0 { "full".to_string() } else { format!("LoRA {rank}") });
+    let name = format!("{objective} {} b{batch} x {seq} {}", if rank == 0 { "full".to_string() } else { format!("LoRA {rank}") }, launch.as_str());
     Ok(agg.finish(&name, steps, wall))
 }
 
@@ -529,10 +576,18 @@ pub fn op_profile(dir: &std::path::Path, device: &str, quick: bool) -> Result<()
     let dev = crate::config::device(&crate::config::resolve_device(device)?)?;
     let bf = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
     let arch = if quick { quick_arch() } else { smollm2_135m() };
-    let rows: &[(&str, usize, usize, usize)] = if quick { &[("ddm", 16, 2, 64)] } else { &[("ddm", 16, 64, 512), ("ddm", 0, 64, 512), ("ddm", 16, 16, 512), ("ddm", 16, 16, 160), ("ar", 16, 64, 512)] };
-    let opts = BenchOpts { arch, shapes: vec![], ranks: vec![], warmup: 3, steps: 3, peak_flops: None, device: dev.clone(), dtype: bf };
-    for &(objective, rank, batch, seq) in rows {
-        match step_profile(&opts, objective, rank, batch, seq, 3) {
+    use StepLaunch::{CudaGraph as G, Eager as E};
+    let rows: &[(&str, usize, usize, usize, StepLaunch)] = if quick {
+        &[("ddm", 16, 2, 64, E)]
+    } else {
+        &[("ddm", 16, 64, 512, E), ("ddm", 16, 64, 512, G), ("ddm", 0, 64, 512, E), ("ddm", 16, 16, 512, E), ("ddm", 16, 16, 160, E), ("ddm", 16, 16, 160, G), ("ar", 16, 64, 512, E)]
+    };
+    let opts = BenchOpts { arch, shapes: vec![], ranks: vec![], warmup: 3, steps: 3, peak_flops: None, device: dev.clone(), dtype: bf, launches: vec![] };
+    for &(objective, rank, batch, seq, launch) in rows {
+        if launch == G && !dev.is_cuda() {
+            continue;
+        }
+        match step_profile(&opts, objective, rank, batch, seq, 3, launch) {
             Ok(p) => {
                 eprintln!("== {}: wall {:.1} ms/step, device busy {:.1} ms ({:.0}%), kernels {:.1} ms in {:.0} launches, host in driver calls {:.1} ms", p.config, p.wall_ms_per_step, p.device_busy_ms_per_step, 100.0 * p.device_busy_ms_per_step / p.wall_ms_per_step.max(1e-9), p.kernel_ms_per_step, p.launches_per_step, p.driver_ms_per_step);
                 for k in p.kernels.iter().take(25) {

@@ -14,6 +14,7 @@ use crate::model::tokenizer::MaskToken;
 use crate::model::LlamaConfig;
 pub use crate::objective::config::ObjectiveConfig;
 use crate::sample::{CacheKind, StrategyKind};
+use crate::train::graph::StepLaunch;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -216,6 +217,10 @@ pub struct TrainConfig {
     pub dead_steps: u64,
     /// How close (nats, ≥ 0) the mean CE of a step must be to ln V to count as uniform.
     pub dead_ce_tol: f64,
+    /// How each training step is launched: `auto` (a CUDA graph on a CUDA device when the run
+    /// allows it, else eager), `eager`, or `cuda_graph` ([`crate::train::graph`]). Resolved
+    /// before the run and recorded in `config.json` (`resolved.launch`).
+    pub launch: StepLaunch,
 }
 
 impl Default for TrainConfig {
@@ -241,6 +246,7 @@ impl Default for TrainConfig {
             progress: true,
             dead_steps: 5,
             dead_ce_tol: 1e-3,
+            launch: StepLaunch::Auto,
         }
     }
 }
@@ -360,6 +366,10 @@ pub struct Resolved {
     /// How training runs each decoder layer (`model.layer_path`), as the model was built.
     #[serde(default)]
     pub layer_path: LayerPath,
+    /// How training steps were launched (`train.launch` resolved: `eager` or `cuda_graph`);
+    /// `eager` in configs written before graphs existed.
+    #[serde(default = "eager_launch")]
+    pub launch: StepLaunch,
     /// The attention the model is evaluated under (`eval.attention`, `trained` when unset);
     /// absent in configs written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -369,6 +379,10 @@ pub struct Resolved {
     /// run's steps are known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_future_visibility: Option<f64>,
+}
+
+fn eager_launch() -> StepLaunch {
+    StepLaunch::Eager
 }
 
 /// The validated configuration a run uses.
@@ -627,6 +641,7 @@ impl RawConfig {
             d => d.to_string(),
         };
         let layer_path = self.model.layer_path;
+        let launch = resolve_launch(self.train.launch, &device, &self.adapter)?;
         let eval_attention = Some(self.eval.attention.unwrap_or_default());
         Ok(RunConfig {
             raw: self,
@@ -638,10 +653,31 @@ impl RawConfig {
                 n_train: None,
                 n_truncated: None,
                 layer_path,
+                launch,
                 eval_attention,
                 eval_future_visibility: None,
             },
         })
+    }
+}
+
+/// `train.launch` on the resolved `device`: `auto` is a CUDA graph on CUDA unless LoRA dropout
+/// is on (a graph would replay one dropout mask), else eager; `cuda_graph` where it cannot run
+/// is an error naming the key.
+pub fn resolve_launch(launch: StepLaunch, device: &str, adapter: &AdapterConfig) -> Result<StepLaunch> {
+    let cuda = device.starts_with("cuda");
+    let dropout = adapter.kind == AdapterKind::Lora && adapter.dropout > 0.0;
+    match launch {
+        StepLaunch::Auto if cuda && !dropout => Ok(StepLaunch::CudaGraph),
+        StepLaunch::Auto | StepLaunch::Eager => Ok(StepLaunch::Eager),
+        StepLaunch::CudaGraph if !cuda => {
+            Err(Error::config("train.launch", format!("\"cuda_graph\" needs a CUDA device; this run is on {device} (use \"auto\" or \"eager\")")))
+        }
+        StepLaunch::CudaGraph if dropout => Err(Error::config(
+            "train.launch",
+            format!("\"cuda_graph\" would replay one dropout mask every step; adapter.dropout = {} needs \"eager\" (or \"auto\")", adapter.dropout),
+        )),
+        StepLaunch::CudaGraph => Ok(StepLaunch::CudaGraph),
     }
 }
 

@@ -30,6 +30,10 @@
 //! - [`train`]: AdamW ([`train::optim`], one multi-tensor kernel on CUDA), the warmup + cosine
 //!   schedule, the one training step ([`train::step`]: accumulation, clipping, update; also what
 //!   `bench` and `selfcheck` run), the step loop with metrics CSV, evaluation hook and checkpoints.
+//!   `train.launch` chooses how a step is launched, once per run and recorded: eager, or each
+//!   micro-batch's forward and backward replayed as a captured CUDA graph ([`train::graph`]) at the
+//!   run's fixed shape ([`objective::scored`]: a micro-batch laid out for the device, padded so
+//!   the loss and gradients do not change).
 //! - [`data`]: datasets (PubMedQA, multiple-choice JSONL, alpaca pairs, the synthetic
 //!   clinical-rules benchmark, one row per family in [`data::clinical_rules::TABLE`]) yielding
 //!   [`data::Item`]s, and prompt templates.
@@ -80,16 +84,16 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
-pub mod kernels;
 pub mod eval;
+pub mod kernels;
 pub mod model;
+pub mod objective;
 pub mod profile;
 pub mod report;
-pub mod objective;
 pub mod rng;
 pub mod run;
-pub mod selfcheck;
 pub mod sample;
+pub mod selfcheck;
 pub mod stats;
 pub mod study;
 pub mod train;

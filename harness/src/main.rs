@@ -66,6 +66,10 @@ enum Cmd {
         /// comma-separated, e.g. `ddm:16:64:512,ddm:0:64:512`.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// How training steps are launched, comma-separated: `eager`, `cuda_graph`, `auto`
+        /// (default: each one this device can run, eager and cuda_graph on CUDA).
+        #[arg(long, value_delimiter = ',')]
+        launch: Vec<String>,
     },
     /// Render a bench folder (candle.jsonl, torch.jsonl, decode.jsonl, torch_decode.jsonl) as two tables
     /// with ratios (training, decoding), printed and written to table.md.
@@ -244,13 +248,20 @@ fn run(cli: Cli) -> Result<()> {
             println!("selfcheck passed: {} checks", checks.len());
             Ok(())
         }
-        Cmd::Bench { out, device, quick, steps, peak_tflops, no_decode, ops, only } => {
+        Cmd::Bench { out, device, quick, steps, peak_tflops, no_decode, ops, only, launch } => {
             let dir = out.unwrap_or_else(harness::bench::default_dir);
             if ops {
                 harness::bench::op_profile(&dir, &device, quick)?;
                 return Ok(());
             }
-            harness::bench::run_cli(&dir, &device, quick, steps, peak_tflops, !no_decode, &only)?;
+            let launches = launch
+                .iter()
+                .map(|l| {
+                    serde_json::from_value(serde_json::Value::String(l.clone()))
+                        .map_err(|_| anyhow::anyhow!("--launch: unknown `{l}`; choose from eager, cuda_graph, auto"))
+                })
+                .collect::<anyhow::Result<Vec<harness::train::graph::StepLaunch>>>()?;
+            harness::bench::run_cli(&dir, &device, quick, steps, peak_tflops, !no_decode, &only, &launches)?;
             for (title, t) in harness::report::bench_tables(&dir)? {
                 println!("{title}\n{t}");
             }

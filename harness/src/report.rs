@@ -72,7 +72,9 @@ pub fn decode_table(r: &EvalResult) -> Table {
 /// method table, the decoding diagnostics, the frontier. `None` when the folder holds no
 /// `eval.json`.
 pub fn eval_folder_tables(dir: &std::path::Path) -> crate::Result<Option<Vec<(&'static str, Table)>>> {
-    let Some(r) = ddm_schema::RunDir::new(dir).read_eval()? else { return Ok(None) };
+    let Some(r) = ddm_schema::RunDir::new(dir).read_eval()? else {
+        return Ok(None);
+    };
     let mut out = vec![("evaluation", eval_table(&r))];
     if r.methods.iter().any(|m| m.decode.is_some()) {
         out.push(("decoding", decode_table(&r)));
@@ -186,6 +188,7 @@ fn train_table(candle: &[Row], torch: &[Row]) -> Table {
         "LoRA r",
         "batch",
         "seq",
+        "candle launch",
         "candle tok/s",
         "candle ms/step",
         "candle GiB",
@@ -213,6 +216,7 @@ fn train_table(candle: &[Row], torch: &[Row]) -> Table {
             if k.1 == 0 { "full".into() } else { k.1.to_string() },
             k.2.to_string(),
             k.3.to_string(),
+            c.map(|c| c.get("launch").and_then(|l| l.as_str()).unwrap_or("eager").to_string()).unwrap_or_else(|| "-".into()),
             cell(c, "tokens_per_s", 0),
             c.filter(|c| c.get("error").is_none()).map(|c| fixed(num(c, "ms_per_step"), 1)).unwrap_or_else(|| "-".into()),
             c.filter(|c| c.get("error").is_none()).map(|c| fixed(num(c, "peak_mem_gib"), 1)).unwrap_or_else(|| "-".into()),
@@ -382,7 +386,8 @@ mod tests {
         assert_eq!(tr[0][col("torch.compile MFU %")], "30.0");
         assert_eq!(&tr[1][..4], ["ddm", "16", "64", "160"]);
         assert_eq!((tr[1][r_eager].as_str(), tr[1][comp].as_str(), tr[1][r_comp].as_str()), ("3.00x", "OOM", "-"));
-        assert_eq!(&tr[2][..5], ["ar", "full", "16", "512", "OOM"]);
+        assert_eq!(&tr[2][..6], ["ar", "full", "16", "512", "eager", "OOM"]);
+        assert_eq!(tr[0][col("candle launch")], "eager", "rows without a launch field were eager");
         assert_eq!((tr[2][eager].as_str(), tr[2][r_eager].as_str()), ("50000", "-"));
         // a torch row with no candle row is listed after the candle rows
         assert_eq!((&tr[3][..5], tr[3][comp].as_str()), (&["ar", "16", "64", "512", "-"].map(String::from)[..], "300000"));

@@ -212,6 +212,7 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
             checkpoint_dir,
             stop: opts.stop,
             reader: Some(reader.as_ref()),
+            launch: cfg.resolved.launch,
         },
         hook,
     )?;
@@ -323,7 +324,9 @@ fn evaluate_base_into(raw: RawConfig, dir: &RunDir) -> Result<EvalResult> {
 /// Removes `path` when it holds nothing but `config.json` (best effort: the error that led
 /// here is the one reported).
 fn remove_if_unstarted(path: &Path) {
-    let Ok(entries) = std::fs::read_dir(path) else { return };
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
     let only_config = entries.flatten().all(|e| e.file_name() == RunDir::CONFIG);
     if only_config {
         let _ = std::fs::remove_dir_all(path);

@@ -88,7 +88,7 @@ pub fn losses(device: &Device, dtype: DType) -> Result<Vec<(String, f64)>> {
     let p = diffusion(true).prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
     let mut acc = crate::train::optim::GradAccum::new(&tr);
     let mut opt = crate::train::optim::AdamW::new(&tr, Default::default())?;
-    let sc = crate::train::step::StepCtx { seed: 0, step: 0, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 0.0 };
+    let sc = crate::train::step::StepCtx { seed: 0, step: 0, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 0.0, graph: None };
     let v = crate::train::step::train_step(&model, std::slice::from_ref(&p), sc)?;
     out.push(("ddm_shift_grad_norm".into(), v.grad_norm));
     Ok(out)
@@ -119,8 +119,114 @@ pub fn run(device: &Device) -> Result<Vec<Check>> {
     if device.is_cuda() {
         checks.extend(kernel_checks(device)?);
         checks.extend(flash_checks(device)?);
+        checks.extend(graph_checks(device)?);
     }
     Ok(checks)
+}
+
+/// Four optimizer steps of two micro-batches each (annealed attention, right padding, lengths
+/// that vary by step, LoRA 8 and full fine-tuning) run eagerly and as captured CUDA graphs
+/// ([`crate::train::graph`]) from the same bf16 model: per-step loss and gradient norm, and the
+/// trained parameters, must agree to bf16 rounding; and the graph run must have captured exactly
+/// two graphs (the first and the accumulating micro-batch) and replayed them.
+fn graph_checks(device: &Device) -> Result<Vec<Check>> {
+    use crate::model::lora::AdapterKind;
+    use crate::objective::{Example, FixedShape};
+    use crate::train::graph::GraphStep;
+    let cfg = LlamaConfig {
+        vocab_size: 64,
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: Some(2),
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 128,
+        tie_word_embeddings: true,
+    };
+    let on = format!("{:?} BF16", device.location());
+    let data: Vec<Example> = (0..16u32)
+        .map(|i| {
+            let (p, r) = (4 + (i * 5 % 9) as usize, 3 + (i * 7 % 11) as usize);
+            Example { prompt: (0..p as u32).map(|j| 3 + (i * 13 + j * 7) % 60).collect(), response: (0..r as u32).map(|j| 3 + (i * 11 + j * 5) % 60).collect() }
+        })
+        .collect();
+    let shape = FixedShape::for_examples(&data, 4).ok_or_else(|| Error::msg("no data"))?;
+    let obj = Diffusion::new(63, DiffusionConfig { anneal_steps: 6, ..Default::default() });
+    let mut out = Vec::new();
+    for (kind, rank) in [(AdapterKind::Lora, 8), (AdapterKind::Full, 0)] {
+        let adapter = AdapterConfig { kind, rank: rank.max(1), alpha: 16.0, ..Default::default() };
+        let name = if rank == 0 { "full".to_string() } else { format!("LoRA {rank}") };
+        let mut runs = Vec::new();
+        for graph in [false, true] {
+            let w = crate::model::load::random_weights(&cfg, 0.08, 3, DType::BF16, device)?;
+            let vb = candle_nn::VarBuilder::from_tensors(w, DType::BF16, device);
+            let (model, tr) = Llama::load(vb, &cfg, &BuildOpts { adapter: &adapter, seed: 3, layer_path: crate::model::LayerPath::Fused })?;
+            let mut acc = crate::train::optim::GradAccum::new(&tr);
+            let mut opt = crate::train::optim::AdamW::new(&tr, Default::default())?;
+            let mut g = if graph { Some(GraphStep::new(&acc, shape, 0, true)?) } else { None };
+            let mut per_step = Vec::new();
+            for step in 0..4u64 {
+                let prepared: Vec<_> = (0..2)
+                    .map(|m| {
+                        let k = (step as usize * 2 + m) % 4;
+                        let refs: Vec<&Example> = data[k * 4..k * 4 + 4].iter().collect();
+                        obj.prepare(&Batch::collate(&refs, 0), step, m as u64, 5)
+                    })
+                    .collect::<Result<_>>()?;
+                let sc = crate::train::step::StepCtx { seed: 5, step, accum: &mut acc, opt: &mut opt, lr: 1e-3, max_grad_norm: 1.0, graph: g.as_mut() };
+                let v = crate::train::step::train_step(&model, &prepared, sc)?;
+                per_step.push((v.loss, v.grad_norm));
+            }
+            let sum: f64 = tr
+                .entries
+                .iter()
+                .map(|(_, v)| v.as_tensor().to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>().map(f64::from))
+                .sum::<candle_core::Result<f64>>()?;
+            runs.push((per_step, sum, g.map(|g| g.captured)));
+        }
+        let ((eager, sum_e, _), (graph, sum_g, captured)) = (&runs[0], &runs[1]);
+        for (k, ((le, ne), (lg, ng))) in eager.iter().zip(graph).enumerate() {
+            let tl = 2e-2 * le.abs();
+            out.push(Check {
+                name: format!("cuda graph {name} step {} loss vs eager", k + 1),
+                on: on.clone(),
+                value: *lg,
+                reference: *le,
+                tolerance: tl,
+                ok: (lg - le).abs() <= tl,
+            });
+            let tn = 3e-2 * ne.abs();
+            out.push(Check {
+                name: format!("cuda graph {name} step {} grad norm vs eager", k + 1),
+                on: on.clone(),
+                value: *ng,
+                reference: *ne,
+                tolerance: tn,
+                ok: (ng - ne).abs() <= tn,
+            });
+        }
+        let ts = 1e-2 * sum_e.abs();
+        out.push(Check {
+            name: format!("cuda graph {name} Σ|θ| after 4 steps vs eager"),
+            on: on.clone(),
+            value: *sum_g,
+            reference: *sum_e,
+            tolerance: ts,
+            ok: (sum_g - sum_e).abs() <= ts,
+        });
+        let c = captured.unwrap_or(0) as f64;
+        out.push(Check {
+            name: format!("cuda graph {name}: graphs captured (first and accumulating micro-batch)"),
+            on: on.clone(),
+            value: c,
+            reference: 2.0,
+            tolerance: 0.0,
+            ok: c == 2.0,
+        });
+    }
+    Ok(out)
 }
 
 /// The fused bf16 kernels (kernels/fused.rs) against their composite expressions on `device`.
@@ -356,7 +462,7 @@ fn flash_step_checks(device: &Device, on: &str) -> Result<Vec<Check>> {
         let p = obj.prepare(&batch, 1, 0, 5)?;
         let mut acc = crate::train::optim::GradAccum::new(tr);
         let mut opt = crate::train::optim::AdamW::new(tr, Default::default())?;
-        let sc = crate::train::step::StepCtx { seed: 5, step: 1, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 0.0 };
+        let sc = crate::train::step::StepCtx { seed: 5, step: 1, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 0.0, graph: None };
         let v = crate::train::step::train_step(model, std::slice::from_ref(&p), sc)?;
         Ok((v.loss, v.grad_norm))
     };

@@ -62,7 +62,7 @@ mod imp {
 #[cfg(feature = "cuda")]
 mod imp {
     use super::AdamWStep;
-    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::CudaDevice;
     use candle_core::{DType, Result, Storage, Tensor};
 
@@ -100,6 +100,23 @@ mod imp {
         Ok((ptrs, sizes))
     }
 
+    /// Device copies of small host tables, kept by content for the life of the process. The
+    /// adapter-cast table is the same every step (the parameters never move), so it is uploaded
+    /// once; and a captured CUDA graph ([`crate::train::graph`]) must not copy from the host.
+    fn cached_table(dev: &CudaDevice, host: Vec<u64>) -> Result<std::sync::Arc<CudaSlice<u64>>> {
+        type Tables = std::sync::Mutex<std::collections::HashMap<(usize, Vec<u64>), std::sync::Arc<CudaSlice<u64>>>>;
+        static TABLES: std::sync::OnceLock<Tables> = std::sync::OnceLock::new();
+        let tables = TABLES.get_or_init(Default::default);
+        let key = (dev.cuda_stream().context().ordinal(), host);
+        let mut map = tables.lock().map_err(|_| candle_core::Error::Msg("table cache: poisoned lock".into()))?;
+        if let Some(t) = map.get(&key) {
+            return Ok(t.clone());
+        }
+        let t = std::sync::Arc::new(dev.cuda_stream().clone_htod(&key.1).map_err(err)?);
+        map.insert(key, t.clone());
+        Ok(t)
+    }
+
     fn grid(sizes: &[u64], n: usize) -> LaunchConfig {
         let max = sizes.iter().copied().max().unwrap_or(1);
         let gx = max.div_ceil(THREADS as u64).clamp(1, 1024) as u32;
@@ -123,27 +140,22 @@ mod imp {
             use candle_core::backend::BackendStorage;
             let dev = s.device().clone();
             let (src, sizes) = addresses(&dev, self.srcs)?;
-            let stream = dev.cuda_stream();
-            let out = unsafe { dev.alloc::<half::bf16>(self.total)? };
-            let base = {
-                let (p, _sync) = out.device_ptr(&stream);
-                p
-            };
-            let mut dst = Vec::with_capacity(sizes.len());
+            let mut host = src;
             let mut off = 0u64;
             for &n in &sizes {
-                dst.push(base + 2 * off);
+                host.push(off);
                 off += n;
             }
-            let up = |x: &Vec<u64>| stream.clone_htod(x).map_err(err);
-            let (ds, dd, dn) = (up(&src)?, up(&dst)?, up(&sizes)?);
-            let dsc = stream.clone_htod(self.scales).map_err(err)?;
+            host.extend_from_slice(&sizes);
+            host.extend(self.scales.iter().map(|s| u64::from(s.to_bits())));
+            let table = cached_table(&dev, host)?;
+            let mut out = unsafe { dev.alloc::<half::bf16>(self.total)? };
+            let n_tensors = sizes.len() as u64;
             let func = dev.get_or_load_custom_func("cast_scale_multi_bf16", MODULE, PTX)?;
             let mut b = func.builder();
-            b.arg(&ds);
-            b.arg(&dd);
-            b.arg(&dn);
-            b.arg(&dsc);
+            b.arg(&*table);
+            b.arg(&n_tensors);
+            b.arg(&mut out);
             // SAFETY: the source pointers and sizes describe live f32 buffers, the destinations
             // consecutive ranges of `out` (total elements).
             unsafe { b.launch(grid(&sizes, sizes.len())) }.map_err(err)?;
@@ -168,7 +180,9 @@ mod imp {
     }
 
     pub fn sum_squares(grads: &[Tensor]) -> Result<Option<f64>> {
-        let Some(dev) = device_of(&[grads]) else { return Ok(None) };
+        let Some(dev) = device_of(&[grads]) else {
+            return Ok(None);
+        };
         let (ptrs, sizes) = addresses(&dev, grads)?;
         let stream = dev.cuda_stream();
         let d_ptrs = stream.clone_htod(&ptrs).map_err(err)?;
@@ -190,7 +204,9 @@ mod imp {
         if n == 0 || m.len() != n || v.len() != n || grads.len() != n {
             return Ok(false);
         }
-        let Some(dev) = device_of(&[params, m, v, grads]) else { return Ok(false) };
+        let Some(dev) = device_of(&[params, m, v, grads]) else {
+            return Ok(false);
+        };
         if (0..n).any(|i| grads[i].dims() != params[i].dims() || m[i].dims() != params[i].dims()) {
             return Ok(false);
         }

@@ -335,6 +335,12 @@ impl Llama {
         Ok(())
     }
 
+    /// Drop the adapters' stored compute copies (a later forward casts or refreshes its own):
+    /// what a captured training step does at its end, so nothing it allocated outlives it.
+    pub fn clear_adapter_copies(&self) {
+        self.layers.iter().flat_map(|b| b.linears()).filter_map(|(_, l)| l.lora.as_ref()).for_each(|a| a.set_copies(None));
+    }
+
     /// LM head on hidden states (..., D) → (..., V).
     pub fn logits(&self, h: &Tensor, ctx: &Fwd) -> candle_core::Result<Tensor> {
         match &self.lm_head {

@@ -144,6 +144,13 @@ pub fn additive_bias(
     dtype: DType,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
+    let (out, rows) = additive_bias_values(visible, (l, t), key_valid, empty);
+    Tensor::from_vec(out, (rows, 1, l, t), device)?.to_dtype(dtype)
+}
+
+/// The values of [`additive_bias`] on the host, row-major (R, L, T), and R (B with `key_valid`,
+/// else 1).
+pub fn additive_bias_values(visible: &[bool], (l, t): (usize, usize), key_valid: Option<&[Vec<bool>]>, empty: EmptyRow) -> (Vec<f32>, usize) {
     let rows: Vec<Option<&Vec<bool>>> = match key_valid {
         Some(kv) => kv.iter().map(Some).collect(),
         None => vec![None],
@@ -163,7 +170,7 @@ pub fn additive_bias(
             }
         }
     }
-    Tensor::from_vec(out, (rows.len(), 1, l, t), device)?.to_dtype(dtype)
+    (out, rows.len())
 }
 
 /// Additive attention bias for a training batch, or `None` when nothing is hidden (full
@@ -181,14 +188,22 @@ pub fn attention_bias(
     dtype: DType,
     device: &Device,
 ) -> candle_core::Result<Option<Tensor>> {
+    match attention_bias_values(mode, step, seed, l, key_valid) {
+        Some((v, rows)) => Ok(Some(Tensor::from_vec(v, (rows, 1, l, l), device)?.to_dtype(dtype)?)),
+        None => Ok(None),
+    }
+}
+
+/// The values of [`attention_bias`] on the host, (R, L, L) row-major with R as there, or None.
+pub fn attention_bias_values(mode: AttentionMode, step: u64, seed: u64, l: usize, key_valid: Option<&[Vec<bool>]>) -> Option<(Vec<f32>, usize)> {
     let mode = mode.at_step(step);
     let has_pad = key_valid.is_some_and(|kv| kv.iter().any(|row| row.iter().take(l).any(|&x| !x)));
     if mode == AttentionMode::Full && !has_pad {
-        return Ok(None);
+        return None;
     }
     let vis = visibility(mode, l, step, seed);
     let kv = key_valid.filter(|_| has_pad);
-    Ok(Some(additive_bias(&vis, (l, l), kv, EmptyRow::KeepSelf, dtype, device)?))
+    Some(additive_bias_values(&vis, (l, l), kv, EmptyRow::KeepSelf))
 }
 
 /// Causal bias of a chunk of `l` new queries continuing `cached` positions of a KV cache: new

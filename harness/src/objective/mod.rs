@@ -22,17 +22,21 @@
 pub mod autoregressive;
 pub mod config;
 pub mod diffusion;
+pub mod scored;
 
 use crate::config::{EvalConfig, ObjectiveConfig};
-use crate::model::params::Fwd;
-use crate::model::mask::{attention_bias, AttentionMode};
+use crate::model::mask::AttentionMode;
 use crate::model::Llama;
 use crate::Result;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 pub use autoregressive::Autoregressive;
 pub use diffusion::{Diffusion, DiffusionConfig, LossNorm, TSampling};
+pub use scored::{
+    loss_from_logits, loss_on, scored_loss, DeviceBatch, FixedShape, HostBatch, LossParts,
+    LossValues,
+};
 
 /// A tokenized training pair. `response` ends with the end-of-sequence token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +65,11 @@ pub struct Batch {
 impl Batch {
     /// Pad `examples` on the right with `pad_id` to the longest one.
     pub fn collate(examples: &[&Example], pad_id: u32) -> Self {
-        let l = examples.iter().map(|e| e.prompt.len() + e.response.len()).max().unwrap_or(0);
+        let l = examples
+            .iter()
+            .map(|e| e.prompt.len() + e.response.len())
+            .max()
+            .unwrap_or(0);
         let b = examples.len();
         let mut ids = vec![pad_id; b * l];
         let mut prompt_len = Vec::with_capacity(b);
@@ -73,12 +81,22 @@ impl Batch {
             prompt_len.push(e.prompt.len());
             len.push(e.prompt.len() + e.response.len());
         }
-        Self { ids, b, l, prompt_len, len }
+        Self {
+            ids,
+            b,
+            l,
+            prompt_len,
+            len,
+        }
     }
 
     /// Response-side tokens (eos included) of the whole batch.
     pub fn response_tokens(&self) -> usize {
-        self.len.iter().zip(&self.prompt_len).map(|(l, p)| l - p).sum()
+        self.len
+            .iter()
+            .zip(&self.prompt_len)
+            .map(|(l, p)| l - p)
+            .sum()
     }
 }
 
@@ -120,7 +138,10 @@ pub fn t_bucket(t: f64) -> usize {
 
 /// The t range `[lo, hi)` of bucket `k`.
 pub fn t_bucket_range(k: usize) -> (f64, f64) {
-    (k as f64 / T_BUCKETS as f64, (k + 1) as f64 / T_BUCKETS as f64)
+    (
+        k as f64 / T_BUCKETS as f64,
+        (k + 1) as f64 / T_BUCKETS as f64,
+    )
 }
 
 /// Unweighted CE sums and scored-token counts per diffusion-time bucket.
@@ -145,58 +166,6 @@ impl TBuckets {
                 Some(a)
             }
         }
-    }
-}
-
-/// Loss of one micro-batch and the numbers logged beside it.
-///
-/// The logged numbers stay on the device until [`LossParts::read`]: reading them forces a
-/// device synchronisation, which the training loop does only after the backward pass.
-#[derive(Debug)]
-pub struct LossParts {
-    /// Σ w·CE / total normaliser: the tensor to differentiate (scalar f32).
-    pub loss: Tensor,
-    /// (3,) f32, detached: loss, Σ CE over scored tokens (unweighted), argmax hits; with
-    /// buckets (3 + [`T_BUCKETS`],): then Σ CE per bucket.
-    stats: Tensor,
-    /// Scored tokens.
-    pub n_scored: usize,
-    /// Scored tokens per bucket (counted on the host), when the step has buckets.
-    bucket_n: Option<[usize; T_BUCKETS]>,
-}
-
-/// The numbers of [`LossParts`], on the host.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LossValues {
-    /// Value of the loss.
-    pub loss: f64,
-    /// Σ CE over scored tokens (unweighted).
-    pub ce_sum: f64,
-    /// Scored tokens.
-    pub n_scored: usize,
-    /// Scored tokens whose target has the highest logit.
-    pub n_correct: usize,
-    /// Unweighted CE per diffusion-time bucket, when the step has buckets (their `ce_sum`s add
-    /// up to `ce_sum`).
-    pub buckets: Option<TBuckets>,
-}
-
-impl LossParts {
-    /// Copy the logged numbers to the host (synchronises the device once).
-    pub fn read(&self) -> Result<LossValues> {
-        let v: Vec<f32> = self.stats.to_vec1()?;
-        let buckets = match self.bucket_n {
-            Some(n) if v.len() == 3 + T_BUCKETS => {
-                let mut ce_sum = [0.0; T_BUCKETS];
-                for (k, c) in ce_sum.iter_mut().enumerate() {
-                    *c = v[3 + k] as f64;
-                }
-                Some(TBuckets { ce_sum, n })
-            }
-            Some(n) => Some(TBuckets { ce_sum: [0.0; T_BUCKETS], n }),
-            None => None,
-        };
-        Ok(LossValues { loss: v[0] as f64, ce_sum: v[1] as f64, n_scored: self.n_scored, n_correct: v[2].round() as usize, buckets })
     }
 }
 
@@ -250,9 +219,24 @@ pub trait Objective: Send + Sync {
     fn eval_attention(&self) -> AttentionMode;
     /// Generate an answer for every prompt with the decoding settings of `eval`; the draws are
     /// seeded from `seed` and the prompt's index. Outputs are in prompt order.
-    fn generate(&self, model: &Llama, prompts: &[Vec<u32>], eos_id: u32, eval: &EvalConfig, seed: u64) -> Result<Vec<Generated>>;
+    fn generate(
+        &self,
+        model: &Llama,
+        prompts: &[Vec<u32>],
+        eos_id: u32,
+        eval: &EvalConfig,
+        seed: u64,
+    ) -> Result<Vec<Generated>>;
     /// Score each of `choices` as the answer to `prompt` (item number `item` keys the draws).
-    fn score_choices(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], item: u64, eval: &EvalConfig, seed: u64) -> Result<ChoiceScores>;
+    fn score_choices(
+        &self,
+        model: &Llama,
+        prompt: &[u32],
+        choices: &[Vec<u32>],
+        item: u64,
+        eval: &EvalConfig,
+        seed: u64,
+    ) -> Result<ChoiceScores>;
 }
 
 /// The objective `cfg` asks for; `mask_id` is the mask token (used by diffusion only).
@@ -263,80 +247,13 @@ pub fn build(cfg: &ObjectiveConfig, mask_id: u32) -> Box<dyn Objective> {
     }
 }
 
-/// Forward `p` through `model` and return Σ w·CE / `total_denom`, with unweighted CE and accuracy.
-///
-/// Only scored rows go through the LM head: hidden (B·L, D) → rows (N, D) → logits (N, V).
-pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx: &Fwd) -> Result<LossParts> {
-    let dev = &model.device;
-    let ids = Tensor::from_vec(p.input.clone(), (p.b, p.l), dev)?; // (B, L)
-    let bias = attention_bias(p.attention, p.step, seed, p.l, p.key_valid.as_deref(), model.dtype, dev)?;
-    let h = model.hidden(&ids, bias.as_ref(), ctx)?; // (B, L, D)
-    if p.rows.is_empty() || total_denom <= 0.0 {
-        // Nothing scored: a zero loss that still depends on the graph (no gradient flows).
-        let zero = (h.sum_all()?.to_dtype(DType::F32)? * 0.0)?;
-        let stats = Tensor::zeros(3, DType::F32, dev)?;
-        let bucket_n = p.buckets.as_ref().map(|_| [0; T_BUCKETS]);
-        return Ok(LossParts { loss: zero, stats, n_scored: 0, bucket_n });
-    }
-    let d = h.dim(2)?;
-    let rows = Tensor::from_vec(p.rows.clone(), p.rows.len(), dev)?;
-    // (N, D); the rows are distinct, so the gradient is a scatter (no index_add)
-    let hs = crate::kernels::layout::gather_rows(&h.reshape((p.b * p.l, d))?, &rows)?;
-    let logits = model.logits(&hs, ctx)?; // (N, V)
-    weighted_ce(&logits, p, total_denom)
-}
-
-/// [`scored_loss`] from full logits (B, L, V) already computed: picks the scored rows, then
-/// Σ w·CE / `total_denom`. Used by tests with hand-set logits.
-pub fn loss_from_logits(logits: &Tensor, p: &Prepared, total_denom: f64) -> Result<LossParts> {
-    let (b, l, v) = logits.dims3()?;
-    let dev = logits.device();
-    let rows = Tensor::from_vec(p.rows.clone(), p.rows.len(), dev)?;
-    let picked = logits.reshape((b * l, v))?.index_select(&rows, 0)?; // (N, V)
-    weighted_ce(&picked, p, total_denom)
-}
-
-/// Σ w·CE / `total_denom` over the scored rows' logits (N, V), in f32, with the unweighted CE
-/// sum and the argmax hits beside it, and, when `p` has buckets, the unweighted CE sum per
-/// bucket: a one-hot (N, K) matmul on the device, in the same stats tensor (no extra sync).
-fn weighted_ce(logits: &Tensor, p: &Prepared, total_denom: f64) -> Result<LossParts> {
-    let dev = logits.device();
-    let vocab = logits.dim(1)?;
-    if let Some(&bad) = p.targets.iter().find(|&&t| t as usize >= vocab) {
-        return Err(crate::Error::msg(format!("target token {bad} is outside the vocabulary of {vocab}")));
-    }
-    let t = Tensor::from_vec(p.targets.clone(), p.targets.len(), dev)?; // (N,)
-    let (ce, hits) = crate::kernels::ce::cross_entropy(logits, &t)?; // (N,), (N,)
-    let w = Tensor::from_vec(p.weights.clone(), p.weights.len(), dev)?;
-    let loss = ((&ce * w)?.sum_all()? / total_denom)?;
-    let ce = ce.detach();
-    let mut stats = Tensor::stack(&[loss.detach(), ce.sum_all()?, hits.sum_all()?], 0)?; // (3,)
-    let mut bucket_n = None;
-    if let Some(buckets) = &p.buckets {
-        let n = p.rows.len();
-        if buckets.len() != n {
-            return Err(crate::Error::msg(format!("{} bucket tags for {n} scored rows", buckets.len())));
-        }
-        let mut onehot = vec![0f32; n * T_BUCKETS];
-        let mut counts = [0usize; T_BUCKETS];
-        for (r, &k) in buckets.iter().enumerate() {
-            let k = k.min(T_BUCKETS - 1);
-            onehot[r * T_BUCKETS + k] = 1.0;
-            counts[k] += 1;
-        }
-        let onehot = Tensor::from_vec(onehot, (n, T_BUCKETS), dev)?; // (N, K)
-        let per_bucket = ce.to_dtype(DType::F32)?.reshape((1, n))?.matmul(&onehot)?.reshape(T_BUCKETS)?; // (K,)
-        stats = Tensor::cat(&[&stats, &per_bucket], 0)?; // (3 + K,)
-        bucket_n = Some(counts);
-    }
-    Ok(LossParts { loss, stats, n_scored: p.rows.len(), bucket_n })
-}
-
 /// Per-row cross-entropy of `logits` (N, V) against `targets`, and how many argmaxes hit.
 pub fn token_ce(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, usize)> {
     let vocab = logits.dim(1)?;
     if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-        return Err(crate::Error::msg(format!("target token {bad} is outside the vocabulary of {vocab}")));
+        return Err(crate::Error::msg(format!(
+            "target token {bad} is outside the vocabulary of {vocab}"
+        )));
     }
     let t = Tensor::from_vec(targets.to_vec(), targets.len(), logits.device())?;
     let (ce, hits) = crate::kernels::ce::cross_entropy(logits, &t)?;
@@ -349,20 +266,32 @@ pub(crate) fn key_valid(batch: &Batch) -> Option<Vec<Vec<bool>>> {
     if batch.len.iter().all(|&n| n == batch.l) {
         return None;
     }
-    Some(batch.len.iter().map(|&n| (0..batch.l).map(|j| j < n).collect()).collect())
+    Some(
+        batch
+            .len
+            .iter()
+            .map(|&n| (0..batch.l).map(|j| j < n).collect())
+            .collect(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     /// Two rows, V = 3, L = 4, shift (output at p-1 predicts token p):
     /// row 0: tokens [0, 1, 2, 1], prompt 2, length 4, t = 0.5, masked {2};
     /// row 1: tokens [1, 0, 2, <pad 0>], prompt 2, length 3, t = 0.25, masked {2} (and the pad
     /// at 3 marked, which the bound must ignore). Logits are logs of hand-picked probabilities.
     fn example() -> (Batch, Vec<f64>, Vec<bool>, Tensor) {
-        let batch = Batch { ids: vec![0, 1, 2, 1, 1, 0, 2, 0], b: 2, l: 4, prompt_len: vec![2, 2], len: vec![4, 3] };
+        let batch = Batch {
+            ids: vec![0, 1, 2, 1, 1, 0, 2, 0],
+            b: 2,
+            l: 4,
+            prompt_len: vec![2, 2],
+            len: vec![4, 3],
+        };
         let t = vec![0.5, 0.25];
         let mut masked = vec![false; 8];
         masked[2] = true;
@@ -377,15 +306,28 @@ mod tests {
             u,
             u,
             [ln(0.5), ln(0.25), ln(0.25)], // r1 p1 predicts tok 2 (pos 2): CE ln 4
-            u,                              // r1 p2 would predict the pad: 1/3 each
+            u,                             // r1 p2 would predict the pad: 1/3 each
             u,
         ];
         let flat: Vec<f32> = rows.into_iter().flatten().collect();
-        (batch, t, masked, Tensor::from_vec(flat, (2, 4, 3), &Device::Cpu).unwrap())
+        (
+            batch,
+            t,
+            masked,
+            Tensor::from_vec(flat, (2, 4, 3), &Device::Cpu).unwrap(),
+        )
     }
 
     fn ddm(loss_norm: LossNorm, score_padding: bool) -> Diffusion {
-        Diffusion::new(31, DiffusionConfig { loss_norm, score_padding, t_sampling: TSampling::LogitNormal, ..DiffusionConfig::default() })
+        Diffusion::new(
+            31,
+            DiffusionConfig {
+                loss_norm,
+                score_padding,
+                t_sampling: TSampling::LogitNormal,
+                ..DiffusionConfig::default()
+            },
+        )
     }
 
     #[test]
@@ -396,18 +338,34 @@ mod tests {
         //   response tokens (eos included, no padding): 2 + 1 = 3
         //   NLL bound per token = 10 ln 2 / 3 = 2.3105
         let want = 10.0 * 2f64.ln() / 3.0;
-        for (norm, pad) in [(LossNorm::Masked, false), (LossNorm::Response, true), (LossNorm::BatchResponse, true)] {
+        for (norm, pad) in [
+            (LossNorm::Masked, false),
+            (LossNorm::Response, true),
+            (LossNorm::BatchResponse, true),
+        ] {
             let d = ddm(norm, pad);
             let p = d.prepare_nll_with(&batch, &t, &masked, 0).unwrap();
             assert_eq!(p.attention, d.eval_attention());
             assert_eq!(p.denom, 3.0, "{norm:?}: response tokens");
             assert_eq!(p.rows.len(), 2, "{norm:?}: the marked pad is not scored");
-            let v = loss_from_logits(&logits, &p, p.denom).unwrap().read().unwrap();
-            assert!((v.loss - want).abs() < 1e-5, "{norm:?}: {} vs {want}", v.loss);
+            let v = loss_from_logits(&logits, &p, p.denom)
+                .unwrap()
+                .read()
+                .unwrap();
+            assert!(
+                (v.loss - want).abs() < 1e-5,
+                "{norm:?}: {} vs {want}",
+                v.loss
+            );
         }
         // The training loss of the same draw differs with the normaliser (masked: / 2 tokens).
-        let train = ddm(LossNorm::Masked, false).prepare_with(&batch, &t, &masked, 0).unwrap();
-        let v = loss_from_logits(&logits, &train, train.denom).unwrap().read().unwrap();
+        let train = ddm(LossNorm::Masked, false)
+            .prepare_with(&batch, &t, &masked, 0)
+            .unwrap();
+        let v = loss_from_logits(&logits, &train, train.denom)
+            .unwrap()
+            .read()
+            .unwrap();
         assert!((v.loss - 10.0 * 2f64.ln() / 2.0).abs() < 1e-5, "{}", v.loss);
     }
 
@@ -416,7 +374,13 @@ mod tests {
         // Uniform logits over V = 3: every token's CE is ln 3, so E_t[(1/t)·Σ_masked CE] per
         // response token is exactly ln 3 (E[#masked | t] = t·L). The Monte Carlo average over
         // many draws must come back to it (up to the eps truncation, 0.1%).
-        let batch = Batch { ids: vec![0, 1, 2, 1, 0, 1, 1, 0, 2, 2], b: 2, l: 5, prompt_len: vec![2, 1], len: vec![5, 4] };
+        let batch = Batch {
+            ids: vec![0, 1, 2, 1, 0, 1, 1, 0, 2, 2],
+            b: 2,
+            l: 5,
+            prompt_len: vec![2, 1],
+            len: vec![5, 4],
+        };
         let logits = Tensor::zeros((2, 5, 3), DType::F32, &Device::Cpu).unwrap();
         let d = ddm(LossNorm::Masked, false);
         let (mut sum, mut denom) = (0.0, 0.0);
@@ -424,23 +388,43 @@ mod tests {
             let p = d.prepare_nll(&batch, k, 0, 5).unwrap();
             denom += p.denom;
             if !p.rows.is_empty() {
-                sum += loss_from_logits(&logits, &p, 1.0).unwrap().read().unwrap().loss;
+                sum += loss_from_logits(&logits, &p, 1.0)
+                    .unwrap()
+                    .read()
+                    .unwrap()
+                    .loss;
             }
         }
         let est = sum / denom;
-        assert!((est / 3f64.ln() - 1.0).abs() < 0.03, "{est} vs ln 3 = {}", 3f64.ln());
+        assert!(
+            (est / 3f64.ln() - 1.0).abs() < 0.03,
+            "{est} vs ln 3 = {}",
+            3f64.ln()
+        );
     }
 
     #[test]
     fn bucket_sums_equal_the_total_scored_ce() {
         let (batch, t, masked, logits) = example();
-        let p = ddm(LossNorm::Masked, false).prepare_with(&batch, &t, &masked, 0).unwrap();
-        assert_eq!(p.buckets.as_deref(), Some(&[2usize, 1][..]), "t = 0.5 → bucket 2, t = 0.25 → bucket 1");
-        let v = loss_from_logits(&logits, &p, p.denom).unwrap().read().unwrap();
+        let p = ddm(LossNorm::Masked, false)
+            .prepare_with(&batch, &t, &masked, 0)
+            .unwrap();
+        assert_eq!(
+            p.buckets.as_deref(),
+            Some(&[2usize, 1][..]),
+            "t = 0.5 → bucket 2, t = 0.25 → bucket 1"
+        );
+        let v = loss_from_logits(&logits, &p, p.denom)
+            .unwrap()
+            .read()
+            .unwrap();
         let b = v.buckets.expect("diffusion steps carry buckets");
         assert!((b.ce_sum.iter().sum::<f64>() - v.ce_sum).abs() < 1e-5);
         assert_eq!(b.n.iter().sum::<usize>(), v.n_scored);
-        assert!((b.ce_sum[2] - 2f64.ln()).abs() < 1e-5 && (b.ce_sum[1] - 4f64.ln()).abs() < 1e-5, "{b:?}");
+        assert!(
+            (b.ce_sum[2] - 2f64.ln()).abs() < 1e-5 && (b.ce_sum[1] - 4f64.ln()).abs() < 1e-5,
+            "{b:?}"
+        );
         assert_eq!(b.n, [0, 1, 1, 0, 0]);
         // Random draws over many steps: the bucket sums still add up, and merge adds bucket-wise.
         let d = ddm(LossNorm::Masked, false);
@@ -451,7 +435,10 @@ mod tests {
             if p.rows.is_empty() {
                 continue;
             }
-            let v = loss_from_logits(&logits, &p, p.denom.max(1.0)).unwrap().read().unwrap();
+            let v = loss_from_logits(&logits, &p, p.denom.max(1.0))
+                .unwrap()
+                .read()
+                .unwrap();
             total = TBuckets::merge(total, v.buckets);
             ce += v.ce_sum;
             n += v.n_scored;
@@ -461,16 +448,36 @@ mod tests {
         assert_eq!(total.n.iter().sum::<usize>(), n);
         // AR rows carry no bucket, and its NLL step is its training step read causally.
         let ar = Autoregressive;
-        let (p, q) = (ar.prepare(&batch, 0, 0, 0).unwrap(), ar.prepare_nll(&batch, 0, 0, 0).unwrap());
+        let (p, q) = (
+            ar.prepare(&batch, 0, 0, 0).unwrap(),
+            ar.prepare_nll(&batch, 0, 0, 0).unwrap(),
+        );
         assert!(p.buckets.is_none());
-        assert_eq!((&p.rows, &p.weights, p.denom), (&q.rows, &q.weights, q.denom));
+        assert_eq!(
+            (&p.rows, &p.weights, p.denom),
+            (&q.rows, &q.weights, q.denom)
+        );
         assert_eq!(q.attention, AttentionMode::Causal);
-        assert!(loss_from_logits(&logits, &q, q.denom).unwrap().read().unwrap().buckets.is_none());
+        assert!(loss_from_logits(&logits, &q, q.denom)
+            .unwrap()
+            .read()
+            .unwrap()
+            .buckets
+            .is_none());
     }
 
     #[test]
     fn t_buckets_cover_zero_to_one() {
-        assert_eq!((t_bucket(0.0), t_bucket(0.199), t_bucket(0.2), t_bucket(0.999), t_bucket(1.0)), (0, 0, 1, 4, 4));
+        assert_eq!(
+            (
+                t_bucket(0.0),
+                t_bucket(0.199),
+                t_bucket(0.2),
+                t_bucket(0.999),
+                t_bucket(1.0)
+            ),
+            (0, 0, 1, 4, 4)
+        );
         assert_eq!(t_bucket_range(4), (0.8, 1.0));
     }
 }

@@ -1,7 +1,11 @@
 //! The training loop: AdamW, schedule, accumulation, clipping, metrics, checkpoints.
+pub mod graph;
 pub mod optim;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
 
-pub use trainer::{dev_loss, dev_nll, steps_for, train, EvalHook, StepMetrics, TBucketRow, TrainInputs, TrainOutcome};
+pub use trainer::{
+    dev_loss, dev_nll, steps_for, train, EvalHook, StepMetrics, TBucketRow, TrainInputs,
+    TrainOutcome,
+};

@@ -117,14 +117,8 @@ impl GradAccum {
     /// Add the gradients of one backward pass: candle's `GradStore` and what fused layers left
     /// in the parameters' [`GradSink`] (which this empties).
     pub fn add(&mut self, grads: &GradStore) -> Result<()> {
-        for (i, p) in self.params.iter().enumerate() {
-            let g = match (grads.get(p.as_tensor()), self.sink.take(p.as_tensor())) {
-                (Some(a), Some(b)) => Some((a.to_dtype(DType::F32)? + b.to_dtype(DType::F32)?)?),
-                (Some(a), None) => Some(a.clone()),
-                (None, b) => b,
-            };
+        for (i, g) in self.pass_grads(grads)?.into_iter().enumerate() {
             if let Some(g) = g {
-                let g = g.to_dtype(DType::F32)?;
                 self.sums[i] = Some(match self.sums[i].take() {
                     Some(s) => (s + g)?,
                     None => g,
@@ -132,6 +126,36 @@ impl GradAccum {
             }
         }
         Ok(())
+    }
+
+    /// The f32 gradient of each parameter from one backward pass (None where it got none):
+    /// candle's `GradStore` plus what fused layers left in the [`GradSink`] (which this empties).
+    pub fn pass_grads(&self, grads: &GradStore) -> Result<Vec<Option<Tensor>>> {
+        let mut out = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let g = match (grads.get(p.as_tensor()), self.sink.take(p.as_tensor())) {
+                (Some(a), Some(b)) => Some((a.to_dtype(DType::F32)? + b.to_dtype(DType::F32)?)?),
+                (Some(a), None) => Some(a.clone()),
+                (None, b) => b,
+            };
+            out.push(g.map(|g| g.to_dtype(DType::F32)).transpose()?);
+        }
+        Ok(out)
+    }
+
+    /// Replace the sums by `sums` (one per parameter, its shape, f32): the gradients a captured
+    /// training step accumulated in its own buffers.
+    pub fn set_sums(&mut self, sums: Vec<Tensor>) -> Result<()> {
+        if sums.len() != self.params.len() {
+            return Err(crate::Error::msg(format!("{} gradient sums for {} parameters", sums.len(), self.params.len())));
+        }
+        self.sums = sums.into_iter().map(Some).collect();
+        Ok(())
+    }
+
+    /// The trainable parameters, in order.
+    pub fn params(&self) -> &[Var] {
+        &self.params
     }
 
     /// The summed gradients (zeros for a parameter that got none), their global L2 norm, and

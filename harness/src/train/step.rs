@@ -2,7 +2,10 @@
 //! loss normaliser, then clipping and the AdamW update. The training loop, `harness bench` and
 //! `harness selfcheck` all run [`train_step`], so the benchmark times the code that trains; the
 //! bench's phase profile calls its phases ([`forward`], [`backward`], [`update`]) one by one.
+//! With a [`GraphStep`] (`train.launch = "cuda_graph"`) the forward and backward of each
+//! micro-batch are one replay of a captured CUDA graph instead ([`crate::train::graph`]).
 
+use super::graph::GraphStep;
 use super::optim::{AdamW, GradAccum};
 use crate::model::params::Fwd;
 use crate::model::Llama;
@@ -40,6 +43,8 @@ pub struct StepCtx<'a> {
     pub lr: f64,
     /// Clip the global gradient norm to this (0 = no clipping).
     pub max_grad_norm: f64,
+    /// The captured step (`train.launch = "cuda_graph"`), or None: eager.
+    pub graph: Option<&'a mut GraphStep>,
 }
 
 /// Phase 1: the loss of micro-batch `micro` of `p` divided by the step's `total_denom`, on the
@@ -73,14 +78,19 @@ pub fn update(accum: &mut GradAccum, opt: &mut AdamW, lr: f64, max_grad_norm: f6
 /// One optimizer step over the `prepared` micro-batches of step `c.step`: their normalisers are
 /// summed first, so accumulation normalises over the whole batch. A non-finite loss or gradient
 /// norm is [`Error::Diverged`].
-pub fn train_step(model: &Llama, prepared: &[Prepared], c: StepCtx) -> Result<StepValues> {
+pub fn train_step(model: &Llama, prepared: &[Prepared], mut c: StepCtx) -> Result<StepValues> {
     let total_denom: f64 = prepared.iter().map(|p| p.denom).sum();
     let mut out = StepValues { loss: 0.0, ce_sum: 0.0, n_scored: 0, n_correct: 0, grad_norm: 0.0, buckets: None };
     for (micro, p) in prepared.iter().enumerate() {
-        let parts = forward(model, p, total_denom, c.seed, c.step, micro as u64)?;
-        // backward before reading the loss: no device synchronisation between the passes
-        backward(&parts, c.accum)?;
-        let v = parts.read()?;
+        let v = match c.graph.as_deref_mut() {
+            Some(g) => g.run(model, c.accum, p, total_denom, c.seed, c.step, micro as u64)?,
+            None => {
+                let parts = forward(model, p, total_denom, c.seed, c.step, micro as u64)?;
+                // backward before reading the loss: no device synchronisation between the passes
+                backward(&parts, c.accum)?;
+                parts.read()?
+            }
+        };
         if !v.loss.is_finite() {
             return Err(Error::Diverged { step: c.step + 1, reason: format!("loss became {}", v.loss) });
         }
@@ -89,6 +99,9 @@ pub fn train_step(model: &Llama, prepared: &[Prepared], c: StepCtx) -> Result<St
         out.n_scored += v.n_scored;
         out.n_correct += v.n_correct;
         out.buckets = TBuckets::merge(out.buckets, v.buckets);
+    }
+    if let Some(g) = c.graph.as_deref() {
+        c.accum.set_sums(g.grads())?;
     }
     out.grad_norm = update(c.accum, c.opt, c.lr, c.max_grad_norm, c.step)?;
     Ok(out)

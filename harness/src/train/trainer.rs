@@ -9,6 +9,7 @@
 //! `dev_nll` (negative log-likelihood per response token, [`dev_nll`]: comparable across
 //! objectives), `dev_ce`, `dev_token_acc`, then the hook's metrics.
 
+use super::graph::{GraphStep, StepLaunch};
 use super::optim::{AdamW, AdamWParams, GradAccum};
 use super::step::{train_step, StepCtx};
 use super::schedule::lr_at;
@@ -16,7 +17,7 @@ use crate::config::TrainConfig;
 use crate::model::params::{Fwd, Trainable};
 use crate::model::mask::AttentionMode;
 use crate::model::Llama;
-use crate::objective::{scored_loss, t_bucket_range, Batch, Example, Objective, Prepared, TBuckets, T_BUCKETS};
+use crate::objective::{scored_loss, t_bucket_range, Batch, Example, FixedShape, Objective, Prepared, TBuckets, T_BUCKETS};
 use crate::rng::{derive_seed, rng_for, Purpose};
 use crate::{Error, Result};
 use rand::seq::SliceRandom;
@@ -59,6 +60,8 @@ pub struct TrainInputs<'a> {
     /// logged `dev_nll` is the figure of the model that is evaluated. `None` = the training
     /// objective's own evaluation attention.
     pub reader: Option<&'a dyn Objective>,
+    /// How steps are launched (resolved: `eager` or `cuda_graph`, [`crate::train::graph`]).
+    pub launch: StepLaunch,
 }
 
 /// Steps needed for `epochs` passes over `n` examples.
@@ -280,6 +283,13 @@ fn train_loop(
     let mut dead = DeadWatch::new(cfg, model.cfg.vocab_size);
     let mut opt = AdamW::new(trainable, AdamWParams { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.adam_eps, weight_decay: cfg.weight_decay })?;
     let mut accum = GradAccum::new(trainable);
+    let mut graph = match inp.launch {
+        StepLaunch::CudaGraph => {
+            let shape = FixedShape::for_examples(inp.train, cfg.micro_batch).ok_or_else(|| Error::msg("the training split is empty"))?;
+            Some(GraphStep::new(&accum, shape, inp.pad_id, true)?)
+        }
+        StepLaunch::Auto | StepLaunch::Eager => None,
+    };
     let mut order = Order::new(inp.train.len(), inp.seed);
     let bar = if cfg.progress { indicatif::ProgressBar::new(inp.total_steps) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
@@ -330,7 +340,7 @@ fn train_loop(
             prepared.push(objective.prepare(&batch, step, micro as u64, inp.seed)?);
         }
         // 2. forward/backward each micro-batch with the shared normaliser, clip and update.
-        let sc = StepCtx { seed: inp.seed, step, accum: &mut accum, opt: &mut opt, lr, max_grad_norm: cfg.max_grad_norm };
+        let sc = StepCtx { seed: inp.seed, step, accum: &mut accum, opt: &mut opt, lr, max_grad_norm: cfg.max_grad_norm, graph: graph.as_mut() };
         let v = match train_step(model, &prepared, sc) {
             Ok(v) => v,
             Err(e) => {
