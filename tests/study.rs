@@ -462,3 +462,25 @@ fn a_stale_lock_of_a_dead_process_is_taken_over() {
     assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
     assert_eq!(only_folder(&env.results().join("stale")), Some(o.folder.clone()), "no new folder");
 }
+
+#[test]
+fn decoding_variants_are_paired_with_plain_generate_of_the_same_run() {
+    let axes = "[grid]\n\"objective.kind\" = [\"diffusion\"]\n[by_objective.diffusion]\n\"eval.methods\" = [\"generate\"]\n\"eval.max_new_tokens\" = 4\n\"eval.steps\" = 4\n\"eval.steps_sweep\" = [2]\n\"eval.cache_sweep\" = [\"prefix\"]\n";
+    let env = Env::new("variants", "", axes);
+    let o = env.run();
+    assert_eq!((o.done, o.failed), (1, 0), "{o:?}");
+    let (_, r) = report::report(&o.folder).unwrap();
+    let a = harness::study::analysis::analyze(&o.folder, &manifest::read(&o.folder).unwrap()).unwrap();
+    let methods: Vec<&str> = a.method_pairs.iter().map(|p| p.method.as_str()).collect();
+    assert_eq!(methods, ["generate@steps=2", "generate@cache=prefix"]);
+    for p in &a.method_pairs {
+        assert_eq!((p.run.as_str(), p.base.as_str()), ("ddm-seed0", "generate"));
+        let c = &p.comparison;
+        assert_eq!(c.n, 8, "the run's test items, matched by id");
+        assert_eq!(c.both_correct + c.both_wrong + c.mcnemar.b + c.mcnemar.c, c.n);
+        assert!((c.accuracy_diff.estimate - (c.a_accuracy - c.b_accuracy)).abs() < 1e-12, "variant − generate");
+        assert!(p.mde.is_some() && p.holm_p >= c.mcnemar.p_value);
+    }
+    let md = r.markdown();
+    assert!(md.contains("decoding variants vs plain generate") && md.contains("generate@cache=prefix"), "{md}");
+}

@@ -1,6 +1,7 @@
 //! `analysis.json` of a study folder ([`Analysis`]): per configuration × method the statistics
 //! across seeds ([`ConfigStats`]), and the ddm-vs-AR paired comparisons ([`PairRow`] holding a
-//! [`PairedComparison`]). Computed by `harness report`; read by the notebooks.
+//! [`PairedComparison`]), and each run's decoding variants against its plain `generate`
+//! ([`MethodPairRow`]). Computed by `harness report`; read by the notebooks.
 //!
 //! A configuration's interval is the pooled-item bootstrap across seeds
 //! ([`ConfigStats::accuracy_pooled`]: items resampled, seeds kept; inside `[0, 1]`), with the
@@ -217,6 +218,27 @@ pub struct PairRow {
     pub mde: Option<f64>,
 }
 
+/// A decoding variant of one run (a sweep method: `generate@steps=N`, `generate@threshold=τ`,
+/// `generate@cache=K`) against the run's plain `generate`, on the same items of the same
+/// trained model: what the variant costs or buys in accuracy, nothing else differing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodPairRow {
+    /// The run.
+    pub run: String,
+    /// Dataset name.
+    pub dataset: String,
+    /// The variant (A).
+    pub method: String,
+    /// The method it is compared with (B): `generate`.
+    pub base: String,
+    /// McNemar and paired bootstrap differences (variant − base).
+    pub comparison: PairedComparison,
+    /// Holm-adjusted McNemar p-value across the study's method pairs.
+    pub holm_p: f64,
+    /// Minimum detectable accuracy difference at 80% power, paired (as [`PairRow::mde`]).
+    pub mde: Option<f64>,
+}
+
 /// What `analysis.json` holds: everything a study report shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Analysis {
@@ -225,6 +247,10 @@ pub struct Analysis {
     /// ddm-vs-AR comparisons.
     #[serde(default)]
     pub pairs: Vec<PairRow>,
+    /// Each run's decoding variants against its plain `generate` (absent in older folders and
+    /// when no run has variants).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub method_pairs: Vec<MethodPairRow>,
     /// Multiple-comparisons note, when there is more than one comparison.
     pub note: Option<String>,
     /// Runs done, failed, total.

@@ -23,7 +23,7 @@ pub mod run;
 pub mod study;
 pub mod summary;
 
-pub use analysis::{Analysis, ConfigStats, Estimate, PairRow, PairedComparison, SeedSummary};
+pub use analysis::{Analysis, ConfigStats, Estimate, MethodPairRow, PairRow, PairedComparison, SeedSummary};
 pub use error::{Error, Result};
 pub use eval::{ClassMetrics, ClassificationReport, Confusion, EvalResult, Interval, LabelCount, MajorityBaseline, McNemar, MethodResult, ObjectiveKind, Prediction};
 pub use layout::{read_json, write_atomic, write_json, PredictionWriter, RunDir, StudyDir};

@@ -165,7 +165,8 @@ fn every_record_round_trips() {
     round_trip(&comparison());
     round_trip(&config_stats());
     let pair = PairRow { ddm: "a".into(), ar: "b".into(), label: "l".into(), seed: 0, dataset: "toy".into(), method: "generate".into(), comparison: comparison(), holm_p: 0.5, mde: Some(0.05) };
-    round_trip(&Analysis { configs: vec![config_stats()], pairs: vec![pair], note: Some("n".into()), counts: (3, 1, 4) });
+    let method_pair = MethodPairRow { run: "r".into(), dataset: "d".into(), method: "generate@cache=prefix".into(), base: "generate".into(), comparison: pair.comparison.clone(), holm_p: 0.5, mde: Some(0.03) };
+    round_trip(&Analysis { configs: vec![config_stats()], pairs: vec![pair], method_pairs: vec![method_pair], note: Some("n".into()), counts: (3, 1, 4) });
 }
 
 #[test]

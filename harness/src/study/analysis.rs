@@ -8,7 +8,10 @@
 //! comparable across objectives). Per ddm-vs-AR pair (same overrides apart from `objective.*`,
 //! same seed): an exact McNemar test and paired bootstrap intervals of the accuracy and
 //! macro-F1 differences on the same test items, with Holm-adjusted p-values across the study,
-//! and the paired minimum detectable difference ([`stats::mde_paired`]). Data only; `report`
+//! and the paired minimum detectable difference ([`stats::mde_paired`]). Per run with decoding
+//! variants (`eval.steps_sweep`, `threshold_sweep`, `cache_sweep`): each variant against the
+//! run's plain `generate`, paired on the same items of the same trained model, with the same
+//! test, intervals and MDE (Holm-adjusted across the study's method pairs). Data only; `report`
 //! renders it.
 
 use super::manifest::Manifest;
@@ -22,7 +25,7 @@ use crate::Result;
 use ddm_schema::{Confusion, Interval, RunDir};
 use std::path::Path;
 
-pub use ddm_schema::{Analysis, ConfigStats, PairRow, SeedSummary};
+pub use ddm_schema::{Analysis, ConfigStats, MethodPairRow, PairRow, SeedSummary};
 
 fn mean(xs: &[f64]) -> Option<f64> {
     stats::mean(xs).ok()
@@ -32,6 +35,11 @@ fn mean(xs: &[f64]) -> Option<f64> {
 fn compare_runs(a: &RunRow, b: &RunRow, method: &str) -> Result<Option<PairedComparison>> {
     let pa: Vec<Prediction> = RunDir::new(&a.dir).read_predictions()?.into_iter().filter(|p| p.method == method).collect();
     let pb: Vec<Prediction> = RunDir::new(&b.dir).read_predictions()?.into_iter().filter(|p| p.method == method).collect();
+    compare_predictions(&pa, &pb, a.point.config.eval.bootstrap.max(1), a.point.seed)
+}
+
+/// Paired comparison of predictions `pa` (A) and `pb` (B) matched by item id (and gold).
+fn compare_predictions(pa: &[Prediction], pb: &[Prediction], resamples: usize, seed: u64) -> Result<Option<PairedComparison>> {
     let mut labels: Vec<String> = Vec::new();
     let mut add = |l: &str| {
         if !labels.iter().any(|x| x == l) {
@@ -39,7 +47,7 @@ fn compare_runs(a: &RunRow, b: &RunRow, method: &str) -> Result<Option<PairedCom
         }
     };
     let mut matched = Vec::new();
-    for x in &pa {
+    for x in pa {
         if let Some(y) = pb.iter().find(|y| y.id == x.id && y.gold == x.gold) {
             add(&x.gold);
             for l in x.predicted.iter().chain(&y.predicted) {
@@ -59,8 +67,44 @@ fn compare_runs(a: &RunRow, b: &RunRow, method: &str) -> Result<Option<PairedCom
         va.push((g, idx(&x.predicted)));
         vb.push((g, idx(&y.predicted)));
     }
-    let resamples = a.point.config.eval.bootstrap.max(1);
-    paired_comparison(&labels, &va, &vb, resamples, a.point.seed).map(Some)
+    paired_comparison(&labels, &va, &vb, resamples, seed).map(Some)
+}
+
+/// Paired minimum detectable accuracy difference of a comparison (the z²/n floor when no item
+/// is discordant).
+fn paired_mde(c: &PairedComparison) -> Option<f64> {
+    let discordant = c.mcnemar.b + c.mcnemar.c;
+    (c.n > 0).then(|| stats::mde_paired(discordant as f64 / c.n as f64, c.n, stats::MDE_ALPHA, stats::MDE_POWER).ok()).flatten()
+}
+
+/// Each done run's decoding variants (`generate@…`) against its plain `generate`, paired on the
+/// same items, Holm-adjusted across the study.
+fn method_pairs(rows: &[RunRow]) -> Result<Vec<MethodPairRow>> {
+    let mut out = Vec::new();
+    for r in rows.iter().filter(|r| r.status == RunStatus::Done) {
+        let preds = RunDir::new(&r.dir).read_predictions()?;
+        let base: Vec<Prediction> = preds.iter().filter(|p| p.method == "generate").cloned().collect();
+        if base.is_empty() {
+            continue;
+        }
+        let mut variants: Vec<&str> = Vec::new();
+        for p in preds.iter().filter(|p| p.method.starts_with("generate@")) {
+            if !variants.contains(&p.method.as_str()) {
+                variants.push(&p.method);
+            }
+        }
+        for m in variants {
+            let v: Vec<Prediction> = preds.iter().filter(|p| p.method == m).cloned().collect();
+            if let Some(c) = compare_predictions(&v, &base, r.point.config.eval.bootstrap.max(1), r.point.seed)? {
+                out.push(MethodPairRow { run: r.point.id.clone(), dataset: r.dataset(), method: m.to_string(), base: "generate".into(), mde: paired_mde(&c), comparison: c, holm_p: 1.0 });
+            }
+        }
+    }
+    let ps: Vec<f64> = out.iter().map(|p| p.comparison.mcnemar.p_value).collect();
+    for (p, h) in out.iter_mut().zip(stats::holm(&ps)?) {
+        p.holm_p = h;
+    }
+    Ok(out)
 }
 
 /// The done runs' `(gold, pred)` pairs of `method` over one label list (gold and predicted
@@ -224,13 +268,8 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
                         seed: a.point.seed,
                         dataset: a.dataset(),
                         method: m.clone(),
-                        mde: {
-                            // No discordant item still has an MDE (the z²/n floor), not none.
-                            let discordant = c.mcnemar.b + c.mcnemar.c;
-                            (c.n > 0)
-                                .then(|| stats::mde_paired(discordant as f64 / c.n as f64, c.n, stats::MDE_ALPHA, stats::MDE_POWER).ok())
-                                .flatten()
-                        },
+                        // No discordant item still has an MDE (the z²/n floor), not none.
+                        mde: paired_mde(&c),
                         comparison: c,
                         holm_p: 1.0,
                     });
@@ -244,5 +283,6 @@ pub fn analyze(folder: &Path, man: &Manifest) -> Result<Analysis> {
     }
     let done = rows.iter().filter(|r| r.status == RunStatus::Done).count();
     let failed = rows.iter().filter(|r| r.status == RunStatus::Failed).count();
-    Ok(Analysis { configs, note: stats::multiple_comparisons_note(pairs.len()), pairs, counts: (done, failed, rows.len()) })
+    let method_pairs = method_pairs(&rows)?;
+    Ok(Analysis { configs, note: stats::multiple_comparisons_note(pairs.len()), pairs, method_pairs, counts: (done, failed, rows.len()) })
 }

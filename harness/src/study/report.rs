@@ -308,6 +308,41 @@ pub fn pairs_table(a: &Analysis) -> Option<Tab> {
     Some(t)
 }
 
+/// Each run's decoding variants against its plain `generate` (same trained model, same items),
+/// or `None` when no run has variants.
+pub fn method_pairs_table(a: &Analysis) -> Option<Tab> {
+    if a.method_pairs.is_empty() {
+        return None;
+    }
+    let mut t = Tab {
+        title: "decoding variants vs plain generate, paired on the same run and test items (Δ = variant − generate; exact McNemar, paired bootstrap 95% CI; MDE: paired, 80% power, two-sided α = 0.05)".into(),
+        header: ["run", "dataset", "method", "n", "acc variant %", "acc generate %", "Δ acc % [95% CI]", "Δ macro-F1 % [95% CI]", "MDE acc % (80% power, paired)", "b / c", "p", "Holm p"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        rows: Vec::new(),
+    };
+    for p in &a.method_pairs {
+        let c = &p.comparison;
+        let d = |i: &Interval| format!("{} [{}, {}]", pct_signed(i.estimate), pct_signed(i.lo), pct_signed(i.hi));
+        t.rows.push(vec![
+            (p.run.clone(), false),
+            (p.dataset.clone(), false),
+            (p.method.clone(), false),
+            (c.n.to_string(), false),
+            (pct(c.a_accuracy), false),
+            (pct(c.b_accuracy), false),
+            (d(&c.accuracy_diff), c.accuracy_diff.excludes_zero()),
+            (d(&c.macro_f1_diff), c.macro_f1_diff.excludes_zero()),
+            (p.mde.map(pct).unwrap_or_else(|| "-".into()), false),
+            (format!("{} / {}", c.mcnemar.b, c.mcnemar.c), false),
+            (format!("{:.3}", c.mcnemar.p_value), false),
+            (format!("{:.3}", p.holm_p), p.holm_p <= 0.05),
+        ]);
+    }
+    Some(t)
+}
+
 fn failed_table(folder: &Path, man: &Manifest) -> Result<Option<Tab>> {
     let rows = super::summary::collect(folder, &man.points)?;
     let failed: Vec<_> = rows.iter().filter(|r| r.status == super::summary::RunStatus::Failed).collect();
@@ -353,6 +388,7 @@ pub fn report(path: &Path) -> Result<(PathBuf, Rendered)> {
     preamble.push(format!("runs: {} done, {} failed, {} total", a.counts.0, a.counts.1, a.counts.2));
     let mut tables = config_tables(&a);
     tables.extend(pairs_table(&a));
+    tables.extend(method_pairs_table(&a));
     tables.extend(failed_table(&folder, &man)?);
     tables.extend(frontier_tab(&folder)?);
     let mut notes = vec![
