@@ -127,8 +127,8 @@ pub fn run(device: &Device) -> Result<Vec<Check>> {
 /// Four optimizer steps of two micro-batches each (annealed attention, right padding, lengths
 /// that vary by step, LoRA 8 and full fine-tuning) run eagerly and as captured CUDA graphs
 /// ([`crate::train::graph`]) from the same bf16 model: per-step loss and gradient norm, and the
-/// trained parameters, must agree to bf16 rounding; and the graph run must have captured exactly
-/// two graphs (the first and the accumulating micro-batch) and replayed them.
+/// trained parameters, must agree to bf16 rounding; and the graph run must have launched a graph
+/// for every micro-batch, replaying some (fewer captures than launches).
 fn graph_checks(device: &Device) -> Result<Vec<Check>> {
     use crate::model::lora::AdapterKind;
     use crate::objective::{Example, FixedShape};
@@ -184,7 +184,7 @@ fn graph_checks(device: &Device) -> Result<Vec<Check>> {
                 .iter()
                 .map(|(_, v)| v.as_tensor().to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>().map(f64::from))
                 .sum::<candle_core::Result<f64>>()?;
-            runs.push((per_step, sum, g.map(|g| g.captured)));
+            runs.push((per_step, sum, g.map(|g| (g.captured, g.launches))));
         }
         let ((eager, sum_e, _), (graph, sum_g, captured)) = (&runs[0], &runs[1]);
         for (k, ((le, ne), (lg, ng))) in eager.iter().zip(graph).enumerate() {
@@ -216,15 +216,11 @@ fn graph_checks(device: &Device) -> Result<Vec<Check>> {
             tolerance: ts,
             ok: (sum_g - sum_e).abs() <= ts,
         });
-        let c = captured.unwrap_or(0) as f64;
-        out.push(Check {
-            name: format!("cuda graph {name}: graphs captured (first and accumulating micro-batch)"),
-            on: on.clone(),
-            value: c,
-            reference: 2.0,
-            tolerance: 0.0,
-            ok: c == 2.0,
-        });
+        // every one of the 8 micro-batches ran as a graph launch, and fewer graphs were captured
+        // than launched (replays happened): at least the first and the accumulating micro-batch
+        let (c, l) = captured.unwrap_or((0, 0));
+        out.push(Check { name: format!("cuda graph {name}: graph launches of 8 micro-batches"), on: on.clone(), value: l as f64, reference: 8.0, tolerance: 0.0, ok: l == 8 });
+        out.push(Check { name: format!("cuda graph {name}: graphs captured (≥ 2, < 8 launches)"), on: on.clone(), value: c as f64, reference: 2.0, tolerance: 5.0, ok: (2..8).contains(&c) });
     }
     Ok(out)
 }

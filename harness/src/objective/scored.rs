@@ -42,17 +42,10 @@ pub struct FixedShape {
 impl FixedShape {
     /// The fixed shape of micro-batches of `b` drawn from `examples`; None when there are none.
     pub fn for_examples(examples: &[Example], b: usize) -> Option<Self> {
-        let l = examples
-            .iter()
-            .map(|e| e.prompt.len() + e.response.len())
-            .max()?;
+        let l = examples.iter().map(|e| e.prompt.len() + e.response.len()).max()?;
         let min_prompt = examples.iter().map(|e| e.prompt.len()).min()?;
         let per_row = (l + 1).saturating_sub(min_prompt).clamp(1, l.max(1));
-        Some(Self {
-            b,
-            l,
-            n: b * per_row,
-        })
+        Some(Self { b, l, n: b * per_row })
     }
 }
 
@@ -83,25 +76,16 @@ impl HostScored {
     /// targets.
     pub fn new(p: &Prepared, total_denom: f64, vocab: usize) -> Result<Self> {
         if let Some(&bad) = p.targets.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::msg(format!(
-                "target token {bad} is outside the vocabulary of {vocab}"
-            )));
+            return Err(Error::msg(format!("target token {bad} is outside the vocabulary of {vocab}")));
         }
         let n = p.rows.len();
         if p.targets.len() != n || p.weights.len() != n {
-            return Err(Error::msg(format!(
-                "{n} scored rows with {} targets and {} weights",
-                p.targets.len(),
-                p.weights.len()
-            )));
+            return Err(Error::msg(format!("{n} scored rows with {} targets and {} weights", p.targets.len(), p.weights.len())));
         }
         let (mut onehot, mut bucket_n) = (None, None);
         if let Some(buckets) = &p.buckets {
             if buckets.len() != n {
-                return Err(Error::msg(format!(
-                    "{} bucket tags for {n} scored rows",
-                    buckets.len()
-                )));
+                return Err(Error::msg(format!("{} bucket tags for {n} scored rows", buckets.len())));
             }
             let mut oh = vec![0f32; n * T_BUCKETS];
             let mut counts = [0usize; T_BUCKETS];
@@ -113,21 +97,8 @@ impl HostScored {
             onehot = Some(oh);
             bucket_n = Some(counts);
         }
-        let inv_denom = if total_denom > 0.0 {
-            (1.0 / total_denom) as f32
-        } else {
-            0.0
-        };
-        Ok(Self {
-            rows: p.rows.clone(),
-            targets: p.targets.clone(),
-            weights: p.weights.clone(),
-            valid: None,
-            onehot,
-            inv_denom,
-            n_scored: n,
-            bucket_n,
-        })
+        let inv_denom = if total_denom > 0.0 { (1.0 / total_denom) as f32 } else { 0.0 };
+        Ok(Self { rows: p.rows.clone(), targets: p.targets.clone(), weights: p.weights.clone(), valid: None, onehot, inv_denom, n_scored: n, bucket_n })
     }
 
     /// These rows of a (B, `l`) batch moved into a (B, `lf`) layout and padded to `n` rows with
@@ -144,9 +115,7 @@ impl HostScored {
         }
         let k = self.rows.len();
         if k > n {
-            return Err(Error::msg(format!(
-                "{k} scored rows do not fit the run's fixed shape of {n} rows"
-            )));
+            return Err(Error::msg(format!("{k} scored rows do not fit the run's fixed shape of {n} rows")));
         }
         let mut taken = vec![false; b * lf];
         for r in self.rows.iter_mut() {
@@ -154,11 +123,7 @@ impl HostScored {
             *r = (i * lf + pos) as u32;
             taken[*r as usize] = true;
         }
-        let fill: Vec<u32> = (0..b * lf)
-            .filter(|&r| !taken[r])
-            .take(n - k)
-            .map(|r| r as u32)
-            .collect();
+        let fill: Vec<u32> = (0..b * lf).filter(|&r| !taken[r]).take(n - k).map(|r| r as u32).collect();
         self.rows.extend(fill);
         self.targets.resize(n, 0);
         self.weights.resize(n, 0.0);
@@ -179,11 +144,7 @@ impl HostScored {
             targets: Tensor::from_vec(self.targets.clone(), n, dev)?,
             weights: vec_f32(&self.weights)?,
             valid: self.valid.as_ref().map(vec_f32).transpose()?,
-            onehot: self
-                .onehot
-                .as_ref()
-                .map(|o| Tensor::from_vec(o.clone(), (n, T_BUCKETS), dev))
-                .transpose()?,
+            onehot: self.onehot.as_ref().map(|o| Tensor::from_vec(o.clone(), (n, T_BUCKETS), dev)).transpose()?,
             inv_denom: Tensor::new(self.inv_denom, dev)?,
             n_scored: self.n_scored,
             bucket_n: self.bucket_n,
@@ -211,32 +172,16 @@ impl HostBatch {
     /// `p` at its own shape; the annealed mask is drawn from the run `seed`.
     pub fn new(p: &Prepared, total_denom: f64, seed: u64, vocab: usize) -> Result<Self> {
         let bias = attention_bias_values(p.attention, p.step, seed, p.l, p.key_valid.as_deref());
-        Ok(Self {
-            b: p.b,
-            l: p.l,
-            ids: p.input.clone(),
-            bias,
-            scored: HostScored::new(p, total_denom, vocab)?,
-        })
+        Ok(Self { b: p.b, l: p.l, ids: p.input.clone(), bias, scored: HostScored::new(p, total_denom, vocab)? })
     }
 
     /// `p` padded to `shape` with `pad_id` (see the module documentation): the same loss,
     /// gradient and logged numbers as [`HostBatch::new`]. The bias is None only when `p`
     /// already fills `shape.l` and every query sees every key.
-    pub fn padded(
-        p: &Prepared,
-        total_denom: f64,
-        seed: u64,
-        vocab: usize,
-        shape: FixedShape,
-        pad_id: u32,
-    ) -> Result<Self> {
+    pub fn padded(p: &Prepared, total_denom: f64, seed: u64, vocab: usize, shape: FixedShape, pad_id: u32) -> Result<Self> {
         let (b, l, lf) = (p.b, p.l, shape.l);
         if b != shape.b || l > lf {
-            return Err(Error::msg(format!(
-                "a micro-batch of {b} × {l} does not fit the run's fixed shape {} × {lf}",
-                shape.b
-            )));
+            return Err(Error::msg(format!("a micro-batch of {b} × {l} does not fit the run's fixed shape {} × {lf}", shape.b)));
         }
         let mut ids = vec![pad_id; b * lf];
         for i in 0..b {
@@ -266,29 +211,17 @@ impl HostBatch {
             Some((out, b))
         };
         let scored = HostScored::new(p, total_denom, vocab)?.padded(b, l, lf, shape.n)?;
-        Ok(Self {
-            b,
-            l: lf,
-            ids,
-            bias,
-            scored,
-        })
+        Ok(Self { b, l: lf, ids, bias, scored })
     }
 
     /// The arrays on `dev`, the bias in `dtype`.
     pub fn upload(&self, dtype: DType, dev: &Device) -> Result<DeviceBatch> {
         let ids = Tensor::from_vec(self.ids.clone(), (self.b, self.l), dev)?; // (B, L)
         let bias = match &self.bias {
-            Some((v, r)) => {
-                Some(Tensor::from_vec(v.clone(), (*r, 1, self.l, self.l), dev)?.to_dtype(dtype)?)
-            } // (R, 1, L, L)
+            Some((v, r)) => Some(Tensor::from_vec(v.clone(), (*r, 1, self.l, self.l), dev)?.to_dtype(dtype)?), // (R, 1, L, L)
             None => None,
         };
-        Ok(DeviceBatch {
-            ids,
-            bias,
-            scored: self.scored.upload(dev)?,
-        })
+        Ok(DeviceBatch { ids, bias, scored: self.scored.upload(dev)? })
     }
 }
 
@@ -333,12 +266,9 @@ impl DeviceBatch {
                 _ => false,
             }
             && s.valid.is_some() == f.valid.is_some()
-            && s.onehot.as_ref().map(|t| t.dims().to_vec())
-                == f.onehot.as_ref().map(|t| t.dims().to_vec());
+            && s.onehot.as_ref().map(|t| t.dims().to_vec()) == f.onehot.as_ref().map(|t| t.dims().to_vec());
         if !shapes_ok {
-            return Err(Error::msg(
-                "a micro-batch does not match the shapes of the captured training step",
-            ));
+            return Err(Error::msg("a micro-batch does not match the shapes of the captured training step"));
         }
         let set = |dst: &Tensor, src: &Tensor| dst.slice_set(src, 0, 0);
         set(&self.ids, &fresh.ids)?;
@@ -408,11 +338,7 @@ impl LossParts {
 
 impl LossValues {
     /// The values of a stats tensor laid out as [`LossParts::stats`] (synchronises once).
-    pub fn from_stats(
-        stats: &Tensor,
-        n_scored: usize,
-        bucket_n: Option<[usize; T_BUCKETS]>,
-    ) -> Result<Self> {
+    pub fn from_stats(stats: &Tensor, n_scored: usize, bucket_n: Option<[usize; T_BUCKETS]>) -> Result<Self> {
         let v: Vec<f32> = stats.to_vec1()?;
         let buckets = match bucket_n {
             Some(n) if v.len() == 3 + T_BUCKETS => {
@@ -422,32 +348,17 @@ impl LossValues {
                 }
                 Some(TBuckets { ce_sum, n })
             }
-            Some(n) => Some(TBuckets {
-                ce_sum: [0.0; T_BUCKETS],
-                n,
-            }),
+            Some(n) => Some(TBuckets { ce_sum: [0.0; T_BUCKETS], n }),
             None => None,
         };
-        Ok(Self {
-            loss: v[0] as f64,
-            ce_sum: v[1] as f64,
-            n_scored,
-            n_correct: v[2].round() as usize,
-            buckets,
-        })
+        Ok(Self { loss: v[0] as f64, ce_sum: v[1] as f64, n_scored, n_correct: v[2].round() as usize, buckets })
     }
 }
 
 /// Forward `p` through `model` and return Σ w·CE / `total_denom`, with unweighted CE and accuracy.
 ///
 /// Only scored rows go through the LM head: hidden (B·L, D) → rows (N, D) → logits (N, V).
-pub fn scored_loss(
-    model: &Llama,
-    p: &Prepared,
-    total_denom: f64,
-    seed: u64,
-    ctx: &Fwd,
-) -> Result<LossParts> {
+pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx: &Fwd) -> Result<LossParts> {
     let host = HostBatch::new(p, total_denom, seed, model.cfg.vocab_size)?;
     if p.rows.is_empty() || total_denom <= 0.0 {
         // Nothing scored: a zero loss that still depends on the graph (no gradient flows).
@@ -458,12 +369,7 @@ pub fn scored_loss(
         let zero = (h.sum_all()?.to_dtype(DType::F32)? * 0.0)?;
         let stats = Tensor::zeros(3, DType::F32, dev)?;
         let bucket_n = p.buckets.as_ref().map(|_| [0; T_BUCKETS]);
-        return Ok(LossParts {
-            loss: zero,
-            stats,
-            n_scored: 0,
-            bucket_n,
-        });
+        return Ok(LossParts { loss: zero, stats, n_scored: 0, bucket_n });
     }
     loss_on(model, &host.upload(model.dtype, &model.device)?, ctx)
 }
@@ -502,19 +408,10 @@ fn weighted_ce(logits: &Tensor, s: &DeviceScored) -> Result<LossParts> {
     let mut stats = Tensor::stack(&[loss.detach(), ce.sum_all()?, hits.sum_all()?], 0)?; // (3,)
     if let Some(onehot) = &s.onehot {
         let n = ce.dim(0)?;
-        let per_bucket = ce
-            .to_dtype(DType::F32)?
-            .reshape((1, n))?
-            .matmul(onehot)?
-            .reshape(T_BUCKETS)?; // (K,)
+        let per_bucket = ce.to_dtype(DType::F32)?.reshape((1, n))?.matmul(onehot)?.reshape(T_BUCKETS)?; // (K,)
         stats = Tensor::cat(&[&stats, &per_bucket], 0)?; // (3 + K,)
     }
-    Ok(LossParts {
-        loss,
-        stats,
-        n_scored: s.n_scored,
-        bucket_n: s.bucket_n,
-    })
+    Ok(LossParts { loss, stats, n_scored: s.n_scored, bucket_n: s.bucket_n })
 }
 
 #[cfg(test)]
@@ -551,23 +448,11 @@ mod tests {
         let mut distinct = s.rows.clone();
         distinct.sort();
         distinct.dedup();
-        assert_eq!(
-            distinct.len(),
-            7,
-            "padding rows are distinct from each other and the scored rows"
-        );
+        assert_eq!(distinct.len(), 7, "padding rows are distinct from each other and the scored rows");
         assert_eq!(s.weights, vec![2.0, 2.0, 4.0, 0.0, 0.0, 0.0, 0.0]);
-        assert_eq!(
-            s.valid.as_deref(),
-            Some(&[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0][..])
-        );
+        assert_eq!(s.valid.as_deref(), Some(&[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0][..]));
         assert_eq!((s.n_scored, s.bucket_n), (3, Some([0, 1, 2, 0, 0])));
-        assert_eq!(
-            s.onehot.as_ref().unwrap()[3 * T_BUCKETS..]
-                .iter()
-                .sum::<f32>(),
-            0.0
-        );
+        assert_eq!(s.onehot.as_ref().unwrap()[3 * T_BUCKETS..].iter().sum::<f32>(), 0.0);
         // the bias: the unpadded one in the top-left corner, extra keys hidden, extra queries self only
         let (pb, pr) = plain.bias.clone().unwrap();
         let (fb, fr) = h.bias.clone().unwrap();
@@ -588,35 +473,20 @@ mod tests {
             }
         }
         // too many rows, or a longer batch, is an error that names the fixed shape
-        let e = HostBatch::padded(&p, 3.0, 9, 10, FixedShape { b: 2, l: 5, n: 2 }, 0)
-            .unwrap_err()
-            .to_string();
+        let e = HostBatch::padded(&p, 3.0, 9, 10, FixedShape { b: 2, l: 5, n: 2 }, 0).unwrap_err().to_string();
         assert!(e.contains("fixed shape"), "{e}");
         assert!(HostBatch::padded(&p, 3.0, 9, 10, FixedShape { b: 2, l: 2, n: 6 }, 0).is_err());
         // a zero normaliser scores nothing
         let z = HostBatch::padded(&p, 0.0, 9, 10, shape, 0).unwrap();
-        assert_eq!(
-            (
-                z.scored.n_scored,
-                z.scored.valid.as_ref().unwrap().iter().sum::<f32>()
-            ),
-            (0, 0.0)
-        );
+        assert_eq!((z.scored.n_scored, z.scored.valid.as_ref().unwrap().iter().sum::<f32>()), (0, 0.0));
     }
 
     #[test]
     fn the_fixed_shape_covers_every_scored_row() {
-        let ex = |p: usize, r: usize| Example {
-            prompt: vec![1; p],
-            response: vec![2; r],
-        };
+        let ex = |p: usize, r: usize| Example { prompt: vec![1; p], response: vec![2; r] };
         let s = FixedShape::for_examples(&[ex(3, 2), ex(5, 4), ex(4, 1)], 8).unwrap();
         assert_eq!((s.b, s.l, s.n), (8, 9, 8 * 7));
         assert!(FixedShape::for_examples(&[], 8).is_none());
-        assert_eq!(
-            FixedShape::for_examples(&[ex(0, 3)], 2).unwrap().n,
-            6,
-            "at most b × l rows"
-        );
+        assert_eq!(FixedShape::for_examples(&[ex(0, 3)], 2).unwrap().n, 6, "at most b × l rows");
     }
 }

@@ -11,8 +11,8 @@
 //! stays outside is what reads or writes the host: preparing and copying the inputs, reading the
 //! stats, the gradient norm and AdamW (one launch each, [`crate::kernels::optim`]).
 //!
-//! One graph is captured per (first micro-batch or not, attention-bias rows) the first time it is
-//! needed: the step is run once eagerly with candle's host-to-device parameter cache on (it loads
+//! One graph is captured per (first micro-batch or not, attention-bias rows, LM-head rows rounded
+//! up to an eighth of the fixed shape's, [`GraphStep::head_rows`]) the first time it is needed: the step is run once eagerly with candle's host-to-device parameter cache on (it loads
 //! every kernel and uploads every stride table the capture will read), into scratch gradient
 //! buffers, then captured on candle's stream and launched. Every allocation made inside the
 //! captured work is freed inside it (the adapter compute copies are dropped at its end), so a
@@ -57,6 +57,9 @@ impl StepLaunch {
     }
 }
 
+/// The LM-head row counts a run's graphs are captured at: eighths of the fixed shape's rows.
+pub const HEAD_ROW_BUCKETS: usize = 8;
+
 /// A graph and the input buffers it reads.
 struct Entry {
     inputs: DeviceBatch,
@@ -70,14 +73,16 @@ pub struct GraphStep {
     pad_id: u32,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     capture: bool,
-    /// (first micro-batch of the step, rows of the attention bias) → its graph.
-    entries: HashMap<(bool, Option<usize>), Entry>,
+    /// (first micro-batch of the step, rows of the attention bias, LM-head rows) → its graph.
+    entries: HashMap<(bool, Option<usize>, usize), Entry>,
     /// One f32 gradient buffer per trainable parameter.
     grads: Vec<Tensor>,
     /// The logged numbers of the last micro-batch, laid out as `LossParts::stats`.
     stats: Option<Tensor>,
     /// Graphs captured so far.
     pub captured: usize,
+    /// Graph launches so far (the launch right after each capture included).
+    pub launches: usize,
 }
 
 impl GraphStep {
@@ -85,25 +90,10 @@ impl GraphStep {
     /// parameters of `accum`. `capture` false runs the padded step eagerly (CPU, tests).
     pub fn new(accum: &GradAccum, shape: FixedShape, pad_id: u32, capture: bool) -> Result<Self> {
         if capture && !cfg!(feature = "cuda") {
-            return Err(Error::config(
-                "train.launch",
-                "cuda_graph needs a binary built with CUDA (`make cuda`)",
-            ));
+            return Err(Error::config("train.launch", "cuda_graph needs a binary built with CUDA (`make cuda`)"));
         }
-        let grads = accum
-            .params()
-            .iter()
-            .map(|p| p.as_tensor().zeros_like()?.to_dtype(DType::F32))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self {
-            shape,
-            pad_id,
-            capture,
-            entries: HashMap::new(),
-            grads,
-            stats: None,
-            captured: 0,
-        })
+        let grads = accum.params().iter().map(|p| p.as_tensor().zeros_like()?.to_dtype(DType::F32)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self { shape, pad_id, capture, entries: HashMap::new(), grads, stats: None, captured: 0, launches: 0 })
     }
 
     /// The fixed shape micro-batches are padded to.
@@ -111,48 +101,29 @@ impl GraphStep {
         self.shape
     }
 
+    /// LM-head rows of a micro-batch that scores `scored` rows: the next multiple of an eighth
+    /// of the fixed shape's rows (at most all of them), so a graph is captured per eighth and
+    /// the head does not run on up to twice the rows a diffusion step scores.
+    pub fn head_rows(&self, scored: usize) -> usize {
+        let q = self.shape.n.div_ceil(HEAD_ROW_BUCKETS).max(1);
+        (scored.max(1).div_ceil(q) * q).min(self.shape.n)
+    }
+
     /// Forward and backward of micro-batch `micro` of optimizer step `step` (loss normalised by
     /// `total_denom`), its gradients written (micro 0) or added into this step's buffers; the
     /// logged numbers, read back (one synchronisation).
     #[allow(clippy::too_many_arguments)]
-    pub fn run(
-        &mut self,
-        model: &Llama,
-        accum: &GradAccum,
-        p: &Prepared,
-        total_denom: f64,
-        seed: u64,
-        step: u64,
-        micro: u64,
-    ) -> Result<LossValues> {
-        let host = HostBatch::padded(
-            p,
-            total_denom,
-            seed,
-            model.cfg.vocab_size,
-            self.shape,
-            self.pad_id,
-        )?;
+    pub fn run(&mut self, model: &Llama, accum: &GradAccum, p: &Prepared, total_denom: f64, seed: u64, step: u64, micro: u64) -> Result<LossValues> {
+        let shape = FixedShape { n: self.head_rows(p.rows.len()), ..self.shape };
+        let host = HostBatch::padded(p, total_denom, seed, model.cfg.vocab_size, shape, self.pad_id)?;
         let first = micro == 0;
-        let key = (first, host.bias.as_ref().map(|(_, r)| *r));
-        let ctx = Fwd {
-            train: true,
-            seed,
-            step,
-            micro,
-        };
+        let key = (first, host.bias.as_ref().map(|(_, r)| *r), shape.n);
+        let ctx = Fwd { train: true, seed, step, micro };
         if self.stats.is_none() {
-            let k = if host.scored.onehot.is_some() {
-                3 + crate::objective::T_BUCKETS
-            } else {
-                3
-            };
+            let k = if host.scored.onehot.is_some() { 3 + crate::objective::T_BUCKETS } else { 3 };
             self.stats = Some(Tensor::zeros(k, DType::F32, &model.device)?);
         }
-        let stats = self
-            .stats
-            .clone()
-            .ok_or_else(|| Error::msg("no stats buffer"))?;
+        let stats = self.stats.clone().ok_or_else(|| Error::msg("no stats buffer"))?;
         if let Some(e) = self.entries.get_mut(&key) {
             e.inputs.write(&host)?;
         } else {
@@ -160,14 +131,11 @@ impl GraphStep {
             let entry = self.capture_entry(model, accum, inputs, first, &stats, &ctx)?;
             self.entries.insert(key, entry);
         }
-        let e = self
-            .entries
-            .get(&key)
-            .ok_or_else(|| Error::msg("no captured step"))?;
+        let e = self.entries.get(&key).ok_or_else(|| Error::msg("no captured step"))?;
         #[cfg(feature = "cuda")]
         if let Some(g) = &e.graph {
-            g.launch()
-                .map_err(|err| Error::msg(format!("cuda graph launch: {err:?}")))?;
+            g.launch().map_err(|err| Error::msg(format!("cuda graph launch: {err:?}")))?;
+            self.launches += 1;
             return LossValues::from_stats(&stats, host.scored.n_scored, host.scored.bucket_n);
         }
         body(model, accum, &e.inputs, first, &self.grads, &stats, &ctx)?;
@@ -181,95 +149,42 @@ impl GraphStep {
     }
 
     #[cfg(not(feature = "cuda"))]
-    fn capture_entry(
-        &mut self,
-        _model: &Llama,
-        _accum: &GradAccum,
-        inputs: DeviceBatch,
-        _first: bool,
-        _stats: &Tensor,
-        _ctx: &Fwd,
-    ) -> Result<Entry> {
+    fn capture_entry(&mut self, _model: &Llama, _accum: &GradAccum, inputs: DeviceBatch, _first: bool, _stats: &Tensor, _ctx: &Fwd) -> Result<Entry> {
         Ok(Entry { inputs })
     }
 
     #[cfg(feature = "cuda")]
-    fn capture_entry(
-        &mut self,
-        model: &Llama,
-        accum: &GradAccum,
-        inputs: DeviceBatch,
-        first: bool,
-        stats: &Tensor,
-        ctx: &Fwd,
-    ) -> Result<Entry> {
+    fn capture_entry(&mut self, model: &Llama, accum: &GradAccum, inputs: DeviceBatch, first: bool, stats: &Tensor, ctx: &Fwd) -> Result<Entry> {
         use candle_core::cuda_backend::cudarc::driver::sys;
         let candle_core::Device::Cuda(dev) = &model.device else {
-            return Ok(Entry {
-                inputs,
-                graph: None,
-            });
+            return Ok(Entry { inputs, graph: None });
         };
         if !self.capture {
-            return Ok(Entry {
-                inputs,
-                graph: None,
-            });
+            return Ok(Entry { inputs, graph: None });
         }
-        let cerr = |what: &str, e: &dyn std::fmt::Debug| {
-            Error::msg(format!(
-                "cuda graph {what}: {e:?} (train.launch = \"eager\" runs without graphs)"
-            ))
-        };
+        let cerr = |what: &str, e: &dyn std::fmt::Debug| Error::msg(format!("cuda graph {what}: {e:?} (train.launch = \"eager\" runs without graphs)"));
         let _cache = dev.enable_cuda_graph_htod_cache();
         // Warm-up into scratch buffers: loads the kernels and fills candle's parameter cache.
-        let scratch: Vec<Tensor> = self
-            .grads
-            .iter()
-            .map(|g| g.zeros_like())
-            .collect::<candle_core::Result<_>>()?;
-        body(
-            model,
-            accum,
-            &inputs,
-            first,
-            &scratch,
-            &stats.zeros_like()?,
-            ctx,
-        )?;
+        let scratch: Vec<Tensor> = self.grads.iter().map(|g| g.zeros_like()).collect::<candle_core::Result<_>>()?;
+        body(model, accum, &inputs, first, &scratch, &stats.zeros_like()?, ctx)?;
         drop(scratch);
         model.clear_adapter_copies();
         let stream = dev.cuda_stream();
         stream.synchronize().map_err(|e| cerr("warm-up", &e))?;
-        stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| cerr("begin capture", &e))?;
+        stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| cerr("begin capture", &e))?;
         let r = body(model, accum, &inputs, first, &self.grads, stats, ctx);
         let g = stream.end_capture(sys::CUgraphInstantiate_flags(0));
         r?;
-        let graph = g
-            .map_err(|e| cerr("capture", &e))?
-            .ok_or_else(|| Error::msg("cuda graph capture recorded nothing"))?;
+        let graph = g.map_err(|e| cerr("capture", &e))?.ok_or_else(|| Error::msg("cuda graph capture recorded nothing"))?;
         graph.upload().map_err(|e| cerr("upload", &e))?;
         self.captured += 1;
-        Ok(Entry {
-            inputs,
-            graph: Some(graph),
-        })
+        Ok(Entry { inputs, graph: Some(graph) })
     }
 }
 
 /// The captured work of one micro-batch: loss, backward, gradients into `grads` (copied when
 /// `first`, else added), the logged numbers into `stats`; nothing it allocates outlives it.
-fn body(
-    model: &Llama,
-    accum: &GradAccum,
-    inputs: &DeviceBatch,
-    first: bool,
-    grads: &[Tensor],
-    stats: &Tensor,
-    ctx: &Fwd,
-) -> Result<()> {
+fn body(model: &Llama, accum: &GradAccum, inputs: &DeviceBatch, first: bool, grads: &[Tensor], stats: &Tensor, ctx: &Fwd) -> Result<()> {
     let parts = loss_on(model, inputs, ctx)?;
     let store = parts.loss.backward()?;
     for (buf, g) in grads.iter().zip(accum.pass_grads(&store)?) {
@@ -295,30 +210,24 @@ mod tests {
     use crate::train::optim::GradAccum;
     use crate::train::step::{backward, forward};
 
+    #[test]
+    fn head_rows_round_up_to_an_eighth_of_the_fixed_rows() {
+        let acc = GradAccum::new(&crate::model::Trainable::default());
+        let g = GraphStep::new(&acc, FixedShape { b: 2, l: 10, n: 80 }, 0, false).unwrap();
+        let rows: Vec<usize> = [0, 1, 10, 11, 79, 80, 200].iter().map(|&k| g.head_rows(k)).collect();
+        assert_eq!(rows, [10, 10, 10, 20, 80, 80, 80]);
+    }
+
     /// A padded step (eager, CPU) gives the unpadded step's loss, logged numbers and gradients,
     /// for diffusion (annealed attention, padded rows) and AR, over two micro-batches.
     #[test]
     fn the_padded_step_equals_the_unpadded_one() {
         for (objective, adapter) in [("ddm", AdapterKind::Lora), ("ar", AdapterKind::Full)] {
-            let cfg = AdapterConfig {
-                kind: adapter,
-                rank: 4,
-                alpha: 8.0,
-                ..Default::default()
-            };
-            let (model, tr) = crate::model::load::random_model(
-                &crate::model::load::tiny_config(48),
-                &cfg,
-                1,
-                &candle_core::Device::Cpu,
-            )
-            .unwrap();
+            let cfg = AdapterConfig { kind: adapter, rank: 4, alpha: 8.0, ..Default::default() };
+            let (model, tr) = crate::model::load::random_model(&crate::model::load::tiny_config(48), &cfg, 1, &candle_core::Device::Cpu).unwrap();
             let obj: Box<dyn Objective> = if objective == "ddm" {
                 crate::objective::build(
-                    &crate::config::ObjectiveConfig::Diffusion(crate::objective::DiffusionConfig {
-                        anneal_steps: 5,
-                        ..Default::default()
-                    }),
+                    &crate::config::ObjectiveConfig::Diffusion(crate::objective::DiffusionConfig { anneal_steps: 5, ..Default::default() }),
                     3,
                 )
             } else {
@@ -330,19 +239,8 @@ mod tests {
             };
             let data = [ex(3, 4, 1), ex(5, 2, 2), ex(2, 6, 3), ex(4, 3, 4)];
             let shape = FixedShape::for_examples(&data, 2).unwrap();
-            let micro: Vec<Prepared> = data
-                .chunks(2)
-                .enumerate()
-                .map(|(k, c)| {
-                    obj.prepare(
-                        &Batch::collate(&c.iter().collect::<Vec<_>>(), 0),
-                        2,
-                        k as u64,
-                        11,
-                    )
-                    .unwrap()
-                })
-                .collect();
+            let micro: Vec<Prepared> =
+                data.chunks(2).enumerate().map(|(k, c)| obj.prepare(&Batch::collate(&c.iter().collect::<Vec<_>>(), 0), 2, k as u64, 11).unwrap()).collect();
             let total: f64 = micro.iter().map(|p| p.denom).sum();
             // eager, unpadded
             let mut acc = GradAccum::new(&tr);
@@ -359,23 +257,9 @@ mod tests {
             for (k, p) in micro.iter().enumerate() {
                 let v = g.run(&model, &acc, p, total, 11, 2, k as u64).unwrap();
                 let w = want[k];
-                assert!(
-                    (v.loss - w.loss).abs() < 1e-5 * w.loss.abs().max(1.0),
-                    "{objective} micro {k}: loss {} vs {}",
-                    v.loss,
-                    w.loss
-                );
-                assert!(
-                    (v.ce_sum - w.ce_sum).abs() < 1e-4,
-                    "{objective}: ce {} vs {}",
-                    v.ce_sum,
-                    w.ce_sum
-                );
-                assert_eq!(
-                    (v.n_scored, v.n_correct),
-                    (w.n_scored, w.n_correct),
-                    "{objective}"
-                );
+                assert!((v.loss - w.loss).abs() < 1e-5 * w.loss.abs().max(1.0), "{objective} micro {k}: loss {} vs {}", v.loss, w.loss);
+                assert!((v.ce_sum - w.ce_sum).abs() < 1e-4, "{objective}: ce {} vs {}", v.ce_sum, w.ce_sum);
+                assert_eq!((v.n_scored, v.n_correct), (w.n_scored, w.n_correct), "{objective}");
                 if let (Some(a), Some(b)) = (v.buckets, w.buckets) {
                     assert_eq!(a.n, b.n);
                     for i in 0..a.ce_sum.len() {
@@ -384,25 +268,9 @@ mod tests {
                 }
             }
             for (i, (a, b)) in g.grads().iter().zip(&want_g.tensors).enumerate() {
-                let d = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let s = b
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(
-                    d <= 1e-4 * s.max(1e-3),
-                    "{objective} param {i}: gradient differs by {d} (scale {s})"
-                );
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let s = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(d <= 1e-4 * s.max(1e-3), "{objective} param {i}: gradient differs by {d} (scale {s})");
             }
         }
     }
