@@ -90,6 +90,11 @@ pub struct TrainBench {
     /// How the steps were launched (`eager` in files written before CUDA graphs existed).
     #[serde(default = "eager")]
     pub launch: StepLaunch,
+    /// With CUDA graphs: graphs captured during the timed steps (each costs about two eager
+    /// steps; a new LM-head row bucket is captured the first time a step needs it); absent
+    /// for eager rows and in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_captures_timed: Option<usize>,
     /// Where a step's time goes, from separate steps with a device synchronisation after each
     /// phase (absent in files written before this field existed).
     #[serde(default)]
@@ -282,13 +287,16 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     let mut peak: f64 = 0.0;
     let mut loss = 0.0;
     let mut t0 = Instant::now();
+    let mut captured_before = 0;
     for step in 0..(opts.warmup + opts.steps) {
         if step == opts.warmup {
             opts.device.synchronize()?;
+            captured_before = su.graph.as_ref().map_or(0, |g| g.captured);
             t0 = Instant::now();
         }
         loss = su.step(step)?;
     }
+    let graph_captures_timed = su.graph.as_ref().map(|g| g.captured - captured_before);
     opts.device.synchronize()?;
     let dt = t0.elapsed().as_secs_f64() / opts.steps as f64;
     // phase profile: three more steps through the step's phases, synchronising after each
@@ -340,6 +348,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
         future_token_changes_pos0: future,
         device: format!("{:?}", opts.device.location()),
         launch: if su.graph.is_some() { StepLaunch::CudaGraph } else { StepLaunch::Eager },
+        graph_captures_timed,
         phases,
     })
 }
