@@ -30,6 +30,7 @@ fn diffusion(shift: bool, norm: LossNorm) -> Diffusion {
             loss_norm: norm,
             score_padding: false,
             anneal_steps: 1,
+            ..Default::default()
         },
     )
 }
@@ -73,6 +74,33 @@ fn annealed_mask_is_reproducible_dense_as_promised_and_keeps_causal_part() {
     assert_eq!(mask::visibility(one, 5, 0, 3), mask::visibility(AttentionMode::Full, 5, 0, 3));
     assert_eq!(mode.at_step(99), AttentionMode::Full);
     assert!(attention_bias(one, 0, 3, 5, None, DType::F32, &Device::Cpu).unwrap().is_none());
+}
+
+#[test]
+fn window_and_switch_schedules_draw_the_promised_pictures() {
+    // window over 4 steps, L = 4: p = (s+1)/4, future key j visible when j − i ≤ p·L = s + 1
+    let w = AttentionMode::Window { anneal_steps: 4 };
+    let pic = |m: AttentionMode, step: u64| mask::picture(&mask::visibility(m, 4, step, 9), 4);
+    assert_eq!(pic(w, 0), "##..\n###.\n####\n####\n", "step 0: one future key");
+    assert_eq!(pic(w, 1), "###.\n####\n####\n####\n", "step 1: two future keys");
+    assert_eq!(pic(w, 3), "####\n####\n####\n####\n");
+    assert_eq!(w.at_step(3), AttentionMode::Full);
+    assert_eq!(mask::visibility(w, 6, 2, 1), mask::visibility(w, 6, 2, 2), "deterministic: the seed plays no part");
+    // switch at step 3 (1-based): causal for steps 0 and 1, full from step 2
+    let s = AttentionMode::Switch { anneal_steps: 3 };
+    assert_eq!(pic(s, 0), "#...\n##..\n###.\n####\n");
+    assert_eq!(pic(s, 1), "#...\n##..\n###.\n####\n");
+    assert_eq!(pic(s, 2), "####\n####\n####\n####\n");
+    assert_eq!((s.at_step(1), s.at_step(2)), (AttentionMode::Causal, AttentionMode::Full));
+    assert_eq!((s.future_visibility(1), s.future_visibility(2)), (0.0, 1.0));
+    // the schedules as the objective names them
+    use harness::model::mask::AnnealSchedule;
+    assert_eq!(AnnealSchedule::Window.mode(4), w);
+    assert_eq!(AnnealSchedule::Bernoulli.mode(4), AttentionMode::Annealed { anneal_steps: 4 });
+    for m in [w, s, AttentionMode::Annealed { anneal_steps: 4 }] {
+        assert!(m.depends_on_step());
+    }
+    assert!(!AttentionMode::Full.depends_on_step());
 }
 
 #[test]

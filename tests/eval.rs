@@ -317,16 +317,16 @@ fn a_partly_annealed_model_is_read_under_its_last_mask() {
     use harness::model::mask::AttentionMode;
     use harness::objective::diffusion::ReadAttention;
     // 120 of 300 annealing steps: the mask of step 119, 40% of future keys visible.
-    let r = ReadAttention::resolve(EvalAttention::Trained, 300, Some(120), 9);
+    let r = ReadAttention::resolve(EvalAttention::Trained, AttentionMode::Annealed { anneal_steps: 300 }, Some(120), 9);
     assert_eq!(r.mode, AttentionMode::Annealed { anneal_steps: 300 });
     assert_eq!((r.step, r.seed), (119, 9));
     assert!((r.future_visibility() - 0.4).abs() < 1e-12);
     // Annealing finished, an untrained model, or an explicit choice: full / causal.
-    assert_eq!(ReadAttention::resolve(EvalAttention::Trained, 100, Some(120), 9), ReadAttention::FULL);
-    assert_eq!(ReadAttention::resolve(EvalAttention::Trained, 120, Some(120), 9), ReadAttention::FULL);
-    assert_eq!(ReadAttention::resolve(EvalAttention::Trained, 300, None, 9), ReadAttention::FULL);
-    assert_eq!(ReadAttention::resolve(EvalAttention::Full, 300, Some(120), 9), ReadAttention::FULL);
-    assert_eq!(ReadAttention::resolve(EvalAttention::Causal, 1, Some(120), 9).future_visibility(), 0.0);
+    assert_eq!(ReadAttention::resolve(EvalAttention::Trained, AttentionMode::Annealed { anneal_steps: 100 }, Some(120), 9), ReadAttention::FULL);
+    assert_eq!(ReadAttention::resolve(EvalAttention::Trained, AttentionMode::Annealed { anneal_steps: 120 }, Some(120), 9), ReadAttention::FULL);
+    assert_eq!(ReadAttention::resolve(EvalAttention::Trained, AttentionMode::Annealed { anneal_steps: 300 }, None, 9), ReadAttention::FULL);
+    assert_eq!(ReadAttention::resolve(EvalAttention::Full, AttentionMode::Annealed { anneal_steps: 300 }, Some(120), 9), ReadAttention::FULL);
+    assert_eq!(ReadAttention::resolve(EvalAttention::Causal, AttentionMode::Annealed { anneal_steps: 1 }, Some(120), 9).future_visibility(), 0.0);
     // The objective built for evaluation says so.
     let cfg = harness::config::ObjectiveConfig::Diffusion(harness::objective::DiffusionConfig { anneal_steps: 300, ..Default::default() });
     assert_eq!(cfg.build_for_eval(0, EvalAttention::Trained, Some(120), 9).eval_attention(), AttentionMode::Annealed { anneal_steps: 300 });
@@ -387,7 +387,7 @@ fn a_partly_annealed_reading_is_neither_full_nor_causal_attention() {
     let ids = Tensor::from_slice(&[5u32, 9, 13, 2, 40, 41, 7, 8], (1, 8), &Device::Cpu).unwrap();
     let logits = |r: ReadAttention| ModelDenoiser::reading(&model, r).logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    let half = ReadAttention::resolve(EvalAttention::Trained, 200, Some(100), 3); // 50% of future keys
+    let half = ReadAttention::resolve(EvalAttention::Trained, AttentionMode::Annealed { anneal_steps: 200 }, Some(100), 3); // 50% of future keys
     let (p, full, causal) = (logits(half), logits(ReadAttention::FULL), logits(ReadAttention::CAUSAL));
     assert!(max_diff(&p, &full) > 1e-6 && max_diff(&p, &causal) > 1e-6, "the annealed mask is in effect");
     assert_eq!(p, logits(half), "the same draw every time");

@@ -49,9 +49,10 @@ pub fn load_model(cfg: &RunConfig) -> Result<Loaded> {
     Ok(Loaded { model, trainable, tok, files: l.files })
 }
 
-/// The objective a config asks for ([`crate::objective::build`]).
+/// The training objective a config asks for ([`crate::objective::build_for_training`], with
+/// `train.grad_accum` micro-batches per step).
 pub fn objective(cfg: &RawConfig, mask_id: u32) -> Box<dyn Objective> {
-    crate::objective::build(&cfg.objective, mask_id)
+    crate::objective::build_for_training(&cfg.objective, mask_id, cfg.train.grad_accum)
 }
 
 /// Template and tokenize the items of `split` into training examples (response + eos). Returns

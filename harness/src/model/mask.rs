@@ -1,10 +1,16 @@
 //! Attention masks: causal, full, and annealed from causal to full.
 //!
-//! A mask is a visibility matrix `visible[i][j]` (query `i` may attend to key `j`). The annealed
-//! mask at optimizer step `s` keeps the causal part (j ≤ i) and makes each future key j > i visible
-//! with probability `p = min(1, (s+1)/anneal_steps)`, one Bernoulli draw per (i, j) per step, shared
-//! across the batch and heads, from a generator seeded by (run seed, step). `anneal_steps = 1` is full
-//! attention from step 0. Padding is handled by a separate key mask.
+//! A mask is a visibility matrix `visible[i][j]` (query `i` may attend to key `j`). Three schedules
+//! take attention from causal to full over `anneal_steps` optimizer steps, with
+//! `p = min(1, (s+1)/anneal_steps)` at step `s`; each keeps the causal part (j ≤ i):
+//! - `Annealed` (DiffuLLaMA's): each future key j > i is visible with probability `p`, one
+//!   Bernoulli draw per (i, j) per step, shared across the batch and heads, from a generator
+//!   seeded by (run seed, step);
+//! - `Window`: deterministic, future key j visible when `j − i ≤ p·L` (no sampling noise);
+//! - `Switch`: causal until step `anneal_steps − 1`, then full ("gradually transition or switch").
+//!
+//! `anneal_steps = 1` is full attention from step 0 under each. Padding is handled by a separate
+//! key mask.
 
 use crate::rng::{rng_for, Purpose};
 use candle_core::{DType, Device, Tensor};
@@ -27,26 +33,74 @@ pub enum AttentionMode {
         /// Optimizer steps over which visibility of future positions rises to 1.
         anneal_steps: u64,
     },
+    /// Causal plus the future positions within p·L of the query, p = min(1, (step+1)/anneal_steps).
+    Window {
+        /// Optimizer steps over which the window grows to the whole sequence.
+        anneal_steps: u64,
+    },
+    /// Causal until step `anneal_steps − 1`, full from then on.
+    Switch {
+        /// The first optimizer step (1-based) of full attention.
+        anneal_steps: u64,
+    },
+}
+
+/// How `objective.anneal_steps` takes attention from causal to full (`objective.anneal`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnnealSchedule {
+    /// A fresh Bernoulli(p) mask of the future keys every step (DiffuLLaMA).
+    #[default]
+    Bernoulli,
+    /// The future keys within p·L of each query, deterministically.
+    Window,
+    /// Causal, then full at once.
+    Switch,
+}
+
+impl AnnealSchedule {
+    /// The attention mode of this schedule over `anneal_steps`.
+    pub fn mode(self, anneal_steps: u64) -> AttentionMode {
+        match self {
+            AnnealSchedule::Bernoulli => AttentionMode::Annealed { anneal_steps },
+            AnnealSchedule::Window => AttentionMode::Window { anneal_steps },
+            AnnealSchedule::Switch => AttentionMode::Switch { anneal_steps },
+        }
+    }
 }
 
 impl AttentionMode {
     /// Probability that a future key is visible at optimizer step `step`.
+    /// (`Window`: the window's reach as a share of the sequence length.)
     pub fn future_visibility(&self, step: u64) -> f64 {
+        let p = |anneal_steps: u64| ((step as f64 + 1.0) / anneal_steps.max(1) as f64).min(1.0);
         match *self {
             AttentionMode::Causal => 0.0,
             AttentionMode::Full => 1.0,
-            AttentionMode::Annealed { anneal_steps } => {
-                ((step as f64 + 1.0) / anneal_steps.max(1) as f64).min(1.0)
+            AttentionMode::Annealed { anneal_steps } | AttentionMode::Window { anneal_steps } => p(anneal_steps),
+            AttentionMode::Switch { anneal_steps } => {
+                if p(anneal_steps) >= 1.0 {
+                    1.0
+                } else {
+                    0.0
+                }
             }
         }
     }
 
-    /// The mode in effect at `step`: an annealed mask whose probability reached 1 is `Full`.
+    /// The mode in effect at `step`: a schedule that reached full visibility is `Full`; a switch
+    /// before its step is `Causal`.
     pub fn at_step(&self, step: u64) -> AttentionMode {
         match self {
-            AttentionMode::Annealed { .. } if self.future_visibility(step) >= 1.0 => AttentionMode::Full,
+            AttentionMode::Annealed { .. } | AttentionMode::Window { .. } | AttentionMode::Switch { .. } if self.future_visibility(step) >= 1.0 => AttentionMode::Full,
+            AttentionMode::Switch { .. } => AttentionMode::Causal,
             m => *m,
         }
+    }
+
+    /// Whether the visibility changes with the optimizer step (an annealing schedule).
+    pub fn depends_on_step(&self) -> bool {
+        matches!(self, AttentionMode::Annealed { .. } | AttentionMode::Window { .. } | AttentionMode::Switch { .. })
     }
 }
 
@@ -87,10 +141,18 @@ pub fn visibility(mode: AttentionMode, l: usize, step: u64, seed: u64) -> Vec<bo
     let mut v = vec![false; l * l];
     match mode.at_step(step) {
         AttentionMode::Full => v.iter_mut().for_each(|x| *x = true),
-        AttentionMode::Causal => {
+        AttentionMode::Causal | AttentionMode::Switch { .. } => {
             for i in 0..l {
                 for j in 0..=i {
                     v[i * l + j] = true;
+                }
+            }
+        }
+        AttentionMode::Window { .. } => {
+            let reach = mode.future_visibility(step) * l as f64;
+            for i in 0..l {
+                for j in 0..l {
+                    v[i * l + j] = j <= i || (j - i) as f64 <= reach;
                 }
             }
         }

@@ -3,7 +3,9 @@
 //! that a diffusion field given to the autoregressive objective is an error naming it.
 
 use super::diffusion::ReadAttention;
+use super::diffusion::LossWeight;
 use super::{Autoregressive, Diffusion, DiffusionConfig, LossNorm, Objective, TSampling};
+use crate::model::mask::AnnealSchedule;
 use crate::config::{EvalAttention, ObjectiveKind};
 use serde::{Deserialize, Serialize};
 
@@ -54,7 +56,7 @@ impl ObjectiveConfig {
     pub fn build_for_eval(&self, mask_id: u32, attention: EvalAttention, trained_steps: Option<u64>, seed: u64) -> Box<dyn Objective> {
         match self {
             ObjectiveConfig::Diffusion(d) => {
-                let read = ReadAttention::resolve(attention, d.anneal_steps, trained_steps, seed);
+                let read = ReadAttention::resolve(attention, d.train_attention(), trained_steps, seed);
                 Box::new(Diffusion::new(mask_id, d.clone()).reading(read))
             }
             ObjectiveConfig::Autoregressive => Box::new(Autoregressive),
@@ -82,7 +84,7 @@ impl ObjectiveConfig {
     /// `trained_steps` is read under `attention` (1 full, 0 causal), as recorded in `config.json`.
     pub fn eval_future_visibility(&self, attention: EvalAttention, trained_steps: Option<u64>, seed: u64) -> f64 {
         match self {
-            ObjectiveConfig::Diffusion(d) => ReadAttention::resolve(attention, d.anneal_steps, trained_steps, seed).future_visibility(),
+            ObjectiveConfig::Diffusion(d) => ReadAttention::resolve(attention, d.train_attention(), trained_steps, seed).future_visibility(),
             ObjectiveConfig::Autoregressive => 0.0,
         }
     }
@@ -111,6 +113,11 @@ struct ObjectiveTable {
     loss_norm: Option<LossNorm>,
     score_padding: Option<bool>,
     anneal_steps: Option<u64>,
+    t_min: Option<f64>,
+    t_max: Option<f64>,
+    weight: Option<LossWeight>,
+    eos_weight: Option<f64>,
+    anneal: Option<AnnealSchedule>,
 }
 
 impl ObjectiveTable {
@@ -127,6 +134,11 @@ impl ObjectiveTable {
                     loss_norm: self.loss_norm.unwrap_or(d.loss_norm),
                     score_padding: self.score_padding.unwrap_or(d.score_padding),
                     anneal_steps: self.anneal_steps.unwrap_or(d.anneal_steps),
+                    t_min: self.t_min.unwrap_or(d.t_min),
+                    t_max: self.t_max.unwrap_or(d.t_max),
+                    weight: self.weight.unwrap_or(d.weight),
+                    eos_weight: self.eos_weight.unwrap_or(d.eos_weight),
+                    anneal: self.anneal.unwrap_or(d.anneal),
                 }))
             }
             ObjectiveKind::Autoregressive => {
@@ -139,10 +151,15 @@ impl ObjectiveTable {
                     self.loss_norm.is_some(),
                     self.score_padding.is_some(),
                     self.anneal_steps.is_some(),
+                    self.t_min.is_some(),
+                    self.t_max.is_some(),
+                    self.weight.is_some(),
+                    self.eos_weight.is_some(),
+                    self.anneal.is_some(),
                 ];
-                // Every field present is the flat form `config.json` had before the objective was
-                // a tagged enum (it wrote all of them, unused): result folders stay readable.
-                if given.iter().all(|&g| g) {
+                // Every field of the time is the flat form `config.json` had before the objective
+                // was a tagged enum (it wrote the first eight, unused): result folders stay readable.
+                if given[..8].iter().all(|&g| g) && !given[8..].iter().any(|&g| g) {
                     return Ok(ObjectiveConfig::Autoregressive);
                 }
                 match DiffusionConfig::KEYS.iter().zip(given).find(|(_, g)| *g) {
@@ -187,7 +204,7 @@ mod tests {
 
     #[test]
     fn autoregressive_rejects_each_diffusion_field_by_name() {
-        let values = ["\"stratified\"", "0.5", "2.0", "0.01", "false", "\"response\"", "true", "3"];
+        let values = ["\"stratified\"", "0.5", "2.0", "0.01", "false", "\"response\"", "true", "3", "0.3", "0.8", "\"uniform\"", "0.5", "\"window\""];
         for (key, v) in DiffusionConfig::KEYS.iter().zip(values) {
             let e = parse(&format!("kind = \"autoregressive\"\n{key} = {v}")).unwrap_err().to_string();
             assert!(e.contains(&format!("objective.{key}: not a field of the autoregressive objective")), "{e}");

@@ -1,10 +1,15 @@
 //! Masked (absorbing-state) diffusion SFT.
 //!
-//! Per sequence: draw t in [eps, 1]; mask each maskable (response-side) token with probability t;
-//! score the masked tokens with weight w(t) = 1/t (the ELBO weight of the linear schedule) and
-//! divide by the chosen normaliser. With `shift`, the output at position i predicts token i+1
-//! (an AR model's next-token head is reused unchanged); without it, the output at i predicts token i.
-//! The attention is annealed from causal to full over `anneal_steps` optimizer steps.
+//! Per sequence: draw t in the band [max(eps, t_min), t_max] ([0.001, 1] by default; `uniform`,
+//! `stratified` per micro-batch, `antithetic` across the accumulated batch, or `logit_normal`);
+//! mask each maskable (response-side) token with probability t; score the masked tokens with
+//! weight w(t) = 1/t (the ELBO weight of the linear schedule; `weight = "uniform"`: 1), eos
+//! targets times `eos_weight`, and divide by the chosen normaliser. With `shift`, the output at
+//! position i predicts token i+1 (an AR model's next-token head is reused unchanged); without it,
+//! the output at i predicts token i. The attention goes from causal to full over `anneal_steps`
+//! optimizer steps by the `anneal` schedule ([`AnnealSchedule`]: a Bernoulli mask per step, a
+//! growing window, or a switch). The dev NLL bound is read with the ELBO's own draws and weights
+//! whatever these settings are.
 //!
 //! At evaluation time the model is read under the attention it ended training with
 //! ([`ReadAttention`], from `eval.attention` and the run's optimizer steps: full attention once
@@ -16,7 +21,7 @@
 use super::{key_valid, Batch, ChoiceScores, Generated, Objective, Prepared};
 use crate::config::{EvalAttention, EvalConfig};
 use crate::eval::likelihood::{diffusion_choice_scores_se, DiffusionLikelihood};
-use crate::model::mask::AttentionMode;
+use crate::model::mask::{AnnealSchedule, AttentionMode};
 pub use crate::model::mask::ReadAttention;
 use crate::model::Llama;
 use crate::sample::{DiffusionSampler, ModelDenoiser};
@@ -26,18 +31,33 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-/// How the diffusion times t of a batch are drawn.
+/// How the diffusion times t of a batch are drawn: a draw s in [0, 1) mapped onto the band,
+/// t = lo + (hi − lo)·s with lo = max(eps, t_min), hi = t_max ([0.001, 1] by default).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TSampling {
-    /// iid: t = eps + (1-eps)·u.
+    /// iid: s = u.
     Uniform,
-    /// Low-discrepancy across the micro-batch: t_i = eps + (1-eps)·((u + i/B) mod 1), one shared u
-    /// (MDLM's antithetic sampling).
+    /// Low-discrepancy across the micro-batch: s_i = (u + i/B) mod 1, one shared u per micro-batch.
     Stratified,
-    /// t = eps + (1-eps)·sigmoid(mean + std·z): spends samples on mid-range t. Not
-    /// importance-corrected: it changes the effective weighting of the ELBO terms.
+    /// Low-discrepancy across the whole accumulated batch of the optimizer step (MDLM's antithetic
+    /// sampling): sequence i of micro-batch m has s = (u + (m·B + i)/(B·M)) mod 1, one u per step,
+    /// M micro-batches per step.
+    Antithetic,
+    /// s = sigmoid(mean + std·z): spends samples on mid-range t. Not importance-corrected: it
+    /// changes the effective weighting of the ELBO terms.
     LogitNormal,
+}
+
+/// The loss weight of a masked token of a sequence with time t (`objective.weight`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossWeight {
+    /// 1/t, the ELBO weight of the linear schedule.
+    #[default]
+    InvT,
+    /// 1 (dllm offers both): masked-token cross-entropy, not a bound.
+    Uniform,
 }
 
 /// What the weighted loss sum is divided by.
@@ -74,6 +94,20 @@ pub struct DiffusionConfig {
     /// Optimizer steps over which attention goes from causal to full (≥ 1; 1 = full from the
     /// first step).
     pub anneal_steps: u64,
+    /// Lower end of the mask-ratio band (t ≥ max(eps, t_min)), in [0, 1).
+    pub t_min: f64,
+    /// Upper end of the mask-ratio band (t ≤ t_max), in (0, 1]; dFactory's `noise_range` 0.3–0.8
+    /// is `t_min = 0.3, t_max = 0.8`.
+    pub t_max: f64,
+    /// Weight of a masked token: `inv_t` (1/t) or `uniform` (1).
+    pub weight: LossWeight,
+    /// Multiplier of the weight of eos targets (and of scored padding, which is eos): < 1
+    /// down-weights them (DreamOn-style), 1 = off. Not counted differently by the normaliser.
+    pub eos_weight: f64,
+    /// How attention goes from causal to full over `anneal_steps`: `bernoulli` (a random mask of
+    /// the future keys each step), `window` (the future keys within p·L) or `switch` (causal,
+    /// then full).
+    pub anneal: AnnealSchedule,
 }
 
 impl Default for DiffusionConfig {
@@ -87,14 +121,42 @@ impl Default for DiffusionConfig {
             loss_norm: LossNorm::Masked,
             score_padding: false,
             anneal_steps: 1,
+            t_min: 0.0,
+            t_max: 1.0,
+            weight: LossWeight::InvT,
+            eos_weight: 1.0,
+            anneal: AnnealSchedule::Bernoulli,
         }
     }
 }
 
 impl DiffusionConfig {
     /// The config keys (`objective.<name>`) of these settings, in declaration order.
-    pub const KEYS: [&'static str; 8] =
-        ["t_sampling", "t_logit_mean", "t_logit_std", "eps", "shift", "loss_norm", "score_padding", "anneal_steps"];
+    pub const KEYS: [&'static str; 13] = [
+        "t_sampling",
+        "t_logit_mean",
+        "t_logit_std",
+        "eps",
+        "shift",
+        "loss_norm",
+        "score_padding",
+        "anneal_steps",
+        "t_min",
+        "t_max",
+        "weight",
+        "eos_weight",
+        "anneal",
+    ];
+
+    /// The mask-ratio band `[lo, hi]` that t is drawn in.
+    pub fn band(&self) -> (f64, f64) {
+        (self.eps.max(self.t_min), self.t_max)
+    }
+
+    /// The attention mode of training: `anneal` over `anneal_steps`.
+    pub fn train_attention(&self) -> AttentionMode {
+        self.anneal.mode(self.anneal_steps)
+    }
 
     /// Range checks; the first problem is returned, naming its key.
     // The negated comparisons are deliberate: `!(x > 0.0)` also rejects NaN.
@@ -109,6 +171,19 @@ impl DiffusionConfig {
         if !(self.t_logit_std > 0.0) {
             return Err(Error::config("objective.t_logit_std", "must be > 0"));
         }
+        if !(self.t_min >= 0.0 && self.t_min < 1.0) {
+            return Err(Error::config("objective.t_min", "must be in [0, 1)"));
+        }
+        if !(self.t_max > 0.0 && self.t_max <= 1.0) {
+            return Err(Error::config("objective.t_max", "must be in (0, 1]"));
+        }
+        let (lo, hi) = self.band();
+        if !(lo < hi) {
+            return Err(Error::config("objective.t_max", format!("must exceed the band's lower end max(eps, t_min) = {lo}")));
+        }
+        if !(self.eos_weight >= 0.0 && self.eos_weight.is_finite()) {
+            return Err(Error::config("objective.eos_weight", "must be ≥ 0"));
+        }
         Ok(())
     }
 }
@@ -118,17 +193,16 @@ impl ReadAttention {
     /// optimizer steps (`None`: an untrained base model, read with full attention) by a run
     /// seeded `seed`. `trained`: the mode of the last step, `trained_steps − 1`; once annealing
     /// finished that is full attention.
-    pub fn resolve(choice: EvalAttention, anneal_steps: u64, trained_steps: Option<u64>, seed: u64) -> Self {
+    pub fn resolve(choice: EvalAttention, train: AttentionMode, trained_steps: Option<u64>, seed: u64) -> Self {
         match (choice, trained_steps) {
             (EvalAttention::Full, _) | (EvalAttention::Trained, None) => Self::FULL,
             (EvalAttention::Causal, _) => Self::CAUSAL,
             (EvalAttention::Trained, Some(n)) => {
                 let step = n.saturating_sub(1);
-                let mode = AttentionMode::Annealed { anneal_steps }.at_step(step);
-                if mode == AttentionMode::Full {
-                    Self::FULL
-                } else {
-                    Self { mode, step, seed }
+                match train.at_step(step) {
+                    AttentionMode::Full => Self::FULL,
+                    AttentionMode::Causal => Self::CAUSAL,
+                    _ => Self { mode: train, step, seed },
                 }
             }
         }
@@ -145,12 +219,19 @@ pub struct Diffusion {
     pub cfg: DiffusionConfig,
     /// The attention of evaluation and decoding ([`ReadAttention::FULL`] from [`Diffusion::new`]).
     pub read: ReadAttention,
+    /// Micro-batches per optimizer step (the `antithetic` draw spans them); 1 from [`Diffusion::new`].
+    pub accum: usize,
 }
 
 impl Diffusion {
     /// The objective for `cfg` with mask token `mask_id`, read with full attention at evaluation.
     pub fn new(mask_id: u32, cfg: DiffusionConfig) -> Self {
-        Self { mask_id, cfg, read: ReadAttention::FULL }
+        Self { mask_id, cfg, read: ReadAttention::FULL, accum: 1 }
+    }
+
+    /// The same objective for optimizer steps of `micro_batches` micro-batches.
+    pub fn accumulating(self, micro_batches: usize) -> Self {
+        Self { accum: micro_batches.max(1), ..self }
     }
 
     /// The same objective read under `read` at evaluation time.
@@ -161,18 +242,24 @@ impl Diffusion {
     /// Draw the times of a micro-batch of `b` sequences.
     pub fn sample_t(&self, b: usize, seed: u64, step: u64, micro: u64) -> Result<Vec<f64>> {
         let mut rng = rng_for(seed, Purpose::Time, step, micro);
-        let eps = self.cfg.eps;
+        let (lo, hi) = self.cfg.band();
+        let at = |s: f64| lo + (hi - lo) * s;
         let t: Vec<f64> = match self.cfg.t_sampling {
-            TSampling::Uniform => (0..b).map(|_| eps + (1.0 - eps) * rng.random::<f64>()).collect(),
+            TSampling::Uniform => (0..b).map(|_| at(rng.random::<f64>())).collect(),
             TSampling::Stratified => {
                 let u: f64 = rng.random();
-                (0..b).map(|i| eps + (1.0 - eps) * ((u + i as f64 / b as f64) % 1.0)).collect()
+                (0..b).map(|i| at((u + i as f64 / b as f64) % 1.0)).collect()
+            }
+            TSampling::Antithetic => {
+                // one u per optimizer step, shared by its micro-batches
+                let u: f64 = rng_for(seed, Purpose::Time, step, u64::MAX).random();
+                let n = (b * self.accum) as f64;
+                (0..b).map(|i| at((u + (micro as usize * b + i) as f64 / n) % 1.0)).collect()
             }
             TSampling::LogitNormal => (0..b)
                 .map(|_| {
                     let z: f64 = StandardNormal.sample(&mut rng);
-                    let s = 1.0 / (1.0 + (-(self.cfg.t_logit_mean + self.cfg.t_logit_std * z)).exp());
-                    eps + (1.0 - eps) * s
+                    at(1.0 / (1.0 + (-(self.cfg.t_logit_mean + self.cfg.t_logit_std * z)).exp()))
                 })
                 .collect(),
         };
@@ -201,10 +288,16 @@ impl Diffusion {
             let bucket = super::t_bucket(t[i]);
             let n_maskable = range.len();
             let mut n_masked = 0usize;
-            let w_seq = match self.cfg.loss_norm {
-                LossNorm::Response => 1.0 / (t[i] * n_maskable.max(1) as f64),
-                _ => 1.0 / t[i],
+            let w_t = match self.cfg.weight {
+                LossWeight::InvT => 1.0 / t[i],
+                LossWeight::Uniform => 1.0,
             };
+            let w_seq = match self.cfg.loss_norm {
+                LossNorm::Response => w_t / n_maskable.max(1) as f64,
+                _ => w_t,
+            };
+            // the eos (the last response token) and any scored padding after it
+            let eos_from = batch.len[i].saturating_sub(1);
             for pos in range {
                 if !masked[i * l + pos] {
                     continue;
@@ -221,7 +314,8 @@ impl Diffusion {
                 n_masked += 1;
                 rows.push((i * l + row) as u32);
                 targets.push(batch.ids[i * l + pos]);
-                weights.push(w_seq as f32);
+                let w = if pos >= eos_from { w_seq * self.cfg.eos_weight } else { w_seq };
+                weights.push(w as f32);
                 buckets.push(bucket);
             }
             denom += match self.cfg.loss_norm {
@@ -235,7 +329,7 @@ impl Diffusion {
             input,
             b,
             l,
-            attention: AttentionMode::Annealed { anneal_steps: self.cfg.anneal_steps },
+            attention: self.cfg.train_attention(),
             step,
             key_valid,
             rows,
@@ -271,12 +365,21 @@ impl Diffusion {
         Ok(p)
     }
 
-    /// These settings with the bound's normaliser and draws: response tokens only, per-token
-    /// normalisation, t stratified uniform on `[eps, 1]` (each sequence's t is marginally
-    /// uniform, so the estimate is unbiased up to the `eps` truncation, with less variance than
-    /// iid draws).
+    /// These settings with the bound's normaliser, weights and draws: response tokens only,
+    /// per-token normalisation, weight 1/t with the eos unweighted, t stratified uniform on
+    /// `[eps, 1]` whatever band training used (each sequence's t is marginally uniform, so the
+    /// estimate is unbiased up to the `eps` truncation, with less variance than iid draws).
     fn bound(&self) -> Diffusion {
-        let cfg = DiffusionConfig { loss_norm: LossNorm::BatchResponse, score_padding: false, t_sampling: TSampling::Stratified, ..self.cfg.clone() };
+        let cfg = DiffusionConfig {
+            loss_norm: LossNorm::BatchResponse,
+            score_padding: false,
+            t_sampling: TSampling::Stratified,
+            t_min: 0.0,
+            t_max: 1.0,
+            weight: LossWeight::InvT,
+            eos_weight: 1.0,
+            ..self.cfg.clone()
+        };
         Diffusion::new(self.mask_id, cfg)
     }
 }
@@ -319,5 +422,82 @@ impl Objective for Diffusion {
         let cfg = base.for_item(item);
         let (scores, se) = diffusion_choice_scores_se(model, prompt, choices, &cfg, self.read)?;
         Ok(ChoiceScores { scores, nfe: choices.len() * cfg.n_samples.div_ceil(cfg.batch), se: Some(se) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ddm(cfg: DiffusionConfig) -> Diffusion {
+        Diffusion::new(9, cfg)
+    }
+
+    #[test]
+    fn every_scheme_draws_inside_the_band() {
+        for t_sampling in [TSampling::Uniform, TSampling::Stratified, TSampling::Antithetic, TSampling::LogitNormal] {
+            let d = ddm(DiffusionConfig { t_sampling, t_min: 0.3, t_max: 0.8, ..Default::default() });
+            let t: Vec<f64> = (0..50).flat_map(|s| d.sample_t(16, 4, s, 0).unwrap()).collect();
+            assert!(t.iter().all(|&x| (0.3..=0.8).contains(&x)), "{t_sampling:?}");
+            let (lo, hi) = (t.iter().cloned().fold(1.0, f64::min), t.iter().cloned().fold(0.0, f64::max));
+            assert!(lo < 0.4 && hi > 0.7, "{t_sampling:?} spans the band: [{lo}, {hi}]");
+        }
+        // the default band is [eps, 1]: today's draws, unchanged
+        let d = ddm(DiffusionConfig::default());
+        assert_eq!(d.cfg.band(), (1e-3, 1.0));
+        let e = ddm(DiffusionConfig { t_min: 0.5, t_max: 0.4, ..Default::default() }).cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("objective.t_max"), "{e}");
+        assert!(DiffusionConfig { t_min: 1.0, ..Default::default() }.validate().unwrap_err().to_string().contains("objective.t_min"));
+        assert!(DiffusionConfig { eos_weight: -1.0, ..Default::default() }.validate().unwrap_err().to_string().contains("objective.eos_weight"));
+    }
+
+    #[test]
+    fn antithetic_times_are_stratified_across_the_accumulated_batch() {
+        // 3 micro-batches of 4: the 12 draws of a step, sorted, are spaced exactly 1/12 apart on
+        // the band, while one micro-batch alone is not stratified on its own grid of 1/4.
+        let d = ddm(DiffusionConfig { t_sampling: TSampling::Antithetic, eps: 1e-3, ..Default::default() }).accumulating(3);
+        let (lo, hi) = d.cfg.band();
+        for step in [0u64, 7] {
+            let mut s: Vec<f64> = (0..3).flat_map(|m| d.sample_t(4, 11, step, m).unwrap()).map(|t| (t - lo) / (hi - lo)).collect();
+            s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            for w in s.windows(2) {
+                assert!((w[1] - w[0] - 1.0 / 12.0).abs() < 1e-9, "step {step}: {s:?}");
+            }
+        }
+        // another step draws another offset
+        assert_ne!(d.sample_t(4, 11, 0, 0).unwrap(), d.sample_t(4, 11, 1, 0).unwrap());
+    }
+
+    #[test]
+    fn uniform_weight_and_eos_weight_change_only_the_weights() {
+        // one row: prompt 2, response of 3 (the last is the eos), every response token masked
+        let batch = Batch { ids: vec![1, 2, 3, 4, 5], b: 1, l: 5, prompt_len: vec![2], len: vec![5] };
+        let masked = vec![false, false, true, true, true];
+        let base = ddm(DiffusionConfig::default()).prepare_with(&batch, &[0.25], &masked, 0).unwrap();
+        assert_eq!(base.weights, vec![4.0, 4.0, 4.0], "1/t");
+        let uni = ddm(DiffusionConfig { weight: LossWeight::Uniform, ..Default::default() }).prepare_with(&batch, &[0.25], &masked, 0).unwrap();
+        assert_eq!(uni.weights, vec![1.0, 1.0, 1.0]);
+        let eos = ddm(DiffusionConfig { eos_weight: 0.5, ..Default::default() }).prepare_with(&batch, &[0.25], &masked, 0).unwrap();
+        assert_eq!(eos.weights, vec![4.0, 4.0, 2.0], "the eos target (position 4) is halved");
+        assert_eq!((eos.rows.clone(), eos.targets.clone(), eos.denom), (base.rows.clone(), base.targets.clone(), base.denom));
+        // the NLL bound ignores both
+        for cfg in [DiffusionConfig { weight: LossWeight::Uniform, ..Default::default() }, DiffusionConfig { eos_weight: 0.5, t_min: 0.3, ..Default::default() }] {
+            let p = ddm(cfg).prepare_nll_with(&batch, &[0.25], &masked, 0).unwrap();
+            assert_eq!(p.weights, vec![4.0, 4.0, 4.0]);
+        }
+    }
+
+    #[test]
+    fn the_anneal_schedule_sets_the_training_attention_and_its_reading() {
+        let d = ddm(DiffusionConfig { anneal: AnnealSchedule::Switch, anneal_steps: 10, ..Default::default() });
+        let batch = Batch { ids: vec![1, 2, 3], b: 1, l: 3, prompt_len: vec![1], len: vec![3] };
+        let p = d.prepare_with(&batch, &[0.5], &[false, true, true], 0).unwrap();
+        assert_eq!(p.attention, AttentionMode::Switch { anneal_steps: 10 });
+        // read as trained: causal before the switch, full after it
+        assert_eq!(ReadAttention::resolve(EvalAttention::Trained, d.cfg.train_attention(), Some(5), 0), ReadAttention::CAUSAL);
+        assert_eq!(ReadAttention::resolve(EvalAttention::Trained, d.cfg.train_attention(), Some(10), 0), ReadAttention::FULL);
+        let w = AnnealSchedule::Window.mode(10);
+        let r = ReadAttention::resolve(EvalAttention::Trained, w, Some(5), 3);
+        assert_eq!((r.mode, r.step), (w, 4));
     }
 }

@@ -32,7 +32,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 pub use autoregressive::Autoregressive;
-pub use diffusion::{Diffusion, DiffusionConfig, LossNorm, TSampling};
+pub use diffusion::{Diffusion, DiffusionConfig, LossNorm, LossWeight, TSampling};
 pub use scored::{
     loss_from_logits, loss_on, scored_loss, DeviceBatch, FixedShape, HostBatch, LossParts,
     LossValues,
@@ -241,8 +241,14 @@ pub trait Objective: Send + Sync {
 
 /// The objective `cfg` asks for; `mask_id` is the mask token (used by diffusion only).
 pub fn build(cfg: &ObjectiveConfig, mask_id: u32) -> Box<dyn Objective> {
+    build_for_training(cfg, mask_id, 1)
+}
+
+/// [`build`] for optimizer steps of `micro_batches` micro-batches (`train.grad_accum`: diffusion's
+/// `antithetic` times span them).
+pub fn build_for_training(cfg: &ObjectiveConfig, mask_id: u32, micro_batches: usize) -> Box<dyn Objective> {
     match cfg {
-        ObjectiveConfig::Diffusion(d) => Box::new(Diffusion::new(mask_id, d.clone())),
+        ObjectiveConfig::Diffusion(d) => Box::new(Diffusion::new(mask_id, d.clone()).accumulating(micro_batches)),
         ObjectiveConfig::Autoregressive => Box::new(Autoregressive),
     }
 }

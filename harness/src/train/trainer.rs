@@ -15,7 +15,6 @@ use super::step::{train_step, StepCtx};
 use super::schedule::lr_at;
 use crate::config::TrainConfig;
 use crate::model::params::{Fwd, Trainable};
-use crate::model::mask::AttentionMode;
 use crate::model::Llama;
 use crate::objective::{scored_loss, t_bucket_range, Batch, Example, FixedShape, Objective, Prepared, TBuckets, T_BUCKETS};
 use crate::rng::{derive_seed, rng_for, Purpose};
@@ -162,10 +161,10 @@ pub fn dev_nll(model: &Llama, objective: &dyn Objective, dev: &[Example], micro_
     Ok(if denom > 0.0 { sum / denom } else { 0.0 })
 }
 
-/// An annealed attention is read at `read_step` (the bias is drawn from (run seed, step)); full
-/// and causal attention do not depend on the step.
+/// An annealing schedule's attention is read at `read_step` (the bias is that step's: drawn from
+/// (run seed, step) for the Bernoulli mask); full and causal attention do not depend on the step.
 fn read_at(p: &mut Prepared, read_step: u64) {
-    if matches!(p.attention, AttentionMode::Annealed { .. }) {
+    if p.attention.depends_on_step() {
         p.step = read_step;
     }
 }
