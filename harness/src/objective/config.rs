@@ -118,6 +118,7 @@ struct ObjectiveTable {
     weight: Option<LossWeight>,
     eos_weight: Option<f64>,
     anneal: Option<AnnealSchedule>,
+    complementary: Option<bool>,
 }
 
 impl ObjectiveTable {
@@ -139,6 +140,7 @@ impl ObjectiveTable {
                     weight: self.weight.unwrap_or(d.weight),
                     eos_weight: self.eos_weight.unwrap_or(d.eos_weight),
                     anneal: self.anneal.unwrap_or(d.anneal),
+                    complementary: self.complementary.unwrap_or(d.complementary),
                 }))
             }
             ObjectiveKind::Autoregressive => {
@@ -156,6 +158,7 @@ impl ObjectiveTable {
                     self.weight.is_some(),
                     self.eos_weight.is_some(),
                     self.anneal.is_some(),
+                    self.complementary.is_some(),
                 ];
                 // Every field of the time is the flat form `config.json` had before the objective
                 // was a tagged enum (it wrote the first eight, unused): result folders stay readable.
@@ -204,7 +207,7 @@ mod tests {
 
     #[test]
     fn autoregressive_rejects_each_diffusion_field_by_name() {
-        let values = ["\"stratified\"", "0.5", "2.0", "0.01", "false", "\"response\"", "true", "3", "0.3", "0.8", "\"uniform\"", "0.5", "\"window\""];
+        let values = ["\"stratified\"", "0.5", "2.0", "0.01", "false", "\"response\"", "true", "3", "0.3", "0.8", "\"uniform\"", "0.5", "\"window\"", "true"];
         for (key, v) in DiffusionConfig::KEYS.iter().zip(values) {
             let e = parse(&format!("kind = \"autoregressive\"\n{key} = {v}")).unwrap_err().to_string();
             assert!(e.contains(&format!("objective.{key}: not a field of the autoregressive objective")), "{e}");

@@ -4,7 +4,8 @@
 //! `stratified` per micro-batch, `antithetic` across the accumulated batch, or `logit_normal`);
 //! mask each maskable (response-side) token with probability t; score the masked tokens with
 //! weight w(t) = 1/t (the ELBO weight of the linear schedule; `weight = "uniform"`: 1), eos
-//! targets times `eos_weight`, and divide by the chosen normaliser. With `shift`, the output at
+//! targets times `eos_weight`, and divide by the chosen normaliser. With `complementary`, each
+//! sequence is also scored under the complement of its mask (at time 1 − t) in the same step. With `shift`, the output at
 //! position i predicts token i+1 (an AR model's next-token head is reused unchanged); without it,
 //! the output at i predicts token i. The attention goes from causal to full over `anneal_steps`
 //! optimizer steps by the `anneal` schedule ([`AnnealSchedule`]: a Bernoulli mask per step, a
@@ -108,6 +109,11 @@ pub struct DiffusionConfig {
     /// the future keys each step), `window` (the future keys within p·L) or `switch` (causal,
     /// then full).
     pub anneal: AnnealSchedule,
+    /// Complementary masking (LLaDA 2.0, Fast-dLLM v2): each sequence appears twice in the
+    /// micro-batch, with its mask at time t and with the complement of that mask over the
+    /// maskable positions at time 1 − t (at least eps), so every maskable token is scored once
+    /// per step; the normaliser counts both copies.
+    pub complementary: bool,
 }
 
 impl Default for DiffusionConfig {
@@ -126,13 +132,14 @@ impl Default for DiffusionConfig {
             weight: LossWeight::InvT,
             eos_weight: 1.0,
             anneal: AnnealSchedule::Bernoulli,
+            complementary: false,
         }
     }
 }
 
 impl DiffusionConfig {
     /// The config keys (`objective.<name>`) of these settings, in declaration order.
-    pub const KEYS: [&'static str; 13] = [
+    pub const KEYS: [&'static str; 14] = [
         "t_sampling",
         "t_logit_mean",
         "t_logit_std",
@@ -146,6 +153,7 @@ impl DiffusionConfig {
         "weight",
         "eos_weight",
         "anneal",
+        "complementary",
     ];
 
     /// The mask-ratio band `[lo, hi]` that t is drawn in.
@@ -340,6 +348,25 @@ impl Diffusion {
         })
     }
 
+    /// The complementary step ([`DiffusionConfig::complementary`]) from explicit times and masks
+    /// of `batch`'s b sequences: rows 0..b are `prepare_with`'s, rows b..2b the same sequences
+    /// with the complement of each mask over the maskable positions, at time 1 − t (≥ eps).
+    pub fn prepare_complementary_with(&self, batch: &Batch, t: &[f64], masked: &[bool], step: u64) -> Result<Prepared> {
+        let (b, l) = (batch.b, batch.l);
+        let twice = |v: &[usize]| [v, v].concat();
+        let doubled = Batch { ids: [&batch.ids[..], &batch.ids[..]].concat(), b: 2 * b, l, prompt_len: twice(&batch.prompt_len), len: twice(&batch.len) };
+        let mut t2 = t.to_vec();
+        t2.extend(t.iter().map(|&x| (1.0 - x).max(self.cfg.eps)));
+        let mut m2 = masked.to_vec();
+        m2.resize(2 * b * l, false);
+        for i in 0..b {
+            for pos in self.maskable(batch, i) {
+                m2[(b + i) * l + pos] = !masked[i * l + pos];
+            }
+        }
+        self.prepare_with(&doubled, &t2, &m2, step)
+    }
+
     /// Which maskable positions of `batch` are masked (`masked[i * l + pos]`), each with
     /// probability `t[i]`, drawn from (`seed`, step, micro).
     fn draw_noise_masks(&self, batch: &Batch, t: &[f64], seed: u64, step: u64, micro: u64) -> Vec<bool> {
@@ -378,6 +405,7 @@ impl Diffusion {
             t_max: 1.0,
             weight: LossWeight::InvT,
             eos_weight: 1.0,
+            complementary: false,
             ..self.cfg.clone()
         };
         Diffusion::new(self.mask_id, cfg)
@@ -392,7 +420,18 @@ impl Objective for Diffusion {
     fn prepare(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared> {
         let t = self.sample_t(batch.b, seed, step, micro)?;
         let masked = self.draw_noise_masks(batch, &t, seed, step, micro);
+        if self.cfg.complementary {
+            return self.prepare_complementary_with(batch, &t, &masked, step);
+        }
         self.prepare_with(batch, &t, &masked, step)
+    }
+
+    fn rows_per_sequence(&self) -> usize {
+        if self.cfg.complementary {
+            2
+        } else {
+            1
+        }
     }
 
     fn prepare_nll(&self, batch: &Batch, step: u64, micro: u64, seed: u64) -> Result<Prepared> {
@@ -485,6 +524,47 @@ mod tests {
             let p = ddm(cfg).prepare_nll_with(&batch, &[0.25], &masked, 0).unwrap();
             assert_eq!(p.weights, vec![4.0, 4.0, 4.0]);
         }
+    }
+
+    #[test]
+    fn complementary_masks_partition_the_response_and_the_loss_is_the_sum_of_both() {
+        use crate::objective::loss_from_logits;
+        use candle_core::{Device, Tensor};
+        // two rows, V = 4, L = 5, shift; row 1 is padded after position 3
+        let batch = Batch { ids: vec![0, 1, 2, 3, 1, 2, 0, 3, 1, 0], b: 2, l: 5, prompt_len: vec![2, 1], len: vec![5, 4] };
+        let masked = vec![false, false, true, false, true, false, true, false, true, false];
+        let d = ddm(DiffusionConfig { complementary: true, ..Default::default() });
+        let c = d.prepare_complementary_with(&batch, &[0.4, 0.75], &masked, 0).unwrap();
+        assert_eq!((c.b, c.l), (4, 5));
+        // the masks of a sequence and its copy partition its maskable positions (the response)
+        for i in 0..2 {
+            let range = d.maskable(&batch, i);
+            for pos in 0..5 {
+                let a = c.input[i * 5 + pos] == 9;
+                let b = c.input[(2 + i) * 5 + pos] == 9;
+                assert_eq!(a || b, range.contains(&pos), "row {i} pos {pos}: covered iff maskable");
+                assert!(!(a && b), "row {i} pos {pos}: in one mask only");
+            }
+        }
+        assert_eq!(c.rows.len(), 3 + 3, "every response token scored once: 3 + 3 response tokens");
+        // the copy's time is 1 − t: weights 1/0.6 and 1/0.25
+        let w_copy: Vec<f32> = c.rows.iter().zip(&c.weights).filter(|(r, _)| **r >= 10).map(|(_, w)| *w).collect();
+        assert!(w_copy.iter().all(|&w| (w - 1.0 / 0.6).abs() < 1e-6 || (w - 4.0).abs() < 1e-6), "{w_copy:?}");
+        // the loss equals the two single-mask losses under the shared normaliser
+        let single = d.prepare_with(&batch, &[0.4, 0.75], &masked, 0).unwrap();
+        let comp: Vec<bool> = (0..10).map(|k| d.maskable(&batch, k / 5).contains(&(k % 5)) && !masked[k]).collect();
+        let other = d.prepare_with(&batch, &[0.6, 0.25], &comp, 0).unwrap();
+        assert_eq!(c.denom, single.denom + other.denom);
+        let logits = |b: usize| {
+            let v: Vec<f32> = (0..b * 5 * 4).map(|k| ((k * 7 % 11) as f32 - 5.0) / 3.0).collect();
+            Tensor::from_vec(v, (b, 5, 4), &Device::Cpu).unwrap()
+        };
+        let l4 = logits(4);
+        let both = loss_from_logits(&l4, &c, c.denom).unwrap().read().unwrap().loss;
+        let a = loss_from_logits(&l4.narrow(0, 0, 2).unwrap(), &single, c.denom).unwrap().read().unwrap().loss;
+        let b = loss_from_logits(&l4.narrow(0, 2, 2).unwrap(), &other, c.denom).unwrap().read().unwrap().loss;
+        assert!((both - (a + b)).abs() < 1e-5, "{both} vs {a} + {b}");
+        assert_eq!(d.rows_per_sequence(), 2);
     }
 
     #[test]

@@ -215,6 +215,11 @@ pub trait Objective: Send + Sync {
     fn nll_is_exact(&self) -> bool {
         false
     }
+    /// Rows a training micro-batch of B sequences becomes: `rows_per_sequence() × B` (diffusion's
+    /// complementary masking scores each sequence twice).
+    fn rows_per_sequence(&self) -> usize {
+        1
+    }
     /// The attention used at evaluation and decoding time.
     fn eval_attention(&self) -> AttentionMode;
     /// Generate an answer for every prompt with the decoding settings of `eval`; the draws are

@@ -284,7 +284,8 @@ fn train_loop(
     let mut accum = GradAccum::new(trainable);
     let mut graph = match inp.launch {
         StepLaunch::CudaGraph => {
-            let shape = FixedShape::for_examples(inp.train, cfg.micro_batch).ok_or_else(|| Error::msg("the training split is empty"))?;
+            let rows = cfg.micro_batch * objective.rows_per_sequence();
+            let shape = FixedShape::for_examples(inp.train, rows).ok_or_else(|| Error::msg("the training split is empty"))?;
             Some(GraphStep::new(&accum, shape, inp.pad_id, true)?)
         }
         StepLaunch::Auto | StepLaunch::Eager => None,
