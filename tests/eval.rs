@@ -395,3 +395,18 @@ fn a_partly_annealed_reading_is_neither_full_nor_causal_attention() {
     let end = ModelDenoiser::new(&model, AttentionMode::Annealed { anneal_steps: 200 }).logits(&ids).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert!(max_diff(&end, &full) < 1e-6);
 }
+
+#[test]
+fn a_train_max_canvas_is_the_longest_training_response_for_both_decoders() {
+    // clinical-rules letter answers: the letter and the eos, well under the 6-token budget
+    for objective in ["diffusion", "autoregressive"] {
+        let (_keep, out) = eval_tiny(objective, &["generate"], &["eval.canvas=\"train_max\""]);
+        let ev = harness::schema::RunDir::new(&out).read_eval().unwrap().expect("eval.json");
+        let d = ev.methods[0].decode.as_ref().unwrap();
+        assert!(d.max_new_tokens >= 1 && d.max_new_tokens < 6, "{objective}: budget {}", d.max_new_tokens);
+        assert_eq!(d.length_counts.len(), d.max_new_tokens + 1, "{objective}: no output past the budget");
+        let (_keep2, fixed) = eval_tiny(objective, &["generate"], &[]);
+        let f = harness::schema::RunDir::new(&fixed).read_eval().unwrap().expect("eval.json");
+        assert_eq!(f.methods[0].decode.as_ref().unwrap().max_new_tokens, 6, "{objective}: fixed is eval.max_new_tokens");
+    }
+}

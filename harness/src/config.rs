@@ -170,6 +170,17 @@ impl EvalAttention {
     }
 }
 
+/// How the generation budget is set (`eval.canvas`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Canvas {
+    /// `eval.max_new_tokens`.
+    #[default]
+    Fixed,
+    /// The longest training response (eos included), at most `eval.max_new_tokens`.
+    TrainMax,
+}
+
 /// Optimizer, schedule and loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -269,6 +280,12 @@ pub struct EvalConfig {
     pub batch_size: usize,
     /// Generation: tokens to generate (diffusion: the masked canvas length).
     pub max_new_tokens: usize,
+    /// Generation budget: `fixed` (`max_new_tokens`) or `train_max` (the longest training
+    /// response, eos included, at most `max_new_tokens`): a model trained without scored padding
+    /// is then never decoded on a canvas longer than any response it saw. Resolved from the
+    /// training split and recorded as `resolved.canvas_tokens`; the same budget for both
+    /// objectives.
+    pub canvas: Canvas,
     /// Diffusion generation: denoising steps.
     pub steps: usize,
     /// Diffusion generation: also evaluate `generate` at each of these step counts (reported as
@@ -325,6 +342,7 @@ impl Default for EvalConfig {
             limit: None,
             batch_size: 16,
             max_new_tokens: 8,
+            canvas: Canvas::Fixed,
             steps: 8,
             steps_sweep: vec![],
             threshold_sweep: vec![],
@@ -366,6 +384,10 @@ pub struct Resolved {
     /// How training runs each decoder layer (`model.layer_path`), as the model was built.
     #[serde(default)]
     pub layer_path: LayerPath,
+    /// The generation budget `eval.canvas = "train_max"` resolved to (the longest training
+    /// response, eos included); absent for `fixed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canvas_tokens: Option<usize>,
     /// How training steps were launched (`train.launch` resolved: `eager` or `cuda_graph`);
     /// `eager` in configs written before graphs existed.
     #[serde(default = "eager_launch")]
@@ -653,11 +675,23 @@ impl RawConfig {
                 n_train: None,
                 n_truncated: None,
                 layer_path,
+                canvas_tokens: None,
                 launch,
                 eval_attention,
                 eval_future_visibility: None,
             },
         })
+    }
+}
+
+impl RunConfig {
+    /// The generation budget of this run's evaluations: `eval.max_new_tokens`, capped by the
+    /// resolved `eval.canvas = "train_max"` length.
+    pub fn generation_budget(&self) -> usize {
+        match self.resolved.canvas_tokens {
+            Some(n) => n.min(self.raw.eval.max_new_tokens),
+            None => self.raw.eval.max_new_tokens,
+        }
     }
 }
 

@@ -179,6 +179,9 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
         Some(cfg.raw.objective.eval_future_visibility(cfg.raw.eval.attention.unwrap_or_default(), Some(total), cfg.raw.seed));
     cfg.resolved.n_train = Some(train_ex.len());
     cfg.resolved.n_truncated = Some(trunc);
+    if cfg.raw.eval.canvas == crate::config::Canvas::TrainMax {
+        cfg.resolved.canvas_tokens = train_ex.iter().map(|e| e.response.len()).max();
+    }
     // The resolved config goes into the run folder (created here) before training starts.
     dir.write_config(&cfg)?;
     let objective = objective(&cfg.raw, loaded.tok.mask_id);
@@ -188,7 +191,7 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
     let mut dev_hook = DevAccuracy {
         tok: &loaded.tok,
         items: &splits.dev,
-        setup: crate::eval::EvalSetup::from_config(&cfg.raw),
+        setup: crate::eval::EvalSetup::for_run(&cfg),
         run: dir.clone(),
         dataset: splits.name.clone(),
     };
@@ -267,10 +270,18 @@ pub fn evaluate(cfg: &RunConfig, source: EvalSource, out_dir: &Path) -> Result<E
             (&owned.0, &owned.1)
         }
     };
-    let setup = match source_kind {
+    let mut setup = match source_kind {
         SourceKind::Trained => crate::eval::EvalSetup::for_trained(cfg),
-        SourceKind::Base => crate::eval::EvalSetup::from_config(&cfg.raw),
+        SourceKind::Base => crate::eval::EvalSetup::for_run(cfg),
     };
+    if cfg.raw.eval.canvas == crate::config::Canvas::TrainMax && cfg.resolved.canvas_tokens.is_none() {
+        // a base model, or a run folder from before: the budget from this data's training split
+        let (train_ex, _) = encode_items(&splits.train, "train", &cfg.raw, &loaded.tok)?;
+        let longest = train_ex.iter().map(|e| e.response.len()).max().ok_or_else(|| {
+            Error::config("eval.canvas", "\"train_max\" sizes the canvas from the training split, which is empty here (use \"fixed\")")
+        })?;
+        setup.eval.max_new_tokens = longest.min(cfg.raw.eval.max_new_tokens);
+    }
     crate::eval::evaluate(&loaded.model, &loaded.tok, &splits.test, &setup, &splits.name, "test", out_dir)
 }
 

@@ -75,7 +75,15 @@ impl EvalSetup {
 
     /// The setup of a model trained by the run `cfg` describes: its `resolved.total_steps`.
     pub fn for_trained(cfg: &RunConfig) -> Self {
-        Self { trained_steps: cfg.resolved.total_steps, ..Self::from_config(&cfg.raw) }
+        Self { trained_steps: cfg.resolved.total_steps, ..Self::for_run(cfg) }
+    }
+
+    /// [`EvalSetup::from_config`] of a resolved run config: with its generation budget
+    /// ([`RunConfig::generation_budget`]), for an untrained model.
+    pub fn for_run(cfg: &RunConfig) -> Self {
+        let mut s = Self::from_config(&cfg.raw);
+        s.eval.max_new_tokens = cfg.generation_budget();
+        s
     }
 
     /// The objective that reads the model (`eval.attention`, the trained steps).
