@@ -91,8 +91,9 @@ pub struct TrainBench {
     #[serde(default = "eager")]
     pub launch: StepLaunch,
     /// With CUDA graphs: graphs captured during the timed steps (each costs about two eager
-    /// steps; a new LM-head row bucket is captured the first time a step needs it); absent
-    /// for eager rows and in older files.
+    /// steps; a new LM-head row bucket is captured the first time a step needs it; the warm-up
+    /// runs until 5 steps in a row captured nothing, at most 40 steps); absent for eager rows
+    /// and in older files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_captures_timed: Option<usize>,
     /// Where a step's time goes, from separate steps with a device synchronisation after each
@@ -286,15 +287,27 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     let future = future_token_check(&su.model, su.obj.eval_attention())?;
     let mut peak: f64 = 0.0;
     let mut loss = 0.0;
-    let mut t0 = Instant::now();
-    let mut captured_before = 0;
-    for step in 0..(opts.warmup + opts.steps) {
-        if step == opts.warmup {
-            opts.device.synchronize()?;
-            captured_before = su.graph.as_ref().map_or(0, |g| g.captured);
-            t0 = Instant::now();
-        }
+    let t0;
+    // Warm-up: `opts.warmup` steps, and with CUDA graphs until no step has captured a new graph
+    // for GRAPH_SETTLE steps (at most GRAPH_WARMUP_MAX), so the timed steps are replays, as
+    // nearly all of a long run's are (torch.compile's compile steps are left out the same way).
+    const GRAPH_SETTLE: usize = 5;
+    const GRAPH_WARMUP_MAX: usize = 40;
+    let captured = |su: &TrainSetup| su.graph.as_ref().map_or(0, |g| g.captured);
+    let (mut step, mut last_capture) = (0usize, 0usize);
+    while step < opts.warmup || (su.graph.is_some() && step - last_capture < GRAPH_SETTLE && step < GRAPH_WARMUP_MAX) {
+        let before = captured(&su);
         loss = su.step(step)?;
+        if captured(&su) > before {
+            last_capture = step + 1;
+        }
+        step += 1;
+    }
+    opts.device.synchronize()?;
+    let captured_before = captured(&su);
+    t0 = Instant::now();
+    for k in 0..opts.steps {
+        loss = su.step(step + k)?;
     }
     let graph_captures_timed = su.graph.as_ref().map(|g| g.captured - captured_before);
     opts.device.synchronize()?;
@@ -304,7 +317,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     // (a captured step has no phases to time apart; its peak is the pool's high-water mark)
     let reps = if su.graph.is_some() { 0 } else { 3 };
     for rep in 0..reps {
-        let step = (opts.warmup + opts.steps + rep) as u64;
+        let step = (step + opts.steps + rep) as u64;
         let t = Instant::now();
         let p = su.obj.prepare(&su.batch, step, 0, 0)?;
         let parts = phase::forward(&su.model, &p, p.denom, 0, step, 0)?;
