@@ -17,6 +17,7 @@ use super::spec::PrimaryMetric;
 use crate::stats::{Interval, SeedSummary};
 use crate::{Error, Result};
 use ddm_schema::eval::FrontierRow;
+use ddm_schema::PairedComparison;
 use ddm_schema::StudyDir;
 use comfy_table::{presets, Attribute, Cell, Table};
 use std::path::{Path, PathBuf};
@@ -273,6 +274,23 @@ pub fn config_tables(a: &Analysis) -> Vec<Tab> {
     tabs
 }
 
+/// The cells a paired comparison table shows after its labels: n, both accuracies, the
+/// differences with their intervals (bold when excluding 0), the MDE, b / c, p and Holm p.
+fn comparison_cells(c: &PairedComparison, mde: Option<f64>, holm_p: f64) -> Vec<(String, bool)> {
+    let d = |i: &Interval| format!("{} [{}, {}]", pct_signed(i.estimate), pct_signed(i.lo), pct_signed(i.hi));
+    vec![
+        (c.n.to_string(), false),
+        (pct(c.a_accuracy), false),
+        (pct(c.b_accuracy), false),
+        (d(&c.accuracy_diff), c.accuracy_diff.excludes_zero()),
+        (d(&c.macro_f1_diff), c.macro_f1_diff.excludes_zero()),
+        (mde.map(pct).unwrap_or_else(|| "-".into()), false),
+        (format!("{} / {}", c.mcnemar.b, c.mcnemar.c), false),
+        (format!("{:.3}", c.mcnemar.p_value), false),
+        (format!("{:.3}", holm_p), holm_p <= 0.05),
+    ]
+}
+
 /// The ddm-vs-AR comparison table, or `None` when the study has no pairs.
 pub fn pairs_table(a: &Analysis) -> Option<Tab> {
     if a.pairs.is_empty() {
@@ -287,23 +305,14 @@ pub fn pairs_table(a: &Analysis) -> Option<Tab> {
         rows: Vec::new(),
     };
     for p in &a.pairs {
-        let c = &p.comparison;
-        let d = |i: &Interval| format!("{} [{}, {}]", pct_signed(i.estimate), pct_signed(i.lo), pct_signed(i.hi));
-        t.rows.push(vec![
+        let mut row = vec![
             (p.ddm.clone(), false),
             (p.ar.clone(), false),
             (p.dataset.clone(), false),
             (p.method.clone(), false),
-            (c.n.to_string(), false),
-            (pct(c.a_accuracy), false),
-            (pct(c.b_accuracy), false),
-            (d(&c.accuracy_diff), c.accuracy_diff.excludes_zero()),
-            (d(&c.macro_f1_diff), c.macro_f1_diff.excludes_zero()),
-            (p.mde.map(pct).unwrap_or_else(|| "-".into()), false),
-            (format!("{} / {}", c.mcnemar.b, c.mcnemar.c), false),
-            (format!("{:.3}", c.mcnemar.p_value), false),
-            (format!("{:.3}", p.holm_p), p.holm_p <= 0.05),
-        ]);
+        ];
+        row.extend(comparison_cells(&p.comparison, p.mde, p.holm_p));
+        t.rows.push(row);
     }
     Some(t)
 }
@@ -323,22 +332,13 @@ pub fn method_pairs_table(a: &Analysis) -> Option<Tab> {
         rows: Vec::new(),
     };
     for p in &a.method_pairs {
-        let c = &p.comparison;
-        let d = |i: &Interval| format!("{} [{}, {}]", pct_signed(i.estimate), pct_signed(i.lo), pct_signed(i.hi));
-        t.rows.push(vec![
+        let mut row = vec![
             (p.run.clone(), false),
             (p.dataset.clone(), false),
             (p.method.clone(), false),
-            (c.n.to_string(), false),
-            (pct(c.a_accuracy), false),
-            (pct(c.b_accuracy), false),
-            (d(&c.accuracy_diff), c.accuracy_diff.excludes_zero()),
-            (d(&c.macro_f1_diff), c.macro_f1_diff.excludes_zero()),
-            (p.mde.map(pct).unwrap_or_else(|| "-".into()), false),
-            (format!("{} / {}", c.mcnemar.b, c.mcnemar.c), false),
-            (format!("{:.3}", c.mcnemar.p_value), false),
-            (format!("{:.3}", p.holm_p), p.holm_p <= 0.05),
-        ]);
+        ];
+        row.extend(comparison_cells(&p.comparison, p.mde, p.holm_p));
+        t.rows.push(row);
     }
     Some(t)
 }
