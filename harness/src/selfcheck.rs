@@ -124,16 +124,9 @@ pub fn run(device: &Device) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
-/// Four optimizer steps of two micro-batches each (annealed attention, right padding, lengths
-/// that vary by step, LoRA 8 and full fine-tuning) run eagerly and as captured CUDA graphs
-/// ([`crate::train::graph`]) from the same bf16 model: per-step loss and gradient norm, and the
-/// trained parameters, must agree to bf16 rounding; and the graph run must have launched a graph
-/// for every micro-batch, replaying some (fewer captures than launches).
-fn graph_checks(device: &Device) -> Result<Vec<Check>> {
-    use crate::model::lora::AdapterKind;
-    use crate::objective::{Example, FixedShape};
-    use crate::train::graph::GraphStep;
-    let cfg = LlamaConfig {
+/// The small head-width-64 model of the flash and graph step checks (the flash kernels serve it).
+fn head64_config() -> LlamaConfig {
+    LlamaConfig {
         vocab_size: 64,
         hidden_size: 256,
         intermediate_size: 512,
@@ -144,7 +137,19 @@ fn graph_checks(device: &Device) -> Result<Vec<Check>> {
         rope_theta: 10_000.0,
         max_position_embeddings: 128,
         tie_word_embeddings: true,
-    };
+    }
+}
+
+/// Four optimizer steps of two micro-batches each (annealed attention, right padding, lengths
+/// that vary by step, LoRA 8 and full fine-tuning) run eagerly and as captured CUDA graphs
+/// ([`crate::train::graph`]) from the same bf16 model: per-step loss and gradient norm, and the
+/// trained parameters, must agree to bf16 rounding; and the graph run must have launched a graph
+/// for every micro-batch, replaying some (fewer captures than launches).
+fn graph_checks(device: &Device) -> Result<Vec<Check>> {
+    use crate::model::lora::AdapterKind;
+    use crate::objective::{Example, FixedShape};
+    use crate::train::graph::GraphStep;
+    let cfg = head64_config();
     let on = format!("{:?} BF16", device.location());
     let data: Vec<Example> = (0..16u32)
         .map(|i| {
@@ -427,18 +432,7 @@ fn flash_compare(name: &str, on: &str, a: &Tensor, b: &Tensor) -> Result<Check> 
 /// loss and gradient norm must agree to bf16 rounding.
 fn flash_step_checks(device: &Device, on: &str) -> Result<Vec<Check>> {
     use crate::kernels::flash;
-    let cfg = LlamaConfig {
-        vocab_size: 64,
-        hidden_size: 256,
-        intermediate_size: 512,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: Some(2),
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 128,
-        tie_word_embeddings: true,
-    };
+    let cfg = head64_config();
     let probe_q = Tensor::zeros((1, 4, 8, 64), DType::BF16, device)?;
     let probe_k = Tensor::zeros((1, 2, 8, 64), DType::BF16, device)?;
     let serves = flash::flash_ok(&probe_q, &probe_k, None);
