@@ -991,11 +991,14 @@ fn every_sft_variant_trains_a_tiny_model() {
         ("window annealing", DiffusionConfig { anneal: AnnealSchedule::Window, anneal_steps: 3, ..d.clone() }, 1),
         ("switch annealing", DiffusionConfig { anneal: AnnealSchedule::Switch, anneal_steps: 2, ..d.clone() }, 1),
         ("complementary", DiffusionConfig { complementary: true, ..d.clone() }, 1),
+        ("blocks of 2", DiffusionConfig { block_size: 2, ..d.clone() }, 1),
+        ("packed to 16 columns", d.clone(), 1),
     ];
     for (name, cfg, accum) in variants {
         let (_, lora, tr) = base_and_lora(5);
         let obj = harness::objective::build_for_training(&harness::config::ObjectiveConfig::Diffusion(cfg), 31, accum);
-        let tc = TrainConfig { grad_accum: accum, ..tcfg(3, 1e-2) };
+        let pack_to = if name.starts_with("packed") { 16 } else { 0 };
+        let tc = TrainConfig { grad_accum: accum, pack_to, ..tcfg(3, 1e-2) };
         let (out, csv) = run_train(&lora, &tr, obj.as_ref(), &tc, 0, &data);
         assert!(out.final_loss.is_finite() && out.final_loss > 0.0, "{name}: {out:?}");
         assert_eq!(csv.lines().count(), 4, "{name}: a metrics row per step");

@@ -245,10 +245,18 @@ struct TrainSetup {
     acc: GradAccum,
     batch: Batch,
     graph: Option<GraphStep>,
+    /// `train.pack_to` (0 = the padded rows).
+    pack_to: usize,
 }
 
 impl TrainSetup {
     fn new(opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize, launch: StepLaunch) -> Result<Self> {
+        Self::from_data(opts, objective, rank, random_examples(batch, seq, opts.arch.vocab_size, 1), launch, 0)
+    }
+
+    /// The setup on the micro-batch `data` (one micro-batch per step), packed to `pack_to`
+    /// columns per row when it is not 0.
+    fn from_data(opts: &BenchOpts, objective: &str, rank: usize, data: Vec<Example>, launch: StepLaunch, pack_to: usize) -> Result<Self> {
         let adapter = if rank == 0 {
             AdapterConfig { kind: AdapterKind::Full, ..Default::default() }
         } else {
@@ -259,7 +267,6 @@ impl TrainSetup {
         let tc = TrainConfig::default();
         let opt = AdamW::new(&tr, AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.adam_eps, weight_decay: 0.0 })?;
         let acc = GradAccum::new(&tr);
-        let data = random_examples(batch, seq, opts.arch.vocab_size, 1);
         let refs: Vec<&Example> = data.iter().collect();
         let batch = Batch::collate(&refs, 0);
         let graph = match launch {
@@ -269,15 +276,47 @@ impl TrainSetup {
             }
             StepLaunch::Auto | StepLaunch::Eager => None,
         };
-        Ok(Self { model, trainable_params: tr.numel(), obj: crate::objective::build(&cfg, 0), opt, acc, batch, graph })
+        Ok(Self { model, trainable_params: tr.numel(), obj: crate::objective::build(&cfg, 0), opt, acc, batch, graph, pack_to })
     }
 
     /// Optimizer step `step` through [`train_step`], as the trainer runs it; its loss.
     fn step(&mut self, step: usize) -> Result<f64> {
-        let p = self.obj.prepare(&self.batch, step as u64, 0, 0)?;
+        let mut p = self.obj.prepare(&self.batch, step as u64, 0, 0)?;
+        if self.pack_to > 0 {
+            p = crate::objective::pack::pack(&p, self.pack_to, 0)?.0;
+        }
         let sc = StepCtx { seed: 0, step: step as u64, accum: &mut self.acc, opt: &mut self.opt, lr: 1e-4, max_grad_norm: 1.0, graph: self.graph.as_mut() };
         Ok(train_step(&self.model, std::slice::from_ref(&p), sc)?.loss)
     }
+}
+
+/// Warm up `su` and time `opts.steps` steps: (seconds per step, last loss, steps run, graphs
+/// captured during the timed steps). Warm-up: `opts.warmup` steps, and with CUDA graphs until
+/// no step has captured a new graph for GRAPH_SETTLE steps (at most GRAPH_WARMUP_MAX), so the
+/// timed steps are replays, as nearly all of a long run's are (torch.compile's compile steps are
+/// left out the same way).
+fn timed_steps(opts: &BenchOpts, su: &mut TrainSetup) -> Result<(f64, f64, usize, Option<usize>)> {
+    const GRAPH_SETTLE: usize = 5;
+    const GRAPH_WARMUP_MAX: usize = 40;
+    let captured = |su: &TrainSetup| su.graph.as_ref().map_or(0, |g| g.captured);
+    let (mut step, mut last_capture, mut loss) = (0usize, 0usize, 0.0);
+    while step < opts.warmup || (su.graph.is_some() && step - last_capture < GRAPH_SETTLE && step < GRAPH_WARMUP_MAX) {
+        let before = captured(su);
+        loss = su.step(step)?;
+        if captured(su) > before {
+            last_capture = step + 1;
+        }
+        step += 1;
+    }
+    opts.device.synchronize()?;
+    let captured_before = captured(su);
+    let t0 = Instant::now();
+    for k in 0..opts.steps {
+        loss = su.step(step + k)?;
+    }
+    let graph_captures_timed = su.graph.as_ref().map(|g| g.captured - captured_before);
+    opts.device.synchronize()?;
+    Ok((t0.elapsed().as_secs_f64() / opts.steps as f64, loss, step, graph_captures_timed))
 }
 
 /// Measure one training configuration.
@@ -286,32 +325,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     let mut su = TrainSetup::new(opts, objective, rank, batch, seq, launch)?;
     let future = future_token_check(&su.model, su.obj.eval_attention())?;
     let mut peak: f64 = 0.0;
-    let mut loss = 0.0;
-    let t0;
-    // Warm-up: `opts.warmup` steps, and with CUDA graphs until no step has captured a new graph
-    // for GRAPH_SETTLE steps (at most GRAPH_WARMUP_MAX), so the timed steps are replays, as
-    // nearly all of a long run's are (torch.compile's compile steps are left out the same way).
-    const GRAPH_SETTLE: usize = 5;
-    const GRAPH_WARMUP_MAX: usize = 40;
-    let captured = |su: &TrainSetup| su.graph.as_ref().map_or(0, |g| g.captured);
-    let (mut step, mut last_capture) = (0usize, 0usize);
-    while step < opts.warmup || (su.graph.is_some() && step - last_capture < GRAPH_SETTLE && step < GRAPH_WARMUP_MAX) {
-        let before = captured(&su);
-        loss = su.step(step)?;
-        if captured(&su) > before {
-            last_capture = step + 1;
-        }
-        step += 1;
-    }
-    opts.device.synchronize()?;
-    let captured_before = captured(&su);
-    t0 = Instant::now();
-    for k in 0..opts.steps {
-        loss = su.step(step + k)?;
-    }
-    let graph_captures_timed = su.graph.as_ref().map(|g| g.captured - captured_before);
-    opts.device.synchronize()?;
-    let dt = t0.elapsed().as_secs_f64() / opts.steps as f64;
+    let (dt, loss, step, graph_captures_timed) = timed_steps(opts, &mut su)?;
     // phase profile: three more steps through the step's phases, synchronising after each
     let mut ph = [0f64; 4];
     // (a captured step has no phases to time apart; its peak is the pool's high-water mark)
@@ -364,6 +378,96 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
         graph_captures_timed,
         phases,
     })
+}
+
+/// One packed-vs-padded training measurement (`packing.jsonl`): ddm-sft, LoRA 16, one
+/// micro-batch of `pairs` sequences of clinical-rules-like lengths per step, laid out padded
+/// (each pair its own row, padded to the longest) or packed (`train.pack_to`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackBench {
+    /// `padded` or `packed`.
+    pub layout: String,
+    /// `train.pack_to` (0 for padded rows).
+    pub pack_to: usize,
+    /// How the steps were launched.
+    pub launch: StepLaunch,
+    /// Pairs per step.
+    pub pairs: usize,
+    /// Rows of the laid-out micro-batch.
+    pub rows: usize,
+    /// Columns per row.
+    pub width: usize,
+    /// Real tokens per step (the pairs' own, no padding).
+    pub real_tokens: usize,
+    /// Mean milliseconds per optimizer step.
+    pub ms_per_step: f64,
+    /// Real tokens per second: the figure to compare.
+    pub real_tokens_per_s: f64,
+    /// Columns (rows × width, padding included) per second.
+    pub columns_per_s: f64,
+    /// Peak device memory of the measured steps, GiB (0 on CPU).
+    pub peak_mem_gib: f64,
+    /// Last loss (sanity).
+    pub loss: f64,
+    /// Device description.
+    pub device: String,
+}
+
+/// `n` pairs of lengths uniform in `[lo, hi]` tokens, the prompt three quarters of each (the
+/// shape of clinical-rules rows with rationale answers), random tokens.
+fn varied_examples(n: usize, (lo, hi): (usize, usize), vocab: usize, seed: u64) -> Vec<Example> {
+    let mut rng = rng_for(seed, Purpose::Init, 78, 0);
+    (0..n)
+        .map(|_| {
+            let len = rng.random_range(lo..=hi);
+            let toks: Vec<u32> = (0..len).map(|_| rng.random_range(3..vocab as u32)).collect();
+            let p = len * 3 / 4;
+            Example { prompt: toks[..p].to_vec(), response: toks[p..].to_vec() }
+        })
+        .collect()
+}
+
+/// Packed vs padded training throughput at the clinical-rules shape: the same `pairs` pairs
+/// (lengths in `lens`) per step, padded (eager, and as a CUDA graph on CUDA) and packed to each
+/// of `capacities` (eager: a packed batch changes shape from step to step).
+pub fn pack_bench(opts: &BenchOpts, pairs: usize, lens: (usize, usize), capacities: &[usize]) -> Result<Vec<PackBench>> {
+    let data = varied_examples(pairs, lens, opts.arch.vocab_size, 3);
+    let real: usize = data.iter().map(|e| e.prompt.len() + e.response.len()).sum();
+    let mut layouts: Vec<(usize, StepLaunch)> = vec![(0, StepLaunch::Eager)];
+    if opts.device.is_cuda() {
+        layouts.push((0, StepLaunch::CudaGraph));
+    }
+    layouts.extend(capacities.iter().map(|&c| (c, StepLaunch::Eager)));
+    let mut out = Vec::new();
+    for (pack_to, launch) in layouts {
+        crate::device::peak_allocated(&opts.device, true);
+        let mut su = TrainSetup::from_data(opts, "ddm", 16, data.clone(), launch, pack_to)?;
+        let (rows, width) = if pack_to > 0 {
+            let p = su.obj.prepare(&su.batch, 0, 0, 0)?;
+            let q = crate::objective::pack::pack(&p, pack_to, 0)?.0;
+            (q.b, q.l)
+        } else {
+            (su.batch.b, su.batch.l)
+        };
+        let (dt, loss, _, _) = timed_steps(opts, &mut su)?;
+        let peak = crate::device::peak_allocated(&opts.device, false).map_or(0.0, |b| b as f64 / GIB);
+        out.push(PackBench {
+            layout: if pack_to > 0 { "packed" } else { "padded" }.into(),
+            pack_to,
+            launch: if su.graph.is_some() { StepLaunch::CudaGraph } else { StepLaunch::Eager },
+            pairs,
+            rows,
+            width,
+            real_tokens: real,
+            ms_per_step: dt * 1e3,
+            real_tokens_per_s: real as f64 / dt,
+            columns_per_s: (rows * width) as f64 / dt,
+            peak_mem_gib: peak,
+            loss,
+            device: format!("{:?}", opts.device.location()),
+        });
+    }
+    Ok(out)
 }
 
 /// Does the output at position 0 change when the last token changes (full attention)?
@@ -471,7 +575,8 @@ fn append_jsonl<T: Serialize>(path: &std::path::Path, v: &T) -> Result<()> {
 /// to `candle.jsonl` and `decode.jsonl` in `dir` as each finishes, and writes `env.json`.
 ///
 /// `only`: when not empty, the training rows to run, each `objective:rank:batch:seq` (rank 0 =
-/// full fine-tuning), e.g. `ddm:16:64:512`; the others are skipped.
+/// full fine-tuning), e.g. `ddm:16:64:512`, and `pack` for the packed-vs-padded rows
+/// (`packing.jsonl`); the others are skipped.
 pub fn run_cli(
     dir: &std::path::Path,
     device: &str,
@@ -539,6 +644,15 @@ pub fn run_cli(
                 }
                 }
             }
+        }
+    }
+    if only.is_empty() || only.iter().any(|o| o == "pack") {
+        // packed vs padded at the clinical-rules shape (rows of 80–240 tokens, ~150 on average)
+        let (pairs, caps) = if quick { (6, vec![96]) } else { (64, vec![1024, 2048]) };
+        let lens = if quick { (8, 40) } else { (80, 240) };
+        for r in pack_bench(&opts, pairs, lens, &caps)? {
+            eprintln!("pack {} pack_to={} {}: {} rows × {}, {:.1} ms/step, {:.0} real tokens/s, {:.1} GiB", r.layout, r.pack_to, r.launch.as_str(), r.rows, r.width, r.ms_per_step, r.real_tokens_per_s, r.peak_mem_gib);
+            append_jsonl(&dir.join("packing.jsonl"), &r)?;
         }
     }
     if decode {

@@ -232,6 +232,11 @@ pub struct TrainConfig {
     /// allows it, else eager), `eager`, or `cuda_graph` ([`crate::train::graph`]). Resolved
     /// before the run and recorded in `config.json` (`resolved.launch`).
     pub launch: StepLaunch,
+    /// Packing with document masks ([`crate::objective::pack`]): 0 = off (each sequence its own
+    /// right-padded row); C ≥ 1 lays each prepared micro-batch's sequences end to end in rows
+    /// of at most C columns, each pair seeing only itself, positions restarting per pair, its
+    /// masks, weights and normaliser those of the unpacked batch. Runs eagerly.
+    pub pack_to: usize,
 }
 
 impl Default for TrainConfig {
@@ -258,6 +263,7 @@ impl Default for TrainConfig {
             dead_steps: 5,
             dead_ce_tol: 1e-3,
             launch: StepLaunch::Auto,
+            pack_to: 0,
         }
     }
 }
@@ -542,7 +548,19 @@ impl RawConfig {
             }
         }
         match &self.objective {
-            ObjectiveConfig::Diffusion(d) => d.validate()?,
+            ObjectiveConfig::Diffusion(d) => {
+                d.validate()?;
+                if d.block_size > 0 {
+                    let e = &self.eval;
+                    if e.block_len != 0 && e.block_len != d.block_size {
+                        return bad("eval.block_len", &format!("a block-diffusion model (objective.block_size = {}) decodes in its own blocks: set eval.block_len = 0 or {}", d.block_size, d.block_size));
+                    }
+                    let blocks = e.max_new_tokens.div_ceil(d.block_size);
+                    if let Some(s) = std::iter::once(e.steps).chain(e.steps_sweep.iter().copied()).find(|&s| s < blocks) {
+                        return bad("eval.steps", &format!("{s} decoding steps cannot cover the {blocks} blocks of {} tokens in eval.max_new_tokens = {} (objective.block_size = {}): at least one step per block", d.block_size, e.max_new_tokens, d.block_size));
+                    }
+                }
+            }
             ObjectiveConfig::Autoregressive => {
                 if !self.eval.steps_sweep.is_empty() {
                     return bad("eval.steps_sweep", "a diffusion setting (decoding steps): must be empty for the autoregressive objective");
@@ -653,6 +671,16 @@ impl RawConfig {
         Ok(())
     }
 
+    /// The setting (key, reason) whose micro-batches change layout from step to step, so that
+    /// the training step cannot be one captured CUDA graph: `auto` launches it eagerly.
+    pub fn eager_only(&self) -> Option<(&'static str, &'static str)> {
+        match &self.objective {
+            ObjectiveConfig::Diffusion(d) if d.block_size > 0 => Some(("objective.block_size", "lays each micro-batch out with its own visibility and positions (the two-copy layout)")),
+            _ if self.train.pack_to > 0 => Some(("train.pack_to", "packs each micro-batch into rows of its own shape")),
+            _ => None,
+        }
+    }
+
     /// Validate and resolve `auto` choices.
     pub fn resolve(self) -> Result<RunConfig> {
         self.validate()?;
@@ -663,7 +691,13 @@ impl RawConfig {
             d => d.to_string(),
         };
         let layer_path = self.model.layer_path;
-        let launch = resolve_launch(self.train.launch, &device, &self.adapter)?;
+        let launch = match self.eager_only() {
+            Some((key, why)) if self.train.launch == StepLaunch::CudaGraph => {
+                return Err(Error::config("train.launch", format!("\"cuda_graph\" replays one fixed layout, but {key} {why}: use \"eager\" (or \"auto\")")));
+            }
+            Some(_) => StepLaunch::Eager,
+            None => resolve_launch(self.train.launch, &device, &self.adapter)?,
+        };
         let eval_attention = Some(self.eval.attention.unwrap_or_default());
         Ok(RunConfig {
             raw: self,

@@ -63,7 +63,7 @@ enum Cmd {
         #[arg(long)]
         ops: bool,
         /// Only these training rows, `objective:rank:batch:seq` (rank 0 = full fine-tuning),
-        /// comma-separated, e.g. `ddm:16:64:512,ddm:0:64:512`.
+        /// comma-separated, e.g. `ddm:16:64:512,ddm:0:64:512`; `pack` for the packed-vs-padded rows (packing.jsonl).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// How training steps are launched, comma-separated: `eager`, `cuda_graph`, `auto`

@@ -289,16 +289,44 @@ fn decode_section(decode: &[Row], torch: &[Row]) -> Table {
     t
 }
 
-/// The tables of a bench folder: `training` (candle.jsonl beside torch.jsonl) and, when there are
-/// decode rows, `decoding` (decode.jsonl beside torch_decode.jsonl).
+/// Packed vs padded training rows (packing.jsonl), each with its real-token throughput as a
+/// multiple of the first padded eager row's.
+fn packing_table(rows: &[Row]) -> Table {
+    let mut t = Table::new();
+    t.set_header(["layout", "pack_to", "launch", "pairs", "rows × width", "ms/step", "real tokens/s", "vs padded eager", "columns/s", "peak GiB"]);
+    let base = rows.iter().find(|r| r["layout"] == "padded" && r["launch"] == "eager").and_then(|r| num(r, "real_tokens_per_s"));
+    for r in rows {
+        t.add_row(vec![
+            r["layout"].as_str().unwrap_or("").to_string(),
+            fixed(num(r, "pack_to"), 0),
+            r["launch"].as_str().unwrap_or("").to_string(),
+            fixed(num(r, "pairs"), 0),
+            format!("{} × {}", fixed(num(r, "rows"), 0), fixed(num(r, "width"), 0)),
+            fixed(num(r, "ms_per_step"), 1),
+            fixed(num(r, "real_tokens_per_s"), 0),
+            times(num(r, "real_tokens_per_s"), base),
+            fixed(num(r, "columns_per_s"), 0),
+            fixed(num(r, "peak_mem_gib"), 2),
+        ]);
+    }
+    t
+}
+
+/// The tables of a bench folder: `training` (candle.jsonl beside torch.jsonl), when there are
+/// decode rows `decoding` (decode.jsonl beside torch_decode.jsonl), and when there are packing
+/// rows `packing` (packing.jsonl).
 pub fn bench_tables(dir: &std::path::Path) -> crate::Result<Vec<(&'static str, Table)>> {
     let candle = read_jsonl(&dir.join("candle.jsonl"))?;
     let torch = read_jsonl(&dir.join("torch.jsonl"))?;
     let decode = read_jsonl(&dir.join("decode.jsonl"))?;
     let torch_decode = read_jsonl(&dir.join("torch_decode.jsonl"))?;
+    let packing = read_jsonl(&dir.join("packing.jsonl"))?;
     let mut out = vec![("training", train_table(&candle, &torch))];
     if !decode.is_empty() || torch_decode.iter().any(|x| x.get("batch").is_some()) {
         out.push(("decoding", decode_section(&decode, &torch_decode)));
+    }
+    if !packing.is_empty() {
+        out.push(("packing", packing_table(&packing)));
     }
     Ok(out)
 }

@@ -81,6 +81,15 @@ pub fn losses(device: &Device, dtype: DType) -> Result<Vec<(String, f64)>> {
         }
         let p = Autoregressive.prepare(&batch, 0, 0, 0)?;
         out.push((format!("ar{sfx}"), scored_loss(&model, &p, p.denom, 0, &ctx)?.read()?.loss));
+        // the layouts with their own visibility and RoPE positions: block diffusion's two copies
+        // (blocks of 2) and both objectives packed two rows to one
+        let blocks = Diffusion::new(63, DiffusionConfig { block_size: 2, ..diffusion(true).cfg });
+        let p = blocks.prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
+        out.push((format!("ddm_blocks2{sfx}"), scored_loss(&model, &p, p.denom, 0, &ctx)?.read()?.loss));
+        for (name, p) in [("ddm_shift_packed", diffusion(true).prepare_with(&batch, &[0.4, 0.75], &masked, 0)?), ("ar_packed", Autoregressive.prepare(&batch, 0, 0, 0)?)] {
+            let (q, _) = crate::objective::pack::pack(&p, 20, 0)?;
+            out.push((format!("{name}{sfx}"), scored_loss(&model, &q, q.denom, 0, &ctx)?.read()?.loss));
+        }
     }
     // gradient norm of one LoRA step (B = 0 at init, so use full fine-tuning for a non-trivial norm)
     let full = AdapterConfig { kind: crate::model::lora::AdapterKind::Full, ..Default::default() };

@@ -26,7 +26,7 @@ use super::ops::{self, Attach1, Attach2};
 use super::params::{Fwd, GradSink, Trainable, Weight};
 use crate::kernels::fused as kernels;
 use crate::kernels::layout::swap_axes;
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -125,14 +125,49 @@ impl Rotary {
         Ok((self.cos.narrow(0, offset, l)?.to_dtype(dtype)?, self.sin.narrow(0, offset, l)?.to_dtype(dtype)?))
     }
 
-    /// x: (B, H, L, Dh) for positions offset..offset+L; differentiable composite when `ctx.train`.
-    fn apply(&self, x: &Tensor, offset: usize, ctx: &Fwd) -> Result<Tensor> {
-        let (cos, sin) = self.tables(offset, x.dim(2)?, x.dtype())?; // (L, Dh/2)
+    /// cos and sin of the `l` columns at `pos`: (L, Dh/2) for [`Positions::From`], (B, L, Dh/2)
+    /// for [`Positions::At`], in `dtype`.
+    pub fn tables_for(&self, pos: Positions, l: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+        match pos {
+            Positions::From(offset) => self.tables(offset, l, dtype),
+            Positions::At(p) => {
+                let (b, lp) = p.dims2()?;
+                if lp != l {
+                    candle_core::bail!("RoPE positions of {lp} columns for a chunk of {l}")
+                }
+                let flat = p.flatten_all()?;
+                let half = self.cos.dim(1)?;
+                let pick = |t: &Tensor| t.index_select(&flat, 0)?.reshape((b, l, half))?.to_dtype(dtype); // (B, L, Dh/2)
+                Ok((pick(&self.cos)?, pick(&self.sin)?))
+            }
+        }
+    }
+
+    /// x: (B, H, L, Dh) at positions `pos`; differentiable composite when `ctx.train`.
+    fn apply(&self, x: &Tensor, pos: Positions, ctx: &Fwd) -> Result<Tensor> {
+        let (cos, sin) = self.tables_for(pos, x.dim(2)?, x.dtype())?; // (L | B·L, Dh/2)
         if ctx.train {
-            return candle_nn::rotary_emb::rope_slow(x, &cos, &sin);
+            if cos.rank() == 2 {
+                return candle_nn::rotary_emb::rope_slow(x, &cos, &sin);
+            }
+            // per-row tables (B, L, Dh/2): the same rotate-half composite, broadcast over heads
+            let full = |t: &Tensor| Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(1); // (B, 1, L, Dh)
+            let half = x.dim(D::Minus1)? / 2;
+            let rot = Tensor::cat(&[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?], D::Minus1)?;
+            return x.broadcast_mul(&full(&cos)?)? + rot.broadcast_mul(&full(&sin)?)?;
         }
         candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
     }
+}
+
+/// The RoPE positions of a chunk's columns.
+#[derive(Debug, Clone, Copy)]
+pub enum Positions<'a> {
+    /// `offset..offset + L` in every row.
+    From(usize),
+    /// Explicit, (B, L) u32: packed rows restart them per pair, block diffusion's clean copy
+    /// repeats the noised copy's.
+    At(&'a Tensor),
 }
 
 /// Cached keys and values of one layer: (B, Hkv, T, Dh).
@@ -192,15 +227,15 @@ impl Attention {
     }
 
     /// (B, L, D) → (B, L, D), appending this chunk's keys and values to `cache`.
-    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, rot: &Rotary, ctx: &Fwd, cache: Option<&mut LayerCache>, offset: usize) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, rot: &Rotary, ctx: &Fwd, cache: Option<&mut LayerCache>, pos: Positions) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         // (B, n, L, Dh); the reference training path keeps autograd's transpose
         let heads = |y: Tensor, n: usize| {
             let y = y.reshape((b, l, n, self.head_dim))?;
             if ctx.train { y.transpose(1, 2)?.contiguous() } else { swap_axes(&y) }
         };
-        let q = rot.apply(&heads(self.q_proj.forward(x, ctx)?, self.n_heads)?, offset, ctx)?; // (B, H, L, Dh)
-        let mut k = rot.apply(&heads(self.k_proj.forward(x, ctx)?, self.n_kv)?, offset, ctx)?; // (B, Hkv, L, Dh)
+        let q = rot.apply(&heads(self.q_proj.forward(x, ctx)?, self.n_heads)?, pos, ctx)?; // (B, H, L, Dh)
+        let mut k = rot.apply(&heads(self.k_proj.forward(x, ctx)?, self.n_kv)?, pos, ctx)?; // (B, Hkv, L, Dh)
         let mut v = heads(self.v_proj.forward(x, ctx)?, self.n_kv)?;
         if let Some(c) = cache {
             if let (Some(pk), Some(pv)) = (&c.k, &c.v) {
@@ -273,17 +308,17 @@ impl DecoderLayer {
         [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
     }
 
-    /// Plain candle forward of `x` (B, L, D) → (B, L, D), positions `offset..`; `bias`
+    /// Plain candle forward of `x` (B, L, D) → (B, L, D) at RoPE positions `pos`; `bias`
     /// broadcastable to (B, H, L, T).
-    pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>, rot: &Rotary, ctx: &Fwd, cache: Option<&mut LayerCache>, offset: usize) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>, rot: &Rotary, ctx: &Fwd, cache: Option<&mut LayerCache>, pos: Positions) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x, ctx)?;
-        let x = (x + self.self_attn.forward(&h, bias, rot, ctx, cache, offset)?)?;
+        let x = (x + self.self_attn.forward(&h, bias, rot, ctx, cache, pos)?)?;
         let h = self.post_attention_layernorm.forward(&x, ctx)?;
         x.clone() + self.mlp.forward(&h, ctx)?
     }
 
     /// The layer on `x` (B, L, D) as one graph node with a hand-written backward. `cos`, `sin`:
-    /// RoPE tables (L, Dh/2) in x's dtype; `ctx` seeds the adapters' dropout.
+    /// RoPE tables (L, Dh/2), or (B, L, Dh/2) per row, in x's dtype; `ctx` seeds the adapters' dropout.
     pub fn forward_fused(&self, x: &Tensor, bias: Option<&Tensor>, cos: &Tensor, sin: &Tensor, ctx: &Fwd, sink: &GradSink) -> Result<Tensor> {
         let dt = x.dtype();
         let lins: Vec<Linear> = self.linears().iter().map(|(_, l)| (*l).clone()).collect();

@@ -8,7 +8,7 @@
 //! which one runs is [`LayerPath`], chosen once in [`BuildOpts`].
 //! Reference: Touvron et al. 2023, "LLaMA: Open and Efficient Foundation Language Models".
 
-use super::decoder::{DecoderLayer, LayerCache, LayerPath, LoadCtx, RmsNorm, Rotary};
+use super::decoder::{DecoderLayer, LayerCache, LayerPath, LoadCtx, Positions, RmsNorm, Rotary};
 use super::linear::Linear;
 use super::lora::{AdapterConfig, AdapterKind};
 use super::params::{Fwd, GradSink, Trainable, Weight};
@@ -281,7 +281,19 @@ impl Llama {
     /// to (B, H, L, L), or None for full attention. Returns (B, L, D). In training
     /// (`ctx.train`) each layer runs on the model's [`LayerPath`].
     pub fn hidden(&self, ids: &Tensor, bias: Option<&Tensor>, ctx: &Fwd) -> candle_core::Result<Tensor> {
-        self.hidden_inner(ids, bias, ctx, None)
+        self.hidden_inner(ids, bias, ctx, None, None)
+    }
+
+    /// [`Llama::hidden`] with explicit RoPE positions `positions` (B, L) u32 (None: 0..L): packed
+    /// rows restart them per pair, block diffusion's clean copy repeats the noised copy's. Each
+    /// position must be below `max_position_embeddings` (the caller checks: [`crate::objective::HostBatch`]).
+    pub fn hidden_at(&self, ids: &Tensor, bias: Option<&Tensor>, positions: Option<&Tensor>, ctx: &Fwd) -> candle_core::Result<Tensor> {
+        if let Some(p) = positions {
+            if p.dims2()? != ids.dims2()? {
+                candle_core::bail!("RoPE positions {:?} for token ids {:?}", p.dims(), ids.dims())
+            }
+        }
+        self.hidden_inner(ids, bias, ctx, None, positions)
     }
 
     fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
@@ -290,8 +302,12 @@ impl Llama {
         crate::kernels::layout::embedding(&e, &ids.flatten_all()?)?.reshape((b, l, self.cfg.hidden_size)) // (B, L, D)
     }
 
-    fn hidden_inner(&self, ids: &Tensor, bias: Option<&Tensor>, ctx: &Fwd, mut cache: Option<&mut KvCache>) -> candle_core::Result<Tensor> {
+    fn hidden_inner(&self, ids: &Tensor, bias: Option<&Tensor>, ctx: &Fwd, mut cache: Option<&mut KvCache>, positions: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let offset = cache.as_ref().map(|c| c.len).unwrap_or(0);
+        let pos = match positions {
+            Some(p) => Positions::At(p),
+            None => Positions::From(offset),
+        };
         let mut x = self.embed(ids)?; // (B, L, D)
         if let Some(c) = cache.as_mut() {
             if c.layers.is_empty() {
@@ -299,14 +315,14 @@ impl Llama {
             }
         }
         let fused = ctx.train && cache.is_none() && self.layer_path == LayerPath::Fused;
-        let tables = if fused { Some(self.rotary.tables(offset, ids.dim(1)?, self.dtype)?) } else { None };
+        let tables = if fused { Some(self.rotary.tables_for(pos, ids.dim(1)?, self.dtype)?) } else { None };
         if fused {
             self.refresh_adapter_copies()?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
             x = match &tables {
                 Some((cos, sin)) => layer.forward_fused(&x, bias, cos, sin, ctx, &self.sink)?,
-                None => layer.forward(&x, bias, &self.rotary, ctx, cache.as_mut().map(|c| &mut c.layers[i]), offset)?,
+                None => layer.forward(&x, bias, &self.rotary, ctx, cache.as_mut().map(|c| &mut c.layers[i]), pos)?,
             };
         }
         if let Some(c) = cache {
@@ -387,7 +403,7 @@ impl Llama {
             }
         }
         let bias = super::mask::padded_cache_bias(l, cache.len, &cache.pad, self.dtype, &self.device)?; // (B|1, 1, l, T) or None
-        self.hidden_inner(ids, bias.as_ref(), &Fwd::default(), Some(cache))
+        self.hidden_inner(ids, bias.as_ref(), &Fwd::default(), Some(cache), None)
     }
 
     /// [`Llama::hidden`] at inference under a caller-provided `bias`, also returning every
@@ -396,7 +412,7 @@ impl Llama {
     /// ([`KvCache::narrow_columns`]). The hidden states are those of [`Llama::hidden`].
     pub fn hidden_capture(&self, ids: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<(Tensor, KvCache)> {
         let mut cache = KvCache::default();
-        let h = self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut cache))?;
+        let h = self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut cache), None)?;
         Ok((h, cache))
     }
 
@@ -422,7 +438,7 @@ impl Llama {
         }
         // A shallow copy (tensors are shared) whose RoPE offset is the chunk's first position.
         let mut c = KvCache { layers: prefix.layers.clone(), len: offset, pad: Vec::new() };
-        self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut c))
+        self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut c), None)
     }
 
     /// Turn every LoRA adapter off (base-model outputs) or back on.

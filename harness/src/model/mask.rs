@@ -43,6 +43,16 @@ pub enum AttentionMode {
         /// The first optimizer step (1-based) of full attention.
         anneal_steps: u64,
     },
+    /// Block-causal (block diffusion's reading, [`block_group`]): the last `canvas` columns are
+    /// cut into blocks of `size` from their start; everything before the canvas (padding, prompt)
+    /// is one group with the first block, each later block its own group, and a query sees the
+    /// keys of its own group and of every earlier one, never a later block.
+    Blocks {
+        /// Block length B.
+        size: usize,
+        /// Canvas length N (the generated columns at the end of the sequence).
+        canvas: usize,
+    },
 }
 
 /// How `objective.anneal_steps` takes attention from causal to full (`objective.anneal`).
@@ -76,7 +86,7 @@ impl AttentionMode {
         let p = |anneal_steps: u64| ((step as f64 + 1.0) / anneal_steps.max(1) as f64).min(1.0);
         match *self {
             AttentionMode::Causal => 0.0,
-            AttentionMode::Full => 1.0,
+            AttentionMode::Full | AttentionMode::Blocks { .. } => 1.0,
             AttentionMode::Annealed { anneal_steps } | AttentionMode::Window { anneal_steps } => p(anneal_steps),
             AttentionMode::Switch { anneal_steps } => {
                 if p(anneal_steps) >= 1.0 {
@@ -141,6 +151,14 @@ pub fn visibility(mode: AttentionMode, l: usize, step: u64, seed: u64) -> Vec<bo
     let mut v = vec![false; l * l];
     match mode.at_step(step) {
         AttentionMode::Full => v.iter_mut().for_each(|x| *x = true),
+        AttentionMode::Blocks { size, canvas } => {
+            let start = l.saturating_sub(canvas);
+            for i in 0..l {
+                for j in 0..l {
+                    v[i * l + j] = block_group(j, start, size) <= block_group(i, start, size);
+                }
+            }
+        }
         AttentionMode::Causal | AttentionMode::Switch { .. } => {
             for i in 0..l {
                 for j in 0..=i {
@@ -183,6 +201,49 @@ pub fn picture(v: &[bool], l: usize) -> String {
     s
 }
 
+/// Block diffusion's group of column `c` when blocks of `size` start at column `start` (the end
+/// of the prompt): the columns before `start + size` — the prompt and the first block — are
+/// group 0, then one group per block. The one definition the two-copy training layout
+/// ([`two_copy_visibility`]) and the block reading ([`AttentionMode::Blocks`]) share.
+pub fn block_group(c: usize, start: usize, size: usize) -> usize {
+    if c < start + size {
+        0
+    } else {
+        (c - start) / size.max(1)
+    }
+}
+
+/// The visibility of block diffusion's two-copy layout (BD3-LM), row-major (2L, 2L): columns
+/// 0..L hold the noised sequence, L..2L the clean one, both at RoPE positions 0..L; blocks of
+/// `size` start at the end of the prompt (`prompt_len`), and only the first `valid` columns of
+/// each copy are real keys (right padding after them is hidden). In groups of [`block_group`]:
+/// a noised query of group g sees the noised keys of group g (bidirectionally) and the clean
+/// keys of groups < g (for g ≥ 1: the clean prompt and the clean earlier blocks); a clean query
+/// of group g sees the clean keys of groups ≤ g. So no block ever sees a later one, and with one
+/// block (size ≥ the response) the noised copy is plain full attention over prompt + response.
+pub fn two_copy_visibility(l: usize, prompt_len: usize, size: usize, valid: usize) -> Vec<bool> {
+    let n = 2 * l;
+    let mut v = vec![false; n * n];
+    for q in 0..n {
+        let (qi, q_clean) = (q % l, q >= l);
+        let gq = block_group(qi, prompt_len, size);
+        for k in 0..n {
+            let (ki, k_clean) = (k % l, k >= l);
+            if ki >= valid {
+                continue;
+            }
+            let gk = block_group(ki, prompt_len, size);
+            v[q * n + k] = match (q_clean, k_clean) {
+                (false, false) => gk == gq,
+                (false, true) => gk < gq,
+                (true, true) => gk <= gq,
+                (true, false) => false,
+            };
+        }
+    }
+    v
+}
+
 /// What [`additive_bias`] does with a query that would see no key at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmptyRow {
@@ -211,18 +272,19 @@ pub fn additive_bias(
 }
 
 /// The values of [`additive_bias`] on the host, row-major (R, L, T), and R (B with `key_valid`,
-/// else 1).
+/// else 1). `visible` is one (L, T) matrix shared by every row, or (R, L, T), one per row (block
+/// diffusion's two-copy layout, packed rows); `key_valid`, when given, has one entry per row.
 pub fn additive_bias_values(visible: &[bool], (l, t): (usize, usize), key_valid: Option<&[Vec<bool>]>, empty: EmptyRow) -> (Vec<f32>, usize) {
-    let rows: Vec<Option<&Vec<bool>>> = match key_valid {
-        Some(kv) => kv.iter().map(Some).collect(),
-        None => vec![None],
-    };
-    let mut out = vec![0f32; rows.len() * l * t];
-    for (bi, row) in rows.iter().enumerate() {
+    let per_row = l * t > 0 && visible.len() > l * t;
+    let n = if per_row { visible.len() / (l * t) } else { key_valid.map_or(1, |kv| kv.len()) };
+    let mut out = vec![0f32; n * l * t];
+    for bi in 0..n {
+        let row = key_valid.and_then(|kv| kv.get(bi));
+        let vis = if per_row { &visible[bi * l * t..(bi + 1) * l * t] } else { visible };
         for i in 0..l {
             let r = &mut out[(bi * l + i) * t..(bi * l + i + 1) * t];
             for (j, x) in r.iter_mut().enumerate() {
-                let ok = visible[i * t + j] && row.is_none_or(|kv| kv.get(j).copied().unwrap_or(false));
+                let ok = vis[i * t + j] && row.is_none_or(|kv| kv.get(j).copied().unwrap_or(false));
                 if !ok {
                     *x = MASKED_BIAS;
                 }
@@ -232,7 +294,68 @@ pub fn additive_bias_values(visible: &[bool], (l, t): (usize, usize), key_valid:
             }
         }
     }
-    (out, rows.len())
+    (out, n)
+}
+
+/// A packed micro-batch's attention ([`crate::objective::pack`]) in compact form: which pair each
+/// column holds and its column in that pair's unpacked row, plus the unpacked batch's visibility
+/// (shared by every pair). Query column i sees key column j of its row iff both hold the same
+/// pair and `base[local[i] · base_l + local[j]]`; spare columns (pair [`Segments::SPARE`]) see
+/// each other only. [`Segments::bias`] builds the additive bias on the device from it, so a row
+/// of C columns costs O(C) host work, not O(C²).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segments {
+    /// The pair of each column, `b * l` (row-major); [`Segments::SPARE`] after a row's last pair.
+    pub pair: Vec<u32>,
+    /// Each column's column in its pair's unpacked row, `b * l` (0 for spare columns).
+    pub local: Vec<u32>,
+    /// The unpacked batch's visibility, (base_l, base_l) row-major.
+    pub base: Vec<bool>,
+    /// The unpacked batch's length.
+    pub base_l: usize,
+}
+
+impl Segments {
+    /// The pair id of a spare column.
+    pub const SPARE: u32 = u32::MAX;
+
+    /// The explicit visibility, (B, L, L) row-major for rows of `l` columns (tests, pictures).
+    pub fn visibility(&self, l: usize) -> Vec<bool> {
+        let b = self.pair.len() / l.max(1);
+        let mut v = vec![false; b * l * l];
+        for r in 0..b {
+            for i in 0..l {
+                for j in 0..l {
+                    let (ci, cj) = (r * l + i, r * l + j);
+                    let same = self.pair[ci] == self.pair[cj];
+                    let spare = self.pair[ci] == Self::SPARE;
+                    v[(r * l + i) * l + j] = same && (spare || self.base[self.local[ci] as usize * self.base_l + self.local[cj] as usize]);
+                }
+            }
+        }
+        v
+    }
+
+    /// The additive bias (B, 1, L, L) in `dtype` for rows of `l` columns, built on `device`:
+    /// the values of [`additive_bias_values`] on [`Segments::visibility`] (no query of a packed
+    /// batch sees nothing: a pair's column sees at least itself, a spare column the spares).
+    pub fn bias(&self, l: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        if self.base_l > 4096 {
+            candle_core::bail!("packed attention: pairs of {} columns exceed the 4096 the device index can address", self.base_l)
+        }
+        let b = self.pair.len() / l.max(1);
+        let pair = Tensor::from_vec(self.pair.clone(), (b, l), device)?; // (B, L)
+        let same = pair.unsqueeze(2)?.broadcast_eq(&pair.unsqueeze(1)?)?; // (B, L, L) u8
+        let local = Tensor::from_vec(self.local.clone(), (b, l), device)?.to_dtype(DType::F32)?; // (B, L)
+        let idx = local.affine(self.base_l as f64, 0.0)?.unsqueeze(2)?.broadcast_add(&local.unsqueeze(1)?)?.to_dtype(DType::U32)?; // (B, L, L)
+        let base: Vec<f32> = self.base.iter().map(|&v| v as u8 as f32).collect();
+        let base = Tensor::from_vec(base, self.base.len(), device)?;
+        let seen = base.index_select(&idx.flatten_all()?, 0)?.reshape((b, l, l))?; // (B, L, L) 1 = visible
+        let spare = pair.eq(Self::SPARE)?.to_dtype(DType::F32)?.unsqueeze(2)?; // (B, L, 1)
+        let ok = (same.to_dtype(DType::F32)? * seen.broadcast_maximum(&spare)?)?; // (B, L, L)
+        let bias = ((ok - 1.0)? * (-(MASKED_BIAS as f64)))?; // 0 visible, MASKED_BIAS hidden
+        bias.unsqueeze(1)?.to_dtype(dtype)
+    }
 }
 
 /// Additive attention bias for a training batch, or `None` when nothing is hidden (full

@@ -119,6 +119,7 @@ struct ObjectiveTable {
     eos_weight: Option<f64>,
     anneal: Option<AnnealSchedule>,
     complementary: Option<bool>,
+    block_size: Option<usize>,
 }
 
 impl ObjectiveTable {
@@ -141,6 +142,7 @@ impl ObjectiveTable {
                     eos_weight: self.eos_weight.unwrap_or(d.eos_weight),
                     anneal: self.anneal.unwrap_or(d.anneal),
                     complementary: self.complementary.unwrap_or(d.complementary),
+                    block_size: self.block_size.unwrap_or(d.block_size),
                 }))
             }
             ObjectiveKind::Autoregressive => {
@@ -159,6 +161,7 @@ impl ObjectiveTable {
                     self.eos_weight.is_some(),
                     self.anneal.is_some(),
                     self.complementary.is_some(),
+                    self.block_size.is_some(),
                 ];
                 // Every field of the time is the flat form `config.json` had before the objective
                 // was a tagged enum (it wrote the first eight, unused): result folders stay readable.
@@ -207,7 +210,7 @@ mod tests {
 
     #[test]
     fn autoregressive_rejects_each_diffusion_field_by_name() {
-        let values = ["\"stratified\"", "0.5", "2.0", "0.01", "false", "\"response\"", "true", "3", "0.3", "0.8", "\"uniform\"", "0.5", "\"window\"", "true"];
+        let values = ["\"stratified\"", "0.5", "2.0", "0.01", "false", "\"response\"", "true", "3", "0.3", "0.8", "\"uniform\"", "0.5", "\"window\"", "true", "4"];
         for (key, v) in DiffusionConfig::KEYS.iter().zip(values) {
             let e = parse(&format!("kind = \"autoregressive\"\n{key} = {v}")).unwrap_err().to_string();
             assert!(e.contains(&format!("objective.{key}: not a field of the autoregressive objective")), "{e}");

@@ -22,7 +22,7 @@
 use super::{key_valid, Batch, ChoiceScores, Generated, Objective, Prepared};
 use crate::config::{EvalAttention, EvalConfig};
 use crate::eval::likelihood::{diffusion_choice_scores_se, DiffusionLikelihood};
-use crate::model::mask::{AnnealSchedule, AttentionMode};
+use crate::model::mask::{block_group, two_copy_visibility, AnnealSchedule, AttentionMode};
 pub use crate::model::mask::ReadAttention;
 use crate::model::Llama;
 use crate::sample::{DiffusionSampler, ModelDenoiser};
@@ -114,6 +114,14 @@ pub struct DiffusionConfig {
     /// maskable positions at time 1 − t (at least eps), so every maskable token is scored once
     /// per step; the normaliser counts both copies.
     pub complementary: bool,
+    /// Block diffusion (BD3-LM, SDAR, Fast-dLLM v2): 0 = off; B ≥ 1 cuts the response into
+    /// blocks of B tokens trained in one pass with the two-copy layout (noised and clean sequence
+    /// side by side, [`crate::model::mask::two_copy_visibility`]): a noised block sees the clean
+    /// prompt, the clean earlier blocks and itself, never a later block. Generation then decodes
+    /// block by block (`eval.block_len` = B) under the block-causal reading
+    /// ([`AttentionMode::Blocks`]), where the prefix cache (`eval.cache = "prefix"`) is exact.
+    /// Needs `anneal_steps = 1`.
+    pub block_size: usize,
 }
 
 impl Default for DiffusionConfig {
@@ -133,13 +141,14 @@ impl Default for DiffusionConfig {
             eos_weight: 1.0,
             anneal: AnnealSchedule::Bernoulli,
             complementary: false,
+            block_size: 0,
         }
     }
 }
 
 impl DiffusionConfig {
     /// The config keys (`objective.<name>`) of these settings, in declaration order.
-    pub const KEYS: [&'static str; 14] = [
+    pub const KEYS: [&'static str; 15] = [
         "t_sampling",
         "t_logit_mean",
         "t_logit_std",
@@ -154,6 +163,7 @@ impl DiffusionConfig {
         "eos_weight",
         "anneal",
         "complementary",
+        "block_size",
     ];
 
     /// The mask-ratio band `[lo, hi]` that t is drawn in.
@@ -161,8 +171,12 @@ impl DiffusionConfig {
         (self.eps.max(self.t_min), self.t_max)
     }
 
-    /// The attention mode of training: `anneal` over `anneal_steps`.
+    /// The attention mode of training: `anneal` over `anneal_steps`; with blocks, the
+    /// block-causal mode (its canvas set when a reading is made for a generation budget).
     pub fn train_attention(&self) -> AttentionMode {
+        if self.block_size > 0 {
+            return AttentionMode::Blocks { size: self.block_size, canvas: 0 };
+        }
         self.anneal.mode(self.anneal_steps)
     }
 
@@ -191,6 +205,12 @@ impl DiffusionConfig {
         }
         if !(self.eos_weight >= 0.0 && self.eos_weight.is_finite()) {
             return Err(Error::config("objective.eos_weight", "must be ≥ 0"));
+        }
+        if self.block_size > 0 && self.anneal_steps != 1 {
+            return Err(Error::config(
+                "objective.block_size",
+                format!("block diffusion trains under its own block-causal mask, not an annealed one: set objective.anneal_steps = 1 (it is {})", self.anneal_steps),
+            ));
         }
         Ok(())
     }
@@ -333,19 +353,59 @@ impl Diffusion {
             };
         }
         let key_valid = if self.cfg.score_padding { None } else { key_valid(batch) };
-        Ok(Prepared {
+        let p = Prepared {
             input,
             b,
             l,
             attention: self.cfg.train_attention(),
             step,
             key_valid,
+            visible: None,
+            positions: None,
+            segments: None,
             rows,
             targets,
             weights,
             denom,
             buckets: Some(buckets),
-        })
+        };
+        if self.cfg.block_size > 0 {
+            return Ok(self.two_copy(batch, p));
+        }
+        Ok(p)
+    }
+
+    /// The plain step `p` of `batch` in block diffusion's two-copy layout: each row becomes the
+    /// noised sequence then the clean one (2L columns, RoPE positions 0..L twice) under
+    /// [`two_copy_visibility`]. Scored rows stay in the noised copy, except that with `shift` the
+    /// first token of block g ≥ 1 is read from the clean copy's column before it (the clean last
+    /// token of block g − 1, which sees no later block: what block decoding reads it from).
+    /// Targets, weights, buckets and the normaliser are the plain step's.
+    fn two_copy(&self, batch: &Batch, p: Prepared) -> Prepared {
+        let (b, l, size) = (batch.b, batch.l, self.cfg.block_size);
+        let l2 = 2 * l;
+        let mut input = Vec::with_capacity(b * l2);
+        let mut visible = Vec::with_capacity(b * l2 * l2);
+        for i in 0..b {
+            input.extend_from_slice(&p.input[i * l..(i + 1) * l]); // noised
+            input.extend_from_slice(&batch.ids[i * l..(i + 1) * l]); // clean
+            let valid = if self.cfg.score_padding { l } else { batch.len[i] };
+            visible.extend(two_copy_visibility(l, batch.prompt_len[i], size, valid));
+        }
+        let positions: Vec<u32> = (0..b).flat_map(|_| (0..l as u32).chain(0..l as u32)).collect();
+        let rows = p
+            .rows
+            .iter()
+            .map(|&r| {
+                let (i, c) = (r as usize / l, r as usize % l);
+                let pos = if self.cfg.shift { c + 1 } else { c };
+                let start = batch.prompt_len[i];
+                let g = block_group(pos, start, size);
+                let first_of_later_block = self.cfg.shift && g >= 1 && pos == start + g * size;
+                (i * l2 + if first_of_later_block { l + c } else { c }) as u32
+            })
+            .collect();
+        Prepared { input, l: l2, key_valid: None, visible: Some(visible), positions: Some(positions), rows, ..p }
     }
 
     /// The complementary step ([`DiffusionConfig::complementary`]) from explicit times and masks
@@ -450,8 +510,16 @@ impl Objective for Diffusion {
     }
 
     fn generate(&self, model: &Llama, prompts: &[Vec<u32>], eos_id: u32, eval: &EvalConfig, seed: u64) -> Result<Vec<Generated>> {
-        let sampler = DiffusionSampler::from_eval(eval, self.cfg.shift, self.mask_id, eos_id, seed);
-        let denoiser = ModelDenoiser::reading(model, self.read);
+        let mut sampler = DiffusionSampler::from_eval(eval, self.cfg.shift, self.mask_id, eos_id, seed);
+        let mut read = self.read;
+        if self.cfg.block_size > 0 {
+            // block by block, each block seeing the committed ones only (the prefix cache is exact)
+            sampler.block_len = Some(self.cfg.block_size);
+            if let AttentionMode::Blocks { size, .. } = read.mode {
+                read.mode = AttentionMode::Blocks { size, canvas: sampler.max_new_tokens };
+            }
+        }
+        let denoiser = ModelDenoiser::reading(model, read);
         let outs = sampler.generate(&denoiser, prompts, 0)?;
         Ok(outs.into_iter().map(|o| Generated { tokens: o.tokens, nfe: o.nfe, hit_eos: o.hit_eos, confidence: o.confidence }).collect())
     }
@@ -459,8 +527,43 @@ impl Objective for Diffusion {
     fn score_choices(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], item: u64, eval: &EvalConfig, seed: u64) -> Result<ChoiceScores> {
         let base = DiffusionLikelihood { mask_id: self.mask_id, shift: self.cfg.shift, n_samples: eval.mc_samples, batch: eval.batch_size.max(1) * 4, seed };
         let cfg = base.for_item(item);
+        if self.cfg.block_size > 0 {
+            return self.block_choice_scores(model, prompt, choices, &cfg);
+        }
         let (scores, se) = diffusion_choice_scores_se(model, prompt, choices, &cfg, self.read)?;
         Ok(ChoiceScores { scores, nfe: choices.len() * cfg.n_samples.div_ceil(cfg.batch), se: Some(se) })
+    }
+}
+
+impl Diffusion {
+    /// Block diffusion's choice scores: the Monte Carlo block ELBO of each choice — the bound's
+    /// draws ([`Objective::prepare_nll`]: t stratified over the samples, weight 1/t) in the
+    /// two-copy layout — as −Σ 1/t·CE per sample, averaged over `cfg.n_samples` samples, with
+    /// its standard error. The choices of an item share the draws' seed.
+    fn block_choice_scores(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], cfg: &DiffusionLikelihood) -> Result<ChoiceScores> {
+        use crate::eval::likelihood::standard_error;
+        let (mut scores, mut se, mut nfe) = (Vec::with_capacity(choices.len()), Vec::with_capacity(choices.len()), 0);
+        for c in choices {
+            let ex = super::Example { prompt: prompt.to_vec(), response: c.clone() };
+            let mut per_sample = Vec::with_capacity(cfg.n_samples);
+            let mut done = 0;
+            while done < cfg.n_samples {
+                let n = cfg.batch.min(cfg.n_samples - done);
+                let batch = Batch::collate(&vec![&ex; n], self.mask_id);
+                let p = self.prepare_nll(&batch, 0, done as u64, cfg.seed)?;
+                let ce = super::scored::row_ce(model, &p, cfg.seed)?;
+                let mut sums = vec![0.0f64; n];
+                for ((r, w), x) in p.rows.iter().zip(&p.weights).zip(ce) {
+                    sums[*r as usize / p.l] += (*w as f64) * x as f64; // Σ 1/t·CE of each sample
+                }
+                per_sample.extend(sums.into_iter().map(|s| -s));
+                done += n;
+                nfe += 1;
+            }
+            scores.push(per_sample.iter().sum::<f64>() / per_sample.len() as f64);
+            se.push(standard_error(&per_sample));
+        }
+        Ok(ChoiceScores { scores, nfe, se: Some(se) })
     }
 }
 

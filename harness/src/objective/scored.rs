@@ -19,7 +19,7 @@
 //! and the eager training step run.
 
 use super::{Example, Prepared, TBuckets, T_BUCKETS};
-use crate::model::mask::{attention_bias_values, MASKED_BIAS};
+use crate::model::mask::{additive_bias_values, attention_bias_values, EmptyRow, Segments, MASKED_BIAS};
 use crate::model::params::Fwd;
 use crate::model::Llama;
 use crate::{Error, Result};
@@ -164,15 +164,38 @@ pub struct HostBatch {
     /// Additive attention bias, (R, L, L) row-major with R = 1 or `b`, and R; None when every
     /// query sees every key.
     pub bias: Option<(Vec<f32>, usize)>,
+    /// RoPE position of each column, `b * l`; None: 0..l in every row.
+    pub positions: Option<Vec<u32>>,
+    /// A packed batch's attention, built into the bias on the device by [`HostBatch::upload`]
+    /// (then `bias` is None).
+    pub segments: Option<Segments>,
     /// The scored rows.
     pub scored: HostScored,
+}
+
+/// The additive bias of `p` (see [`Prepared::visible`]), the annealed mask drawn from `seed`.
+fn prepared_bias(p: &Prepared, seed: u64) -> Result<Option<(Vec<f32>, usize)>> {
+    if p.segments.is_some() {
+        return Ok(None); // built on the device
+    }
+    match &p.visible {
+        Some(v) if v.len() != p.b * p.l * p.l => Err(Error::msg(format!("a visibility of {} entries for a {} × {} micro-batch", v.len(), p.b, p.l))),
+        Some(v) => Ok(Some(additive_bias_values(v, (p.l, p.l), None, EmptyRow::KeepSelf))),
+        None => Ok(attention_bias_values(p.attention, p.step, seed, p.l, p.key_valid.as_deref())),
+    }
 }
 
 impl HostBatch {
     /// `p` at its own shape; the annealed mask is drawn from the run `seed`.
     pub fn new(p: &Prepared, total_denom: f64, seed: u64, vocab: usize) -> Result<Self> {
-        let bias = attention_bias_values(p.attention, p.step, seed, p.l, p.key_valid.as_deref());
-        Ok(Self { b: p.b, l: p.l, ids: p.input.clone(), bias, scored: HostScored::new(p, total_denom, vocab)? })
+        if p.positions.as_ref().is_some_and(|pos| pos.len() != p.b * p.l) {
+            return Err(Error::msg(format!("RoPE positions do not cover the {} × {} micro-batch", p.b, p.l)));
+        }
+        let bias = prepared_bias(p, seed)?;
+        if p.segments.as_ref().is_some_and(|s| s.pair.len() != p.b * p.l || s.local.len() != p.b * p.l) {
+            return Err(Error::msg(format!("packed segments do not cover the {} × {} micro-batch", p.b, p.l)));
+        }
+        Ok(Self { b: p.b, l: p.l, ids: p.input.clone(), bias, positions: p.positions.clone(), segments: p.segments.clone(), scored: HostScored::new(p, total_denom, vocab)? })
     }
 
     /// `p` padded to `shape` with `pad_id` (see the module documentation): the same loss,
@@ -180,6 +203,9 @@ impl HostBatch {
     /// already fills `shape.l` and every query sees every key.
     pub fn padded(p: &Prepared, total_denom: f64, seed: u64, vocab: usize, shape: FixedShape, pad_id: u32) -> Result<Self> {
         let (b, l, lf) = (p.b, p.l, shape.l);
+        if p.visible.is_some() || p.positions.is_some() || p.segments.is_some() {
+            return Err(Error::msg("a micro-batch with its own visibility or positions (block diffusion, packing) runs eagerly (train.launch = \"eager\")"));
+        }
         if b != shape.b || l > lf {
             return Err(Error::msg(format!("a micro-batch of {b} × {l} does not fit the run's fixed shape {} × {lf}", shape.b)));
         }
@@ -211,17 +237,19 @@ impl HostBatch {
             Some((out, b))
         };
         let scored = HostScored::new(p, total_denom, vocab)?.padded(b, l, lf, shape.n)?;
-        Ok(Self { b, l: lf, ids, bias, scored })
+        Ok(Self { b, l: lf, ids, bias, positions: None, segments: None, scored })
     }
 
     /// The arrays on `dev`, the bias in `dtype`.
     pub fn upload(&self, dtype: DType, dev: &Device) -> Result<DeviceBatch> {
         let ids = Tensor::from_vec(self.ids.clone(), (self.b, self.l), dev)?; // (B, L)
-        let bias = match &self.bias {
-            Some((v, r)) => Some(Tensor::from_vec(v.clone(), (*r, 1, self.l, self.l), dev)?.to_dtype(dtype)?), // (R, 1, L, L)
-            None => None,
+        let bias = match (&self.bias, &self.segments) {
+            (Some((v, r)), _) => Some(Tensor::from_vec(v.clone(), (*r, 1, self.l, self.l), dev)?.to_dtype(dtype)?), // (R, 1, L, L)
+            (None, Some(s)) => Some(s.bias(self.l, dtype, dev)?), // (B, 1, L, L)
+            (None, None) => None,
         };
-        Ok(DeviceBatch { ids, bias, scored: self.scored.upload(dev)? })
+        let positions = self.positions.as_ref().map(|p| Tensor::from_vec(p.clone(), (self.b, self.l), dev)).transpose()?; // (B, L)
+        Ok(DeviceBatch { ids, bias, positions, scored: self.scored.upload(dev)? })
     }
 }
 
@@ -245,6 +273,7 @@ pub struct DeviceScored {
 pub struct DeviceBatch {
     ids: Tensor,          // (B, L) u32
     bias: Option<Tensor>, // (R, 1, L, L)
+    positions: Option<Tensor>, // (B, L) u32
     /// The scored rows.
     pub scored: DeviceScored,
 }
@@ -265,6 +294,9 @@ impl DeviceBatch {
                 (None, None) => true,
                 _ => false,
             }
+            && self.positions.is_none()
+            && fresh.positions.is_none()
+            && src.segments.is_none()
             && s.valid.is_some() == f.valid.is_some()
             && s.onehot.as_ref().map(|t| t.dims().to_vec()) == f.onehot.as_ref().map(|t| t.dims().to_vec());
         if !shapes_ok {
@@ -360,14 +392,17 @@ impl LossValues {
 /// Only scored rows go through the LM head: hidden (B·L, D) → rows (N, D) → logits (N, V).
 pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx: &Fwd) -> Result<LossParts> {
     let host = HostBatch::new(p, total_denom, seed, model.cfg.vocab_size)?;
+    if let Some(&top) = p.positions.as_ref().and_then(|pos| pos.iter().max()) {
+        if top as usize >= model.cfg.max_position_embeddings {
+            return Err(Error::msg(format!("RoPE position {top} exceeds the model's {} positions", model.cfg.max_position_embeddings)));
+        }
+    }
     if p.rows.is_empty() || total_denom <= 0.0 {
         // Nothing scored: a zero loss that still depends on the graph (no gradient flows).
-        let dev = &model.device;
-        let ids = Tensor::from_vec(p.input.clone(), (p.b, p.l), dev)?; // (B, L)
-        let bias = host.upload(model.dtype, dev)?.bias;
-        let h = model.hidden(&ids, bias.as_ref(), ctx)?; // (B, L, D)
+        let db = host.upload(model.dtype, &model.device)?;
+        let h = model.hidden_at(&db.ids, db.bias.as_ref(), db.positions.as_ref(), ctx)?; // (B, L, D)
         let zero = (h.sum_all()?.to_dtype(DType::F32)? * 0.0)?;
-        let stats = Tensor::zeros(3, DType::F32, dev)?;
+        let stats = Tensor::zeros(3, DType::F32, &model.device)?;
         let bucket_n = p.buckets.as_ref().map(|_| [0; T_BUCKETS]);
         return Ok(LossParts { loss: zero, stats, n_scored: 0, bucket_n });
     }
@@ -377,12 +412,29 @@ pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx
 /// [`scored_loss`] of a batch already on the device: no host data is read or written, so a CUDA
 /// graph can capture it. The batch must score at least one row.
 pub fn loss_on(model: &Llama, db: &DeviceBatch, ctx: &Fwd) -> Result<LossParts> {
-    let h = model.hidden(&db.ids, db.bias.as_ref(), ctx)?; // (B, L, D)
+    let h = model.hidden_at(&db.ids, db.bias.as_ref(), db.positions.as_ref(), ctx)?; // (B, L, D)
     let (b, l, d) = h.dims3()?;
     // (N, D); the rows are distinct, so the gradient is a scatter (no index_add)
     let hs = crate::kernels::layout::gather_rows(&h.reshape((b * l, d))?, &db.scored.rows)?;
     let logits = model.logits(&hs, ctx)?; // (N, V)
     weighted_ce(&logits, &db.scored)
+}
+
+/// The unweighted cross-entropy of each scored row of `p` (inference, no graph), in `p.rows`
+/// order: the per-sequence sums likelihood scoring needs, through the same forward as
+/// [`scored_loss`].
+pub fn row_ce(model: &Llama, p: &Prepared, seed: u64) -> Result<Vec<f32>> {
+    if p.rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let db = HostBatch::new(p, 1.0, seed, model.cfg.vocab_size)?.upload(model.dtype, &model.device)?;
+    let ctx = Fwd::default();
+    let h = model.hidden_at(&db.ids, db.bias.as_ref(), db.positions.as_ref(), &ctx)?; // (B, L, D)
+    let (b, l, d) = h.dims3()?;
+    let hs = h.reshape((b * l, d))?.index_select(&db.scored.rows, 0)?; // (N, D)
+    let logits = model.logits(&hs, &ctx)?; // (N, V)
+    let (ce, _) = crate::kernels::ce::cross_entropy(&logits, &db.scored.targets)?; // (N,)
+    Ok(ce.to_dtype(DType::F32)?.to_vec1()?)
 }
 
 /// [`scored_loss`] from full logits (B, L, V) already computed: picks the scored rows, then
@@ -428,6 +480,9 @@ mod tests {
             attention: AttentionMode::Annealed { anneal_steps: 4 },
             step: 1,
             key_valid: Some(vec![vec![true; 3], vec![true, true, false]]),
+            visible: None,
+            positions: None,
+            segments: None,
             rows: vec![1, 2, 4],
             targets: vec![6, 7, 8],
             weights: vec![2.0, 2.0, 4.0],

@@ -317,6 +317,17 @@ impl Denoiser for ModelDenoiser<'_> {
         if prefix.len() != b || prefix.iter().any(|&p| p > l) {
             return Err(Error::msg(format!("prefix lengths {prefix:?} do not fit a ({b}, {l}) batch")));
         }
+        // Under a block reading the prompt is one group with the first block and attends to it,
+        // so its keys move while that block fills in: nothing is cached before the first block
+        // is committed, and from then on the cache is exact (no group sees a later one).
+        let prefix: Vec<usize> = match self.read.mode {
+            AttentionMode::Blocks { size, canvas } => {
+                let first_group_end = l.saturating_sub(canvas) + size;
+                prefix.iter().map(|&p| if p < first_group_end { 0 } else { p }).collect()
+            }
+            _ => prefix.to_vec(),
+        };
+        let prefix = &prefix[..];
         if cache.cached.is_empty() {
             cache.cached = vec![None; b];
         }

@@ -337,7 +337,8 @@ fn train_loop(
             let refs: Vec<&Example> = idx.iter().map(|&i| &inp.train[i]).collect();
             let batch = Batch::collate(&refs, inp.pad_id);
             step_tokens += batch.len.iter().sum::<usize>();
-            prepared.push(objective.prepare(&batch, step, micro as u64, inp.seed)?);
+            let p = objective.prepare(&batch, step, micro as u64, inp.seed)?;
+            prepared.push(if cfg.pack_to > 0 { crate::objective::pack::pack(&p, cfg.pack_to, inp.seed)?.0 } else { p });
         }
         // 2. forward/backward each micro-batch with the shared normaliser, clip and update.
         let sc = StepCtx { seed: inp.seed, step, accum: &mut accum, opt: &mut opt, lr, max_grad_norm: cfg.max_grad_norm, graph: graph.as_mut() };
