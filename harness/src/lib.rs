@@ -27,6 +27,13 @@
 //!   `eval.attention` after the trained steps, [`objective::diffusion::ReadAttention`]). The
 //!   objective owns how its model is read at evaluation time (attention, generation, choice
 //!   scoring, the dev NLL): the training loop and the evaluation never ask which one they run.
+//!   Block diffusion (`objective.block_size`) is a layout of the diffusion objective: each row
+//!   becomes the noised and the clean sequence side by side under a per-row visibility with its own
+//!   RoPE positions ([`objective::Prepared::visible`], `positions`), read block-causally at
+//!   evaluation ([`model::mask::AttentionMode::Blocks`]). Packing ([`objective::pack`],
+//!   `train.pack_to`) lays a prepared micro-batch's sequences end to end, whatever the objective,
+//!   each pair under its own visibility ([`model::mask::Segments`], built into the bias on the
+//!   device).
 //! - [`train`]: AdamW ([`train::optim`], one multi-tensor kernel on CUDA), the warmup + cosine
 //!   schedule, the one training step ([`train::step`]: accumulation, clipping, update; also what
 //!   `bench` and `selfcheck` run), the step loop with metrics CSV, evaluation hook and checkpoints.
