@@ -213,3 +213,14 @@ fn the_block_reading_caches_the_committed_blocks_exactly() {
     }
     assert_eq!(c0.query_columns(), 2 * 9, "block 0 runs every column at every step");
 }
+
+#[test]
+fn the_split_bias_is_the_additive_bias_of_hidden_rows() {
+    use harness::model::mask::{additive_bias, split_bias, EmptyRow};
+    let vis = visibility(AttentionMode::Blocks { size: 2, canvas: 4 }, 7, 0, 0);
+    let kv = vec![vec![true; 7], vec![false, false, true, true, true, true, true], vec![false; 7]];
+    let a = additive_bias(&vis, (7, 7), Some(&kv), EmptyRow::Hidden, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let b = split_bias(&vis, (7, 7), &kv, candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(a.dims(), b.dims());
+    assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+}

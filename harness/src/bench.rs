@@ -7,7 +7,9 @@
 //! the batch sizes of `shared/reference/torch_decode_anchor.py`; 1 and 2 with `--quick`), b
 //! prompts of 256 tokens and a budget of 32 new tokens, decoded b per forward pass by each
 //! diffusion strategy (32 steps, full attention; `low_confidence` and `threshold` also with the
-//! prefix KV cache, rows `…-prefix-cache`) and by batched AR with the KV cache, each call timed
+//! prefix KV cache, rows `…-prefix-cache`), as a block-diffusion model decodes (blocks of 4
+//! under the block-causal reading, rows `diffusion-blocks4-…`, with and without the cache, which
+//! is exact there) and by batched AR with the KV cache, each call timed
 //! the same way after a warm-up call. Fields: `sampler`, `items`, `batch_size`,
 //! `prompt_len`, `new_tokens`, `steps`, `tokens_per_s` (generated tokens excluding eos / wall
 //! seconds of the decode call), `mean_nfe` (forward passes per answer), `generated_tokens`,
@@ -484,6 +486,9 @@ pub fn future_token_check(model: &Llama, mode: AttentionMode) -> Result<bool> {
     Ok(f(&ids)? != f(&ids2)?)
 }
 
+/// The block length of the block-diffusion decode rows.
+const BENCH_BLOCK: usize = 4;
+
 /// Decoding throughput of each sampler, for each batch size b of `batches`: b prompts decoded b
 /// per forward pass (as in `shared/reference/torch_decode_anchor.py`'s HF `generate` rows), by
 /// each diffusion strategy (`low_confidence` and `threshold` also with the prefix KV cache) and by
@@ -524,6 +529,20 @@ pub fn decode_bench(opts: &BenchOpts, batches: &[usize], prompt_len: usize, new_
             let (items, wall) = timed(&|| Ok(s.generate(&d, &prompts, 0)?.iter().map(|o| (o.tokens.len(), o.nfe, o.hit_eos)).collect()))?;
             let suffix = if cache == CacheKind::Prefix { "-prefix-cache" } else { "" };
             out.push(DecodeBench::from_items(format!("diffusion-{name}{suffix}"), b, shape, &items, wall));
+        }
+        // a block-diffusion model's decoding: blocks of 4 under the block-causal reading, where
+        // the prefix cache is exact (objective.block_size)
+        for cache in [CacheKind::None, CacheKind::Prefix] {
+            let mut s = DiffusionSampler::new(new_tokens, steps, 0, 1);
+            s.shift = true;
+            s.batch_size = b;
+            s.cache = cache;
+            s.block_len = Some(BENCH_BLOCK);
+            let read = crate::model::mask::ReadAttention::end_of(AttentionMode::Blocks { size: BENCH_BLOCK, canvas: new_tokens });
+            let d = ModelDenoiser::reading(&model, read);
+            let (items, wall) = timed(&|| Ok(s.generate(&d, &prompts, 0)?.iter().map(|o| (o.tokens.len(), o.nfe, o.hit_eos)).collect()))?;
+            let suffix = if cache == CacheKind::Prefix { "-prefix-cache" } else { "" };
+            out.push(DecodeBench::from_items(format!("diffusion-blocks{BENCH_BLOCK}-low_confidence{suffix}"), b, shape, &items, wall));
         }
         let mut s = ArSampler::greedy(new_tokens, 1);
         s.batch_size = b;

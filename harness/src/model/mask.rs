@@ -271,6 +271,18 @@ pub fn additive_bias(
     Tensor::from_vec(out, (rows, 1, l, t), device)?.to_dtype(dtype)
 }
 
+/// [`additive_bias`] with [`EmptyRow::Hidden`] for a visibility shared by every row and a key
+/// mask per row, assembled on the device: the (1, 1, L, T) visibility bias plus the (B, 1, 1, T)
+/// key bias, floored at [`MASKED_BIAS`] — the same values, but O(L·T + B·T) host work and upload
+/// instead of O(B·L·T) (the samplers' readings of left-padded batches). Returns (B, 1, L, T).
+pub fn split_bias(visible: &[bool], (l, t): (usize, usize), key_valid: &[Vec<bool>], dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    let vis: Vec<f32> = visible.iter().map(|&v| if v { 0.0 } else { MASKED_BIAS }).collect();
+    let keys: Vec<f32> = key_valid.iter().flat_map(|row| (0..t).map(|j| if row.get(j).copied().unwrap_or(false) { 0.0 } else { MASKED_BIAS })).collect();
+    let vis = Tensor::from_vec(vis, (1, 1, l, t), device)?; // (1, 1, L, T)
+    let keys = Tensor::from_vec(keys, (key_valid.len(), 1, 1, t), device)?; // (B, 1, 1, T)
+    vis.broadcast_add(&keys)?.maximum(MASKED_BIAS)?.to_dtype(dtype) // (B, 1, L, T)
+}
+
 /// The values of [`additive_bias`] on the host, row-major (R, L, T), and R (B with `key_valid`,
 /// else 1). `visible` is one (L, T) matrix shared by every row, or (R, L, T), one per row (block
 /// diffusion's two-copy layout, packed rows); `key_valid`, when given, has one entry per row.

@@ -40,7 +40,7 @@ pub use autoregressive::{ArOutput, ArSampler};
 pub use diffusion::{CacheKind, DiffusionOutput, DiffusionSampler, Strategy, StrategyKind};
 
 use crate::model::params::Fwd;
-use crate::model::mask::{additive_bias, attention_bias, visibility, AttentionMode, EmptyRow, ReadAttention};
+use crate::model::mask::{additive_bias, attention_bias, split_bias, visibility, AttentionMode, EmptyRow, ReadAttention};
 use crate::model::{KvCache, Llama};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, D};
@@ -238,7 +238,8 @@ impl ModelDenoiser<'_> {
     /// query (whose output is unused, and which no real query sees) attends to the real keys
     /// instead of to nothing, so every real position computes what it would with the (B, 1, L, L)
     /// bias, built and copied at B·L entries instead of B·L². Other readings: (B, 1, L, L), a pad
-    /// query seeing nothing ([`EmptyRow::Hidden`]).
+    /// query seeing nothing ([`EmptyRow::Hidden`]), assembled on the device from the reading's
+    /// (L, L) visibility and the (B, L) key mask ([`split_bias`]).
     fn full_bias(&self, l: usize, key_valid: Option<&[Vec<bool>]>) -> Result<Option<Tensor>> {
         let (step, seed) = (self.read.step, self.read.seed);
         let mode = self.read.mode.at_step(step);
@@ -247,7 +248,7 @@ impl ModelDenoiser<'_> {
         Ok(match key_valid {
             // left-padded prompts: no key is exempt, unlike training's right padding
             Some(kv) if has_pad && mode == AttentionMode::Full => Some(additive_bias(&vec![true; l], (1, l), Some(kv), EmptyRow::Hidden, dtype, dev)?),
-            Some(kv) if has_pad => Some(additive_bias(&visibility(mode, l, step, seed), (l, l), Some(kv), EmptyRow::Hidden, dtype, dev)?),
+            Some(kv) if has_pad => Some(split_bias(&visibility(mode, l, step, seed), (l, l), kv, dtype, dev)?),
             _ => attention_bias(mode, step, seed, l, None, dtype, dev)?,
         }) // (B|1, 1, L|1, L)
     }
@@ -394,7 +395,7 @@ impl Denoiser for ModelDenoiser<'_> {
                         vis.extend((0..c).map(|j| full[i * l + j]));
                         vis.extend((q0..l).map(|j| full[i * l + j]));
                     }
-                    additive_bias(&vis, (lq, t), Some(&valid), EmptyRow::Hidden, dtype, dev)? // (K, 1, lq, T)
+                    split_bias(&vis, (lq, t), &valid, dtype, dev)? // (K, 1, lq, T)
                 };
                 let chunk = rows_of(&kept)?.narrow(1, q0, lq)?.contiguous()?; // (K, lq)
                 let h = self.model.hidden_over_prefix(&chunk, &past, q0, Some(&bias))?; // (K, lq, D)
