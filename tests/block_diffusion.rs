@@ -224,3 +224,18 @@ fn the_split_bias_is_the_additive_bias_of_hidden_rows() {
     assert_eq!(a.dims(), b.dims());
     assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
 }
+
+#[test]
+fn the_two_copy_bias_built_on_the_device_is_the_host_one() {
+    use harness::model::mask::{additive_bias_values, EmptyRow, RowMask};
+    let (batch, t, masked) = batch();
+    for score_padding in [false, true] {
+        let d = Diffusion::new(MASK, DiffusionConfig { block_size: 2, score_padding, ..DiffusionConfig::default() });
+        let p = d.prepare_with(&batch, &t, &masked, 0).unwrap();
+        let Some(mask @ RowMask::TwoCopy(_)) = &p.mask else { panic!("two copies") };
+        let dev = mask.bias(p.b, p.l, candle_core::DType::F32, &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (host, rows) = additive_bias_values(&mask.visibility(p.b, p.l), (p.l, p.l), None, EmptyRow::KeepSelf);
+        assert_eq!(rows, 2);
+        assert_eq!(dev, host, "score_padding {score_padding}");
+    }
+}

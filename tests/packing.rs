@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use harness::model::load::{random_model, tiny_config};
-use harness::model::mask::picture;
+use harness::model::mask::{picture, RowMask};
 use harness::model::{AdapterConfig, Fwd, LayerPath};
 use harness::objective::pack::{pack, place, Placement};
 use harness::objective::{scored_loss, Autoregressive, Batch, Diffusion, DiffusionConfig, Example, Objective};
@@ -40,7 +40,7 @@ fn first_fit_placement_and_the_block_diagonal_mask() {
     let p = Autoregressive.prepare(&batch, 0, 0, 0).unwrap();
     let (q, _) = pack(&p, 6, 0).unwrap();
     assert_eq!((q.b, q.l), (1, 5));
-    let seg = q.segments.as_ref().expect("a shared visibility travels as segments");
+    let Some(RowMask::Packed(seg)) = q.mask.as_ref() else { panic!("a shared visibility travels as segments") };
     assert_eq!(picture(&seg.visibility(5), 5), "#....\n##...\n###..\n...#.\n...##\n");
     // the device-built bias is the additive bias of that visibility
     let dev = seg.bias(5, candle_core::DType::F32, &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -50,7 +50,7 @@ fn first_fit_placement_and_the_block_diagonal_mask() {
     let ex3 = [ex[0].clone(), ex[1].clone(), Example { prompt: vec![9, 9], response: vec![8, 2] }];
     let (q3, _) = pack(&Autoregressive.prepare(&Batch::collate(&ex3.iter().collect::<Vec<_>>(), 0), 0, 0, 0).unwrap(), 6, 0).unwrap();
     assert_eq!((q3.b, q3.l), (2, 5));
-    let s3 = q3.segments.unwrap();
+    let Some(RowMask::Packed(s3)) = q3.mask else { panic!("packed") };
     assert_eq!(&s3.pair[5..], &[2, 2, 2, 2, u32::MAX], "row 1: the third pair, then a spare column");
     let d3 = s3.bias(5, candle_core::DType::F32, &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(d3, harness::model::mask::additive_bias_values(&s3.visibility(5), (5, 5), None, harness::model::mask::EmptyRow::KeepSelf).0);

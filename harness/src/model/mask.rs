@@ -309,6 +309,89 @@ pub fn additive_bias_values(visible: &[bool], (l, t): (usize, usize), key_valid:
     (out, n)
 }
 
+/// A micro-batch whose rows each have their own attention (beyond one [`AttentionMode`] shared
+/// by every row), in the form its bias is built from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowMask {
+    /// Explicit visibility, (B, L, L) row-major: its bias is built on the host.
+    Explicit(Vec<bool>),
+    /// Packed pairs ([`Segments`]): bias built on the device.
+    Packed(Segments),
+    /// Block diffusion's two copies ([`TwoCopy`]): bias built on the device.
+    TwoCopy(TwoCopy),
+}
+
+impl RowMask {
+    /// The visibility, (B, L, L) row-major, for `b` rows of `l` columns (host; tests, packing).
+    pub fn visibility(&self, b: usize, l: usize) -> Vec<bool> {
+        match self {
+            RowMask::Explicit(v) => v.clone(),
+            RowMask::Packed(s) => s.visibility(l),
+            RowMask::TwoCopy(t) => (0..b).flat_map(|i| two_copy_visibility(l / 2, t.prompt_len[i], t.size, t.valid[i])).collect(),
+        }
+    }
+
+    /// The additive bias (B, 1, L, L) in `dtype` on `device`: the values [`additive_bias_values`]
+    /// gives [`RowMask::visibility`] with [`EmptyRow::KeepSelf`].
+    pub fn bias(&self, b: usize, l: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            RowMask::Explicit(v) => {
+                if v.len() != b * l * l {
+                    candle_core::bail!("a visibility of {} entries for a {b} × {l} micro-batch", v.len())
+                }
+                let (vals, _) = additive_bias_values(v, (l, l), None, EmptyRow::KeepSelf);
+                Tensor::from_vec(vals, (b, 1, l, l), device)?.to_dtype(dtype)
+            }
+            RowMask::Packed(s) => s.bias(l, dtype, device),
+            RowMask::TwoCopy(t) => t.bias(b, l, dtype, device),
+        }
+    }
+}
+
+/// Block diffusion's two-copy layout ([`two_copy_visibility`]) in compact form: rows of 2L
+/// columns, row i's blocks of `size` starting at `prompt_len[i]`, its first `valid[i]` columns of
+/// each copy real.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TwoCopy {
+    /// Block length.
+    pub size: usize,
+    /// Prompt length of each row.
+    pub prompt_len: Vec<usize>,
+    /// Real columns of each copy of each row.
+    pub valid: Vec<usize>,
+}
+
+impl TwoCopy {
+    /// The bias (B, 1, 2L, 2L) for rows of `l2` = 2L columns, built on the device from each
+    /// column's copy, group and validity (O(B·L) host work).
+    fn bias(&self, b: usize, l2: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let l = l2 / 2;
+        let (mut clean, mut group, mut valid) = (Vec::with_capacity(b * l2), Vec::with_capacity(b * l2), Vec::with_capacity(b * l2));
+        for i in 0..b {
+            for c in 0..l2 {
+                clean.push((c >= l) as u8 as f32);
+                group.push(block_group(c % l, self.prompt_len[i], self.size) as f32);
+                valid.push(((c % l) < self.valid[i]) as u8 as f32);
+            }
+        }
+        let col = |v: Vec<f32>| Tensor::from_vec(v, (b, l2), device); // (B, 2L)
+        let (clean, group, valid) = (col(clean)?, col(group)?, col(valid)?);
+        let (qc, kc) = (clean.unsqueeze(2)?, clean.unsqueeze(1)?); // (B, 2L, 1), (B, 1, 2L)
+        let (gq, gk) = (group.unsqueeze(2)?, group.unsqueeze(1)?);
+        let f = |t: Tensor| t.to_dtype(DType::F32);
+        let (qn, kn) = (qc.affine(-1.0, 1.0)?, kc.affine(-1.0, 1.0)?); // noised = 1 − clean
+        let nn = qn.broadcast_mul(&kn)?.broadcast_mul(&f(gk.broadcast_eq(&gq)?)?)?; // noised → noised, same group
+        let nc = qn.broadcast_mul(&kc)?.broadcast_mul(&f(gk.broadcast_lt(&gq)?)?)?; // noised → clean, earlier groups
+        let cc = qc.broadcast_mul(&kc)?.broadcast_mul(&f(gk.broadcast_le(&gq)?)?)?; // clean → clean, this and earlier
+        let ok = ((nn + nc)? + cc)?.broadcast_mul(&valid.unsqueeze(1)?)?; // (B, 2L, 2L)
+        // a query that sees nothing keeps its own position (EmptyRow::KeepSelf)
+        let empty = f(ok.sum_keepdim(2)?.eq(0f32)?)?; // (B, 2L, 1)
+        let eye = Tensor::eye(l2, DType::F32, device)?.unsqueeze(0)?; // (1, 2L, 2L)
+        let ok = ok.broadcast_maximum(&eye.broadcast_mul(&empty)?)?;
+        ((ok - 1.0)? * (-(MASKED_BIAS as f64)))?.unsqueeze(1)?.to_dtype(dtype) // (B, 1, 2L, 2L)
+    }
+}
+
 /// A packed micro-batch's attention ([`crate::objective::pack`]) in compact form: which pair each
 /// column holds and its column in that pair's unpacked row, plus the unpacked batch's visibility
 /// (shared by every pair). Query column i sees key column j of its row iff both hold the same

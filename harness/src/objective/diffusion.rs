@@ -22,7 +22,7 @@
 use super::{key_valid, Batch, ChoiceScores, Generated, Objective, Prepared};
 use crate::config::{EvalAttention, EvalConfig};
 use crate::eval::likelihood::{diffusion_choice_scores_se, DiffusionLikelihood};
-use crate::model::mask::{block_group, two_copy_visibility, AnnealSchedule, AttentionMode};
+use crate::model::mask::{block_group, AnnealSchedule, AttentionMode, RowMask, TwoCopy};
 pub use crate::model::mask::ReadAttention;
 use crate::model::Llama;
 use crate::sample::{DiffusionSampler, ModelDenoiser};
@@ -360,9 +360,8 @@ impl Diffusion {
             attention: self.cfg.train_attention(),
             step,
             key_valid,
-            visible: None,
+            mask: None,
             positions: None,
-            segments: None,
             rows,
             targets,
             weights,
@@ -377,7 +376,7 @@ impl Diffusion {
 
     /// The plain step `p` of `batch` in block diffusion's two-copy layout: each row becomes the
     /// noised sequence then the clean one (2L columns, RoPE positions 0..L twice) under
-    /// [`two_copy_visibility`]. Scored rows stay in the noised copy, except that with `shift` the
+    /// [`crate::model::mask::two_copy_visibility`] ([`RowMask::TwoCopy`]). Scored rows stay in the noised copy, except that with `shift` the
     /// first token of block g ≥ 1 is read from the clean copy's column before it (the clean last
     /// token of block g − 1, which sees no later block: what block decoding reads it from).
     /// Targets, weights, buckets and the normaliser are the plain step's.
@@ -385,13 +384,12 @@ impl Diffusion {
         let (b, l, size) = (batch.b, batch.l, self.cfg.block_size);
         let l2 = 2 * l;
         let mut input = Vec::with_capacity(b * l2);
-        let mut visible = Vec::with_capacity(b * l2 * l2);
         for i in 0..b {
             input.extend_from_slice(&p.input[i * l..(i + 1) * l]); // noised
             input.extend_from_slice(&batch.ids[i * l..(i + 1) * l]); // clean
-            let valid = if self.cfg.score_padding { l } else { batch.len[i] };
-            visible.extend(two_copy_visibility(l, batch.prompt_len[i], size, valid));
         }
+        let valid = (0..b).map(|i| if self.cfg.score_padding { l } else { batch.len[i] }).collect();
+        let mask = RowMask::TwoCopy(TwoCopy { size, prompt_len: batch.prompt_len.clone(), valid });
         let positions: Vec<u32> = (0..b).flat_map(|_| (0..l as u32).chain(0..l as u32)).collect();
         let rows = p
             .rows
@@ -405,7 +403,7 @@ impl Diffusion {
                 (i * l2 + if first_of_later_block { l + c } else { c }) as u32
             })
             .collect();
-        Prepared { input, l: l2, key_valid: None, visible: Some(visible), positions: Some(positions), rows, ..p }
+        Prepared { input, l: l2, key_valid: None, mask: Some(mask), positions: Some(positions), rows, ..p }
     }
 
     /// The complementary step ([`DiffusionConfig::complementary`]) from explicit times and masks

@@ -26,7 +26,7 @@ pub mod pack;
 pub mod scored;
 
 use crate::config::{EvalConfig, ObjectiveConfig};
-use crate::model::mask::AttentionMode;
+use crate::model::mask::{AttentionMode, RowMask};
 use crate::model::Llama;
 use crate::Result;
 use candle_core::Tensor;
@@ -116,16 +116,12 @@ pub struct Prepared {
     pub step: u64,
     /// Which keys are real tokens, per row; `None` when every key is.
     pub key_valid: Option<Vec<Vec<bool>>>,
-    /// Explicit visibility per row, `b * l * l` (query i of row r sees key j iff
-    /// `visible[(r * l + i) * l + j]`): when given, the attention bias is built from it alone
-    /// (`attention` and `key_valid` then only describe it): block diffusion's two-copy layout,
-    /// packed rows. A query that sees nothing keeps its own position.
-    pub visible: Option<Vec<bool>>,
+    /// Each row's own attention ([`RowMask`]: explicit, packed pairs, block diffusion's two
+    /// copies): when given, the bias is built from it alone (`attention` and `key_valid` then
+    /// only describe it); a query that sees nothing keeps its own position.
+    pub mask: Option<RowMask>,
     /// The RoPE position of each column, `b * l`; `None`: 0..l in every row.
     pub positions: Option<Vec<u32>>,
-    /// A packed micro-batch's attention in compact form ([`crate::model::mask::Segments`]):
-    /// when given, the bias is built from it on the device (and `visible` is None).
-    pub segments: Option<crate::model::mask::Segments>,
     /// Flat output rows (`i * l + pos`) that are scored.
     pub rows: Vec<u32>,
     /// Target token of each scored row.

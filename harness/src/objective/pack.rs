@@ -18,7 +18,7 @@
 //! the step runs eagerly.
 
 use super::Prepared;
-use crate::model::mask::{visibility, Segments};
+use crate::model::mask::{visibility, RowMask, Segments};
 use crate::{Error, Result};
 
 /// Where one sequence of the unpacked micro-batch went.
@@ -83,10 +83,11 @@ pub fn pack(p: &Prepared, capacity: usize, seed: u64) -> Result<(Prepared, Vec<P
         }
     }
     // One visibility for every pair (the unpacked batch's mode and draw), built on the device; a
-    // batch with a visibility per row (block diffusion's two-copy layout) is packed explicitly.
-    let (visible, segments) = match &p.visible {
-        None => (None, Some(Segments { pair, local, base: visibility(p.attention, l, p.step, seed), base_l: l })),
-        Some(v) => {
+    // batch whose rows have their own mask (block diffusion's two copies) is packed explicitly.
+    let mask = match &p.mask {
+        None => RowMask::Packed(Segments { pair, local, base: visibility(p.attention, l, p.step, seed), base_l: l }),
+        Some(m) => {
+            let v = m.visibility(p.b, l); // (B, L, L)
             let mut out = vec![false; rows * lp * lp];
             for col in 0..rows * lp {
                 let (r, i) = (col / lp, pair[col]);
@@ -101,7 +102,7 @@ pub fn pack(p: &Prepared, capacity: usize, seed: u64) -> Result<(Prepared, Vec<P
                     }
                 }
             }
-            (Some(out), None)
+            RowMask::Explicit(out)
         }
     };
     let mut out_rows = Vec::with_capacity(p.rows.len());
@@ -118,9 +119,8 @@ pub fn pack(p: &Prepared, capacity: usize, seed: u64) -> Result<(Prepared, Vec<P
         b: rows,
         l: lp,
         key_valid: None,
-        visible,
+        mask: Some(mask),
         positions: Some(positions),
-        segments,
         rows: out_rows,
         targets: p.targets.clone(),
         weights: p.weights.clone(),

@@ -19,7 +19,7 @@
 //! and the eager training step run.
 
 use super::{Example, Prepared, TBuckets, T_BUCKETS};
-use crate::model::mask::{additive_bias_values, attention_bias_values, EmptyRow, Segments, MASKED_BIAS};
+use crate::model::mask::{attention_bias_values, RowMask, MASKED_BIAS};
 use crate::model::params::Fwd;
 use crate::model::Llama;
 use crate::{Error, Result};
@@ -166,22 +166,19 @@ pub struct HostBatch {
     pub bias: Option<(Vec<f32>, usize)>,
     /// RoPE position of each column, `b * l`; None: 0..l in every row.
     pub positions: Option<Vec<u32>>,
-    /// A packed batch's attention, built into the bias on the device by [`HostBatch::upload`]
-    /// (then `bias` is None).
-    pub segments: Option<Segments>,
+    /// Each row's own attention, built into the bias by [`HostBatch::upload`] (then `bias` is
+    /// None).
+    pub mask: Option<RowMask>,
     /// The scored rows.
     pub scored: HostScored,
 }
 
-/// The additive bias of `p` (see [`Prepared::visible`]), the annealed mask drawn from `seed`.
-fn prepared_bias(p: &Prepared, seed: u64) -> Result<Option<(Vec<f32>, usize)>> {
-    if p.segments.is_some() {
-        return Ok(None); // built on the device
-    }
-    match &p.visible {
-        Some(v) if v.len() != p.b * p.l * p.l => Err(Error::msg(format!("a visibility of {} entries for a {} × {} micro-batch", v.len(), p.b, p.l))),
-        Some(v) => Ok(Some(additive_bias_values(v, (p.l, p.l), None, EmptyRow::KeepSelf))),
-        None => Ok(attention_bias_values(p.attention, p.step, seed, p.l, p.key_valid.as_deref())),
+/// The additive bias of `p` on the host, the annealed mask drawn from `seed`; None when nothing
+/// is hidden or when `p` has its own [`RowMask`] (built at upload).
+fn prepared_bias(p: &Prepared, seed: u64) -> Option<(Vec<f32>, usize)> {
+    match &p.mask {
+        Some(_) => None,
+        None => attention_bias_values(p.attention, p.step, seed, p.l, p.key_valid.as_deref()),
     }
 }
 
@@ -191,11 +188,13 @@ impl HostBatch {
         if p.positions.as_ref().is_some_and(|pos| pos.len() != p.b * p.l) {
             return Err(Error::msg(format!("RoPE positions do not cover the {} × {} micro-batch", p.b, p.l)));
         }
-        let bias = prepared_bias(p, seed)?;
-        if p.segments.as_ref().is_some_and(|s| s.pair.len() != p.b * p.l || s.local.len() != p.b * p.l) {
-            return Err(Error::msg(format!("packed segments do not cover the {} × {} micro-batch", p.b, p.l)));
+        let bias = prepared_bias(p, seed);
+        if let Some(RowMask::Packed(s)) = &p.mask {
+            if s.pair.len() != p.b * p.l || s.local.len() != p.b * p.l {
+                return Err(Error::msg(format!("packed segments do not cover the {} × {} micro-batch", p.b, p.l)));
+            }
         }
-        Ok(Self { b: p.b, l: p.l, ids: p.input.clone(), bias, positions: p.positions.clone(), segments: p.segments.clone(), scored: HostScored::new(p, total_denom, vocab)? })
+        Ok(Self { b: p.b, l: p.l, ids: p.input.clone(), bias, positions: p.positions.clone(), mask: p.mask.clone(), scored: HostScored::new(p, total_denom, vocab)? })
     }
 
     /// `p` padded to `shape` with `pad_id` (see the module documentation): the same loss,
@@ -203,7 +202,7 @@ impl HostBatch {
     /// already fills `shape.l` and every query sees every key.
     pub fn padded(p: &Prepared, total_denom: f64, seed: u64, vocab: usize, shape: FixedShape, pad_id: u32) -> Result<Self> {
         let (b, l, lf) = (p.b, p.l, shape.l);
-        if p.visible.is_some() || p.positions.is_some() || p.segments.is_some() {
+        if p.mask.is_some() || p.positions.is_some() {
             return Err(Error::msg("a micro-batch with its own visibility or positions (block diffusion, packing) runs eagerly (train.launch = \"eager\")"));
         }
         if b != shape.b || l > lf {
@@ -237,15 +236,15 @@ impl HostBatch {
             Some((out, b))
         };
         let scored = HostScored::new(p, total_denom, vocab)?.padded(b, l, lf, shape.n)?;
-        Ok(Self { b, l: lf, ids, bias, positions: None, segments: None, scored })
+        Ok(Self { b, l: lf, ids, bias, positions: None, mask: None, scored })
     }
 
     /// The arrays on `dev`, the bias in `dtype`.
     pub fn upload(&self, dtype: DType, dev: &Device) -> Result<DeviceBatch> {
         let ids = Tensor::from_vec(self.ids.clone(), (self.b, self.l), dev)?; // (B, L)
-        let bias = match (&self.bias, &self.segments) {
+        let bias = match (&self.bias, &self.mask) {
             (Some((v, r)), _) => Some(Tensor::from_vec(v.clone(), (*r, 1, self.l, self.l), dev)?.to_dtype(dtype)?), // (R, 1, L, L)
-            (None, Some(s)) => Some(s.bias(self.l, dtype, dev)?), // (B, 1, L, L)
+            (None, Some(m)) => Some(m.bias(self.b, self.l, dtype, dev)?), // (B, 1, L, L)
             (None, None) => None,
         };
         let positions = self.positions.as_ref().map(|p| Tensor::from_vec(p.clone(), (self.b, self.l), dev)).transpose()?; // (B, L)
@@ -296,7 +295,7 @@ impl DeviceBatch {
             }
             && self.positions.is_none()
             && fresh.positions.is_none()
-            && src.segments.is_none()
+            && src.mask.is_none()
             && s.valid.is_some() == f.valid.is_some()
             && s.onehot.as_ref().map(|t| t.dims().to_vec()) == f.onehot.as_ref().map(|t| t.dims().to_vec());
         if !shapes_ok {
@@ -480,9 +479,8 @@ mod tests {
             attention: AttentionMode::Annealed { anneal_steps: 4 },
             step: 1,
             key_valid: Some(vec![vec![true; 3], vec![true, true, false]]),
-            visible: None,
+            mask: None,
             positions: None,
-            segments: None,
             rows: vec![1, 2, 4],
             targets: vec![6, 7, 8],
             weights: vec![2.0, 2.0, 4.0],
