@@ -46,6 +46,7 @@ impl Objective for Autoregressive {
             visible: None,
             positions: None,
             segments: None,
+            time: None,
             rows,
             targets,
             weights: vec![1.0; n],
