@@ -19,7 +19,7 @@ fn sharp(seed: u64) -> Llama {
     let cfg = tiny_config(VOCAB);
     let w = random_weights(&cfg, 0.5, seed, candle_core::DType::F32, &Device::Cpu).unwrap();
     let vb = candle_nn::VarBuilder::from_tensors(w, candle_core::DType::F32, &Device::Cpu);
-    Llama::load(vb, &cfg, &BuildOpts { adapter: &AdapterConfig::default(), seed, layer_path: harness::model::LayerPath::Fused }).unwrap().0
+    Llama::load(vb, &cfg, &BuildOpts { adapter: &AdapterConfig::default(), seed, layer_path: harness::model::LayerPath::Fused, time_embedding: false }).unwrap().0
 }
 
 fn ddm(block_size: usize, shift: bool) -> Diffusion {

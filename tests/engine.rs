@@ -596,9 +596,9 @@ fn gguf_f32_model_equals_the_original_model() {
     let loaded = load::load_gguf(&path, DType::F32, &Device::Cpu, &MaskToken::Auto).unwrap();
     let none = AdapterConfig { targets: vec![], ..Default::default() };
     let vb = candle_nn::VarBuilder::from_tensors(loaded.tensors, DType::F32, &Device::Cpu);
-    let (m1, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused }).unwrap();
+    let (m1, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused, time_embedding: false }).unwrap();
     let vb = candle_nn::VarBuilder::from_tensors(orig, DType::F32, &Device::Cpu);
-    let (m2, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused }).unwrap();
+    let (m2, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused, time_embedding: false }).unwrap();
     let ids = [1u32, 200, 3000, 45000, 7];
     assert_eq!(logits_of(&m1, &ids), logits_of(&m2, &ids));
 }
@@ -619,7 +619,7 @@ fn torch_cross_check() {
     assert!(loaded.tok.is_none());
     let none = AdapterConfig { targets: vec![], ..Default::default() };
     let vb = candle_nn::VarBuilder::from_tensors(loaded.tensors, DType::F32, &Device::Cpu);
-    let (model, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused }).unwrap();
+    let (model, _) = Llama::load(vb, &loaded.cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused, time_embedding: false }).unwrap();
     let (batch, masked) = harness::selfcheck::fixture_batch();
     for (shift, want) in [(true, DDM_SHIFT), (false, DDM_NOSHIFT)] {
         let mut d = diffusion(shift, LossNorm::Masked);

@@ -27,7 +27,7 @@ fn sharp_model(seed: u64) -> Llama {
     let w = random_weights(&cfg, 0.5, seed, candle_core::DType::F32, &Device::Cpu).expect("weights");
     let vb = candle_nn::VarBuilder::from_tensors(w, candle_core::DType::F32, &Device::Cpu);
     let adapter = AdapterConfig::default();
-    Llama::load(vb, &cfg, &BuildOpts { adapter: &adapter, seed, layer_path: harness::model::LayerPath::Fused }).expect("sharp model").0
+    Llama::load(vb, &cfg, &BuildOpts { adapter: &adapter, seed, layer_path: harness::model::LayerPath::Fused, time_embedding: false }).expect("sharp model").0
 }
 
 fn cfg(shift: bool, n: usize, batch: usize, seed: u64) -> DiffusionLikelihood {

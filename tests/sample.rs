@@ -448,7 +448,7 @@ fn sharp(seed: u64) -> Llama {
     let w = harness::model::load::random_weights(&cfg, 0.5, seed, candle_core::DType::F32, &Device::Cpu).unwrap();
     let vb = candle_nn::VarBuilder::from_tensors(w, candle_core::DType::F32, &Device::Cpu);
     let adapter = AdapterConfig::default();
-    Llama::load(vb, &cfg, &harness::model::BuildOpts { adapter: &adapter, seed, layer_path: harness::model::LayerPath::Fused }).unwrap().0
+    Llama::load(vb, &cfg, &harness::model::BuildOpts { adapter: &adapter, seed, layer_path: harness::model::LayerPath::Fused, time_embedding: false }).unwrap().0
 }
 
 #[test]

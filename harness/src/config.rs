@@ -671,11 +671,13 @@ impl RawConfig {
         Ok(())
     }
 
-    /// The setting (key, reason) whose micro-batches change layout from step to step, so that
-    /// the training step cannot be one captured CUDA graph: `auto` launches it eagerly.
+    /// The setting (key, reason) that a captured CUDA graph cannot replay — micro-batches whose
+    /// layout changes from step to step, or an input the captured step does not carry (the
+    /// diffusion time) — so `auto` launches the training step eagerly.
     pub fn eager_only(&self) -> Option<(&'static str, &'static str)> {
         match &self.objective {
             ObjectiveConfig::Diffusion(d) if d.block_size > 0 => Some(("objective.block_size", "lays each micro-batch out with its own visibility and positions (the two-copy layout)")),
+            ObjectiveConfig::Diffusion(d) if d.time_conditioned() => Some(("objective.time_conditioning", "gives the model a per-column time input that the captured step does not carry")),
             _ if self.train.pack_to > 0 => Some(("train.pack_to", "packs each micro-batch into rows of its own shape")),
             _ => None,
         }

@@ -6,8 +6,9 @@
 //! ## Design map
 //! - [`config`]: the run configuration in two stages: raw serde TOML (what the user wrote) →
 //!   validated [`config::RunConfig`] (what the run uses, saved into the run folder first).
-//! - [`model`]: a LLaMA-family transformer ([`model::llama`]) whose attention takes an explicit
-//!   mask ([`model::mask`]: causal, full, annealed, and the one attention-bias builder), loading
+//! - [`model`]: a LLaMA-family transformer ([`model::llama`]; optionally given the diffusion time
+//!   of each column through a zero-initialised embedding, `objective.time_conditioning`) whose
+//!   attention takes an explicit mask ([`model::mask`]: causal, full, annealed, and the one attention-bias builder), loading
 //!   from GGUF or Hugging Face folders ([`model::load`]) and the tokenizer ([`model::tokenizer`]).
 //!   The layer is [`model::decoder`]: one type with two ways to run in training, chosen once by
 //!   `model.layer_path` ([`model::LayerPath`]) — fused (one autograd node with a hand-written

@@ -45,7 +45,7 @@ pub fn load_model(cfg: &RunConfig) -> Result<Loaded> {
     let l = load::load(&source, raw.model.tokenizer.as_deref(), raw.model.init_std, raw.seed, dtype, &device, &raw.model.mask_token)?;
     let tok = l.tok.ok_or_else(|| Error::config("model.tokenizer", "this model source has no tokenizer: set model.tokenizer (a tokenizer.json or .gguf)"))?;
     let vb = VarBuilder::from_tensors(l.tensors, dtype, &device);
-    let (model, trainable) = Llama::load(vb, &l.cfg, &BuildOpts { adapter: &raw.adapter, seed: raw.seed, layer_path: cfg.resolved.layer_path })?;
+    let (model, trainable) = Llama::load(vb, &l.cfg, &BuildOpts { adapter: &raw.adapter, seed: raw.seed, layer_path: cfg.resolved.layer_path, time_embedding: raw.objective.diffusion().is_some_and(|d| d.time_conditioned()) })?;
     Ok(Loaded { model, trainable, tok, files: l.files })
 }
 

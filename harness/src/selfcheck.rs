@@ -44,7 +44,7 @@ fn model_on(device: &Device, dtype: DType, adapter: &AdapterConfig) -> Result<(L
         .map(|(k, v)| Ok((k, v.to_dtype(dtype)?.to_device(device)?)))
         .collect::<candle_core::Result<_>>()?;
     let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
-    Llama::load(vb, &cfg, &BuildOpts { adapter, seed: 0, layer_path: crate::model::LayerPath::Fused })
+    Llama::load(vb, &cfg, &BuildOpts { adapter, seed: 0, layer_path: crate::model::LayerPath::Fused, time_embedding: false })
 }
 
 /// The pinned batch of `tests/scripts/torch_crosscheck.py`: two rows of 10 tokens (prompts of 4
@@ -176,7 +176,7 @@ fn graph_checks(device: &Device) -> Result<Vec<Check>> {
         for graph in [false, true] {
             let w = crate::model::load::random_weights(&cfg, 0.08, 3, DType::BF16, device)?;
             let vb = candle_nn::VarBuilder::from_tensors(w, DType::BF16, device);
-            let (model, tr) = Llama::load(vb, &cfg, &BuildOpts { adapter: &adapter, seed: 3, layer_path: crate::model::LayerPath::Fused })?;
+            let (model, tr) = Llama::load(vb, &cfg, &BuildOpts { adapter: &adapter, seed: 3, layer_path: crate::model::LayerPath::Fused, time_embedding: false })?;
             let mut acc = crate::train::optim::GradAccum::new(&tr);
             let mut opt = crate::train::optim::AdamW::new(&tr, Default::default())?;
             let mut g = if graph { Some(GraphStep::new(&acc, shape, 0, true)?) } else { None };
@@ -470,7 +470,7 @@ fn flash_step_checks(device: &Device, on: &str) -> Result<Vec<Check>> {
         // init std 0.08: attention far from uniform at width 256
         let w = crate::model::load::random_weights(&cfg, 0.08, 3, DType::BF16, device)?;
         let vb = candle_nn::VarBuilder::from_tensors(w, DType::BF16, device);
-        Llama::load(vb, &cfg, &BuildOpts { adapter: &full, seed: 3, layer_path: crate::model::LayerPath::Fused })
+        Llama::load(vb, &cfg, &BuildOpts { adapter: &full, seed: 3, layer_path: crate::model::LayerPath::Fused, time_embedding: false })
     };
     let (m1, t1) = build()?;
     let (loss_f, norm_f) = step(&m1, &t1)?;

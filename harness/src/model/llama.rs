@@ -6,6 +6,9 @@
 //! Hugging Face names, so safetensors checkpoints and peft adapters load without renaming.
 //! The decoder layer and its two ways to run in training live in [`crate::model::decoder`];
 //! which one runs is [`LayerPath`], chosen once in [`BuildOpts`].
+//! With [`BuildOpts::time_embedding`] (`objective.time_conditioning = "embedding"`) the model
+//! also takes a per-column diffusion time t: x = embed(ids) + φ(t)·Wᵀ ([`time_features`]) before the
+//! first layer, W (D, [`TIME_FEATURES`]) trainable and zero-initialised (`model.time_embed.weight`).
 //! Reference: Touvron et al. 2023, "LLaMA: Open and Efficient Foundation Language Models".
 
 use super::decoder::{DecoderLayer, LayerCache, LayerPath, LoadCtx, Positions, RmsNorm, Rotary};
@@ -213,12 +216,38 @@ pub struct BuildOpts<'a> {
     pub seed: u64,
     /// How training runs each decoder layer (`model.layer_path`).
     pub layer_path: LayerPath,
+    /// Add a trainable, zero-initialised embedding of the diffusion time t to the input
+    /// embeddings (`objective.time_conditioning = "embedding"`; see [`time_features`]).
+    pub time_embedding: bool,
+}
+
+/// Number of fixed sinusoidal features of t the time embedding reads ([`time_features`]).
+pub const TIME_FEATURES: usize = 32;
+
+/// The frequencies ω_k = 1000 · 10000^(−k/16), k = 0..16, of [`time_features`]: geometric from
+/// 1000 down to about 0.56 rad per unit of t (DiT's timestep frequencies applied to 1000·t).
+pub fn time_frequencies() -> [f32; TIME_FEATURES / 2] {
+    let half = TIME_FEATURES / 2;
+    std::array::from_fn(|k| (1000.0 * 10000f64.powf(-(k as f64) / half as f64)) as f32)
+}
+
+/// The fixed features of the diffusion time of each column: `time` (B, L) f32 →
+/// (B, L, [`TIME_FEATURES`]) f32, `[cos(t·ω_0), …, cos(t·ω_15), sin(t·ω_0), …, sin(t·ω_15)]` with
+/// ω_k from [`time_frequencies`].
+pub fn time_features(time: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, l) = time.dims2()?;
+    let half = TIME_FEATURES / 2;
+    let w = Tensor::new(&time_frequencies(), time.device())?.reshape((1, 1, half))?; // (1, 1, F/2)
+    let arg = time.to_dtype(DType::F32)?.reshape((b, l, 1))?.broadcast_mul(&w)?; // (B, L, F/2)
+    Tensor::cat(&[&arg.cos()?, &arg.sin()?], 2) // (B, L, F)
 }
 
 /// The LLaMA model.
 #[derive(Debug, Clone)]
 pub struct Llama {
     embed_tokens: Weight,
+    /// The time embedding W (D, [`TIME_FEATURES`]), f32, when the model takes a time input.
+    time_embed: Option<Var>,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Option<Linear>,
@@ -253,6 +282,15 @@ impl Llama {
         } else {
             Weight::Frozen(emb)
         };
+        // Always trained (it is new), zero-initialised: the base model's outputs at any t.
+        let time_embed = if opts.time_embedding {
+            let v = Var::zeros((cfg.hidden_size, TIME_FEATURES), DType::F32, &device)?;
+            let name = format!("{}.weight", m.pp("time_embed").prefix());
+            tr.push(if full { name } else { format!("base_model.model.{name}") }, v.clone());
+            Some(v)
+        } else {
+            None
+        };
         let mut ctx = LoadCtx { cfg, adapter: opts.adapter, seed: opts.seed, index: 0, tr: &mut tr };
         let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::load(m.pp("layers").pp(i), &mut ctx)).collect::<crate::Result<Vec<_>>>()?;
         let norm = RmsNorm::load(m.pp("norm"), cfg.hidden_size, &mut ctx)?;
@@ -264,7 +302,7 @@ impl Llama {
         };
         let rotary = Rotary::new(cfg, &device)?;
         let sink = tr.sink.clone();
-        Ok((Self { embed_tokens, layers, norm, lm_head, rotary, sink, layer_path: opts.layer_path, cfg: cfg.clone(), dtype, device }, tr))
+        Ok((Self { embed_tokens, time_embed, layers, norm, lm_head, rotary, sink, layer_path: opts.layer_path, cfg: cfg.clone(), dtype, device }, tr))
     }
 
     /// How training runs each decoder layer.
@@ -277,23 +315,30 @@ impl Llama {
         self.layer_path = path;
     }
 
+    /// Whether the model takes a diffusion time input ([`BuildOpts::time_embedding`]).
+    pub fn time_conditioned(&self) -> bool {
+        self.time_embed.is_some()
+    }
+
     /// Final-normed hidden states. `ids`: (B, L) u32; `bias`: additive attention bias broadcastable
     /// to (B, H, L, L), or None for full attention. Returns (B, L, D). In training
     /// (`ctx.train`) each layer runs on the model's [`LayerPath`].
     pub fn hidden(&self, ids: &Tensor, bias: Option<&Tensor>, ctx: &Fwd) -> candle_core::Result<Tensor> {
-        self.hidden_inner(ids, bias, ctx, None, None)
+        self.hidden_inner(ids, bias, ctx, None, None, None)
     }
 
     /// [`Llama::hidden`] with explicit RoPE positions `positions` (B, L) u32 (None: 0..L): packed
     /// rows restart them per pair, block diffusion's clean copy repeats the noised copy's. Each
     /// position must be below `max_position_embeddings` (the caller checks: [`crate::objective::HostBatch`]).
-    pub fn hidden_at(&self, ids: &Tensor, bias: Option<&Tensor>, positions: Option<&Tensor>, ctx: &Fwd) -> candle_core::Result<Tensor> {
+    /// `time`: the diffusion time of each column (B, L) f32, for a time-conditioned model
+    /// ([`Llama::time_conditioned`]; an error for any other); None runs without it.
+    pub fn hidden_at(&self, ids: &Tensor, bias: Option<&Tensor>, positions: Option<&Tensor>, time: Option<&Tensor>, ctx: &Fwd) -> candle_core::Result<Tensor> {
         if let Some(p) = positions {
             if p.dims2()? != ids.dims2()? {
                 candle_core::bail!("RoPE positions {:?} for token ids {:?}", p.dims(), ids.dims())
             }
         }
-        self.hidden_inner(ids, bias, ctx, None, positions)
+        self.hidden_inner(ids, bias, ctx, None, positions, time)
     }
 
     fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
@@ -302,13 +347,30 @@ impl Llama {
         crate::kernels::layout::embedding(&e, &ids.flatten_all()?)?.reshape((b, l, self.cfg.hidden_size)) // (B, L, D)
     }
 
-    fn hidden_inner(&self, ids: &Tensor, bias: Option<&Tensor>, ctx: &Fwd, mut cache: Option<&mut KvCache>, positions: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    /// The input embeddings plus, given `time` (B, L), its embedding: (B, L, D).
+    fn embed_timed(&self, ids: &Tensor, time: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let x = self.embed(ids)?; // (B, L, D)
+        let Some(t) = time else { return Ok(x) };
+        let Some(w) = &self.time_embed else {
+            candle_core::bail!("a diffusion time was given to a model without a time embedding (objective.time_conditioning = \"none\")")
+        };
+        let (b, l) = ids.dims2()?;
+        if t.dims2()? != (b, l) {
+            candle_core::bail!("diffusion times {:?} for token ids {:?}", t.dims(), ids.dims())
+        }
+        let f = time_features(t)?.reshape((b * l, TIME_FEATURES))?; // (B·L, F) f32
+        let e = f.matmul(&w.as_tensor().t()?)?.reshape((b, l, self.cfg.hidden_size))?; // (B, L, D) f32
+        let e = e.to_dtype(x.dtype())?;
+        x + e
+    }
+
+    fn hidden_inner(&self, ids: &Tensor, bias: Option<&Tensor>, ctx: &Fwd, mut cache: Option<&mut KvCache>, positions: Option<&Tensor>, time: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let offset = cache.as_ref().map(|c| c.len).unwrap_or(0);
         let pos = match positions {
             Some(p) => Positions::At(p),
             None => Positions::From(offset),
         };
-        let mut x = self.embed(ids)?; // (B, L, D)
+        let mut x = self.embed_timed(ids, time)?; // (B, L, D)
         if let Some(c) = cache.as_mut() {
             if c.layers.is_empty() {
                 c.layers = vec![LayerCache::default(); self.layers.len()];
@@ -403,16 +465,17 @@ impl Llama {
             }
         }
         let bias = super::mask::padded_cache_bias(l, cache.len, &cache.pad, self.dtype, &self.device)?; // (B|1, 1, l, T) or None
-        self.hidden_inner(ids, bias.as_ref(), &Fwd::default(), Some(cache), None)
+        self.hidden_inner(ids, bias.as_ref(), &Fwd::default(), Some(cache), None, None)
     }
 
     /// [`Llama::hidden`] at inference under a caller-provided `bias`, also returning every
     /// column's keys and values as a cache (`len` = L, no padding recorded): the first pass of
     /// prefix-cached diffusion decoding, which keeps the prefix columns
-    /// ([`KvCache::narrow_columns`]). The hidden states are those of [`Llama::hidden`].
-    pub fn hidden_capture(&self, ids: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<(Tensor, KvCache)> {
+    /// ([`KvCache::narrow_columns`]). The hidden states are those of [`Llama::hidden_at`] with
+    /// the diffusion times `time` (B, L) (a time-conditioned model's, else None).
+    pub fn hidden_capture(&self, ids: &Tensor, bias: Option<&Tensor>, time: Option<&Tensor>) -> candle_core::Result<(Tensor, KvCache)> {
         let mut cache = KvCache::default();
-        let h = self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut cache), None)?;
+        let h = self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut cache), None, time)?;
         Ok((h, cache))
     }
 
@@ -422,8 +485,9 @@ impl Llama {
     /// `bias` broadcastable to (B, H, l, C + l) — e.g. hiding the cached columns the chunk
     /// recomputes, when `offset` < C. The cache is not changed (the chunk is not appended), so
     /// several chunks can continue one prefix. Inference only. (The AR path,
-    /// [`Llama::hidden_cached`], appends with a causal chunk bias instead.)
-    pub fn hidden_over_prefix(&self, ids: &Tensor, prefix: &KvCache, offset: usize, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    /// [`Llama::hidden_cached`], appends with a causal chunk bias instead.) `time`: the
+    /// chunk's diffusion times (B, l), as in [`Llama::hidden_at`].
+    pub fn hidden_over_prefix(&self, ids: &Tensor, prefix: &KvCache, offset: usize, bias: Option<&Tensor>, time: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (b, l) = ids.dims2()?;
         if offset + l > self.cfg.max_position_embeddings {
             candle_core::bail!("chunk at positions {offset}..{} exceeds the model's {} positions", offset + l, self.cfg.max_position_embeddings)
@@ -438,7 +502,7 @@ impl Llama {
         }
         // A shallow copy (tensors are shared) whose RoPE offset is the chunk's first position.
         let mut c = KvCache { layers: prefix.layers.clone(), len: offset, pad: Vec::new() };
-        self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut c), None)
+        self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut c), None, time)
     }
 
     /// Turn every LoRA adapter off (base-model outputs) or back on.

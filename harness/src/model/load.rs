@@ -304,7 +304,7 @@ pub fn random_model(cfg: &LlamaConfig, adapter: &super::lora::AdapterConfig, see
 pub fn random_model_dtype(cfg: &LlamaConfig, adapter: &super::lora::AdapterConfig, seed: u64, dtype: DType, device: &Device) -> Result<(super::Llama, super::Trainable)> {
     let w = random_weights(cfg, 0.02, seed, dtype, device)?;
     let vb = candle_nn::VarBuilder::from_tensors(w, dtype, device);
-    super::Llama::load(vb, cfg, &super::BuildOpts { adapter, seed, layer_path: super::LayerPath::Fused })
+    super::Llama::load(vb, cfg, &super::BuildOpts { adapter, seed, layer_path: super::LayerPath::Fused, time_embedding: false })
 }
 
 /// A tiny shape for tests: vocab `vocab`, width 32, 2 layers, 4 heads, 2 KV heads.

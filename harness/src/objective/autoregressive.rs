@@ -45,6 +45,7 @@ impl Objective for Autoregressive {
             key_valid: key_valid(batch),
             mask: None,
             positions: None,
+            time: None,
             rows,
             targets,
             weights: vec![1.0; n],

@@ -4,7 +4,7 @@
 
 use super::diffusion::ReadAttention;
 use super::diffusion::LossWeight;
-use super::{Autoregressive, Diffusion, DiffusionConfig, LossNorm, Objective, TSampling};
+use super::{Autoregressive, Diffusion, DiffusionConfig, LossNorm, Objective, TSampling, TimeConditioning};
 use crate::model::mask::AnnealSchedule;
 use crate::config::{EvalAttention, ObjectiveKind};
 use serde::{Deserialize, Serialize};
@@ -120,6 +120,7 @@ struct ObjectiveTable {
     anneal: Option<AnnealSchedule>,
     complementary: Option<bool>,
     block_size: Option<usize>,
+    time_conditioning: Option<TimeConditioning>,
 }
 
 impl ObjectiveTable {
@@ -143,6 +144,7 @@ impl ObjectiveTable {
                     anneal: self.anneal.unwrap_or(d.anneal),
                     complementary: self.complementary.unwrap_or(d.complementary),
                     block_size: self.block_size.unwrap_or(d.block_size),
+                    time_conditioning: self.time_conditioning.unwrap_or(d.time_conditioning),
                 }))
             }
             ObjectiveKind::Autoregressive => {
@@ -162,6 +164,7 @@ impl ObjectiveTable {
                     self.anneal.is_some(),
                     self.complementary.is_some(),
                     self.block_size.is_some(),
+                    self.time_conditioning.is_some(),
                 ];
                 // Every field of the time is the flat form `config.json` had before the objective
                 // was a tagged enum (it wrote the first eight, unused): result folders stay readable.
@@ -210,7 +213,7 @@ mod tests {
 
     #[test]
     fn autoregressive_rejects_each_diffusion_field_by_name() {
-        let values = ["\"stratified\"", "0.5", "2.0", "0.01", "false", "\"response\"", "true", "3", "0.3", "0.8", "\"uniform\"", "0.5", "\"window\"", "true", "4"];
+        let values = ["\"stratified\"", "0.5", "2.0", "0.01", "false", "\"response\"", "true", "3", "0.3", "0.8", "\"uniform\"", "0.5", "\"window\"", "true", "4", "\"embedding\""];
         for (key, v) in DiffusionConfig::KEYS.iter().zip(values) {
             let e = parse(&format!("kind = \"autoregressive\"\n{key} = {v}")).unwrap_err().to_string();
             assert!(e.contains(&format!("objective.{key}: not a field of the autoregressive objective")), "{e}");

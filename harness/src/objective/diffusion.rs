@@ -16,8 +16,14 @@
 //! ([`ReadAttention`], from `eval.attention` and the run's optimizer steps: full attention once
 //! annealing finished, else the annealed mask of the last step): it generates by iterative
 //! denoising ([`DiffusionSampler`], reporting each token's commit confidence) and scores choices
-//! by the Monte Carlo ELBO with its standard error ([`diffusion_choice_scores_se`]), both with
-//! the training `shift`.
+//! by the Monte Carlo ELBO with its standard error ([`diffusion_choice_scores_se`]; block
+//! diffusion and time conditioning through the objective's own bound instead), both with the
+//! training `shift`.
+//!
+//! With `time_conditioning = "embedding"` (an ablation: the references train without it) the
+//! model also sees t ([`TimeConditioning::Embedding`]): every column of a training sequence (and
+//! of the dev NLL bound's) carries its t in [`Prepared::time`], and decoding gives each row the
+//! masked fraction of its canvas ([`ModelDenoiser::timed`]).
 
 use super::{key_valid, Batch, ChoiceScores, Generated, Objective, Prepared};
 use crate::config::{EvalAttention, EvalConfig};
@@ -59,6 +65,23 @@ pub enum LossWeight {
     InvT,
     /// 1 (dllm offers both): masked-token cross-entropy, not a bound.
     Uniform,
+}
+
+/// Whether the model sees the diffusion time t (`objective.time_conditioning`). Absorbing-state
+/// references (MDLM, LLaDA, SMDM) train without it: the fraction of mask tokens already tells
+/// the model t, so this is an ablation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeConditioning {
+    /// No time input: the model infers t from the mask tokens.
+    #[default]
+    None,
+    /// A trainable embedding of t added to the input embeddings
+    /// ([`crate::model::llama::time_features`]: 32 fixed sinusoidal features of t times a
+    /// zero-initialised (D, 32) matrix, so an untrained embedding leaves the base model's outputs
+    /// unchanged). Training gives every column its sequence's t; decoding gives each row
+    /// t = (mask tokens in its canvas) / canvas, recomputed at every forward pass.
+    Embedding,
 }
 
 /// What the weighted loss sum is divided by.
@@ -122,6 +145,9 @@ pub struct DiffusionConfig {
     /// ([`AttentionMode::Blocks`]), where the prefix cache (`eval.cache = "prefix"`) is exact.
     /// Needs `anneal_steps = 1`.
     pub block_size: usize,
+    /// Timestep conditioning: `none` (the references) or `embedding` (a trainable embedding of t
+    /// added to the input embeddings, [`TimeConditioning::Embedding`]); runs eagerly.
+    pub time_conditioning: TimeConditioning,
 }
 
 impl Default for DiffusionConfig {
@@ -142,13 +168,14 @@ impl Default for DiffusionConfig {
             anneal: AnnealSchedule::Bernoulli,
             complementary: false,
             block_size: 0,
+            time_conditioning: TimeConditioning::None,
         }
     }
 }
 
 impl DiffusionConfig {
     /// The config keys (`objective.<name>`) of these settings, in declaration order.
-    pub const KEYS: [&'static str; 15] = [
+    pub const KEYS: [&'static str; 16] = [
         "t_sampling",
         "t_logit_mean",
         "t_logit_std",
@@ -164,7 +191,13 @@ impl DiffusionConfig {
         "anneal",
         "complementary",
         "block_size",
+        "time_conditioning",
     ];
+
+    /// Whether the model is given the diffusion time ([`TimeConditioning::Embedding`]).
+    pub fn time_conditioned(&self) -> bool {
+        self.time_conditioning == TimeConditioning::Embedding
+    }
 
     /// The mask-ratio band `[lo, hi]` that t is drawn in.
     pub fn band(&self) -> (f64, f64) {
@@ -353,6 +386,8 @@ impl Diffusion {
             };
         }
         let key_valid = if self.cfg.score_padding { None } else { key_valid(batch) };
+        // every column of sequence i is given its t (time-conditioned models only)
+        let time = self.cfg.time_conditioned().then(|| (0..b).flat_map(|i| std::iter::repeat_n(t[i] as f32, l)).collect());
         let p = Prepared {
             input,
             b,
@@ -362,6 +397,7 @@ impl Diffusion {
             key_valid,
             mask: None,
             positions: None,
+            time,
             rows,
             targets,
             weights,
@@ -379,7 +415,8 @@ impl Diffusion {
     /// [`crate::model::mask::two_copy_visibility`] ([`RowMask::TwoCopy`]). Scored rows stay in the noised copy, except that with `shift` the
     /// first token of block g ≥ 1 is read from the clean copy's column before it (the clean last
     /// token of block g − 1, which sees no later block: what block decoding reads it from).
-    /// Targets, weights, buckets and the normaliser are the plain step's.
+    /// Targets, weights, buckets, the normaliser and the per-column time (both copies of a row
+    /// carry its t) are the plain step's.
     fn two_copy(&self, batch: &Batch, p: Prepared) -> Prepared {
         let (b, l, size) = (batch.b, batch.l, self.cfg.block_size);
         let l2 = 2 * l;
@@ -403,7 +440,9 @@ impl Diffusion {
                 (i * l2 + if first_of_later_block { l + c } else { c }) as u32
             })
             .collect();
-        Prepared { input, l: l2, key_valid: None, mask: Some(mask), positions: Some(positions), rows, ..p }
+        // both copies of a row carry its t
+        let time = p.time.as_ref().map(|tc| (0..b).flat_map(|i| tc[i * l..(i + 1) * l].iter().chain(&tc[i * l..(i + 1) * l]).copied()).collect());
+        Prepared { input, l: l2, key_valid: None, mask: Some(mask), positions: Some(positions), time, rows, ..p }
     }
 
     /// The complementary step ([`DiffusionConfig::complementary`]) from explicit times and masks
@@ -517,7 +556,11 @@ impl Objective for Diffusion {
                 read.mode = AttentionMode::Blocks { size, canvas: sampler.max_new_tokens };
             }
         }
-        let denoiser = ModelDenoiser::reading(model, read);
+        let mut denoiser = ModelDenoiser::reading(model, read);
+        if self.cfg.time_conditioned() {
+            // each row's t: the masked fraction of its canvas, at every forward pass
+            denoiser = denoiser.timed(self.mask_id, sampler.max_new_tokens);
+        }
         let outs = sampler.generate(&denoiser, prompts, 0)?;
         Ok(outs.into_iter().map(|o| Generated { tokens: o.tokens, nfe: o.nfe, hit_eos: o.hit_eos, confidence: o.confidence }).collect())
     }
@@ -525,8 +568,8 @@ impl Objective for Diffusion {
     fn score_choices(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], item: u64, eval: &EvalConfig, seed: u64) -> Result<ChoiceScores> {
         let base = DiffusionLikelihood { mask_id: self.mask_id, shift: self.cfg.shift, n_samples: eval.mc_samples, batch: eval.batch_size.max(1) * 4, seed };
         let cfg = base.for_item(item);
-        if self.cfg.block_size > 0 {
-            return self.block_choice_scores(model, prompt, choices, &cfg);
+        if self.cfg.block_size > 0 || self.cfg.time_conditioned() {
+            return self.bound_choice_scores(model, prompt, choices, &cfg);
         }
         let (scores, se) = diffusion_choice_scores_se(model, prompt, choices, &cfg, self.read)?;
         Ok(ChoiceScores { scores, nfe: choices.len() * cfg.n_samples.div_ceil(cfg.batch), se: Some(se) })
@@ -534,11 +577,14 @@ impl Objective for Diffusion {
 }
 
 impl Diffusion {
-    /// Block diffusion's choice scores: the Monte Carlo block ELBO of each choice — the bound's
-    /// draws ([`Objective::prepare_nll`]: t stratified over the samples, weight 1/t) in the
-    /// two-copy layout — as −Σ 1/t·CE per sample, averaged over `cfg.n_samples` samples, with
-    /// its standard error. The choices of an item share the draws' seed.
-    fn block_choice_scores(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], cfg: &DiffusionLikelihood) -> Result<ChoiceScores> {
+    /// Choice scores through the objective's own bound, for the layouts the likelihood module's
+    /// scorer does not know (block diffusion's two copies, a time-conditioned model's time
+    /// input): the Monte Carlo ELBO of each choice — the bound's draws
+    /// ([`Objective::prepare_nll`]: t stratified over the samples, weight 1/t, the two-copy layout
+    /// and the per-column time when configured) — as −Σ 1/t·CE per sample, averaged over
+    /// `cfg.n_samples` samples, with its standard error. The choices of an item share the
+    /// draws' seed.
+    fn bound_choice_scores(&self, model: &Llama, prompt: &[u32], choices: &[Vec<u32>], cfg: &DiffusionLikelihood) -> Result<ChoiceScores> {
         use crate::eval::likelihood::standard_error;
         let (mut scores, mut se, mut nfe) = (Vec::with_capacity(choices.len()), Vec::with_capacity(choices.len()), 0);
         for c in choices {

@@ -33,7 +33,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 pub use autoregressive::Autoregressive;
-pub use diffusion::{Diffusion, DiffusionConfig, LossNorm, LossWeight, TSampling};
+pub use diffusion::{Diffusion, DiffusionConfig, LossNorm, LossWeight, TSampling, TimeConditioning};
 pub use scored::{
     loss_from_logits, loss_on, scored_loss, DeviceBatch, FixedShape, HostBatch, LossParts,
     LossValues,
@@ -122,6 +122,10 @@ pub struct Prepared {
     pub mask: Option<RowMask>,
     /// The RoPE position of each column, `b * l`; `None`: 0..l in every row.
     pub positions: Option<Vec<u32>>,
+    /// The diffusion time the model is given at each column, `b * l` (every column of a
+    /// sequence carries its t); `None` for a model without time conditioning
+    /// (`objective.time_conditioning = "none"`, AR).
+    pub time: Option<Vec<f32>>,
     /// Flat output rows (`i * l + pos`) that are scored.
     pub rows: Vec<u32>,
     /// Target token of each scored row.

@@ -6,7 +6,8 @@
 //! and chosen its scored rows, targets, weights and normaliser for the unpacked batch: so every
 //! pair is masked, weighted and normalised exactly as it would be unpacked, whatever the
 //! objective. Each pair keeps its own columns (the real ones: right padding is dropped), its
-//! own RoPE positions (restarting at 0, or the two-copy layout's), and its own visibility —
+//! own RoPE positions (restarting at 0, or the two-copy layout's), its own diffusion time per
+//! column (a time-conditioned model's), and its own visibility —
 //! annealed, causal, full or block-diffusion — inside a block-diagonal mask: no query sees
 //! another pair. The columns after the last pair of a row are spare: hidden from every pair,
 //! never scored. The mask travels as [`Segments`] (pair and column ids per column, built into
@@ -73,6 +74,7 @@ pub fn pack(p: &Prepared, capacity: usize, seed: u64) -> Result<(Prepared, Vec<P
     let mut positions = vec![0u32; rows * lp];
     let mut pair = vec![Segments::SPARE; rows * lp];
     let mut local = vec![0u32; rows * lp];
+    let mut time = p.time.as_ref().map(|_| vec![0f32; rows * lp]); // spare columns: t = 0, unread
     for (i, q) in places.iter().enumerate() {
         let base = q.row * lp + q.offset;
         input[base..base + q.len].copy_from_slice(&p.input[i * l..i * l + q.len]);
@@ -80,6 +82,9 @@ pub fn pack(p: &Prepared, capacity: usize, seed: u64) -> Result<(Prepared, Vec<P
             positions[base + c] = p.positions.as_ref().map_or(c as u32, |pos| pos[i * l + c]);
             pair[base + c] = i as u32;
             local[base + c] = c as u32;
+        }
+        if let (Some(dst), Some(src)) = (time.as_mut(), p.time.as_ref()) {
+            dst[base..base + q.len].copy_from_slice(&src[i * l..i * l + q.len]);
         }
     }
     // One visibility for every pair (the unpacked batch's mode and draw), built on the device; a
@@ -121,6 +126,7 @@ pub fn pack(p: &Prepared, capacity: usize, seed: u64) -> Result<(Prepared, Vec<P
         key_valid: None,
         mask: Some(mask),
         positions: Some(positions),
+        time,
         rows: out_rows,
         targets: p.targets.clone(),
         weights: p.weights.clone(),

@@ -10,7 +10,8 @@
 //!   [`HostBatch::padded`] pads it to a run-wide [`FixedShape`]: extra positions are hidden keys
 //!   (and their own queries see only themselves), extra scored rows are distinct unscored
 //!   positions with weight 0 and validity 0, so the loss, its gradient and the logged numbers are
-//!   those of the unpadded micro-batch;
+//!   those of the unpadded micro-batch (a micro-batch with its own visibility, positions or
+//!   time input runs eagerly and is refused here);
 //! - [`DeviceBatch`] holds the arrays on the device, uploaded ([`HostBatch::upload`]) or copied
 //!   into the buffers a captured graph reads ([`DeviceBatch::write`]); [`loss_on`] computes the
 //!   loss from a [`DeviceBatch`] without any host round trip.
@@ -169,6 +170,8 @@ pub struct HostBatch {
     /// Each row's own attention, built into the bias by [`HostBatch::upload`] (then `bias` is
     /// None).
     pub mask: Option<RowMask>,
+    /// The diffusion time of each column, `b * l` (a time-conditioned model's); None: no time input.
+    pub time: Option<Vec<f32>>,
     /// The scored rows.
     pub scored: HostScored,
 }
@@ -194,7 +197,10 @@ impl HostBatch {
                 return Err(Error::msg(format!("packed segments do not cover the {} × {} micro-batch", p.b, p.l)));
             }
         }
-        Ok(Self { b: p.b, l: p.l, ids: p.input.clone(), bias, positions: p.positions.clone(), mask: p.mask.clone(), scored: HostScored::new(p, total_denom, vocab)? })
+        if p.time.as_ref().is_some_and(|t| t.len() != p.b * p.l) {
+            return Err(Error::msg(format!("diffusion times do not cover the {} × {} micro-batch", p.b, p.l)));
+        }
+        Ok(Self { b: p.b, l: p.l, ids: p.input.clone(), bias, positions: p.positions.clone(), mask: p.mask.clone(), time: p.time.clone(), scored: HostScored::new(p, total_denom, vocab)? })
     }
 
     /// `p` padded to `shape` with `pad_id` (see the module documentation): the same loss,
@@ -204,6 +210,9 @@ impl HostBatch {
         let (b, l, lf) = (p.b, p.l, shape.l);
         if p.mask.is_some() || p.positions.is_some() {
             return Err(Error::msg("a micro-batch with its own visibility or positions (block diffusion, packing) runs eagerly (train.launch = \"eager\")"));
+        }
+        if p.time.is_some() {
+            return Err(Error::msg("a micro-batch with a time input (objective.time_conditioning) runs eagerly (train.launch = \"eager\")"));
         }
         if b != shape.b || l > lf {
             return Err(Error::msg(format!("a micro-batch of {b} × {l} does not fit the run's fixed shape {} × {lf}", shape.b)));
@@ -236,7 +245,7 @@ impl HostBatch {
             Some((out, b))
         };
         let scored = HostScored::new(p, total_denom, vocab)?.padded(b, l, lf, shape.n)?;
-        Ok(Self { b, l: lf, ids, bias, positions: None, mask: None, scored })
+        Ok(Self { b, l: lf, ids, bias, positions: None, mask: None, time: None, scored })
     }
 
     /// The arrays on `dev`, the bias in `dtype`.
@@ -248,7 +257,8 @@ impl HostBatch {
             (None, None) => None,
         };
         let positions = self.positions.as_ref().map(|p| Tensor::from_vec(p.clone(), (self.b, self.l), dev)).transpose()?; // (B, L)
-        Ok(DeviceBatch { ids, bias, positions, scored: self.scored.upload(dev)? })
+        let time = self.time.as_ref().map(|t| Tensor::from_vec(t.clone(), (self.b, self.l), dev)).transpose()?; // (B, L) f32
+        Ok(DeviceBatch { ids, bias, positions, time, scored: self.scored.upload(dev)? })
     }
 }
 
@@ -273,6 +283,7 @@ pub struct DeviceBatch {
     ids: Tensor,          // (B, L) u32
     bias: Option<Tensor>, // (R, 1, L, L)
     positions: Option<Tensor>, // (B, L) u32
+    time: Option<Tensor>,      // (B, L) f32
     /// The scored rows.
     pub scored: DeviceScored,
 }
@@ -296,6 +307,8 @@ impl DeviceBatch {
             && self.positions.is_none()
             && fresh.positions.is_none()
             && src.mask.is_none()
+            && self.time.is_none()
+            && fresh.time.is_none()
             && s.valid.is_some() == f.valid.is_some()
             && s.onehot.as_ref().map(|t| t.dims().to_vec()) == f.onehot.as_ref().map(|t| t.dims().to_vec());
         if !shapes_ok {
@@ -399,7 +412,7 @@ pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx
     if p.rows.is_empty() || total_denom <= 0.0 {
         // Nothing scored: a zero loss that still depends on the graph (no gradient flows).
         let db = host.upload(model.dtype, &model.device)?;
-        let h = model.hidden_at(&db.ids, db.bias.as_ref(), db.positions.as_ref(), ctx)?; // (B, L, D)
+        let h = model.hidden_at(&db.ids, db.bias.as_ref(), db.positions.as_ref(), db.time.as_ref(), ctx)?; // (B, L, D)
         let zero = (h.sum_all()?.to_dtype(DType::F32)? * 0.0)?;
         let stats = Tensor::zeros(3, DType::F32, &model.device)?;
         let bucket_n = p.buckets.as_ref().map(|_| [0; T_BUCKETS]);
@@ -411,7 +424,7 @@ pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx
 /// [`scored_loss`] of a batch already on the device: no host data is read or written, so a CUDA
 /// graph can capture it. The batch must score at least one row.
 pub fn loss_on(model: &Llama, db: &DeviceBatch, ctx: &Fwd) -> Result<LossParts> {
-    let h = model.hidden_at(&db.ids, db.bias.as_ref(), db.positions.as_ref(), ctx)?; // (B, L, D)
+    let h = model.hidden_at(&db.ids, db.bias.as_ref(), db.positions.as_ref(), db.time.as_ref(), ctx)?; // (B, L, D)
     let (b, l, d) = h.dims3()?;
     // (N, D); the rows are distinct, so the gradient is a scatter (no index_add)
     let hs = crate::kernels::layout::gather_rows(&h.reshape((b * l, d))?, &db.scored.rows)?;
@@ -428,7 +441,7 @@ pub fn row_ce(model: &Llama, p: &Prepared, seed: u64) -> Result<Vec<f32>> {
     }
     let db = HostBatch::new(p, 1.0, seed, model.cfg.vocab_size)?.upload(model.dtype, &model.device)?;
     let ctx = Fwd::default();
-    let h = model.hidden_at(&db.ids, db.bias.as_ref(), db.positions.as_ref(), &ctx)?; // (B, L, D)
+    let h = model.hidden_at(&db.ids, db.bias.as_ref(), db.positions.as_ref(), db.time.as_ref(), &ctx)?; // (B, L, D)
     let (b, l, d) = h.dims3()?;
     let hs = h.reshape((b * l, d))?.index_select(&db.scored.rows, 0)?; // (N, D)
     let logits = model.logits(&hs, &ctx)?; // (N, V)
@@ -481,6 +494,7 @@ mod tests {
             key_valid: Some(vec![vec![true; 3], vec![true, true, false]]),
             mask: None,
             positions: None,
+            time: None,
             rows: vec![1, 2, 4],
             targets: vec![6, 7, 8],
             weights: vec![2.0, 2.0, 4.0],

@@ -46,7 +46,8 @@
 //!   [`super::Denoiser::logits_at_prefix`], [`super::PrefixCache`]. Exact when the prefix
 //!   never attends to later columns (a causal reading: the outputs equal the uncached ones up to
 //!   rounding); approximate under full attention, where the prefix's keys and values would change
-//!   as the canvas fills in — its accuracy cost is measured by evaluating with and without it.
+//!   as the canvas fills in, and for a time-conditioned model (`objective.time_conditioning`:
+//!   the prefix columns carry the row's t, which falls as the canvas fills in) — its accuracy cost is measured by evaluating with and without it.
 //!   With one block only the first step runs whole. A refresh is per item, so items of a batch
 //!   at different blocks (the `threshold` strategy) are decoded as they would be alone.
 //! - **Batching**: items are processed in groups of at most `batch_size`, in order. When the

@@ -129,7 +129,9 @@ pub trait Denoiser {
 ///
 /// Reusing them is **exact** when no prefix column attends to a later one (a causal reading, or
 /// a block-causal model whose prefix never sees the block), and **approximate** for a
-/// full-attention model, whose prefix keys and values would change as the canvas fills in; the
+/// full-attention model, whose prefix keys and values would change as the canvas fills in, and
+/// for a time-conditioned model under any reading (every column carries the row's t, which
+/// falls as the canvas fills in: the prefix was computed at the t of its refresh); the
 /// cache is refreshed at the first step of every block. [`ModelDenoiser`] holds the keys and
 /// values; a denoiser without a cache leaves it empty.
 #[derive(Debug, Clone, Default)]
@@ -195,27 +197,71 @@ fn check_positions(positions: &[(usize, usize)], b: usize, l: usize) -> Result<(
 /// this padded batch length: the same law as training's mask at that step, not its exact draw,
 /// and shifted by each row's left padding, so a partly annealed reading depends on how prompts
 /// are batched (full and causal readings do not).
+///
+/// A time-conditioned model ([`Llama::time_conditioned`]) is given each row's diffusion time
+/// when [`ModelDenoiser::time`] is set ([`ModelDenoiser::timed`]): t = (mask tokens among the
+/// row's last `canvas` columns) / `canvas` ([`ModelDenoiser::row_times`]), recomputed from the ids
+/// at every call and given to every column of the row (a chunk pass too).
 #[derive(Debug, Clone, Copy)]
 pub struct ModelDenoiser<'a> {
     /// The model.
     pub model: &'a Llama,
     /// How queries attend to keys.
     pub read: ReadAttention,
+    /// (mask id, canvas length): give the model each row's time from its mask count; None: no
+    /// time input.
+    pub time: Option<(u32, usize)>,
 }
 
 impl<'a> ModelDenoiser<'a> {
     /// Wrap `model` with attention `mode` at its end state (an annealed mode: full attention).
     pub fn new(model: &'a Llama, mode: AttentionMode) -> Self {
-        Self { model, read: ReadAttention::end_of(mode) }
+        Self { model, read: ReadAttention::end_of(mode), time: None }
     }
 
     /// Wrap `model` read under `read`.
     pub fn reading(model: &'a Llama, read: ReadAttention) -> Self {
-        Self { model, read }
+        Self { model, read, time: None }
+    }
+
+    /// The same denoiser giving the model each row's diffusion time: the fraction of `mask_id`
+    /// tokens among its last `canvas` columns (a time-conditioned model's decoding).
+    pub fn timed(self, mask_id: u32, canvas: usize) -> Self {
+        Self { time: Some((mask_id, canvas)), ..self }
+    }
+
+    /// The diffusion time of each row of `ids` (B, L): the mask tokens among its last `canvas`
+    /// columns (all L when `canvas` ≥ L) over their number; 0 for an empty canvas.
+    pub fn row_times(ids: &Tensor, mask_id: u32, canvas: usize) -> Result<Vec<f32>> {
+        let rows: Vec<Vec<u32>> = ids.to_vec2()?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let c = canvas.min(r.len());
+                let masked = r[r.len() - c..].iter().filter(|&&x| x == mask_id).count();
+                if c == 0 {
+                    0.0
+                } else {
+                    masked as f32 / c as f32
+                }
+            })
+            .collect())
     }
 }
 
 impl ModelDenoiser<'_> {
+    /// The time input (B, `cols`) f32 on the model's device for rows with times `t`: every
+    /// column of row b carries `t[b]`.
+    fn time_tensor(t: &[f32], cols: usize, dev: &candle_core::Device) -> Result<Tensor> {
+        let b = t.len();
+        Ok(Tensor::from_vec(t.to_vec(), (b, 1), dev)?.broadcast_as((b, cols))?.contiguous()?) // (B, cols)
+    }
+
+    /// The per-row times of `ids` when this denoiser gives them ([`ModelDenoiser::time`]).
+    fn times_of(&self, ids: &Tensor) -> Result<Option<Vec<f32>>> {
+        self.time.map(|(mask_id, canvas)| Self::row_times(ids, mask_id, canvas)).transpose()
+    }
+
     /// Check a (b, l) batch and its key-padding mask against the model.
     fn check(&self, b: usize, l: usize, key_valid: Option<&[Vec<bool>]>) -> Result<()> {
         if l > self.model.cfg.max_position_embeddings {
@@ -286,8 +332,9 @@ impl Denoiser for ModelDenoiser<'_> {
         }
         self.check(b, l, key_valid)?;
         let bias = self.full_bias(l, key_valid)?;
+        let time = self.times_of(ids)?.map(|t| Self::time_tensor(&t, l, &self.model.device)).transpose()?; // (B, L)
         let ids = ids.to_device(&self.model.device)?;
-        let h = self.model.hidden(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, D)
+        let h = self.model.hidden_at(&ids, bias.as_ref(), None, time.as_ref(), &Fwd::default())?; // (B, L, D)
         let h = if from == 0 { h } else { h.narrow(1, from, l - from)?.contiguous()? }; // (B, L − from, D)
         let out = self.model.logits(&h, &Fwd::default())?; // (B, L − from, V)
         Ok(out.to_dtype(DType::F32)?)
@@ -299,8 +346,9 @@ impl Denoiser for ModelDenoiser<'_> {
         self.check(b, l, key_valid)?;
         check_positions(positions, b, l)?;
         let bias = self.full_bias(l, key_valid)?;
+        let time = self.times_of(ids)?.map(|t| Self::time_tensor(&t, l, &self.model.device)).transpose()?; // (B, L)
         let ids = ids.to_device(&self.model.device)?;
-        let h = self.model.hidden(&ids, bias.as_ref(), &Fwd::default())?; // (B, L, D)
+        let h = self.model.hidden_at(&ids, bias.as_ref(), None, time.as_ref(), &Fwd::default())?; // (B, L, D)
         let h = h.reshape((b * l, ()))?; // (B·L, D)
         self.head_rows(&h, positions.iter().map(|&(r, j)| (r * l + j) as u32).collect())
     }
@@ -336,6 +384,11 @@ impl Denoiser for ModelDenoiser<'_> {
             return Err(Error::msg(format!("prefix cache of {} rows for a batch of {b}", cache.cached.len())));
         }
         let (dtype, dev) = (self.model.dtype, &self.model.device);
+        // each row's time from its whole row, whichever columns of it run
+        let times = self.times_of(ids)?;
+        let time_of = |rows: &[usize], cols: usize| -> Result<Option<Tensor>> {
+            times.as_ref().map(|t| Self::time_tensor(&rows.iter().map(|&r| t[r]).collect::<Vec<_>>(), cols, dev)).transpose() // (rows, cols)
+        };
         let ids = ids.to_device(dev)?;
         let rows_of = |rows: &[usize]| -> Result<Tensor> {
             Ok(if rows.len() == b { ids.clone() } else { ids.index_select(&Tensor::from_vec(rows.iter().map(|&r| r as u32).collect(), rows.len(), dev)?, 0)? })
@@ -352,7 +405,8 @@ impl Denoiser for ModelDenoiser<'_> {
         if !fresh.is_empty() {
             let kv: Option<Vec<Vec<bool>>> = key_valid.map(|kv| fresh.iter().map(|&r| kv[r].clone()).collect());
             let bias = self.full_bias(l, kv.as_deref())?;
-            let (h, kvc) = self.model.hidden_capture(&rows_of(&fresh)?, bias.as_ref())?; // (F, L, D)
+            let time = time_of(&fresh, l)?; // (F, L)
+            let (h, kvc) = self.model.hidden_capture(&rows_of(&fresh)?, bias.as_ref(), time.as_ref())?; // (F, L, D)
             let c = fresh.iter().map(|&r| prefix[r]).max().unwrap_or(0);
             new_kv = Some(kvc.narrow_columns(c)?);
             for (p, &(r, j)) in positions.iter().enumerate() {
@@ -398,7 +452,8 @@ impl Denoiser for ModelDenoiser<'_> {
                     split_bias(&vis, (lq, t), &valid, dtype, dev)? // (K, 1, lq, T)
                 };
                 let chunk = rows_of(&kept)?.narrow(1, q0, lq)?.contiguous()?; // (K, lq)
-                let h = self.model.hidden_over_prefix(&chunk, &past, q0, Some(&bias))?; // (K, lq, D)
+                let time = time_of(&kept, lq)?; // (K, lq)
+                let h = self.model.hidden_over_prefix(&chunk, &past, q0, Some(&bias), time.as_ref())?; // (K, lq, D)
                 let base = fresh.len() * l;
                 for (p, &(r, j)) in positions.iter().enumerate() {
                     if let Err(k) = slot[r] {
