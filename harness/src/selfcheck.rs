@@ -38,13 +38,18 @@ pub struct Check {
 }
 
 fn model_on(device: &Device, dtype: DType, adapter: &AdapterConfig) -> Result<(Llama, crate::model::Trainable)> {
+    model_on_with(device, dtype, adapter, false)
+}
+
+/// [`model_on`], with the time embedding (`objective.time_conditioning = "embedding"`) when `timed`.
+fn model_on_with(device: &Device, dtype: DType, adapter: &AdapterConfig, timed: bool) -> Result<(Llama, crate::model::Trainable)> {
     let cfg: LlamaConfig = serde_json::from_str(CONFIG).map_err(|e| Error::msg(e.to_string()))?;
     let tensors: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(WEIGHTS, &Device::Cpu)?
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_dtype(dtype)?.to_device(device)?)))
         .collect::<candle_core::Result<_>>()?;
     let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, device);
-    Llama::load(vb, &cfg, &BuildOpts { adapter, seed: 0, layer_path: crate::model::LayerPath::Fused, time_embedding: false })
+    Llama::load(vb, &cfg, &BuildOpts { adapter, seed: 0, layer_path: crate::model::LayerPath::Fused, time_embedding: timed })
 }
 
 /// The pinned batch of `tests/scripts/torch_crosscheck.py`: two rows of 10 tokens (prompts of 4
@@ -86,6 +91,19 @@ pub fn losses(device: &Device, dtype: DType) -> Result<Vec<(String, f64)>> {
         let blocks = Diffusion::new(63, DiffusionConfig { block_size: 2, ..diffusion(true).cfg });
         let p = blocks.prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
         out.push((format!("ddm_blocks2{sfx}"), scored_loss(&model, &p, p.denom, 0, &ctx)?.read()?.loss));
+        // a time-conditioned model, its embedding set to seeded values (zero at initialisation
+        // would give the plain loss): the time features and their product on the device
+        let (timed, ttr) = model_on_with(device, dtype, &none, true)?;
+        for (name, v) in &ttr.entries {
+            if name.contains("time_embed") {
+                let mut rng = crate::rng::rng_for(0, crate::rng::Purpose::Init, 91, 0);
+                let w: Vec<f32> = (0..v.elem_count()).map(|_| rand::Rng::random_range(&mut rng, -0.05f32..0.05)).collect();
+                v.set(&Tensor::from_vec(w, v.dims(), &Device::Cpu)?.to_device(device)?)?;
+            }
+        }
+        let tc = Diffusion::new(63, DiffusionConfig { time_conditioning: crate::objective::diffusion::TimeConditioning::Embedding, ..diffusion(true).cfg });
+        let p = tc.prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
+        out.push((format!("ddm_time_embedding{sfx}"), scored_loss(&timed, &p, p.denom, 0, &ctx)?.read()?.loss));
         for (name, p) in [("ddm_shift_packed", diffusion(true).prepare_with(&batch, &[0.4, 0.75], &masked, 0)?), ("ar_packed", Autoregressive.prepare(&batch, 0, 0, 0)?)] {
             let (q, _) = crate::objective::pack::pack(&p, 20, 0)?;
             out.push((format!("{name}{sfx}"), scored_loss(&model, &q, q.denom, 0, &ctx)?.read()?.loss));
