@@ -1,5 +1,10 @@
 //! Loading base weights: GGUF (llama architecture, dequantized), Hugging Face folders
-//! (config.json + safetensors + tokenizer.json), the hub (via hf-hub), or a seeded random model.
+//! (config.json + safetensors, one file or shards listed by `model.safetensors.index.json`, +
+//! tokenizer.json), the hub (via hf-hub, the same files), or a seeded random model.
+//!
+//! Safetensors are memory-mapped and each tensor goes from the mapping straight to the device,
+//! then to the training dtype there, so no second full copy of the weights is held in host
+//! memory; [`LoadStats`] reports the time, the bytes placed and the process's peak host memory.
 //!
 //! GGUF files written by llama.cpp's converter store the q/k projection rows permuted for its
 //! interleaved RoPE; [`unpermute_qk`] restores the Hugging Face order that [`super::llama`] uses.
@@ -67,6 +72,92 @@ pub struct Loaded {
     pub tok: Option<Tok>,
     /// Files read (for hashing into manifests).
     pub files: Vec<PathBuf>,
+    /// How long the load took and what it held ([`load`] fills it).
+    pub stats: LoadStats,
+}
+
+/// What a load cost: the loader reports it (`harness train` prints it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoadStats {
+    /// Wall seconds of the load (weights and tokenizer).
+    pub seconds: f64,
+    /// Bytes of the weights as placed on the device, in the training dtype.
+    pub bytes: u64,
+    /// The process's peak resident host memory so far (Linux `VmHWM`), bytes; None elsewhere.
+    pub peak_host_bytes: Option<u64>,
+}
+
+impl LoadStats {
+    /// One line for the log.
+    pub fn line(&self, tensors: usize, device: &Device) -> String {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let host = self.peak_host_bytes.map_or("unknown".to_string(), |b| format!("{:.2} GiB", gib(b)));
+        format!("model: {tensors} tensors, {:.2} GiB on {:?} in {:.1} s; peak host memory {host}", gib(self.bytes), device.location(), self.seconds)
+    }
+}
+
+/// The process's peak resident set size (`VmHWM` in /proc/self/status), bytes; None when not on
+/// Linux or unreadable.
+pub fn peak_host_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The safetensors files of the folder `dir`: the shards `model.safetensors.index.json` maps the
+/// weights to (each must be present), else every `*.safetensors` file, sorted.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join(SHARD_INDEX);
+    if index.is_file() {
+        return shards_of_index(&index)?.into_iter().map(|f| {
+            let p = dir.join(&f);
+            if p.is_file() { Ok(p) } else { Err(Error::model(&index, format!("lists shard `{f}`, which is not in {}", dir.display()))) }
+        }).collect();
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::model(dir, "no *.safetensors file"));
+    }
+    Ok(files)
+}
+
+/// The index file of sharded safetensors checkpoints.
+pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// The shard file names an index's `weight_map` lists, sorted, each once.
+fn shards_of_index(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::model(index, e.to_string()))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::model(index, "no `weight_map` object"))?;
+    let mut files: Vec<String> = map.values().map(|f| f.as_str().map(str::to_string).ok_or_else(|| Error::model(index, "a `weight_map` entry is not a file name"))).collect::<Result<_>>()?;
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        return Err(Error::model(index, "an empty `weight_map`"));
+    }
+    Ok(files)
+}
+
+/// Every tensor of the safetensors `files`, memory-mapped, each moved from the mapping straight
+/// to `device` and converted to `dtype` there (no host copy of the whole checkpoint).
+pub fn load_safetensors(files: &[PathBuf], dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut tensors = HashMap::new();
+    for f in files {
+        // SAFETY: the file is mapped read-only for the duration of this loop; a checkpoint changed
+        // under a running load is outside what the harness supports (as for any mmap loader).
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| Error::model(f, e.to_string()))?;
+        for (name, _) in st.tensors() {
+            let t = st.load(&name, device).map_err(|e| Error::model(f, format!("tensor `{name}`: {e}")))?;
+            tensors.insert(name, t.to_dtype(dtype)?);
+        }
+    }
+    Ok(tensors)
 }
 
 /// Map a GGUF llama tensor name to its Hugging Face name.
@@ -174,7 +265,7 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device, mask: &MaskToken) -
         tensors.insert(hf, t.to_dtype(dtype)?.to_device(device)?);
     }
     let tok = Some(Tok::from_gguf(&content, path, mask)?);
-    Ok(Loaded { cfg, tensors, tok, files: vec![path.to_path_buf()] })
+    Ok(Loaded { cfg, tensors, tok, files: vec![path.to_path_buf()], stats: LoadStats::default() })
 }
 
 /// Load a Hugging Face folder: config.json, every *.safetensors, tokenizer.json.
@@ -192,36 +283,36 @@ pub fn load_hf_folder(dir: &Path, dtype: DType, device: &Device, mask: &MaskToke
             return Err(Error::model(&cfg_path, format!("head_dim {hd} != hidden_size / num_attention_heads ({}) is not supported", cfg.head_dim())));
         }
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::model(dir, "no *.safetensors file"));
-    }
-    let mut tensors = HashMap::new();
-    for f in &files {
-        for (name, t) in candle_core::safetensors::load(f, &Device::Cpu).map_err(|e| Error::model(f, e.to_string()))? {
-            tensors.insert(name, t.to_dtype(dtype)?.to_device(device)?);
-        }
-    }
+    let mut files = safetensors_files(dir)?;
+    let tensors = load_safetensors(&files, dtype, device)?;
     let tok_path = dir.join("tokenizer.json");
     let tok = if tok_path.is_file() { Some(Tok::from_file(&tok_path, mask)?) } else { None };
     files.push(cfg_path);
-    Ok(Loaded { cfg, tensors, tok, files })
+    Ok(Loaded { cfg, tensors, tok, files, stats: LoadStats::default() })
 }
 
-/// Fetch a model from the Hugging Face hub with hf-hub (needs network), then load it as a folder.
+/// Fetch a model from the Hugging Face hub with hf-hub, then load it as a folder: config.json,
+/// tokenizer.json and `model.safetensors`, or the shards `model.safetensors.index.json` lists.
+/// The cache is hf-hub's under `HF_HOME` (default `~/.cache/huggingface`), and `HF_ENDPOINT`
+/// names a mirror; files already in the cache are not fetched again (no network needed).
 pub fn load_hub(repo: &str, revision: Option<&str>, dtype: DType, device: &Device, mask: &MaskToken) -> Result<Loaded> {
-    let api = hf_hub::api::sync::Api::new().map_err(|e| Error::model(repo, format!("hf-hub: {e}")))?;
+    let api = hf_hub::api::sync::ApiBuilder::from_env().build().map_err(|e| Error::model(repo, format!("hf-hub: {e}")))?;
     let rev = revision.unwrap_or("main").to_string();
     let r = api.repo(hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev));
     let get = |f: &str| r.get(f).map_err(|e| Error::model(repo, format!("could not fetch `{f}` from the hub ({e}); without network, pass a local path")));
     let cfg = get("config.json")?;
     get("tokenizer.json")?;
-    get("model.safetensors")?;
+    // one file, or the shards a sharded checkpoint's index lists
+    match r.get(SHARD_INDEX) {
+        Ok(index) => {
+            for shard in shards_of_index(&index)? {
+                get(&shard)?;
+            }
+        }
+        Err(_) => {
+            get("model.safetensors")?;
+        }
+    }
     let dir = cfg.parent().ok_or_else(|| Error::model(repo, "hub cache path has no parent"))?.to_path_buf();
     load_hf_folder(&dir, dtype, device, mask)
 }
@@ -265,6 +356,7 @@ pub fn random_weights(cfg: &LlamaConfig, std: f64, seed: u64, dtype: DType, devi
 
 /// Load whatever `source` names. Random models take their tokenizer from `tokenizer` (or have none).
 pub fn load(source: &ModelSource, tokenizer: Option<&Path>, init_std: f64, seed: u64, dtype: DType, device: &Device, mask: &MaskToken) -> Result<Loaded> {
+    let t0 = std::time::Instant::now();
     let mut loaded = match source {
         ModelSource::Gguf(p) => load_gguf(p, dtype, device, mask)?,
         ModelSource::HfFolder(d) => load_hf_folder(d, dtype, device, mask)?,
@@ -274,6 +366,7 @@ pub fn load(source: &ModelSource, tokenizer: Option<&Path>, init_std: f64, seed:
             tensors: random_weights(cfg, init_std, seed, dtype, device)?,
             tok: None,
             files: vec![],
+            stats: LoadStats::default(),
         },
     };
     if let Some(tp) = tokenizer {
@@ -292,6 +385,9 @@ pub fn load(source: &ModelSource, tokenizer: Option<&Path>, init_std: f64, seed:
             return Err(Error::config("model.tokenizer", format!("tokenizer has {} tokens but the model only {}", t.vocab_size(), loaded.cfg.vocab_size)));
         }
     }
+    device.synchronize()?;
+    let bytes = loaded.tensors.values().map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64).sum();
+    loaded.stats = LoadStats { seconds: t0.elapsed().as_secs_f64(), bytes, peak_host_bytes: peak_host_bytes() };
     Ok(loaded)
 }
 
