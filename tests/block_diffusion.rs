@@ -206,6 +206,16 @@ fn the_block_reading_caches_the_committed_blocks_exactly() {
     }
     // the second pass ran only the chunk from column 4: 9 + 5 query columns, one refresh
     assert_eq!((cache.query_columns(), cache.refreshes()), (9 + 5, 1));
+    // block 1 committed: block 2 (columns 7, 8) starts by appending columns 5, 6 to the cache,
+    // not by rerunning the row, and its logits are still the whole row's
+    let row2 = Tensor::from_vec(vec![5u32, 9, 13, 20, 21, 33, 34, MASK, MASK], (1, 9), &Device::Cpu).unwrap();
+    let asked2 = [(0usize, 6usize), (0, 7)];
+    let cached = d.logits_at_prefix(&row2, None, &asked2, &[7], &mut cache).unwrap();
+    let whole = d.logits_at(&row2, None, &asked2).unwrap();
+    let diff = (cached - whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-5, "extended-cache logits differ by {diff}");
+    assert_eq!((cache.refreshes(), cache.extensions()), (1, 1));
+    assert_eq!(cache.query_columns(), 9 + 5 + 2 + 3, "+ the 2 appended columns + the chunk from column 6");
     // during block 0 nothing is cached: the prompt attends to the block being decoded
     let mut c0 = PrefixCache::default();
     for _ in 0..2 {

@@ -488,6 +488,17 @@ impl Llama {
     /// [`Llama::hidden_cached`], appends with a causal chunk bias instead.) `time`: the
     /// chunk's diffusion times (B, l), as in [`Llama::hidden_at`].
     pub fn hidden_over_prefix(&self, ids: &Tensor, prefix: &KvCache, offset: usize, bias: Option<&Tensor>, time: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        Ok(self.over_prefix(ids, prefix, offset, bias, time)?.0)
+    }
+
+    /// [`Llama::hidden_over_prefix`] for a chunk that continues the prefix exactly (at offset =
+    /// the prefix's [`KvCache::len`]), also returning the prefix extended by the chunk's keys and
+    /// values (`len` = offset + l): how block decoding appends a committed block to its cache.
+    pub fn hidden_extending(&self, ids: &Tensor, prefix: &KvCache, bias: Option<&Tensor>, time: Option<&Tensor>) -> candle_core::Result<(Tensor, KvCache)> {
+        self.over_prefix(ids, prefix, prefix.len, bias, time)
+    }
+
+    fn over_prefix(&self, ids: &Tensor, prefix: &KvCache, offset: usize, bias: Option<&Tensor>, time: Option<&Tensor>) -> candle_core::Result<(Tensor, KvCache)> {
         let (b, l) = ids.dims2()?;
         if offset + l > self.cfg.max_position_embeddings {
             candle_core::bail!("chunk at positions {offset}..{} exceeds the model's {} positions", offset + l, self.cfg.max_position_embeddings)
@@ -502,7 +513,8 @@ impl Llama {
         }
         // A shallow copy (tensors are shared) whose RoPE offset is the chunk's first position.
         let mut c = KvCache { layers: prefix.layers.clone(), len: offset, pad: Vec::new() };
-        self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut c), None, time)
+        let h = self.hidden_inner(ids, bias, &Fwd::default(), Some(&mut c), None, time)?;
+        Ok((h, c))
     }
 
     /// Turn every LoRA adapter off (base-model outputs) or back on.

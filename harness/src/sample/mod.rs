@@ -145,6 +145,8 @@ pub struct PrefixCache {
     query_columns: usize,
     /// Rows run whole so far (a refreshed prefix each).
     refreshes: usize,
+    /// Rows whose cache was extended by a committed block instead (block decoding).
+    extensions: usize,
 }
 
 impl PrefixCache {
@@ -163,6 +165,12 @@ impl PrefixCache {
     /// Rows run whole (their prefix computed and cached) so far.
     pub fn refreshes(&self) -> usize {
         self.refreshes
+    }
+
+    /// Rows whose cache was extended by a committed block rather than refreshed (block
+    /// decoding in lockstep; see [`ModelDenoiser`]'s `logits_at_prefix`).
+    pub fn extensions(&self) -> usize {
+        self.extensions
     }
 
     /// Keep only the rows `rows`, in that order (the batch's rows after finished items leave).
@@ -393,6 +401,31 @@ impl Denoiser for ModelDenoiser<'_> {
         let rows_of = |rows: &[usize]| -> Result<Tensor> {
             Ok(if rows.len() == b { ids.clone() } else { ids.index_select(&Tensor::from_vec(rows.iter().map(|&r| r as u32).collect(), rows.len(), dev)?, 0)? })
         };
+        // Block decoding appends the newly committed block to the cache instead of rerunning the
+        // whole row: when every row's cache ends at the same column c > 0 and every row's prefix
+        // moved on to the same p > c (a batch decoding in lockstep), columns c..p run over the
+        // cache under the reading and their keys and values are appended — exact, since no
+        // column sees a later group. Otherwise a moved prefix is refreshed by a whole-row pass.
+        if let (AttentionMode::Blocks { .. }, Some(Some(c)), Some(old)) = (self.read.mode, cache.cached.first().copied(), cache.kv.as_ref()) {
+            let p = prefix[0];
+            if c > 0 && p > c && old.len == c && cache.cached.iter().all(|&x| x == Some(c)) && prefix.iter().all(|&x| x == p) {
+                let n = p - c;
+                let (step, seed) = (self.read.step, self.read.seed);
+                let full = visibility(self.read.mode.at_step(step), l, step, seed);
+                let vis: Vec<bool> = (c..p).flat_map(|i| (0..p).map(move |j| (i, j))).map(|(i, j)| full[i * l + j]).collect(); // (n, p)
+                let bias = match key_valid {
+                    Some(kv) => split_bias(&vis, (n, p), &kv.iter().map(|row| row[..p].to_vec()).collect::<Vec<_>>(), dtype, dev)?,
+                    None => additive_bias(&vis, (n, p), None, EmptyRow::Hidden, dtype, dev)?,
+                }; // (B | 1, 1, n, p)
+                let all: Vec<usize> = (0..b).collect();
+                let chunk = ids.narrow(1, c, n)?.contiguous()?; // (B, n)
+                let (_, extended) = self.model.hidden_extending(&chunk, old, Some(&bias), time_of(&all, n)?.as_ref())?;
+                cache.kv = Some(extended);
+                cache.cached = vec![Some(p); b];
+                cache.query_columns += b * n;
+                cache.extensions += b;
+            }
+        }
         let (fresh, kept): (Vec<usize>, Vec<usize>) = (0..b).partition(|&r| cache.cached[r] != Some(prefix[r]));
         // slot[r]: row r's index among the fresh rows (Ok) or among the kept rows (Err).
         let mut slot: Vec<std::result::Result<usize, usize>> = vec![Ok(0); b];
