@@ -49,7 +49,10 @@
 //!   as the canvas fills in, and for a time-conditioned model (`objective.time_conditioning`:
 //!   the prefix columns carry the row's t, which falls as the canvas fills in) — its accuracy cost is measured by evaluating with and without it.
 //!   With one block only the first step runs whole. A refresh is per item, so items of a batch
-//!   at different blocks (the `threshold` strategy) are decoded as they would be alone.
+//!   at different blocks (the `threshold` strategy) are decoded as they would be alone. Under a
+//!   block-diffusion model's block-causal reading the cache is exact, and when the batch moves to
+//!   its next block together the committed block's columns are appended to the cache (one pass
+//!   over those columns) instead of rerunning the whole row.
 //! - **Batching**: items are processed in groups of at most `batch_size`, in order. When the
 //!   denoiser supports padding ([`super::Denoiser::supports_padding`]) a group is any `batch_size`
 //!   consecutive items, left-padded to the longest prompt; otherwise items are first grouped by
