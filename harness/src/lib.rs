@@ -63,6 +63,8 @@
 //!   prediction, manifest, analysis) live in the `ddm-schema` crate (`schema/`), which the
 //!   notebooks' `ddm-results` reads them with.
 //! - [`report`]: rendering of result data (tables); the loop and the runners only write data.
+//! - [`export`](mod@export): a finished run as a Hugging Face folder (merged, or base + peft
+//!   adapter), with a model card and probe logits for a transformers check.
 //! - [`bench`](mod@bench) and [`selfcheck`]: throughput at the SmolLM2-135M shape, and the pinned
 //!   cross-check on any device; [`profile`]: where a step's host and device time goes (CUPTI,
 //!   loaded at run time); [`device`]: CUDA allocator settings and memory high-water mark.
@@ -93,6 +95,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod kernels;
 pub mod model;
 pub mod objective;

@@ -28,6 +28,18 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Export a finished run as a Hugging Face folder (config.json, safetensors, tokenizer, model
+    /// card) that transformers loads.
+    Export {
+        /// The run folder (with DONE).
+        run_dir: PathBuf,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Merge the LoRA adapters into the weights (default: base weights + the peft adapter).
+        #[arg(long)]
+        merge: bool,
+    },
     /// Pinned cross-check on the chosen device (f32 and bf16) against PyTorch pins and the CPU.
     Selfcheck {
         /// `auto`, `cpu` or `cuda:N`.
@@ -329,6 +341,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (_, r) = harness::study::report::report(&o.folder)?;
             print!("{}", r.terminal());
+            Ok(())
+        }
+        Cmd::Export { run_dir, out, merge } => {
+            let e = harness::export::export(&run_dir, &out, merge)?;
+            for f in &e.files {
+                println!("{}", f.display());
+            }
+            println!("exported {} ({}) to {}", run_dir.display(), if e.merged { "merged" } else { "base + peft adapter" }, out.display());
             Ok(())
         }
         Cmd::Report { path } => {

@@ -71,6 +71,11 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// The weight (D) as the model uses it, f32.
+    pub fn weight_f32(&self) -> Result<Tensor> {
+        self.weight.stored().to_dtype(DType::F32)
+    }
+
     /// The weight (D) at `vb`, trainable under full fine-tuning.
     pub fn load(vb: VarBuilder, size: usize, ctx: &mut LoadCtx) -> crate::Result<Self> {
         let w = vb.get(size, "weight")?;
@@ -300,6 +305,11 @@ impl DecoderLayer {
     pub fn linears(&self) -> [(&'static str, &Linear); 7] {
         let (a, m) = (&self.self_attn, &self.mlp);
         [("self_attn.q_proj", &a.q_proj), ("self_attn.k_proj", &a.k_proj), ("self_attn.v_proj", &a.v_proj), ("self_attn.o_proj", &a.o_proj), ("mlp.gate_proj", &m.gate_proj), ("mlp.up_proj", &m.up_proj), ("mlp.down_proj", &m.down_proj)]
+    }
+
+    /// The layer's two norms with their module names.
+    pub fn norms(&self) -> [(&'static str, &RmsNorm); 2] {
+        [("input_layernorm", &self.input_layernorm), ("post_attention_layernorm", &self.post_attention_layernorm)]
     }
 
     /// The layer's linears, mutable, in the order of [`DecoderLayer::linears`].

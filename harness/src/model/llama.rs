@@ -532,6 +532,29 @@ impl Llama {
         Ok(())
     }
 
+    /// Every weight of the model as it computes now (adapters merged in, trained embeddings and
+    /// norms as trained), with Hugging Face names, in f32: what an exported merged checkpoint
+    /// holds. The time embedding, when there is one, is `model.time_embed.weight`.
+    pub fn hf_tensors(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.stored().to_dtype(DType::F32)?)];
+        if let Some(w) = &self.time_embed {
+            out.push(("model.time_embed.weight".into(), w.as_tensor().detach()));
+        }
+        for (i, b) in self.layers.iter().enumerate() {
+            for (n, l) in b.linears() {
+                out.push((format!("model.layers.{i}.{n}.weight"), l.merged_weight()?));
+            }
+            for (n, norm) in b.norms() {
+                out.push((format!("model.layers.{i}.{n}.weight"), norm.weight_f32()?));
+            }
+        }
+        out.push(("model.norm.weight".into(), self.norm.weight_f32()?));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".into(), head.merged_weight()?));
+        }
+        Ok(out)
+    }
+
     /// Every linear weight as the model uses it now (adapters merged), with HF names, in f32.
     pub fn merged_weights(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
