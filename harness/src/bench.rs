@@ -46,6 +46,7 @@ pub fn smollm2_135m() -> LlamaConfig {
         rope_theta: 100_000.0,
         max_position_embeddings: 8192,
         tie_word_embeddings: true,
+        qkv_bias: false,
     }
 }
 

@@ -38,11 +38,12 @@ pub struct Exported {
     pub merged: bool,
 }
 
-/// The Hugging Face `config.json` of a LLaMA-family model of shape `c`.
+/// The Hugging Face `config.json` of a model of shape `c`, in its family's terms ([`crate::model::family`]).
 fn hf_config(c: &crate::model::LlamaConfig, tok: &crate::model::tokenizer::Tok) -> serde_json::Value {
+    let family = crate::model::family::Family::of(c);
     serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [family.architecture],
+        "model_type": family.model_type,
         "hidden_act": "silu",
         "hidden_size": c.hidden_size,
         "intermediate_size": c.intermediate_size,
@@ -57,6 +58,7 @@ fn hf_config(c: &crate::model::LlamaConfig, tok: &crate::model::tokenizer::Tok) 
         "vocab_size": c.vocab_size,
         "attention_bias": false,
         "mlp_bias": false,
+        "use_sliding_window": false,
         "bos_token_id": tok.bos_id,
         "eos_token_id": tok.eos_id,
         "pad_token_id": tok.pad_id,

@@ -164,6 +164,7 @@ fn head64_config() -> LlamaConfig {
         rope_theta: 10_000.0,
         max_position_embeddings: 128,
         tie_word_embeddings: true,
+        qkv_bias: false,
     }
 }
 

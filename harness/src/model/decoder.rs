@@ -61,6 +61,15 @@ impl LoadCtx<'_> {
         self.index += 1;
         Linear::load(&vb, (out, inp), self.adapter, self.index, self.seed, self.tr)
     }
+
+    /// [`LoadCtx::linear`] with a bias when `bias` (Qwen2's q, k, v).
+    fn linear_maybe_biased(&mut self, vb: VarBuilder, out: usize, inp: usize, bias: bool) -> crate::Result<Linear> {
+        if !bias {
+            return self.linear(vb, out, inp);
+        }
+        self.index += 1;
+        Linear::load_with_bias(&vb, (out, inp), self.adapter, self.index, self.seed, self.tr)
+    }
 }
 
 /// RMSNorm: x / sqrt(mean(x²) + eps) · w.
@@ -221,9 +230,9 @@ impl Attention {
     fn load(vb: VarBuilder, ctx: &mut LoadCtx) -> crate::Result<Self> {
         let (d, hd, kvd) = (ctx.cfg.hidden_size, ctx.cfg.head_dim(), ctx.cfg.kv_heads() * ctx.cfg.head_dim());
         Ok(Self {
-            q_proj: ctx.linear(vb.pp("q_proj"), d, d)?,
-            k_proj: ctx.linear(vb.pp("k_proj"), kvd, d)?,
-            v_proj: ctx.linear(vb.pp("v_proj"), kvd, d)?,
+            q_proj: ctx.linear_maybe_biased(vb.pp("q_proj"), d, d, ctx.cfg.qkv_bias)?,
+            k_proj: ctx.linear_maybe_biased(vb.pp("k_proj"), kvd, d, ctx.cfg.qkv_bias)?,
+            v_proj: ctx.linear_maybe_biased(vb.pp("v_proj"), kvd, d, ctx.cfg.qkv_bias)?,
             o_proj: ctx.linear(vb.pp("o_proj"), d, d)?,
             n_heads: ctx.cfg.num_attention_heads,
             n_kv: ctx.cfg.kv_heads(),

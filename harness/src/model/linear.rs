@@ -31,6 +31,9 @@ pub struct Linear {
     pub index: u64,
     /// When true the adapter is skipped (base model output).
     pub disabled: bool,
+    /// The bias (out), when the module has one (Qwen2's q, k, v): trained under full
+    /// fine-tuning, frozen otherwise.
+    pub bias: Option<Weight>,
 }
 
 /// What [`Linear::fwd_rows`] keeps for [`Linear::bwd_rows`].
@@ -77,7 +80,34 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, lora, index, disabled: false })
+        Ok(Self { weight, lora, index, disabled: false, bias: None })
+    }
+
+    /// Load the weight and the bias (out) at `vb` ([`Linear::load`] plus `<prefix>.bias`).
+    pub fn load_with_bias(vb: &VarBuilder, (out_dim, in_dim): (usize, usize), cfg: &AdapterConfig, index: u64, seed: u64, tr: &mut Trainable) -> crate::Result<Self> {
+        let mut l = Self::load(vb, (out_dim, in_dim), cfg, index, seed, tr)?;
+        let b = vb.get(out_dim, "bias")?;
+        l.bias = Some(if cfg.kind == AdapterKind::Full {
+            let v = Var::from_tensor(&b.to_dtype(DType::F32)?)?;
+            tr.push(format!("{}.bias", vb.prefix()), v.clone());
+            Weight::Trainable(v)
+        } else {
+            Weight::Frozen(b)
+        });
+        Ok(l)
+    }
+
+    /// The bias as the module uses it, f32 (None without one).
+    pub fn bias_f32(&self) -> Res<Option<Tensor>> {
+        self.bias.as_ref().map(|b| b.stored().to_dtype(DType::F32)).transpose()
+    }
+
+    /// `y` (N, out) plus the bias, when there is one.
+    fn add_bias(&self, y: Tensor) -> Res<Tensor> {
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.get(y.dtype())?),
+            None => Ok(y),
+        }
     }
 
     fn adapter(&self) -> Option<&LoraAdapter> {
@@ -102,6 +132,7 @@ impl Linear {
             let bd = (l.b.as_tensor() * l.scale)?.to_dtype(x.dtype())?; // (out, r)
             y = (y + xin.matmul(&ad.t()?)?.matmul(&bd.t()?)?)?;
         }
+        let y = self.add_bias(y)?;
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = y.dim(1)?;
@@ -157,7 +188,7 @@ impl Linear {
                 (xw(acc, &wc)?, Cast::Full { wc })
             }
         };
-        Ok((y, Saved { x: x.clone(), cast }))
+        Ok((self.add_bias(y)?, Saved { x: x.clone(), cast }))
     }
 
     /// Input gradient (N, in) for the output gradient `g` (N, out) of [`Linear::fwd_rows`];
@@ -171,6 +202,9 @@ impl Linear {
     /// the caller owns alone, e.g. what an earlier `bwd_rows` returned).
     pub fn bwd_rows_acc(&self, s: &Saved, g: &Tensor, sink: &GradSink, acc: Option<Tensor>) -> Res<Tensor> {
         let g = g.contiguous()?; // (N, out)
+        if let Some(Weight::Trainable(b)) = &self.bias {
+            sink.add(b.as_tensor(), g.to_dtype(DType::F32)?.sum(0)?)?; // (out,), f32
+        }
         // acc + g · m for m (out, in), or g · m
         let gm = |acc: Option<Tensor>, m: &Tensor| match acc {
             Some(y) => matmul_acc(y, &g, m, false),

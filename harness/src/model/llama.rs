@@ -47,6 +47,10 @@ pub struct LlamaConfig {
     /// The LM head reuses the token embedding matrix.
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// The q, k and v projections have biases (Qwen2; HF LLaMA's `attention_bias`, which also
+    /// gives o one, is not supported).
+    #[serde(default)]
+    pub qkv_bias: bool,
 }
 
 fn default_rms_eps() -> f64 {
@@ -543,6 +547,9 @@ impl Llama {
         for (i, b) in self.layers.iter().enumerate() {
             for (n, l) in b.linears() {
                 out.push((format!("model.layers.{i}.{n}.weight"), l.merged_weight()?));
+                if let Some(bias) = l.bias_f32()? {
+                    out.push((format!("model.layers.{i}.{n}.bias"), bias));
+                }
             }
             for (n, norm) in b.norms() {
                 out.push((format!("model.layers.{i}.{n}.weight"), norm.weight_f32()?));

@@ -242,6 +242,7 @@ pub fn gguf_config(c: &gguf_file::Content, path: &Path) -> Result<LlamaConfig> {
         rope_theta: md_f64(c, "llama.rope.freq_base").unwrap_or(10_000.0),
         max_position_embeddings: md_usize(c, path, "llama.context_length").unwrap_or(2048),
         tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
+        qkv_bias: false,
     })
 }
 
@@ -278,6 +279,7 @@ pub fn load_hf_folder(dir: &Path, dtype: DType, device: &Device, mask: &MaskToke
     if let Some(theta) = v.pointer("/rope_parameters/rope_theta").and_then(|x| x.as_f64()) {
         cfg.rope_theta = theta;
     }
+    cfg.qkv_bias = super::family::Family::of_config(&v, &cfg_path)?.qkv_bias;
     if let Some(hd) = v.get("head_dim").and_then(|x| x.as_u64()) {
         if hd as usize != cfg.head_dim() {
             return Err(Error::model(&cfg_path, format!("head_dim {hd} != hidden_size / num_attention_heads ({}) is not supported", cfg.head_dim())));
@@ -329,6 +331,9 @@ pub fn random_weights(cfg: &LlamaConfig, std: f64, seed: u64, dtype: DType, devi
         shapes.push((format!("{p}.input_layernorm.weight"), vec![d]));
         shapes.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
         for (n, s) in [("q_proj", vec![d, d]), ("k_proj", vec![kv, d]), ("v_proj", vec![kv, d]), ("o_proj", vec![d, d])] {
+            if cfg.qkv_bias && n != "o_proj" {
+                shapes.push((format!("{p}.self_attn.{n}.bias"), vec![s[0]]));
+            }
             shapes.push((format!("{p}.self_attn.{n}.weight"), s));
         }
         for (n, s) in [("gate_proj", vec![f, d]), ("up_proj", vec![f, d]), ("down_proj", vec![d, f])] {
@@ -416,5 +421,6 @@ pub fn tiny_config(vocab: usize) -> LlamaConfig {
         rope_theta: 10_000.0,
         max_position_embeddings: 256,
         tie_word_embeddings: true,
+        qkv_bias: false,
     }
 }

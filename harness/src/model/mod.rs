@@ -5,6 +5,7 @@
 //! ([`load`]) and the tokenizer ([`tokenizer`], rebuilt from GGUF metadata in [`gguf_tokenizer`]).
 pub mod attention;
 pub mod decoder;
+pub mod family;
 pub mod gguf_tokenizer;
 pub mod linear;
 pub mod llama;
