@@ -19,43 +19,74 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
 }
 
-#[test]
-fn the_tiny_qwen2_fixture_gives_transformers_logits() {
-    let dir = fixture("tiny-qwen2");
-    let l = load_hf_folder(&dir, DType::F32, &Device::Cpu, &MaskToken::Auto).unwrap();
-    assert!(l.cfg.qkv_bias, "model_type qwen2 has q, k, v biases");
-    assert!(l.tensors.contains_key("model.layers.0.self_attn.q_proj.bias"));
+/// The model of fixture folder `dir` and transformers' pinned ids and logits for it.
+fn model_and_pins(dir: &std::path::Path) -> (Llama, harness::model::LlamaConfig, std::collections::HashMap<String, Tensor>) {
+    let l = load_hf_folder(dir, DType::F32, &Device::Cpu, &MaskToken::Auto).unwrap();
+    let cfg = l.cfg.clone();
     let vb = candle_nn::VarBuilder::from_tensors(l.tensors, DType::F32, &Device::Cpu);
     let none = AdapterConfig { targets: vec![], ..Default::default() };
-    let (model, _) = Llama::load(vb, &l.cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused, time_embedding: false }).unwrap();
-    let want = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-    let ids = want["ids"].to_dtype(DType::U32).unwrap();
+    let (model, _) = Llama::load(vb, &cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused, time_embedding: false }).unwrap();
+    (model, cfg, candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap())
+}
+
+/// The model's logits for the pinned ids under causal and full attention.
+fn readings(model: &Llama, ids: &Tensor) -> (Tensor, Tensor) {
     let n = ids.dim(1).unwrap();
     let causal = harness::model::mask::attention_bias(AttentionMode::Causal, 0, 0, n, None, DType::F32, &Device::Cpu).unwrap();
-    let lc = model.forward(&ids, causal.as_ref(), &Fwd::default()).unwrap();
-    let lf = model.forward(&ids, None, &Fwd::default()).unwrap();
-    assert!(max_diff(&lc, &want["logits_causal"]) < 1e-4, "causal {}", max_diff(&lc, &want["logits_causal"]));
-    assert!(max_diff(&lf, &want["logits_full"]) < 1e-4, "full {}", max_diff(&lf, &want["logits_full"]));
-    // without the biases the logits move: the fixture's biases are not zero
+    (model.forward(ids, causal.as_ref(), &Fwd::default()).unwrap(), model.forward(ids, None, &Fwd::default()).unwrap())
+}
+
+#[test]
+fn each_tiny_family_fixture_gives_transformers_logits() {
+    type Check = fn(&harness::model::LlamaConfig) -> bool;
+    let cases: [(&str, Check); 2] = [
+        ("tiny-qwen2", |c| c.qkv_bias && !c.qk_norm),
+        // q/k norms, and head_dim 16 × 4 heads ≠ hidden 32
+        ("tiny-qwen3", |c| c.qk_norm && !c.qkv_bias && c.head_dim() == 16 && c.q_width() == 64 && c.hidden_size == 32),
+    ];
+    for (name, check) in cases {
+        let (model, cfg, want) = model_and_pins(&fixture(name));
+        assert!(check(&cfg), "{name}: {cfg:?}");
+        let ids = want["ids"].to_dtype(DType::U32).unwrap();
+        let (lc, lf) = readings(&model, &ids);
+        assert!(max_diff(&lc, &want["logits_causal"]) < 1e-4, "{name} causal {}", max_diff(&lc, &want["logits_causal"]));
+        assert!(max_diff(&lf, &want["logits_full"]) < 1e-4, "{name} full {}", max_diff(&lf, &want["logits_full"]));
+    }
+    // without its biases the Qwen2 fixture's logits move: they are not zero
+    let dir = fixture("tiny-qwen2");
     let mut no_bias = load_hf_folder(&dir, DType::F32, &Device::Cpu, &MaskToken::Auto).unwrap();
+    assert!(no_bias.tensors.contains_key("model.layers.0.self_attn.q_proj.bias"));
     no_bias.tensors.retain(|k, _| !k.ends_with(".bias"));
     let mut cfg = no_bias.cfg.clone();
     cfg.qkv_bias = false;
     let vb = candle_nn::VarBuilder::from_tensors(no_bias.tensors, DType::F32, &Device::Cpu);
+    let none = AdapterConfig { targets: vec![], ..Default::default() };
     let (plain, _) = Llama::load(vb, &cfg, &BuildOpts { adapter: &none, seed: 0, layer_path: LayerPath::Fused, time_embedding: false }).unwrap();
-    assert!(max_diff(&plain.forward(&ids, None, &Fwd::default()).unwrap(), &lf) > 1e-3);
+    let want = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let ids = want["ids"].to_dtype(DType::U32).unwrap();
+    assert!(max_diff(&readings(&plain, &ids).1, &want["logits_full"]) > 1e-3);
 }
 
 #[test]
-fn qkv_biases_train_alike_on_both_layer_paths() {
-    let cfg = harness::model::LlamaConfig { qkv_bias: true, ..tiny_config(40) };
+fn the_families_parameters_train_alike_on_both_layer_paths() {
+    for (cfg, extra, per_layer) in [
+        (harness::model::LlamaConfig { qkv_bias: true, ..tiny_config(40) }, ".bias", 3),
+        (harness::model::LlamaConfig { qk_norm: true, head_dim: Some(16), ..tiny_config(40) }, "_norm.weight", 2),
+    ] {
+        train_alike(&cfg, extra, per_layer);
+    }
+}
+
+/// Full fine-tuning and LoRA on `cfg`: the fused and reference paths give the same loss and
+/// gradients; the family's `extra` parameters (`per_layer` of them) train under full fine-tuning.
+fn train_alike(cfg: &harness::model::LlamaConfig, extra: &str, per_layer: usize) {
     let data: Vec<Example> = (0..4u32).map(|i| Example { prompt: vec![1, 3 + i, 12], response: vec![20 + i, 21, 2] }).collect();
     let batch = Batch::collate(&data.iter().collect::<Vec<_>>(), 0);
     let obj = Diffusion::new(31, DiffusionConfig::default());
     for adapter in [AdapterConfig { kind: AdapterKind::Full, ..Default::default() }, AdapterConfig { rank: 4, alpha: 8.0, ..Default::default() }] {
-        let (mut model, tr) = random_model(&cfg, &adapter, 5, &Device::Cpu).unwrap();
-        let biases: Vec<&str> = tr.entries.iter().map(|(n, _)| n.as_str()).filter(|n| n.ends_with(".bias")).collect();
-        assert_eq!(biases.len(), if adapter.kind == AdapterKind::Full { 2 * 3 } else { 0 }, "{:?}: trained biases", adapter.kind);
+        let (mut model, tr) = random_model(cfg, &adapter, 5, &Device::Cpu).unwrap();
+        let extras: Vec<&str> = tr.entries.iter().map(|(n, _)| n.as_str()).filter(|n| n.ends_with(extra) && (extra == ".bias" || n.contains("self_attn"))).collect();
+        assert_eq!(extras.len(), if adapter.kind == AdapterKind::Full { 2 * per_layer } else { 0 }, "{:?}: trained {extra}", adapter.kind);
         for (name, v) in &tr.entries {
             if name.ends_with("lora_B.weight") {
                 v.set(&Tensor::randn(0f32, 0.3, v.dims(), &Device::Cpu).unwrap()).unwrap();
@@ -78,7 +109,7 @@ fn qkv_biases_train_alike_on_both_layer_paths() {
         for ((name, _), (a, b)) in tr.entries.iter().zip(g1.iter().zip(g2)) {
             let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
             assert!(max_diff(a, b) <= 1e-4 * scale, "{name}: {}", max_diff(a, b));
-            if name.ends_with(".bias") {
+            if name.ends_with(extra) {
                 assert!(b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{name}: no gradient");
             }
         }
@@ -92,8 +123,8 @@ fn an_unknown_model_type_is_an_error_listing_the_supported_ones() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
     }
-    let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("\"qwen2\"", "\"qwen3\"");
+    let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("\"qwen2\"", "\"gemma3\"");
     std::fs::write(dir.path().join("config.json"), text).unwrap();
     let e = load_hf_folder(dir.path(), DType::F32, &Device::Cpu, &MaskToken::Auto).err().unwrap().to_string();
-    assert!(e.contains("qwen3") && e.contains("llama, qwen2") && e.contains("config.json"), "{e}");
+    assert!(e.contains("gemma3") && e.contains("llama, qwen2, qwen3") && e.contains("config.json"), "{e}");
 }

@@ -47,6 +47,8 @@ pub fn smollm2_135m() -> LlamaConfig {
         max_position_embeddings: 8192,
         tie_word_embeddings: true,
         qkv_bias: false,
+        head_dim: None,
+        qk_norm: false,
     }
 }
 

@@ -51,6 +51,7 @@ fn hf_config(c: &crate::model::LlamaConfig, tok: &crate::model::tokenizer::Tok) 
         "num_attention_heads": c.num_attention_heads,
         "num_key_value_heads": c.kv_heads(),
         "head_dim": c.head_dim(),
+
         "rms_norm_eps": c.rms_norm_eps,
         "rope_theta": c.rope_theta,
         "max_position_embeddings": c.max_position_embeddings,

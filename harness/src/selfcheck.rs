@@ -104,6 +104,18 @@ pub fn losses(device: &Device, dtype: DType) -> Result<Vec<(String, f64)>> {
         let tc = Diffusion::new(63, DiffusionConfig { time_conditioning: crate::objective::diffusion::TimeConditioning::Embedding, ..diffusion(true).cfg });
         let p = tc.prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
         out.push((format!("ddm_time_embedding{sfx}"), scored_loss(&timed, &p, p.denom, 0, &ctx)?.read()?.loss));
+        // the families' extra parameters: Qwen2's q/k/v biases, Qwen3's per-head q/k norms with
+        // heads × head_dim ≠ hidden (tiny random shapes, the same weights on every device)
+        let tiny = crate::model::load::tiny_config(64);
+        for (name, cfg) in [
+            ("qwen2_shape", LlamaConfig { qkv_bias: true, ..tiny.clone() }),
+            ("qwen3_shape", LlamaConfig { qk_norm: true, head_dim: Some(16), ..tiny.clone() }),
+        ] {
+            let full = AdapterConfig { kind: crate::model::lora::AdapterKind::Full, ..Default::default() };
+            let (m, _) = crate::model::load::random_model_dtype(&cfg, &full, 3, dtype, device)?;
+            let p = diffusion(true).prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
+            out.push((format!("ddm_{name}{sfx}"), scored_loss(&m, &p, p.denom, 0, &ctx)?.read()?.loss));
+        }
         for (name, p) in [("ddm_shift_packed", diffusion(true).prepare_with(&batch, &[0.4, 0.75], &masked, 0)?), ("ar_packed", Autoregressive.prepare(&batch, 0, 0, 0)?)] {
             let (q, _) = crate::objective::pack::pack(&p, 20, 0)?;
             out.push((format!("{name}{sfx}"), scored_loss(&model, &q, q.denom, 0, &ctx)?.read()?.loss));
@@ -165,6 +177,8 @@ fn head64_config() -> LlamaConfig {
         max_position_embeddings: 128,
         tie_word_embeddings: true,
         qkv_bias: false,
+        head_dim: None,
+        qk_norm: false,
     }
 }
 

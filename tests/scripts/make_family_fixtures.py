@@ -6,14 +6,14 @@ f32. `tests/families.rs` loads each folder with the harness and matches them wit
 
     python tests/scripts/make_family_fixtures.py    # needs torch and transformers
 
-Seeded (torch.manual_seed), so a rerun with the same versions writes the same files. Run with
-torch 2.5.1 and transformers 4.46.3 for the committed fixtures.
+Seeded (torch.manual_seed), so a rerun with the same versions writes the same files. The
+committed fixtures were written with torch 2.5.1 and transformers 4.57.1 (Qwen3 needs ≥ 4.51).
 """
 import os
 
 import torch
 from safetensors.torch import save_file
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 IDS = [1, 7, 19, 33, 2, 64, 101, 5, 88, 13, 127, 40]
@@ -49,6 +49,20 @@ def main():
             if n.endswith("bias"):
                 p.normal_(0.0, 0.5)
     write("qwen2", m)
+
+    # Qwen3: per-head q/k RMSNorm, and heads × head_dim (4 × 16) ≠ hidden_size (32)
+    torch.manual_seed(1)
+    cfg = Qwen3Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                      rms_norm_eps=1e-6, rope_theta=1_000_000.0, tie_word_embeddings=False,
+                      torch_dtype="float32", attn_implementation="eager")
+    m = Qwen3ForCausalLM(cfg).eval()
+    # the norms start at one: give them values so the test sees them
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith("q_norm.weight") or n.endswith("k_norm.weight"):
+                p.uniform_(0.5, 1.5)
+    write("qwen3", m)
 
 
 if __name__ == "__main__":

@@ -224,20 +224,24 @@ struct Attention {
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
+    /// Qwen3's per-head RMSNorm of q and of k (Dh), applied before RoPE.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
 }
 
 impl Attention {
     fn load(vb: VarBuilder, ctx: &mut LoadCtx) -> crate::Result<Self> {
-        let (d, hd, kvd) = (ctx.cfg.hidden_size, ctx.cfg.head_dim(), ctx.cfg.kv_heads() * ctx.cfg.head_dim());
-        Ok(Self {
-            q_proj: ctx.linear_maybe_biased(vb.pp("q_proj"), d, d, ctx.cfg.qkv_bias)?,
-            k_proj: ctx.linear_maybe_biased(vb.pp("k_proj"), kvd, d, ctx.cfg.qkv_bias)?,
-            v_proj: ctx.linear_maybe_biased(vb.pp("v_proj"), kvd, d, ctx.cfg.qkv_bias)?,
-            o_proj: ctx.linear(vb.pp("o_proj"), d, d)?,
-            n_heads: ctx.cfg.num_attention_heads,
-            n_kv: ctx.cfg.kv_heads(),
-            head_dim: hd,
-        })
+        let (d, hd, qw, kvd) = (ctx.cfg.hidden_size, ctx.cfg.head_dim(), ctx.cfg.q_width(), ctx.cfg.kv_heads() * ctx.cfg.head_dim());
+        let q_proj = ctx.linear_maybe_biased(vb.pp("q_proj"), qw, d, ctx.cfg.qkv_bias)?;
+        let k_proj = ctx.linear_maybe_biased(vb.pp("k_proj"), kvd, d, ctx.cfg.qkv_bias)?;
+        let v_proj = ctx.linear_maybe_biased(vb.pp("v_proj"), kvd, d, ctx.cfg.qkv_bias)?;
+        let o_proj = ctx.linear(vb.pp("o_proj"), d, qw)?;
+        let (q_norm, k_norm) = if ctx.cfg.qk_norm {
+            (Some(RmsNorm::load(vb.pp("q_norm"), hd, ctx)?), Some(RmsNorm::load(vb.pp("k_norm"), hd, ctx)?))
+        } else {
+            (None, None)
+        };
+        Ok(Self { q_proj, k_proj, v_proj, o_proj, n_heads: ctx.cfg.num_attention_heads, n_kv: ctx.cfg.kv_heads(), head_dim: hd, q_norm, k_norm })
     }
 
     /// (B, L, D) → (B, L, D), appending this chunk's keys and values to `cache`.
@@ -248,8 +252,13 @@ impl Attention {
             let y = y.reshape((b, l, n, self.head_dim))?;
             if ctx.train { y.transpose(1, 2)?.contiguous() } else { swap_axes(&y) }
         };
-        let q = rot.apply(&heads(self.q_proj.forward(x, ctx)?, self.n_heads)?, pos, ctx)?; // (B, H, L, Dh)
-        let mut k = rot.apply(&heads(self.k_proj.forward(x, ctx)?, self.n_kv)?, pos, ctx)?; // (B, Hkv, L, Dh)
+        // Qwen3: each head's q and k RMS-normed over Dh before RoPE
+        let norm = |t: Tensor, n: &Option<RmsNorm>| match n {
+            Some(n) => n.forward(&t, ctx),
+            None => Ok(t),
+        };
+        let q = rot.apply(&norm(heads(self.q_proj.forward(x, ctx)?, self.n_heads)?, &self.q_norm)?, pos, ctx)?; // (B, H, L, Dh)
+        let mut k = rot.apply(&norm(heads(self.k_proj.forward(x, ctx)?, self.n_kv)?, &self.k_norm)?, pos, ctx)?; // (B, Hkv, L, Dh)
         let mut v = heads(self.v_proj.forward(x, ctx)?, self.n_kv)?;
         if let Some(c) = cache {
             if let (Some(pk), Some(pv)) = (&c.k, &c.v) {
@@ -316,9 +325,15 @@ impl DecoderLayer {
         [("self_attn.q_proj", &a.q_proj), ("self_attn.k_proj", &a.k_proj), ("self_attn.v_proj", &a.v_proj), ("self_attn.o_proj", &a.o_proj), ("mlp.gate_proj", &m.gate_proj), ("mlp.up_proj", &m.up_proj), ("mlp.down_proj", &m.down_proj)]
     }
 
-    /// The layer's two norms with their module names.
-    pub fn norms(&self) -> [(&'static str, &RmsNorm); 2] {
-        [("input_layernorm", &self.input_layernorm), ("post_attention_layernorm", &self.post_attention_layernorm)]
+    /// The layer's norms with their module names: the two of every layer, then Qwen3's q and k
+    /// norms when it has them.
+    pub fn norms(&self) -> Vec<(&'static str, &RmsNorm)> {
+        let mut v = vec![("input_layernorm", &self.input_layernorm), ("post_attention_layernorm", &self.post_attention_layernorm)];
+        if let (Some(q), Some(k)) = (&self.self_attn.q_norm, &self.self_attn.k_norm) {
+            v.push(("self_attn.q_norm", q));
+            v.push(("self_attn.k_norm", k));
+        }
+        v
     }
 
     /// The layer's linears, mutable, in the order of [`DecoderLayer::linears`].
@@ -347,7 +362,16 @@ impl DecoderLayer {
         let anchor = lins.iter().find_map(|l| l.param().cloned()).or(p1.clone()).or(p2.clone());
         let (hq, hkv) = (self.self_attn.n_heads, self.self_attn.n_kv);
         let (b, l, d) = x.dims3()?;
-        let (n, dh) = (b * l, d / hq);
+        let (n, dh) = (b * l, self.self_attn.head_dim);
+        // Qwen3's per-head q/k norms: (weight in dt, its parameter when it trains, eps)
+        let qk_norms: Option<[(Tensor, Option<Tensor>, f64); 2]> = match (&self.self_attn.q_norm, &self.self_attn.k_norm) {
+            (Some(qn), Some(kn)) => {
+                let (wq, pq) = qn.fused(dt)?;
+                let (wk, pk) = kn.fused(dt)?;
+                Some([(wq, pq, qn.eps), (wk, pk, kn.eps)])
+            }
+            _ => None,
+        };
         let bias = bias.map(|t| t.detach());
         let x = x.contiguous()?;
         let xd = x.detach();
@@ -356,11 +380,20 @@ impl DecoderLayer {
         let (q, sq) = lins[0].fwd_rows(&h1, ctx)?; // (N, H·Dh)
         let (k, sk) = lins[1].fwd_rows(&h1, ctx)?; // (N, Hkv·Dh)
         let (v, sv) = lins[2].fwd_rows(&h1, ctx)?;
+        // the rows of each head (N·heads, Dh) before the norm, and q, k after it
+        let (q_rows, k_rows) = (q.reshape((n * hq, dh))?, k.reshape((n * hkv, dh))?);
+        let (q, k) = match &qk_norms {
+            Some([(wq, _, eq), (wk, _, ek)]) => (
+                candle_nn::ops::rms_norm(&q_rows, wq, *eq as f32)?.reshape((n, hq * dh))?,
+                candle_nn::ops::rms_norm(&k_rows, wk, *ek as f32)?.reshape((n, hkv * dh))?,
+            ),
+            None => (q, k),
+        };
         let qh = ops::rope_heads_fwd(&q.reshape((b, l, ()))?, hq, cos, sin)?; // (B, H, L, Dh)
         let kh = ops::rope_heads_fwd(&k.reshape((b, l, ()))?, hkv, cos, sin)?; // (B, Hkv, L, Dh)
         let vh = swap_axes(&v.reshape((b, l, hkv, dh))?)?; // (B, Hkv, L, Dh)
-        let (a, att) = attention::attention_fwd(&qh, &kh, &vh, bias.as_ref())?; // (B, L, D), what backward needs
-        let a = a.reshape((n, d))?; // (N, D)
+        let (a, att) = attention::attention_fwd(&qh, &kh, &vh, bias.as_ref())?; // (B, L, H·Dh), what backward needs
+        let a = a.reshape((n, hq * dh))?; // (N, H·Dh)
         // the residual stream: a copy of the input the o projection accumulates into
         let (x2, so) = lins[3].fwd_rows_acc(&a, ctx, Some(xd.reshape((n, d))?.copy()?))?;
         let x2 = x2.reshape((b, l, d))?; // (B, L, D)
@@ -385,10 +418,18 @@ impl DecoderLayer {
             let dh2 = lins[5].bwd_rows_acc(&saved[5], &du, &sink, Some(dh2))?.reshape((b, l, d))?;
             let dx2 = norm_bwd(&x2, &w2, p2.as_ref(), eps2, &dh2, &sink, Some(&dy))?; // (B, L, D): + the residual's dy
             // attention half
-            let da = lins[3].bwd_rows(&saved[3], &dx2.reshape((n, d))?, &sink)?.reshape((b, l, d))?;
+            let da = lins[3].bwd_rows(&saved[3], &dx2.reshape((n, d))?, &sink)?.reshape((b, l, hq * dh))?;
             let (dq, dk, dv) = attention::attention_bwd(&qh, &kh, &vh, bias.as_ref(), &att, &da)?;
             let dq = ops::rope_heads_bwd(&dq, &cos, &nsin)?.reshape((n, ()))?;
             let dk = ops::rope_heads_bwd(&dk, &cos, &nsin)?.reshape((n, ()))?;
+            // through Qwen3's per-head norms (their weights' gradients into the sink)
+            let (dq, dk) = match &qk_norms {
+                Some([(wq, pq, eq), (wk, pk, ek)]) => (
+                    norm_bwd(&q_rows, wq, pq.as_ref(), *eq, &dq.reshape((n * hq, dh))?, &sink, None)?.reshape((n, hq * dh))?,
+                    norm_bwd(&k_rows, wk, pk.as_ref(), *ek, &dk.reshape((n * hkv, dh))?, &sink, None)?.reshape((n, hkv * dh))?,
+                ),
+                None => (dq, dk),
+            };
             let dv = swap_axes(&dv)?.reshape((n, ()))?; // (B, L, Hkv, Dh) → (N, Hkv·Dh)
             let dh1 = lins[0].bwd_rows(&saved[0], &dq, &sink)?; // (N, D), then + the k and v paths in place
             let dh1 = lins[1].bwd_rows_acc(&saved[1], &dk, &sink, Some(dh1))?;

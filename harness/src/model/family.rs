@@ -5,10 +5,11 @@
 //! |---|---|---|
 //! | LLaMA (SmolLM2, LLaMA 2/3) | `llama` | — |
 //! | Qwen2 / Qwen2.5 | `qwen2` | biases on the q, k and v projections |
+//! | Qwen3 | `qwen3` | per-head RMSNorm of q and k before RoPE; `head_dim` stated (heads × head_dim may differ from hidden_size) |
 //!
 //! An unknown `model_type` (or a LLaMA config asking for `attention_bias`, which would put a
-//! bias on o as well) is an error that names it and lists the supported ones. Qwen3, LLaDA and
-//! Dream are not supported yet.
+//! bias on o as well) is an error that names it and lists the supported ones. LLaDA and Dream
+//! are not supported yet.
 
 use super::llama::LlamaConfig;
 use crate::{Error, Result};
@@ -23,12 +24,15 @@ pub struct Family {
     pub architecture: &'static str,
     /// Biases on q, k, v.
     pub qkv_bias: bool,
+    /// Per-head RMSNorm of q and k.
+    pub qk_norm: bool,
 }
 
 /// The supported families.
-pub const FAMILIES: [Family; 2] = [
-    Family { model_type: "llama", architecture: "LlamaForCausalLM", qkv_bias: false },
-    Family { model_type: "qwen2", architecture: "Qwen2ForCausalLM", qkv_bias: true },
+pub const FAMILIES: [Family; 3] = [
+    Family { model_type: "llama", architecture: "LlamaForCausalLM", qkv_bias: false, qk_norm: false },
+    Family { model_type: "qwen2", architecture: "Qwen2ForCausalLM", qkv_bias: true, qk_norm: false },
+    Family { model_type: "qwen3", architecture: "Qwen3ForCausalLM", qkv_bias: false, qk_norm: true },
 ];
 
 impl Family {
@@ -47,8 +51,8 @@ impl Family {
         Ok(fam)
     }
 
-    /// The family a model shape belongs to (by its biases).
+    /// The family a model shape belongs to (by its biases and norms).
     pub fn of(cfg: &LlamaConfig) -> &'static Family {
-        FAMILIES.iter().find(|f| f.qkv_bias == cfg.qkv_bias).unwrap_or(&FAMILIES[0])
+        FAMILIES.iter().find(|f| f.qkv_bias == cfg.qkv_bias && f.qk_norm == cfg.qk_norm).unwrap_or(&FAMILIES[0])
     }
 }

@@ -51,6 +51,13 @@ pub struct LlamaConfig {
     /// gives o one, is not supported).
     #[serde(default)]
     pub qkv_bias: bool,
+    /// Per-head width, when the checkpoint states one (Qwen3: heads × head_dim need not equal
+    /// hidden_size); `None`: hidden_size / num_attention_heads.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// Per-head RMSNorm of q and k before RoPE (Qwen3's `q_norm`, `k_norm`).
+    #[serde(default)]
+    pub qk_norm: bool,
 }
 
 fn default_rms_eps() -> f64 {
@@ -70,13 +77,20 @@ impl LlamaConfig {
     }
     /// Per-head width.
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+    /// Width of the attention's q (and o's input): heads × head width.
+    pub fn q_width(&self) -> usize {
+        self.num_attention_heads * self.head_dim()
     }
     /// Check the shape is consistent.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |k: &str, m: &str| Err(crate::Error::config(format!("model.arch.{k}"), m.to_string()));
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return bad("num_attention_heads", "must divide hidden_size");
+        if self.num_attention_heads == 0 || (self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads)) {
+            return bad("num_attention_heads", "must divide hidden_size (or the config states head_dim)");
+        }
+        if self.head_dim == Some(0) {
+            return bad("head_dim", "must be ≥ 2");
         }
         if self.kv_heads() == 0 || !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return bad("num_key_value_heads", "must divide num_attention_heads");
@@ -93,9 +107,10 @@ impl LlamaConfig {
     /// scores), times 2 for FLOPs. Used for MFU.
     pub fn forward_flops_per_token(&self, seq: usize) -> f64 {
         let d = self.hidden_size as f64;
+        let q = self.q_width() as f64;
         let kv = (self.kv_heads() * self.head_dim()) as f64;
         let f = self.intermediate_size as f64;
-        let per_layer = d * d * 2.0 + d * kv * 2.0 + 3.0 * d * f + 2.0 * seq as f64 * d;
+        let per_layer = d * q * 2.0 + d * kv * 2.0 + 3.0 * d * f + 2.0 * seq as f64 * q;
         2.0 * (self.num_hidden_layers as f64 * per_layer + d * self.vocab_size as f64)
     }
 }

@@ -243,6 +243,8 @@ pub fn gguf_config(c: &gguf_file::Content, path: &Path) -> Result<LlamaConfig> {
         max_position_embeddings: md_usize(c, path, "llama.context_length").unwrap_or(2048),
         tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
         qkv_bias: false,
+        head_dim: None,
+        qk_norm: false,
     })
 }
 
@@ -279,12 +281,11 @@ pub fn load_hf_folder(dir: &Path, dtype: DType, device: &Device, mask: &MaskToke
     if let Some(theta) = v.pointer("/rope_parameters/rope_theta").and_then(|x| x.as_f64()) {
         cfg.rope_theta = theta;
     }
-    cfg.qkv_bias = super::family::Family::of_config(&v, &cfg_path)?.qkv_bias;
-    if let Some(hd) = v.get("head_dim").and_then(|x| x.as_u64()) {
-        if hd as usize != cfg.head_dim() {
-            return Err(Error::model(&cfg_path, format!("head_dim {hd} != hidden_size / num_attention_heads ({}) is not supported", cfg.head_dim())));
-        }
-    }
+    // the family's differences from LLaMA (an unknown model_type is an error naming it)
+    let family = super::family::Family::of_config(&v, &cfg_path)?;
+    cfg.qkv_bias = family.qkv_bias;
+    cfg.qk_norm = family.qk_norm;
+    cfg.validate().map_err(|e| Error::model(&cfg_path, e.to_string()))?;
     let mut files = safetensors_files(dir)?;
     let tensors = load_safetensors(&files, dtype, device)?;
     let tok_path = dir.join("tokenizer.json");
@@ -324,13 +325,17 @@ pub fn random_weights(cfg: &LlamaConfig, std: f64, seed: u64, dtype: DType, devi
     cfg.validate()?;
     let normal = Normal::new(0.0f64, std).map_err(|e| Error::config("model.init_std", e.to_string()))?;
     let mut shapes: Vec<(String, Vec<usize>)> = Vec::new();
-    let (d, f, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.kv_heads() * cfg.head_dim());
+    let (d, f, kv, qw, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.kv_heads() * cfg.head_dim(), cfg.q_width(), cfg.head_dim());
     shapes.push(("model.embed_tokens.weight".into(), vec![cfg.vocab_size, d]));
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         shapes.push((format!("{p}.input_layernorm.weight"), vec![d]));
         shapes.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
-        for (n, s) in [("q_proj", vec![d, d]), ("k_proj", vec![kv, d]), ("v_proj", vec![kv, d]), ("o_proj", vec![d, d])] {
+        if cfg.qk_norm {
+            shapes.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
+            shapes.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
+        }
+        for (n, s) in [("q_proj", vec![qw, d]), ("k_proj", vec![kv, d]), ("v_proj", vec![kv, d]), ("o_proj", vec![d, qw])] {
             if cfg.qkv_bias && n != "o_proj" {
                 shapes.push((format!("{p}.self_attn.{n}.bias"), vec![s[0]]));
             }
@@ -422,5 +427,7 @@ pub fn tiny_config(vocab: usize) -> LlamaConfig {
         max_position_embeddings: 256,
         tie_word_embeddings: true,
         qkv_bias: false,
+        head_dim: None,
+        qk_norm: false,
     }
 }
