@@ -6,10 +6,13 @@
 //! ## Design map
 //! - [`config`]: the run configuration in two stages: raw serde TOML (what the user wrote) →
 //!   validated [`config::RunConfig`] (what the run uses, saved into the run folder first).
-//! - [`model`]: a LLaMA-family transformer ([`model::llama`]; optionally given the diffusion time
-//!   of each column through a zero-initialised embedding, `objective.time_conditioning`) whose
-//!   attention takes an explicit mask ([`model::mask`]: causal, full, annealed, and the one attention-bias builder), loading
-//!   from GGUF or Hugging Face folders ([`model::load`]) and the tokenizer ([`model::tokenizer`]).
+//! - [`model`]: a LLaMA-shaped transformer ([`model::llama`]; the families it reads — LLaMA,
+//!   Qwen2's q/k/v biases, Qwen3's q/k norms — in one table, [`model::family`]; optionally given
+//!   the diffusion time of each column through a zero-initialised embedding,
+//!   `objective.time_conditioning`) whose attention takes an explicit mask ([`model::mask`]:
+//!   causal, full, annealed, block-causal, and the one attention-bias builder), loading from
+//!   GGUF, Hugging Face folders or the hub, sharded safetensors memory-mapped to the device
+//!   ([`model::load`]), and the tokenizer ([`model::tokenizer`]).
 //!   The layer is [`model::decoder`]: one type with two ways to run in training, chosen once by
 //!   `model.layer_path` ([`model::LayerPath`]) — fused (one autograd node with a hand-written
 //!   backward, parameter gradients through a [`model::params::GradSink`]) or reference (autograd
