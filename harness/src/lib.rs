@@ -33,7 +33,7 @@
 //!   scoring, the dev NLL): the training loop and the evaluation never ask which one they run.
 //!   Block diffusion (`objective.block_size`) is a layout of the diffusion objective: each row
 //!   becomes the noised and the clean sequence side by side under a per-row visibility with its own
-//!   RoPE positions ([`objective::Prepared::visible`], `positions`), read block-causally at
+//!   RoPE positions ([`objective::Prepared::mask`], `positions`), read block-causally at
 //!   evaluation ([`model::mask::AttentionMode::Blocks`]). Packing ([`objective::pack`],
 //!   `train.pack_to`) lays a prepared micro-batch's sequences end to end, whatever the objective,
 //!   each pair under its own visibility ([`model::mask::Segments`], built into the bias on the
