@@ -128,3 +128,25 @@ fn an_unknown_model_type_is_an_error_listing_the_supported_ones() {
     let e = load_hf_folder(dir.path(), DType::F32, &Device::Cpu, &MaskToken::Auto).err().unwrap().to_string();
     assert!(e.contains("gemma3") && e.contains("llama, qwen2, qwen3") && e.contains("config.json"), "{e}");
 }
+
+#[test]
+fn an_export_names_every_weight_as_transformers_does() {
+    // the weights `harness export` writes (Llama::hf_tensors) carry exactly the names, shapes and
+    // values transformers saved for each family's fixture
+    for name in ["tiny-qwen2", "tiny-qwen3"] {
+        let dir = fixture(name);
+        let saved = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+        let (model, cfg, _) = model_and_pins(&dir);
+        let ours: std::collections::HashMap<String, Tensor> = model.hf_tensors().unwrap().into_iter().collect();
+        let mut a: Vec<&String> = ours.keys().collect();
+        let mut b: Vec<&String> = saved.keys().collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{name}: tensor names");
+        for (k, t) in &ours {
+            assert_eq!(t.dims(), saved[k].dims(), "{name}: {k}");
+            assert_eq!(max_diff(t, &saved[k]), 0.0, "{name}: {k}");
+        }
+        assert_eq!(harness::model::family::Family::of(&cfg).model_type, &name[5..], "{name}: the family exported");
+    }
+}
