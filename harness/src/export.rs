@@ -144,10 +144,10 @@ fn probe_logits(model: &crate::model::Llama) -> Result<HashMap<String, Tensor>> 
     Ok(HashMap::from([("ids".to_string(), t), ("logits_causal".to_string(), lc), ("logits_full".to_string(), lf)]))
 }
 
+/// `v` written to `dir/name` (the project's one JSON writer, [`run::write_json`]); the path.
 fn write_json(dir: &Path, name: &str, v: &serde_json::Value) -> Result<PathBuf> {
     let p = dir.join(name);
-    let text = serde_json::to_string_pretty(v).map_err(|e| Error::msg(e.to_string()))?;
-    std::fs::write(&p, text + "\n").map_err(|e| Error::io(&p, e))?;
+    run::write_json(&p, v)?;
     Ok(p)
 }
 

@@ -34,8 +34,6 @@ pub struct Loaded {
     pub tok: Tok,
     /// Files the weights and tokenizer came from.
     pub files: Vec<PathBuf>,
-    /// What loading the weights cost (time, bytes on the device, peak host memory).
-    pub load: load::LoadStats,
 }
 
 /// Load the base model and tokenizer named by `cfg.model`, with adapters per `cfg.adapter`.
@@ -48,11 +46,10 @@ pub fn load_model(cfg: &RunConfig) -> Result<Loaded> {
     if !matches!(source, ModelSource::Random(_)) {
         eprintln!("{}", l.stats.line(l.tensors.len(), &device));
     }
-    let stats = l.stats;
     let tok = l.tok.ok_or_else(|| Error::config("model.tokenizer", "this model source has no tokenizer: set model.tokenizer (a tokenizer.json or .gguf)"))?;
     let vb = VarBuilder::from_tensors(l.tensors, dtype, &device);
     let (model, trainable) = Llama::load(vb, &l.cfg, &BuildOpts { adapter: &raw.adapter, seed: raw.seed, layer_path: cfg.resolved.layer_path, time_embedding: raw.objective.diffusion().is_some_and(|d| d.time_conditioned()) })?;
-    Ok(Loaded { model, trainable, tok, files: l.files, load: stats })
+    Ok(Loaded { model, trainable, tok, files: l.files })
 }
 
 /// The training objective a config asks for ([`crate::objective::build_for_training`], with

@@ -26,7 +26,7 @@ use super::ops::{self, Attach1, Attach2};
 use super::params::{Fwd, GradSink, Trainable, Weight};
 use crate::kernels::fused as kernels;
 use crate::kernels::layout::swap_axes;
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -87,14 +87,7 @@ impl RmsNorm {
 
     /// The weight (D) at `vb`, trainable under full fine-tuning.
     pub fn load(vb: VarBuilder, size: usize, ctx: &mut LoadCtx) -> crate::Result<Self> {
-        let w = vb.get(size, "weight")?;
-        let weight = if ctx.adapter.kind == AdapterKind::Full {
-            let v = Var::from_tensor(&w.to_dtype(DType::F32)?)?;
-            ctx.tr.push(format!("{}.weight", vb.prefix()), v.clone());
-            Weight::Trainable(v)
-        } else {
-            Weight::Frozen(w)
-        };
+        let weight = Weight::new(vb.get(size, "weight")?, format!("{}.weight", vb.prefix()), ctx.adapter.kind == AdapterKind::Full, ctx.tr)?;
         Ok(Self { weight, eps: ctx.cfg.rms_norm_eps })
     }
 
@@ -161,11 +154,12 @@ impl Rotary {
     fn apply(&self, x: &Tensor, pos: Positions, ctx: &Fwd) -> Result<Tensor> {
         let (cos, sin) = self.tables_for(pos, x.dim(2)?, x.dtype())?; // (L | B·L, Dh/2)
         if ctx.train {
-            if cos.rank() == 2 {
-                return candle_nn::rotary_emb::rope_slow(x, &cos, &sin);
-            }
-            // per-row tables (B, L, Dh/2): the same rotate-half composite, broadcast over heads
-            let full = |t: &Tensor| Tensor::cat(&[t, t], D::Minus1)?.unsqueeze(1); // (B, 1, L, Dh)
+            // the rotate-half composite (candle's `rope_slow`), differentiable: tables (L, Dh) or,
+            // per row, (B, 1, L, Dh), broadcast over the heads
+            let full = |t: &Tensor| {
+                let t = Tensor::cat(&[t, t], D::Minus1)?; // (L | B·L, Dh)
+                if t.rank() == 3 { t.unsqueeze(1) } else { Ok(t) }
+            };
             let half = x.dim(D::Minus1)? / 2;
             let rot = Tensor::cat(&[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?], D::Minus1)?;
             return x.broadcast_mul(&full(&cos)?)? + rot.broadcast_mul(&full(&sin)?)?;

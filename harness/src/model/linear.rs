@@ -15,7 +15,7 @@ use super::lora::{AdapterConfig, AdapterKind, LoraAdapter};
 use super::ops::frozen_linear;
 use crate::kernels::gemm::{matmul_acc, matmul_tn_f32};
 use super::params::{Fwd, GradSink, Trainable, Weight};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 type Res<T> = candle_core::Result<T>;
@@ -68,13 +68,7 @@ impl Linear {
         let shape = weight.dims2()?;
         let full = cfg.kind == AdapterKind::Full;
         let dev = weight.device().clone();
-        let weight = if full {
-            let v = Var::from_tensor(&weight.to_dtype(DType::F32)?)?;
-            tr.push(format!("{prefix}.weight"), v.clone());
-            Weight::Trainable(v)
-        } else {
-            Weight::Frozen(weight)
-        };
+        let weight = Weight::new(weight, format!("{prefix}.weight"), full, tr)?;
         let lora = if !full && cfg.targets.iter().any(|t| t == module) {
             Some(LoraAdapter::init(prefix, shape, cfg, index, seed, &dev, tr)?)
         } else {
@@ -86,14 +80,7 @@ impl Linear {
     /// Load the weight and the bias (out) at `vb` ([`Linear::load`] plus `<prefix>.bias`).
     pub fn load_with_bias(vb: &VarBuilder, (out_dim, in_dim): (usize, usize), cfg: &AdapterConfig, index: u64, seed: u64, tr: &mut Trainable) -> crate::Result<Self> {
         let mut l = Self::load(vb, (out_dim, in_dim), cfg, index, seed, tr)?;
-        let b = vb.get(out_dim, "bias")?;
-        l.bias = Some(if cfg.kind == AdapterKind::Full {
-            let v = Var::from_tensor(&b.to_dtype(DType::F32)?)?;
-            tr.push(format!("{}.bias", vb.prefix()), v.clone());
-            Weight::Trainable(v)
-        } else {
-            Weight::Frozen(b)
-        });
+        l.bias = Some(Weight::new(vb.get(out_dim, "bias")?, format!("{}.bias", vb.prefix()), cfg.kind == AdapterKind::Full, tr)?);
         Ok(l)
     }
 

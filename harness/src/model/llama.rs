@@ -293,19 +293,13 @@ impl Llama {
         let m = vb.pp("model");
         let evb = m.pp("embed_tokens");
         let emb = evb.get((cfg.vocab_size, cfg.hidden_size), "weight")?;
-        let embed_tokens = if full || opts.adapter.train_embeddings {
-            let v = Var::from_tensor(&emb.to_dtype(DType::F32)?)?;
-            let name = format!("{}.weight", evb.prefix());
-            tr.push(if full { name } else { format!("base_model.model.{name}") }, v.clone());
-            Weight::Trainable(v)
-        } else {
-            Weight::Frozen(emb)
-        };
+        // peft's name for a module trained beside a LoRA adapter
+        let name = |n: String| if full { n } else { format!("base_model.model.{n}") };
+        let embed_tokens = Weight::new(emb, name(format!("{}.weight", evb.prefix())), full || opts.adapter.train_embeddings, &mut tr)?;
         // Always trained (it is new), zero-initialised: the base model's outputs at any t.
         let time_embed = if opts.time_embedding {
             let v = Var::zeros((cfg.hidden_size, TIME_FEATURES), DType::F32, &device)?;
-            let name = format!("{}.weight", m.pp("time_embed").prefix());
-            tr.push(if full { name } else { format!("base_model.model.{name}") }, v.clone());
+            tr.push(name(format!("{}.weight", m.pp("time_embed").prefix())), v.clone());
             Some(v)
         } else {
             None
@@ -559,9 +553,9 @@ impl Llama {
         if let Some(w) = &self.time_embed {
             out.push(("model.time_embed.weight".into(), w.as_tensor().detach()));
         }
+        out.extend(self.merged_weights()?);
         for (i, b) in self.layers.iter().enumerate() {
             for (n, l) in b.linears() {
-                out.push((format!("model.layers.{i}.{n}.weight"), l.merged_weight()?));
                 if let Some(bias) = l.bias_f32()? {
                     out.push((format!("model.layers.{i}.{n}.bias"), bias));
                 }

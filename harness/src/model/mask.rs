@@ -387,8 +387,7 @@ impl TwoCopy {
         // a query that sees nothing keeps its own position (EmptyRow::KeepSelf)
         let empty = f(ok.sum_keepdim(2)?.eq(0f32)?)?; // (B, 2L, 1)
         let eye = Tensor::eye(l2, DType::F32, device)?.unsqueeze(0)?; // (1, 2L, 2L)
-        let ok = ok.broadcast_maximum(&eye.broadcast_mul(&empty)?)?;
-        ((ok - 1.0)? * (-(MASKED_BIAS as f64)))?.unsqueeze(1)?.to_dtype(dtype) // (B, 1, 2L, 2L)
+        bias_of_visible(&ok.broadcast_maximum(&eye.broadcast_mul(&empty)?)?, dtype) // (B, 1, 2L, 2L)
     }
 }
 
@@ -416,19 +415,7 @@ impl Segments {
 
     /// The explicit visibility, (B, L, L) row-major for rows of `l` columns (tests, pictures).
     pub fn visibility(&self, l: usize) -> Vec<bool> {
-        let b = self.pair.len() / l.max(1);
-        let mut v = vec![false; b * l * l];
-        for r in 0..b {
-            for i in 0..l {
-                for j in 0..l {
-                    let (ci, cj) = (r * l + i, r * l + j);
-                    let same = self.pair[ci] == self.pair[cj];
-                    let spare = self.pair[ci] == Self::SPARE;
-                    v[(r * l + i) * l + j] = same && (spare || self.base[self.local[ci] as usize * self.base_l + self.local[cj] as usize]);
-                }
-            }
-        }
-        v
+        pair_visibility(&self.pair, &self.local, l, |_, a, b| self.base[a * self.base_l + b])
     }
 
     /// The additive bias (B, 1, L, L) in `dtype` for rows of `l` columns, built on `device`:
@@ -448,9 +435,33 @@ impl Segments {
         let seen = base.index_select(&idx.flatten_all()?, 0)?.reshape((b, l, l))?; // (B, L, L) 1 = visible
         let spare = pair.eq(Self::SPARE)?.to_dtype(DType::F32)?.unsqueeze(2)?; // (B, L, 1)
         let ok = (same.to_dtype(DType::F32)? * seen.broadcast_maximum(&spare)?)?; // (B, L, L)
-        let bias = ((ok - 1.0)? * (-(MASKED_BIAS as f64)))?; // 0 visible, MASKED_BIAS hidden
-        bias.unsqueeze(1)?.to_dtype(dtype)
+        bias_of_visible(&ok, dtype) // (B, 1, L, L)
     }
+}
+
+/// A visibility (B, L, T) of 1s and 0s as the additive bias (B, 1, L, T) in `dtype`: 0 where
+/// visible, [`MASKED_BIAS`] where hidden.
+fn bias_of_visible(ok: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+    ((ok - 1.0)? * (-(MASKED_BIAS as f64)))?.unsqueeze(1)?.to_dtype(dtype)
+}
+
+/// The visibility, (B, L, L) row-major, of rows of `l` columns holding pairs: `pair` and `local`
+/// give each column's pair and its column in that pair (as in [`Segments`]); a column sees
+/// another of its row iff both hold the same pair `p` and `sees(p, local_i, local_j)`, and spare
+/// columns ([`Segments::SPARE`]) see each other.
+pub fn pair_visibility(pair: &[u32], local: &[u32], l: usize, sees: impl Fn(usize, usize, usize) -> bool) -> Vec<bool> {
+    let b = pair.len() / l.max(1);
+    let mut v = vec![false; b * l * l];
+    for r in 0..b {
+        for i in 0..l {
+            let ci = r * l + i;
+            for j in 0..l {
+                let cj = r * l + j;
+                v[ci * l + j] = pair[ci] == pair[cj] && (pair[ci] == Segments::SPARE || sees(pair[ci] as usize, local[ci] as usize, local[cj] as usize));
+            }
+        }
+    }
+    v
 }
 
 /// Additive attention bias for a training batch, or `None` when nothing is hidden (full

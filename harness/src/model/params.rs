@@ -14,6 +14,17 @@ pub enum Weight {
 }
 
 impl Weight {
+    /// `t` as a weight: when `trains`, an f32 `Var` registered in `tr` as `name`; else frozen as
+    /// it is.
+    pub fn new(t: Tensor, name: String, trains: bool, tr: &mut Trainable) -> candle_core::Result<Self> {
+        if !trains {
+            return Ok(Weight::Frozen(t));
+        }
+        let v = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
+        tr.push(name, v.clone());
+        Ok(Weight::Trainable(v))
+    }
+
     /// The weight as used in the forward pass, in `dtype`.
     pub fn get(&self, dtype: DType) -> candle_core::Result<Tensor> {
         match self {

@@ -19,7 +19,7 @@
 //! the step runs eagerly.
 
 use super::Prepared;
-use crate::model::mask::{visibility, RowMask, Segments};
+use crate::model::mask::{pair_visibility, visibility, RowMask, Segments};
 use crate::{Error, Result};
 
 /// Where one sequence of the unpacked micro-batch went.
@@ -93,21 +93,7 @@ pub fn pack(p: &Prepared, capacity: usize, seed: u64) -> Result<(Prepared, Vec<P
         None => RowMask::Packed(Segments { pair, local, base: visibility(p.attention, l, p.step, seed), base_l: l }),
         Some(m) => {
             let v = m.visibility(p.b, l); // (B, L, L)
-            let mut out = vec![false; rows * lp * lp];
-            for col in 0..rows * lp {
-                let (r, i) = (col / lp, pair[col]);
-                if i == Segments::SPARE {
-                    out[col * lp + col % lp] = true; // a spare query sees itself
-                    continue;
-                }
-                for k in 0..lp {
-                    if pair[r * lp + k] == i {
-                        let (a, b) = (local[col] as usize, local[r * lp + k] as usize);
-                        out[col * lp + k] = v[(i as usize * l + a) * l + b];
-                    }
-                }
-            }
-            RowMask::Explicit(out)
+            RowMask::Explicit(pair_visibility(&pair, &local, lp, |i, a, b| v[(i * l + a) * l + b]))
         }
     };
     let mut out_rows = Vec::with_capacity(p.rows.len());

@@ -424,12 +424,17 @@ pub fn scored_loss(model: &Llama, p: &Prepared, total_denom: f64, seed: u64, ctx
 /// [`scored_loss`] of a batch already on the device: no host data is read or written, so a CUDA
 /// graph can capture it. The batch must score at least one row.
 pub fn loss_on(model: &Llama, db: &DeviceBatch, ctx: &Fwd) -> Result<LossParts> {
+    weighted_ce(&scored_logits(model, db, ctx)?, &db.scored)
+}
+
+/// The logits (N, V) of the scored rows of `db`: the forward pass, then the LM head on those rows
+/// only (hidden (B·L, D) → rows (N, D)).
+fn scored_logits(model: &Llama, db: &DeviceBatch, ctx: &Fwd) -> Result<Tensor> {
     let h = model.hidden_at(&db.ids, db.bias.as_ref(), db.positions.as_ref(), db.time.as_ref(), ctx)?; // (B, L, D)
     let (b, l, d) = h.dims3()?;
     // (N, D); the rows are distinct, so the gradient is a scatter (no index_add)
     let hs = crate::kernels::layout::gather_rows(&h.reshape((b * l, d))?, &db.scored.rows)?;
-    let logits = model.logits(&hs, ctx)?; // (N, V)
-    weighted_ce(&logits, &db.scored)
+    Ok(model.logits(&hs, ctx)?) // (N, V)
 }
 
 /// The unweighted cross-entropy of each scored row of `p` (inference, no graph), in `p.rows`
@@ -440,11 +445,7 @@ pub fn row_ce(model: &Llama, p: &Prepared, seed: u64) -> Result<Vec<f32>> {
         return Ok(Vec::new());
     }
     let db = HostBatch::new(p, 1.0, seed, model.cfg.vocab_size)?.upload(model.dtype, &model.device)?;
-    let ctx = Fwd::default();
-    let h = model.hidden_at(&db.ids, db.bias.as_ref(), db.positions.as_ref(), db.time.as_ref(), &ctx)?; // (B, L, D)
-    let (b, l, d) = h.dims3()?;
-    let hs = h.reshape((b * l, d))?.index_select(&db.scored.rows, 0)?; // (N, D)
-    let logits = model.logits(&hs, &ctx)?; // (N, V)
+    let logits = scored_logits(model, &db, &Fwd::default())?; // (N, V)
     let (ce, _) = crate::kernels::ce::cross_entropy(&logits, &db.scored.targets)?; // (N,)
     Ok(ce.to_dtype(DType::F32)?.to_vec1()?)
 }

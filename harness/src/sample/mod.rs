@@ -307,6 +307,16 @@ impl ModelDenoiser<'_> {
         }) // (B|1, 1, L|1, L)
     }
 
+    /// The hidden states (B, L, D) of a whole-row pass over `ids` under the reading, its pad keys
+    /// hidden, each row given its time when this denoiser gives times.
+    fn hidden_whole(&self, ids: &Tensor, key_valid: Option<&[Vec<bool>]>) -> Result<Tensor> {
+        let l = ids.dim(1)?;
+        let bias = self.full_bias(l, key_valid)?;
+        let time = self.times_of(ids)?.map(|t| Self::time_tensor(&t, l, &self.model.device)).transpose()?; // (B, L)
+        let ids = ids.to_device(&self.model.device)?;
+        Ok(self.model.hidden_at(&ids, bias.as_ref(), None, time.as_ref(), &Fwd::default())?) // (B, L, D)
+    }
+
     /// The LM head on the rows `idx` of the hidden states `h` (N, D): (R, V) f32.
     fn head_rows(&self, h: &Tensor, idx: Vec<u32>) -> Result<Tensor> {
         let n = idx.len();
@@ -339,10 +349,7 @@ impl Denoiser for ModelDenoiser<'_> {
             return Err(Error::msg(format!("logits from column {from} of a length-{l} batch")));
         }
         self.check(b, l, key_valid)?;
-        let bias = self.full_bias(l, key_valid)?;
-        let time = self.times_of(ids)?.map(|t| Self::time_tensor(&t, l, &self.model.device)).transpose()?; // (B, L)
-        let ids = ids.to_device(&self.model.device)?;
-        let h = self.model.hidden_at(&ids, bias.as_ref(), None, time.as_ref(), &Fwd::default())?; // (B, L, D)
+        let h = self.hidden_whole(ids, key_valid)?; // (B, L, D)
         let h = if from == 0 { h } else { h.narrow(1, from, l - from)?.contiguous()? }; // (B, L − from, D)
         let out = self.model.logits(&h, &Fwd::default())?; // (B, L − from, V)
         Ok(out.to_dtype(DType::F32)?)
@@ -353,11 +360,7 @@ impl Denoiser for ModelDenoiser<'_> {
         let (b, l) = ids.dims2()?;
         self.check(b, l, key_valid)?;
         check_positions(positions, b, l)?;
-        let bias = self.full_bias(l, key_valid)?;
-        let time = self.times_of(ids)?.map(|t| Self::time_tensor(&t, l, &self.model.device)).transpose()?; // (B, L)
-        let ids = ids.to_device(&self.model.device)?;
-        let h = self.model.hidden_at(&ids, bias.as_ref(), None, time.as_ref(), &Fwd::default())?; // (B, L, D)
-        let h = h.reshape((b * l, ()))?; // (B·L, D)
+        let h = self.hidden_whole(ids, key_valid)?.reshape((b * l, ()))?; // (B·L, D)
         self.head_rows(&h, positions.iter().map(|&(r, j)| (r * l + j) as u32).collect())
     }
 
