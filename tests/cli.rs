@@ -191,11 +191,11 @@ fn every_study_expands() {
     for p in &ddm {
         assert!(p.id.starts_with("ddm-"), "{}", p.id);
         assert_eq!(p.config.objective.diffusion().map(|d| d.anneal_steps), Some(50), "{}", p.id);
-        assert_eq!(p.config.eval.steps_sweep, vec![1, 2], "{}", p.id);
+        assert_eq!(p.config.eval.threshold_sweep, vec![0.9, 0.5], "{}", p.id);
     }
     for p in &ar {
         assert_eq!(p.config.objective, harness::config::ObjectiveConfig::Autoregressive, "{}", p.id);
-        assert!(p.config.eval.steps_sweep.is_empty(), "{}", p.id);
+        assert!(p.config.eval.steps_sweep.is_empty() && p.config.eval.threshold_sweep.is_empty(), "{}", p.id);
     }
     // ddm and AR runs still pair (the per-objective settings are not point overrides).
     assert!(ddm.iter().all(|d| ar.iter().any(|a| harness::study::spec::pair_key(a) == harness::study::spec::pair_key(d))));
