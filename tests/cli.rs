@@ -192,6 +192,18 @@ fn every_study_expands() {
         assert!(p.id.starts_with("ddm-"), "{}", p.id);
         assert_eq!(p.config.objective.diffusion().map(|d| d.anneal_steps), Some(50), "{}", p.id);
         assert_eq!(p.config.eval.threshold_sweep, vec![0.9, 0.5], "{}", p.id);
+        // The letter variant's own by_objective, laid over the study's: no padding scored there.
+        let letter = p.variant.as_deref() == Some("letter");
+        assert_eq!(p.config.objective.diffusion().map(|d| d.score_padding), Some(!letter), "{}", p.id);
+    }
+    // Every campaign study reads the shared recipe (base_config, relative to the study file).
+    for name in ["baseline", "anneal", "shift", "lora_rank", "t_sampling", "sft_variants", "letter_pad"] {
+        let s = harness::study::load(&root().join(format!("studies/{name}.toml")), &[]).unwrap();
+        for p in &s.points {
+            let c = &p.config;
+            assert_eq!((c.train.max_steps, c.train.micro_batch, c.eval.batch_size, c.data.n_test), (Some(600), 16, 64, 1000), "{name} {}", p.id);
+            assert_eq!(s.file.seeds.as_deref(), Some(&[0u64, 1, 2][..]), "{name}");
+        }
     }
     for p in &ar {
         assert_eq!(p.config.objective, harness::config::ObjectiveConfig::Autoregressive, "{}", p.id);

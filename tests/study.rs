@@ -484,3 +484,100 @@ fn decoding_variants_are_paired_with_plain_generate_of_the_same_run() {
     let md = r.markdown();
     assert!(md.contains("decoding variants vs plain generate") && md.contains("generate@cache=prefix"), "{md}");
 }
+
+/// Run folders of `folder` whose `LOCK` is held, with the holder's pid.
+fn held_run_locks(folder: &Path) -> Vec<(String, u32)> {
+    let Ok(rd) = std::fs::read_dir(folder.join("runs")) else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path().join("LOCK")).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            Some((e.file_name().to_string_lossy().to_string(), v["pid"].as_u64()? as u32))
+        })
+        .collect()
+}
+
+/// `DONE` of every run of `folder`: run id → its content (the time it was written).
+fn done_times(folder: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(folder.join("runs"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_string_lossy().to_string(), std::fs::read_to_string(e.path().join("DONE")).ok()?)))
+        .collect()
+}
+
+#[test]
+fn cpu_workers_share_a_folder_and_give_the_numbers_of_one_process() {
+    let env = Env::new("workers", "seeds = [0, 1]", DDM_VS_AR);
+    let out = study_cmd(&env, &["--devices", "cpu,cpu"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Both workers ran points; every point ran once.
+    let both = format!("{stdout}{stderr}");
+    assert!(both.contains("(worker 0, cpu)") && both.contains("(worker 1, cpu)"), "{both}");
+    for id in ["ddm-seed0", "ar-seed0", "ddm-seed1", "ar-seed1"] {
+        assert_eq!(both.matches(&format!("] {id} (worker")).count(), 1, "{id}: {both}");
+    }
+    assert!(stdout.contains("4 done, 0 failed of 4 runs (0 finished earlier)"), "{stdout}");
+    let folder = only_folder(&env.results().join("workers")).unwrap();
+    let m = manifest::read(&folder).unwrap();
+    assert!(m.end.is_some(), "the study process ends the folder once every worker is done");
+    assert!(held_run_locks(&folder).is_empty() && !folder.join("LOCK").exists(), "every lock released");
+    // The same study in one process gives the same numbers (seeded runs; the worker's device
+    // override `cpu` is what the base config says).
+    let one = Env::new("workers", "seeds = [0, 1]", DDM_VS_AR);
+    let o = one.run();
+    for col in ["run_id", "status", "final_loss", "dev_loss", "likelihood_accuracy"] {
+        assert_eq!(csv_col(&folder.join("summary.csv"), col), csv_col(&o.folder.join("summary.csv"), col), "{col}");
+    }
+}
+
+#[test]
+fn a_killed_worker_s_run_is_redone_and_nothing_finished_runs_again() {
+    let env = Env::new("killed", "seeds = [0, 1, 2]", DDM_VS_AR);
+    // Runs long enough to kill one mid-way.
+    let text = std::fs::read_to_string(&env.study).unwrap().replace("max_steps = 2", "max_steps = 30");
+    std::fs::write(&env.study, text).unwrap();
+    let first = study_cmd(&env, &["--devices", "cpu,cpu"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let study_dir = env.results().join("killed");
+    wait_until("two workers holding runs", || only_folder(&study_dir).is_some_and(|f| held_run_locks(&f).len() == 2));
+    let folder = only_folder(&study_dir).unwrap();
+    let (victim_run, victim) = held_run_locks(&folder).into_iter().next().unwrap();
+    assert_ne!(victim, first.id(), "runs are held by the workers, not the study process");
+    assert!(std::process::Command::new("kill").arg("-9").arg(victim.to_string()).status().unwrap().success());
+    let out = first.wait_with_output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The dead worker is named; its half-written run was either taken over by the other worker
+    // (its lock is stale: the pid is gone) or is left for the rerun.
+    assert!(log.contains(&format!("pid {victim}")), "{log}");
+    let before = done_times(&folder);
+    assert!(before.len() >= 5, "the surviving worker went on: {before:?}\n{log}");
+    let rerun = study_cmd(&env, &["--devices", "cpu,cpu"]).output().unwrap();
+    let relog = format!("{}{}", String::from_utf8_lossy(&rerun.stdout), String::from_utf8_lossy(&rerun.stderr));
+    assert!(rerun.status.success(), "{relog}");
+    let after = done_times(&folder);
+    assert_eq!(after.len(), 6, "{after:?}");
+    for (id, t) in &before {
+        assert_eq!(after.get(id), Some(t), "{id} finished before the rerun and was not run again");
+    }
+    assert!(log.contains(&format!("taking over the stale lock of run {victim_run}")) || relog.contains(&format!("taking over the stale lock of run {victim_run}")), "{log}\n{relog}");
+    // The redone run started from scratch: one metrics row per logged step, none twice.
+    let steps = csv_col(&folder.join("runs").join(&victim_run).join("metrics.csv"), "step");
+    let mut uniq = steps.clone();
+    uniq.dedup();
+    assert_eq!(steps, uniq, "{steps:?}");
+    assert!(manifest::read(&folder).unwrap().end.is_some());
+    assert!(csv_col(&folder.join("summary.csv"), "status").iter().all(|s| s == "done"));
+    assert!(held_run_locks(&folder).is_empty());
+}
+
+#[test]
+fn a_bad_device_list_is_one_clear_error() {
+    let env = Env::new("baddev", "", DDM_VS_AR);
+    let out = study_cmd(&env, &["--devices", "0,gpu"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`gpu` is not `all`, `cpu` or a GPU index"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

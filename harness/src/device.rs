@@ -98,3 +98,19 @@ pub fn driver_used(dev: &candle_core::Device) -> Option<u64> {
     let _ = dev;
     None
 }
+
+/// How many CUDA devices this process sees (0 without CUDA devices; an error in a binary built
+/// without CUDA).
+pub fn cuda_device_count() -> crate::Result<usize> {
+    #[cfg(feature = "cuda")]
+    {
+        match candle_core::cuda_backend::cudarc::driver::CudaContext::device_count() {
+            Ok(n) => Ok(n.max(0) as usize),
+            Err(_) => Ok(0),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(crate::Error::config("devices", "`all` counts CUDA devices, but this binary was built without CUDA (build with `make cuda`, or list `cpu` workers)"))
+    }
+}

@@ -57,8 +57,9 @@
 //!   calibration) and the speed–accuracy frontier, metrics with intervals.
 //! - [`stats`]: Wilson, t-intervals, McNemar, bootstrap (and the pooled-item bootstrap across
 //!   seeds), Holm, the minimum detectable difference at 80% power.
-//! - [`study`]: studies (sweeps over run configs × seeds) into resumable result folders, and
-//!   their reports.
+//! - [`study`]: studies (sweeps over run configs × seeds) into resumable result folders, run in
+//!   this process or in worker processes (`--devices`) that share a folder through run locks,
+//!   and their reports.
 //! - [`rng`]: every random draw comes from a generator seeded from (run seed, purpose, step).
 //! - [`run`]: one run end to end: resolved config written first, train, evaluate, `DONE` last;
 //!   [`run::evaluate`] is the one evaluation path (trained model, run folder, base model).

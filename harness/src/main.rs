@@ -136,6 +136,28 @@ enum Cmd {
         /// redoing nothing it finished) instead of refusing.
         #[arg(long)]
         wait: bool,
+        /// Run the points in worker processes, one per entry, each taking the next unstarted
+        /// run under its lock: `all` (one per visible GPU), GPU indices (`0,1,3`; repeats
+        /// share a GPU: `0,0`) or `cpu` workers (`cpu,cpu`). Default: the study file's
+        /// `devices`, else this process.
+        #[arg(long, value_name = "LIST")]
+        devices: Option<String>,
+    },
+    /// One worker of `harness study --devices` (started by it): runs the unfinished points of
+    /// a study folder under their run locks.
+    #[command(hide = true)]
+    StudyWorker {
+        /// The study folder.
+        folder: PathBuf,
+        /// Checkpoint root of the folder (runs go to `<checkpoints>/<run id>`).
+        #[arg(long)]
+        checkpoints: PathBuf,
+        /// `cpu` or the GPU index (informational: the GPU is chosen by CUDA_VISIBLE_DEVICES).
+        #[arg(long)]
+        device: String,
+        /// Worker number, for messages.
+        #[arg(long, default_value_t = 0)]
+        worker: usize,
     },
     /// Print a study's tables and write them to `report.md` (PATH: a result folder, or
     /// `results/<study>` for its latest complete folder); for a run or evaluation folder (one
@@ -189,15 +211,19 @@ fn user_message(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
-fn stop_flag() -> Arc<AtomicBool> {
+fn stop_flag(second_kills: bool) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
-    // A second Ctrl-C kills the process the usual way.
+    // A second Ctrl-C kills the process the usual way (not a study worker's, which may get the
+    // terminal's Ctrl-C and its study's forwarded one: it stops once, cleanly).
     let _ = ctrlc::set_handler(move || {
         if s.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+            if second_kills {
+                std::process::exit(130);
+            }
+            return;
         }
-        eprintln!("\nstopping after the current step (Ctrl-C again to kill)");
+        eprintln!("\nstopping after the current step{}", if second_kills { " (Ctrl-C again to kill)" } else { "" });
     });
     stop
 }
@@ -219,7 +245,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(d) => d,
                 None => harness::run::new_run_dir(&raw.out_dir, &raw.name)?,
             };
-            let stop = stop_flag();
+            let stop = stop_flag(true);
             // train, evaluate on the test split when eval.at_end, write DONE last
             let rec = harness::run::execute(raw, &dir, harness::run::RunOpts { stop: Some(&stop), hook: None })?;
             let s = &rec.summary.train;
@@ -315,7 +341,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("written to {}", dir.display());
             Ok(())
         }
-        Cmd::Study { name, sets, results: _, dry_run: true, wait: _ } => {
+        Cmd::Study { name, sets, results: _, dry_run: true, wait: _, devices: _ } => {
             let s = harness::study::load(&harness::study::spec::resolve_path(&name, std::path::Path::new("studies")), &sets)?;
             println!("study {} ({}): {} runs", s.name, s.path.display(), s.points.len());
             for p in &s.points {
@@ -323,9 +349,20 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Study { name, sets, results, dry_run: false, wait } => {
-            let stop = stop_flag();
-            let opts = harness::study::StudyOpts { results, sets, stop: Some(&stop), progress: true, wait, ..Default::default() };
+        Cmd::StudyWorker { folder, checkpoints, device, worker } => {
+            let stop = stop_flag(false);
+            let d = match harness::study::parse_devices(&device)?.as_slice() {
+                [d] => *d,
+                _ => anyhow::bail!("study-worker --device takes one device, not `{device}`"),
+            };
+            let w = harness::study::work_folder(&folder, &checkpoints, d, worker, Some(&stop))?;
+            eprintln!("worker {worker}: {} runs{}", w.ran, if w.interrupted { ", stopped by Ctrl-C" } else { "" });
+            Ok(())
+        }
+        Cmd::Study { name, sets, results, dry_run: false, wait, devices } => {
+            let stop = stop_flag(true);
+            let devices = devices.as_deref().map(harness::study::parse_devices).transpose()?;
+            let opts = harness::study::StudyOpts { results, sets, stop: Some(&stop), progress: true, wait, devices, ..Default::default() };
             let o = harness::study::run_study(&name, opts)?;
             println!(
                 "{} {}: {} done, {} failed of {} runs ({} finished earlier)",

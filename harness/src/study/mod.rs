@@ -22,6 +22,8 @@
 //!     latest                           name of the newest complete folder
 //!     <yyyymmdd-hhmmss>-<sha>[-dirty]/
 //!       LOCK                           held by the invocation running it (pid, host, heartbeat)
+//!       runs/<run-id>/LOCK             held by the process (the study's, or one of its
+//!                                      `--devices` workers) running that point
 //!       manifest.json                  end time written when every run is done or failed
 //!       summary.csv                    one row per run, rewritten after every run
 //!       report.md, analysis.json       written by `harness report` (and at the end of `harness study`)
@@ -37,5 +39,5 @@ pub mod runner;
 pub mod spec;
 pub mod summary;
 
-pub use runner::{run_study, StudyOpts, StudyOutcome};
+pub use runner::{parse_devices, run_study, work_folder, StudyOpts, StudyOutcome, WorkerDevice, Worked};
 pub use spec::{load, PrimaryMetric, Study};

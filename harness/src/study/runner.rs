@@ -52,6 +52,11 @@ pub struct StudyOpts<'a> {
     pub command: Vec<String>,
     /// Where `git` runs to find the commit (default: the working directory).
     pub git_dir: Option<PathBuf>,
+    /// Run the points in worker processes, one per entry (`--devices`; default: the study
+    /// file's `devices`, else in this process). `Some(vec![])` runs in this process.
+    pub devices: Option<Vec<WorkerDevice>>,
+    /// The `harness` executable the workers run (default: this process's executable).
+    pub worker_exe: Option<PathBuf>,
 }
 
 impl Default for StudyOpts<'_> {
@@ -66,6 +71,8 @@ impl Default for StudyOpts<'_> {
             wait: false,
             command: std::env::args().collect(),
             git_dir: None,
+            devices: None,
+            worker_exe: None,
         }
     }
 }
@@ -193,6 +200,254 @@ fn run_point(p: &Point, run_dir: &RunDir, ckpt: PathBuf, stop: Option<&AtomicBoo
     }
 }
 
+/// Where a study worker runs: the CPU, or one GPU (its index on the host, handed to the worker
+/// as `CUDA_VISIBLE_DEVICES`, so that its runs see it as `cuda:0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerDevice {
+    /// The CPU (the worker's runs use `model.device = "cpu"`).
+    Cpu,
+    /// GPU `i` of the host (the worker's runs use `model.device = "cuda:0"`).
+    Gpu(usize),
+}
+
+impl WorkerDevice {
+    /// `cpu` or the GPU index: the spelling `--devices` and `study-worker --device` read.
+    pub fn spec(&self) -> String {
+        match self {
+            WorkerDevice::Cpu => "cpu".into(),
+            WorkerDevice::Gpu(i) => i.to_string(),
+        }
+    }
+
+    /// The `model.device` the worker's runs use.
+    fn model_device(&self) -> &'static str {
+        match self {
+            WorkerDevice::Cpu => "cpu",
+            WorkerDevice::Gpu(_) => "cuda:0",
+        }
+    }
+}
+
+/// Parse a device list: `all` (one worker per visible GPU), or comma-separated GPU indices and
+/// `cpu`; an entry may repeat (`0,0`: two workers share GPU 0; `cpu,cpu`: two CPU workers).
+pub fn parse_devices(spec: &str) -> Result<Vec<WorkerDevice>> {
+    let spec = spec.trim();
+    if spec == "all" {
+        let n = crate::device::cuda_device_count()?;
+        if n == 0 {
+            return Err(Error::config("devices", "`all`: no CUDA device is visible"));
+        }
+        return Ok((0..n).map(WorkerDevice::Gpu).collect());
+    }
+    spec.split(',')
+        .map(|d| match d.trim() {
+            "cpu" => Ok(WorkerDevice::Cpu),
+            d => d.parse::<usize>().map(WorkerDevice::Gpu).map_err(|_| Error::config("devices", format!("`{d}` is not `all`, `cpu` or a GPU index (e.g. `0,1,3`)"))),
+        })
+        .collect()
+}
+
+/// Remove everything in run folder `dir` but its `LOCK` (a half-written run starts again from
+/// scratch under the lock its worker holds).
+fn clear_run(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for e in entries.flatten() {
+        if e.file_name() == RunDir::LOCK {
+            continue;
+        }
+        let p = e.path();
+        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        r.map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(())
+}
+
+/// Print `line` above the progress bar, or to stderr when there is none (not a terminal, or a
+/// worker process: its study process relays it).
+fn say(bar: &indicatif::ProgressBar, line: impl AsRef<str>) {
+    if bar.is_hidden() {
+        eprintln!("{}", line.as_ref());
+    } else {
+        bar.println(line);
+    }
+}
+
+/// What one worker did in a study folder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Worked {
+    /// Runs it ran to the end (done or failed).
+    pub ran: usize,
+    /// It stopped on Ctrl-C before the end.
+    pub interrupted: bool,
+}
+
+/// Run the unfinished points of study folder `folder` (manifest `man`) one after another, each
+/// under its run folder's `LOCK` (taken before the run is looked at again; a point another
+/// worker holds is passed over, a stale holder's is taken over and its half-written run redone).
+/// `device` overrides every run's `model.device`; `tag` is printed after each run id. Without
+/// `device` (the study's own process), `summary.csv` is rewritten after every run.
+fn work(folder: &Path, man: &Manifest, ckpt_root: &Path, device: Option<WorkerDevice>, stop: Option<&AtomicBool>, bar: &indicatif::ProgressBar, tag: &str) -> Result<Worked> {
+    let study_folder = StudyDir::new(folder);
+    let total = man.points.len();
+    let mut w = Worked::default();
+    for (i, p) in man.points.iter().enumerate() {
+        let run_dir = study_folder.run(&p.id);
+        let dir = run_dir.path().to_path_buf();
+        if run_dir.status() != RunStatus::Pending {
+            continue;
+        }
+        if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            w.interrupted = true;
+            break;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let claim = match Lock::try_acquire(&run_dir.lock_file(), lock::STALE_AFTER)? {
+            TryLock::Acquired { lock, replaced } => {
+                if let Some((holder, why)) = replaced {
+                    say(bar, format!("taking over the stale lock of run {} ({}): it was held by {}, but {why}", p.id, run_dir.lock_file().display(), holder.describe()));
+                }
+                lock
+            }
+            TryLock::Busy(_) => continue, // another worker runs it
+        };
+        // It may have been finished between the look and the claim.
+        if run_dir.status() != RunStatus::Pending {
+            continue;
+        }
+        // A half-written run (killed mid-way) starts again from scratch.
+        let ckpt = ckpt_root.join(&p.id);
+        clear_run(&dir)?;
+        remove_dir(&ckpt)?;
+        bar.set_message(p.id.clone());
+        say(bar, format!("[{}/{}] {}{tag}", i + 1, total, p.id));
+        let mut point = p.clone();
+        if let Some(d) = device {
+            point.config.model.device = d.model_device().to_string();
+        }
+        match bar.suspend(|| run_point(&point, &run_dir, ckpt.clone(), stop)) {
+            Ok(None) => {}
+            Ok(Some(f)) => say(bar, format!("  failed: {}{tag}", f.message)),
+            Err(Error::Interrupted) => {
+                // Leave nothing half-written behind.
+                clear_run(&dir)?;
+                drop(claim);
+                let _ = std::fs::remove_dir(&dir);
+                w.interrupted = true;
+                break;
+            }
+            Err(e) => return Err(Error::msg(format!("study {}, run {}: {e} (rerun to resume; the run starts again)", man.study, p.id))),
+        }
+        drop(claim);
+        w.ran += 1;
+        if device.is_none() {
+            bar.inc(1);
+            summary::write_csv(folder, man, &summary::collect(folder, &man.points)?)?;
+        }
+    }
+    Ok(w)
+}
+
+/// A worker process (`harness study-worker`): run the unfinished points of the study folder
+/// `folder` on `device`, sharing the folder with the study's other workers through the run
+/// locks (see [`work`]). Checkpoints go under `ckpt_root/<run id>`. The folder's manifest,
+/// summary and `latest` are the study process's to write.
+pub fn work_folder(folder: &Path, ckpt_root: &Path, device: WorkerDevice, worker: usize, stop: Option<&AtomicBool>) -> Result<Worked> {
+    let man = manifest::read(folder)?;
+    let tag = format!(" (worker {worker}, {})", if device == WorkerDevice::Cpu { "cpu".to_string() } else { format!("gpu {}", device.spec()) });
+    work(folder, &man, ckpt_root, Some(device), stop, &indicatif::ProgressBar::hidden(), &tag)
+}
+
+/// Run the folder's points in one `harness study-worker` process per entry of `devices`, relay
+/// their output above the progress bar, count every worker's finished runs on it (and rewrite
+/// `summary.csv` as they finish), and wait for all. Ctrl-C is passed on to the workers once;
+/// each stops after its current step, leaving nothing half-written. A worker that exits with an
+/// error (or is killed) is an error naming it; what the others finished is kept, and a rerun
+/// redoes only the unfinished runs.
+fn run_workers(folder: &Path, man: &Manifest, ckpt_root: &Path, devices: &[WorkerDevice], opts: &StudyOpts, bar: &indicatif::ProgressBar) -> Result<Worked> {
+    use std::io::BufRead;
+    let exe = match &opts.worker_exe {
+        Some(e) => e.clone(),
+        None => std::env::current_exe().map_err(|e| Error::io("the harness executable", e))?,
+    };
+    let study_folder = StudyDir::new(folder);
+    let mut children = Vec::with_capacity(devices.len());
+    let mut relays = Vec::new();
+    for (k, d) in devices.iter().enumerate() {
+        let mut c = std::process::Command::new(&exe);
+        c.arg("study-worker").arg(folder).arg("--checkpoints").arg(ckpt_root).arg("--device").arg(d.spec()).arg("--worker").arg(k.to_string());
+        c.env("CUDA_VISIBLE_DEVICES", match d {
+            WorkerDevice::Cpu => String::new(),
+            WorkerDevice::Gpu(i) => i.to_string(),
+        });
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().map_err(|e| Error::io(&exe, e))?;
+        for out in [child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+            let b = bar.clone();
+            relays.push(std::thread::spawn(move || {
+                for line in std::io::BufReader::new(out).lines().map_while(|l| l.ok()) {
+                    say(&b, line);
+                }
+            }));
+        }
+        children.push((k, *d, child));
+    }
+    let ids = || man.points.iter().map(|p| p.id.as_str());
+    let mut finished = study_folder.finished_counts(ids());
+    let at_start = finished.0 + finished.1;
+    let mut forwarded = false;
+    let mut statuses: Vec<Option<std::process::ExitStatus>> = vec![None; children.len()];
+    loop {
+        for (j, (_, _, child)) in children.iter_mut().enumerate() {
+            if statuses[j].is_none() {
+                statuses[j] = child.try_wait().map_err(|e| Error::io(&exe, e))?;
+            }
+        }
+        let now = study_folder.finished_counts(ids());
+        if now != finished {
+            finished = now;
+            bar.set_position((now.0 + now.1) as u64);
+            summary::write_csv(folder, man, &summary::collect(folder, &man.points)?)?;
+        }
+        if statuses.iter().all(|s| s.is_some()) {
+            break;
+        }
+        if !forwarded && opts.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            // A terminal's Ctrl-C reaches the workers too; a signal sent to this process alone
+            // does not. Either way each worker stops once (a second SIGINT is ignored there).
+            forwarded = true;
+            for (j, (_, _, child)) in children.iter().enumerate() {
+                if statuses[j].is_none() {
+                    let _ = std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    for r in relays {
+        let _ = r.join();
+    }
+    let bad: Vec<String> = children
+        .iter()
+        .zip(&statuses)
+        .filter(|(_, s)| !s.is_some_and(|s| s.success()))
+        .map(|((k, d, child), s)| format!("worker {k} ({}, pid {}) {}", d.spec(), child.id(), s.map(|s| format!("exited with {s}")).unwrap_or_default()))
+        .collect();
+    let (done, failed) = study_folder.finished_counts(ids());
+    if !bad.is_empty() && done + failed == man.points.len() {
+        // The others took over what the lost worker held: nothing is missing.
+        say(bar, format!("warning: {}; its runs were taken over and every run is finished", bad.join("; ")));
+    } else if !bad.is_empty() {
+        summary::write_csv(folder, man, &summary::collect(folder, &man.points)?)?;
+        let _ = summary::write_index(&opts.results);
+        return Err(Error::msg(format!(
+            "study {}: {} (what the workers finished is kept; rerun the same command to resume, the unfinished runs start again)",
+            man.study,
+            bad.join("; ")
+        )));
+    }
+    Ok(Worked { ran: (done + failed).saturating_sub(at_start), interrupted: done + failed < man.points.len() })
+}
+
 /// Load the study `name_or_path` (a file, or `<studies_dir>/<name>.toml`), validate every
 /// point, and run it into a new or resumed result folder (see the module doc).
 pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
@@ -260,61 +515,40 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_prefix(man.study.clone());
-    let mut out = StudyOutcome { folder: folder.clone(), resumed, done: 0, failed: 0, total, skipped: 0, interrupted: false };
+    let ids = || man.points.iter().map(|p| p.id.as_str());
+    let (done0, failed0) = study_folder.finished_counts(ids());
+    bar.set_position((done0 + failed0) as u64);
     summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
-    let points = man.points.clone();
-    for (i, p) in points.iter().enumerate() {
-        let run_dir = study_folder.run(&p.id);
-        let dir = run_dir.path().to_path_buf();
-        match run_dir.status() {
-            RunStatus::Done => {
-                out.done += 1;
-                out.skipped += 1;
-                bar.inc(1);
-                continue;
-            }
-            RunStatus::Failed => {
-                out.failed += 1;
-                out.skipped += 1;
-                bar.inc(1);
-                continue;
-            }
-            RunStatus::Pending => {}
+    let devices = match &opts.devices {
+        Some(d) => d.clone(),
+        None => match &study.file.devices {
+            Some(spec) => parse_devices(spec).map_err(|e| Error::config("devices", format!("{}: {e}", path.display())))?,
+            None => Vec::new(),
+        },
+    };
+    let worked = if devices.is_empty() {
+        let w = work(&folder, &man, &ckpt_root, None, opts.stop, &bar, "");
+        if w.is_err() {
+            summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
+            let _ = summary::write_index(&opts.results);
         }
-        if opts.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
-            out.interrupted = true;
-            break;
-        }
-        // A half-written run (killed mid-way) starts again from scratch.
-        let ckpt = ckpt_root.join(&p.id);
-        remove_dir(&dir)?;
-        remove_dir(&ckpt)?;
-        bar.set_message(p.id.clone());
-        bar.println(format!("[{}/{}] {}", i + 1, total, p.id));
-        let res = bar.suspend(|| run_point(p, &run_dir, ckpt.clone(), opts.stop));
-        match res {
-            Ok(None) => out.done += 1,
-            Ok(Some(f)) => {
-                bar.println(format!("  failed: {}", f.message));
-                out.failed += 1;
-            }
-            Err(Error::Interrupted) => {
-                // Leave nothing half-written behind.
-                remove_dir(&dir)?;
-                out.interrupted = true;
-                break;
-            }
-            Err(e) => {
-                summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
-                let _ = summary::write_index(&opts.results);
-                return Err(Error::msg(format!("study {}, run {}: {e} (rerun to resume; the run starts again)", man.study, p.id)));
-            }
-        }
-        bar.inc(1);
-        summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
-    }
+        w?
+    } else {
+        run_workers(&folder, &man, &ckpt_root, &devices, &opts, &bar)?
+    };
+    let (done, failed) = study_folder.finished_counts(ids());
+    let out = StudyOutcome {
+        folder: folder.clone(),
+        resumed,
+        done,
+        failed,
+        total,
+        skipped: done0 + failed0,
+        interrupted: worked.interrupted || (done + failed < total && opts.stop.is_some_and(|s| s.load(Ordering::SeqCst))),
+    };
     bar.finish_and_clear();
-    if !out.interrupted && out.done + out.failed == total {
+    summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
+    if out.done + out.failed == total {
         man.end = Some(chrono::Utc::now().to_rfc3339());
         manifest::write(&man, &folder)?;
         study_folder.mark_latest()?;

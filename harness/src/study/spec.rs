@@ -4,10 +4,11 @@
 //! ```toml
 //! question = "Does annealing the attention mask help?"   # documentation
 //! gpu_minutes = "to be measured"                          # documentation: a number or a note
-//! base_config = "configs/quick-ddm.toml"                  # optional; relative to the working dir
+//! base_config = "../configs/quick-ddm.toml"   # optional; relative to the study file's folder
 //! seeds = [0, 1, 2]              # each point runs once per seed (overrides `seed`); default [base seed]
 //! primary_metric = "macro_f1"    # or "accuracy"; default macro_f1 for PubMedQA, accuracy otherwise
 //! zero_shot = true               # also evaluate the untrained base model (AR), once per dataset/model
+//! devices = "0,1"                # worker processes: GPU indices, `cpu`, or `all` (see `--devices`)
 //!
 //! [base]                         # a run config (`harness train` schema), over base_config
 //! name = "anneal"
@@ -24,6 +25,9 @@
 //! [[variants]]                   # explicit named override sets
 //! label = "pubmedqa"
 //! set = { "data.dataset" = "pubmedqa", "data.path" = "../shared/data/pubmedqa" }
+//!
+//! [variants.by_objective.diffusion]  # this variant's diffusion points only (after the study's
+//! "objective.score_padding" = false  # by_objective below)
 //!
 //! [by_objective.diffusion]       # laid over the points whose objective is diffusion, after the
 //! "objective.anneal_steps" = 50  # axes: settings only that objective takes (an autoregressive
@@ -54,7 +58,7 @@ pub struct StudyFile {
     #[serde(default)]
     pub gpu_minutes: Option<toml::Value>,
     /// A run config file (TOML, `harness train` schema) the `[base]` table is laid over; a relative
-    /// path is taken from the working directory.
+    /// path is taken from the study file's folder.
     #[serde(default)]
     pub base_config: Option<PathBuf>,
     /// The base run config (inline, or overrides of `base_config`).
@@ -84,6 +88,11 @@ pub struct StudyFile {
     /// (ddm and AR points still pair).
     #[serde(default)]
     pub by_objective: toml::Table,
+    /// Worker processes to run the points in (`harness study --devices` overrides it): `all`
+    /// (one per visible GPU) or comma-separated GPU indices and `cpu`, repeats allowed
+    /// (`"0,0"`: two workers on GPU 0). Default: the study's own process. Not part of a point.
+    #[serde(default)]
+    pub devices: Option<String>,
 }
 
 /// One `[[variants]]` entry.
@@ -95,6 +104,11 @@ pub struct VariantSpec {
     /// Overrides: dotted run-config key → value.
     #[serde(default)]
     pub set: toml::Table,
+    /// Per objective kind, like the study's `by_objective`, for this variant's points only; laid
+    /// over them after the study's (a setting one objective takes only in this variant, e.g. the
+    /// diffusion runs of a letter variant scoring no padding).
+    #[serde(default)]
+    pub by_objective: toml::Table,
 }
 
 pub use ddm_schema::PrimaryMetric;
@@ -236,6 +250,24 @@ pub fn sanitize(s: &str) -> String {
 /// Dotted key → value pairs, in order.
 type Overrides = Vec<(String, toml::Value)>;
 
+/// Settings per objective kind (`diffusion`, `autoregressive`): kind → its overrides.
+type ByObjective = std::collections::BTreeMap<String, Overrides>;
+
+/// A `by_objective` table (at `key` of the study file): its kinds checked, its keys flattened.
+fn by_objective_table(path: &Path, key: &str, table: &toml::Table) -> Result<ByObjective> {
+    let mut out = ByObjective::new();
+    for (kind, v) in table {
+        let key = format!("{key}.{kind}");
+        toml::Value::try_into::<ObjectiveKind>(toml::Value::String(kind.clone()))
+            .map_err(|_| err(path, &key, "must be by_objective.diffusion or by_objective.autoregressive"))?;
+        let t = v.as_table().ok_or_else(|| err(path, &key, "must be a table of dotted run-config keys"))?;
+        let mut set = Vec::new();
+        flatten("", t, &mut set);
+        out.insert(kind.clone(), set);
+    }
+    Ok(out)
+}
+
 /// An error's text without the `config:` prefix, for nesting in another error.
 fn describe(e: &Error) -> String {
     match e {
@@ -279,6 +311,8 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
     // Base table: base_config, then [base], then --set.
     let mut base = match &file.base_config {
         Some(p) => {
+            // Relative to the study file's folder, wherever the study is run from.
+            let p = &path.parent().map(|d| d.join(p)).unwrap_or_else(|| p.clone());
             let t = std::fs::read_to_string(p).map_err(|e| err(path, "base_config", format!("{}: {e}", p.display())))?;
             t.parse::<toml::Table>().map_err(|e| err(path, "base_config", format!("{}: {e}", p.display())))?
         }
@@ -327,13 +361,13 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
             axis_keys.push(k.clone());
         }
     }
-    let mut variants: Vec<(Option<String>, Overrides)> = Vec::new();
+    let mut variants: Vec<(Option<String>, Overrides, ByObjective)> = Vec::new();
     for (i, v) in file.variants.iter().enumerate() {
         let key = format!("variants[{i}]");
         if sanitize(&v.label).is_empty() {
             return Err(err(path, &format!("{key}.label"), "must not be empty"));
         }
-        if variants.iter().any(|(l, _)| l.as_deref() == Some(v.label.as_str())) {
+        if variants.iter().any(|(l, _, _)| l.as_deref() == Some(v.label.as_str())) {
             return Err(err(path, &format!("{key}.label"), format!("`{}` is used twice", v.label)));
         }
         let mut set = Vec::new();
@@ -344,21 +378,13 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
             deserialize(&t, "the run config")
                 .map_err(|e| err(path, &format!("{key}.set.\"{k}\""), format!("not a valid run-config key or value: {}", describe(&e))))?;
         }
-        variants.push((Some(v.label.clone()), set));
+        let by = by_objective_table(path, &format!("{key}.by_objective"), &v.by_objective)?;
+        variants.push((Some(v.label.clone()), set, by));
     }
     if variants.is_empty() {
-        variants.push((None, Vec::new()));
+        variants.push((None, Vec::new(), Default::default()));
     }
-    let mut by_objective: std::collections::BTreeMap<String, Overrides> = Default::default();
-    for (kind, v) in &file.by_objective {
-        let key = format!("by_objective.{kind}");
-        let kind_value = toml::Value::String(kind.clone());
-        toml::Value::try_into::<ObjectiveKind>(kind_value).map_err(|_| err(path, &key, "must be by_objective.diffusion or by_objective.autoregressive"))?;
-        let table = v.as_table().ok_or_else(|| err(path, &key, "must be a table of dotted run-config keys"))?;
-        let mut set = Vec::new();
-        flatten("", table, &mut set);
-        by_objective.insert(kind.clone(), set);
-    }
+    let by_objective = by_objective_table(path, "by_objective", &file.by_objective)?;
     let seeds = file.seeds.clone().unwrap_or_else(|| vec![base_raw.seed]);
     if seeds.is_empty() {
         return Err(err(path, "seeds", "needs at least one seed"));
@@ -402,7 +428,7 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
 
     let mut points: Vec<Point> = Vec::new();
     for &seed in &seeds {
-        for (label, vset) in &variants {
+        for (label, vset, vby) in &variants {
             for zrow in &zip_rows {
                 for grow in &grid_rows {
                     let mut t = base.clone();
@@ -424,7 +450,8 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
                             id_parts.push(format!("{}={}", short(k), value_label(v)));
                         }
                     }
-                    for (k, v) in by_objective.get(&objective_of(&t)).into_iter().flatten() {
+                    let kind = objective_of(&t);
+                    for (k, v) in by_objective.get(&kind).into_iter().flatten().chain(vby.get(&kind).into_iter().flatten()) {
                         set_key(&mut t, k, v.clone())?;
                     }
                     t.insert("seed".into(), toml::Value::Integer(seed as i64));
