@@ -35,9 +35,10 @@ train: build model
 
 ## study: run studies/$(NAME).toml into results/$(NAME)/ (resumes an unfinished folder at the
 ## same commit). `make study NAME=smoke` is the quick end-to-end check.
+## DEVICES=0,0,0 (or all, 0,1, cpu,cpu) runs the points in one worker process per entry.
 NAME ?= smoke
 study: build model
-	$(BIN) study $(NAME)
+	$(BIN) study $(NAME) $(if $(DEVICES),--devices $(DEVICES))
 
 ## report: print and write report.md for the latest complete folder of every study.
 report: build
