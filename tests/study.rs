@@ -581,3 +581,62 @@ fn a_bad_device_list_is_one_clear_error() {
     assert!(stderr.contains("`gpu` is not `all`, `cpu` or a GPU index"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn shards_share_a_folder_and_merge_ends_it_with_the_numbers_of_one_process() {
+    let env = Env::new("shards", "seeds = [0, 1]", DDM_VS_AR);
+    // Both shards at once, as a job array starts them.
+    let piped = |c: &mut std::process::Command| c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let a = piped(&mut study_cmd(&env, &["--shard", "1/2"]));
+    let b = piped(&mut study_cmd(&env, &["--shard", "2/2"]));
+    let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let (la, lb) = (text(&oa), text(&ob));
+    assert!(oa.status.success() && ob.status.success(), "{la}\n{lb}");
+    // Points in manifest order ddm-seed0, ar-seed0, ddm-seed1, ar-seed1: shard 1 takes 0 and 2.
+    for id in ["ddm-seed0", "ddm-seed1"] {
+        assert!(la.contains(&format!("] {id} (shard 1/2)")) && !lb.contains(&format!("] {id} ")), "{id}: {la}\n{lb}");
+    }
+    for id in ["ar-seed0", "ar-seed1"] {
+        assert!(lb.contains(&format!("] {id} (shard 2/2)")) && !la.contains(&format!("] {id} ")), "{id}: {la}\n{lb}");
+    }
+    assert!(la.contains("--merge") && la.contains("2 done, 0 failed of its 2 runs"), "{la}");
+    // One folder, every run done, not ended until the merge.
+    let study_dir = env.results().join("shards");
+    let folder = only_folder(&study_dir).unwrap();
+    assert_eq!(done_times(&folder).len(), 4);
+    assert!(manifest::read(&folder).unwrap().end.is_none() && !study_dir.join("latest").exists());
+    let m = study_cmd(&env, &["--merge"]).output().unwrap();
+    let lm = text(&m);
+    assert!(m.status.success(), "{lm}");
+    assert!(lm.contains(&format!("merged {}: 4 done, 0 failed of 4 runs", folder.display())), "{lm}");
+    assert!(manifest::read(&folder).unwrap().end.is_some());
+    assert_eq!(std::fs::read_to_string(study_dir.join("latest")).unwrap().trim(), folder.file_name().unwrap().to_string_lossy());
+    // Merging again leaves the ended folder as it is.
+    let before = snapshot(&folder);
+    assert!(study_cmd(&env, &["--merge"]).output().unwrap().status.success());
+    assert_eq!(snapshot(&folder).into_iter().filter(|(p, _, _)| !p.ends_with("report.md") && !p.ends_with("analysis.json")).collect::<Vec<_>>(), before.into_iter().filter(|(p, _, _)| !p.ends_with("report.md") && !p.ends_with("analysis.json")).collect::<Vec<_>>());
+    // The same numbers as one process.
+    let one = Env::new("shards", "seeds = [0, 1]", DDM_VS_AR);
+    let o = one.run();
+    for col in ["run_id", "status", "final_loss", "dev_loss", "likelihood_accuracy"] {
+        assert_eq!(csv_col(&folder.join("summary.csv"), col), csv_col(&o.folder.join("summary.csv"), col), "{col}");
+    }
+}
+
+#[test]
+fn merge_of_an_unfinished_folder_names_the_missing_runs_and_a_bad_shard_is_refused() {
+    let env = Env::new("halfmerge", "seeds = [0, 1]", DDM_VS_AR);
+    assert!(study_cmd(&env, &["--shard", "2/2"]).output().unwrap().status.success());
+    let m = study_cmd(&env, &["--merge"]).output().unwrap();
+    assert!(!m.status.success());
+    let e = String::from_utf8_lossy(&m.stderr);
+    assert!(e.contains("2 of 4 runs are not finished") && e.contains("ddm-seed0") && e.contains("ddm-seed1"), "{e}");
+    let folder = only_folder(&env.results().join("halfmerge")).unwrap();
+    assert!(manifest::read(&folder).unwrap().end.is_none());
+    for bad in ["3/2", "0/2", "2", "a/b"] {
+        let o = study_cmd(&env, &["--shard", bad]).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(&format!("`{bad}` is not I/N")) && !e.contains("panicked"), "{bad}: {e}");
+    }
+}

@@ -142,6 +142,15 @@ enum Cmd {
         /// `devices`, else this process.
         #[arg(long, value_name = "LIST")]
         devices: Option<String>,
+        /// Run only shard I of N of the points (point k is shard k mod N + 1), sharing the
+        /// study folder with the other shards (processes or hosts, e.g. a Slurm job array:
+        /// scripts/slurm/study.sbatch); `--merge` ends the folder once all are done.
+        #[arg(long, value_name = "I/N", conflicts_with = "merge")]
+        shard: Option<String>,
+        /// Write the summary and end the study folder once every point is finished (after
+        /// `--shard` runs); an error naming the unfinished runs otherwise.
+        #[arg(long)]
+        merge: bool,
     },
     /// One worker of `harness study --devices` (started by it): runs the unfinished points of
     /// a study folder under their run locks.
@@ -158,6 +167,9 @@ enum Cmd {
         /// Worker number, for messages.
         #[arg(long, default_value_t = 0)]
         worker: usize,
+        /// Only this shard's points (`I/N`).
+        #[arg(long)]
+        shard: Option<String>,
     },
     /// Print a study's tables and write them to `report.md` (PATH: a result folder, or
     /// `results/<study>` for its latest complete folder); for a run or evaluation folder (one
@@ -341,7 +353,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("written to {}", dir.display());
             Ok(())
         }
-        Cmd::Study { name, sets, results: _, dry_run: true, wait: _, devices: _ } => {
+        Cmd::Study { name, sets, results: _, dry_run: true, .. } => {
             let s = harness::study::load(&harness::study::spec::resolve_path(&name, std::path::Path::new("studies")), &sets)?;
             println!("study {} ({}): {} runs", s.name, s.path.display(), s.points.len());
             for p in &s.points {
@@ -349,21 +361,38 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::StudyWorker { folder, checkpoints, device, worker } => {
+        Cmd::StudyWorker { folder, checkpoints, device, worker, shard } => {
             let stop = stop_flag(false);
             let d = match harness::study::parse_devices(&device)?.as_slice() {
                 [d] => *d,
                 _ => anyhow::bail!("study-worker --device takes one device, not `{device}`"),
             };
-            let w = harness::study::work_folder(&folder, &checkpoints, d, worker, Some(&stop))?;
+            let shard = shard.as_deref().map(harness::study::Shard::parse).transpose()?;
+            let w = harness::study::work_folder(&folder, &checkpoints, d, shard, worker, Some(&stop))?;
             eprintln!("worker {worker}: {} runs{}", w.ran, if w.interrupted { ", stopped by Ctrl-C" } else { "" });
             Ok(())
         }
-        Cmd::Study { name, sets, results, dry_run: false, wait, devices } => {
+        Cmd::Study { name, sets, results, dry_run: false, merge: true, .. } => {
+            let o = harness::study::merge_study(&name, harness::study::StudyOpts { results, sets, ..Default::default() })?;
+            println!("merged {}: {} done, {} failed of {} runs", o.folder.display(), o.done, o.failed, o.total);
+            let (_, r) = harness::study::report::report(&o.folder)?;
+            print!("{}", r.terminal());
+            Ok(())
+        }
+        Cmd::Study { name, sets, results, dry_run: false, wait, devices, shard, merge: false } => {
             let stop = stop_flag(true);
             let devices = devices.as_deref().map(harness::study::parse_devices).transpose()?;
-            let opts = harness::study::StudyOpts { results, sets, stop: Some(&stop), progress: true, wait, devices, ..Default::default() };
+            let shard = shard.as_deref().map(harness::study::Shard::parse).transpose()?;
+            let opts = harness::study::StudyOpts { results, sets, stop: Some(&stop), progress: true, wait, devices, shard, ..Default::default() };
             let o = harness::study::run_study(&name, opts)?;
+            if let Some(sh) = shard {
+                println!("shard {} of {}: {} done, {} failed of its {} runs ({} finished earlier)", sh.spec(), o.folder.display(), o.done, o.failed, o.total, o.skipped);
+                if o.interrupted {
+                    anyhow::bail!("interrupted: rerun the same command to resume shard {} of {}", sh.spec(), o.folder.display());
+                }
+                println!("when every shard is done: harness study {name} --merge");
+                return Ok(());
+            }
             println!(
                 "{} {}: {} done, {} failed of {} runs ({} finished earlier)",
                 if o.resumed { "resumed" } else { "study folder" },

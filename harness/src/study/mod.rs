@@ -39,5 +39,5 @@ pub mod runner;
 pub mod spec;
 pub mod summary;
 
-pub use runner::{parse_devices, run_study, work_folder, StudyOpts, StudyOutcome, WorkerDevice, Worked};
+pub use runner::{merge_study, parse_devices, run_study, work_folder, Shard, StudyOpts, StudyOutcome, WorkerDevice, Worked};
 pub use spec::{load, PrimaryMetric, Study};

@@ -57,6 +57,9 @@ pub struct StudyOpts<'a> {
     pub devices: Option<Vec<WorkerDevice>>,
     /// The `harness` executable the workers run (default: this process's executable).
     pub worker_exe: Option<PathBuf>,
+    /// Run only this shard's points (`--shard I/N`), sharing the folder with the other shards;
+    /// the folder is ended by [`merge_study`].
+    pub shard: Option<Shard>,
 }
 
 impl Default for StudyOpts<'_> {
@@ -73,6 +76,7 @@ impl Default for StudyOpts<'_> {
             git_dir: None,
             devices: None,
             worker_exe: None,
+            shard: None,
         }
     }
 }
@@ -247,6 +251,56 @@ pub fn parse_devices(spec: &str) -> Result<Vec<WorkerDevice>> {
         .collect()
 }
 
+/// One of N deterministic parts of a study's points (`--shard I/N`, I from 1): point k (0-based, in
+/// manifest order) belongs to shard `k mod N + 1`. Shards share the study folder through the run
+/// locks; `--merge` ends the folder once every point is finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, 1..=count.
+    pub index: usize,
+    /// How many shards.
+    pub count: usize,
+}
+
+impl Shard {
+    /// Parse `I/N` (1 ≤ I ≤ N).
+    pub fn parse(spec: &str) -> Result<Shard> {
+        let bad = || Error::config("shard", format!("`{spec}` is not I/N with 1 <= I <= N (e.g. `2/4`)"));
+        let (i, n) = spec.trim().split_once('/').ok_or_else(bad)?;
+        let (index, count) = (i.trim().parse::<usize>().map_err(|_| bad())?, n.trim().parse::<usize>().map_err(|_| bad())?);
+        if index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Whether point `k` (0-based) is this shard's.
+    pub fn contains(&self, k: usize) -> bool {
+        k % self.count + 1 == self.index
+    }
+
+    /// `I/N`.
+    pub fn spec(&self) -> String {
+        format!("{}/{}", self.index, self.count)
+    }
+}
+
+/// The `CUDA_VISIBLE_DEVICES` of a worker on `d`: empty for the CPU; for GPU i, entry i of this
+/// process's own `CUDA_VISIBLE_DEVICES` when it has one (a Slurm task's GPUs, say `3,5`: index 0
+/// is GPU 3), else `i`.
+fn visible_device(d: WorkerDevice, parent: Option<&str>) -> Result<String> {
+    let WorkerDevice::Gpu(i) = d else { return Ok(String::new()) };
+    match parent.map(str::trim).filter(|p| !p.is_empty()) {
+        None => Ok(i.to_string()),
+        Some(list) => {
+            let ids: Vec<&str> = list.split(',').map(str::trim).collect();
+            ids.get(i).map(|s| s.to_string()).ok_or_else(|| {
+                Error::config("devices", format!("GPU index {i}, but this process sees {} GPU(s) (CUDA_VISIBLE_DEVICES={list}); indices count within it", ids.len()))
+            })
+        }
+    }
+}
+
 /// Remove everything in run folder `dir` but its `LOCK` (a half-written run starts again from
 /// scratch under the lock its worker holds).
 fn clear_run(dir: &Path) -> Result<()> {
@@ -284,13 +338,27 @@ pub struct Worked {
 /// Run the unfinished points of study folder `folder` (manifest `man`) one after another, each
 /// under its run folder's `LOCK` (taken before the run is looked at again; a point another
 /// worker holds is passed over, a stale holder's is taken over and its half-written run redone).
-/// `device` overrides every run's `model.device`; `tag` is printed after each run id. Without
-/// `device` (the study's own process), `summary.csv` is rewritten after every run.
-fn work(folder: &Path, man: &Manifest, ckpt_root: &Path, device: Option<WorkerDevice>, stop: Option<&AtomicBool>, bar: &indicatif::ProgressBar, tag: &str) -> Result<Worked> {
+/// `device` overrides every run's `model.device`; `shard` keeps its points only; `tag` is printed
+/// after each run id. Without `device` and `shard` (the study's own process, running every
+/// point), `summary.csv` is rewritten after every run.
+#[allow(clippy::too_many_arguments)]
+fn work(
+    folder: &Path,
+    man: &Manifest,
+    ckpt_root: &Path,
+    device: Option<WorkerDevice>,
+    shard: Option<Shard>,
+    stop: Option<&AtomicBool>,
+    bar: &indicatif::ProgressBar,
+    tag: &str,
+) -> Result<Worked> {
     let study_folder = StudyDir::new(folder);
     let total = man.points.len();
     let mut w = Worked::default();
     for (i, p) in man.points.iter().enumerate() {
+        if shard.is_some_and(|s| !s.contains(i)) {
+            continue;
+        }
         let run_dir = study_folder.run(&p.id);
         let dir = run_dir.path().to_path_buf();
         if run_dir.status() != RunStatus::Pending {
@@ -341,6 +409,8 @@ fn work(folder: &Path, man: &Manifest, ckpt_root: &Path, device: Option<WorkerDe
         w.ran += 1;
         if device.is_none() {
             bar.inc(1);
+        }
+        if device.is_none() && shard.is_none() {
             summary::write_csv(folder, man, &summary::collect(folder, &man.points)?)?;
         }
     }
@@ -351,10 +421,10 @@ fn work(folder: &Path, man: &Manifest, ckpt_root: &Path, device: Option<WorkerDe
 /// `folder` on `device`, sharing the folder with the study's other workers through the run
 /// locks (see [`work`]). Checkpoints go under `ckpt_root/<run id>`. The folder's manifest,
 /// summary and `latest` are the study process's to write.
-pub fn work_folder(folder: &Path, ckpt_root: &Path, device: WorkerDevice, worker: usize, stop: Option<&AtomicBool>) -> Result<Worked> {
+pub fn work_folder(folder: &Path, ckpt_root: &Path, device: WorkerDevice, shard: Option<Shard>, worker: usize, stop: Option<&AtomicBool>) -> Result<Worked> {
     let man = manifest::read(folder)?;
     let tag = format!(" (worker {worker}, {})", if device == WorkerDevice::Cpu { "cpu".to_string() } else { format!("gpu {}", device.spec()) });
-    work(folder, &man, ckpt_root, Some(device), stop, &indicatif::ProgressBar::hidden(), &tag)
+    work(folder, &man, ckpt_root, Some(device), shard, stop, &indicatif::ProgressBar::hidden(), &tag)
 }
 
 /// Run the folder's points in one `harness study-worker` process per entry of `devices`, relay
@@ -370,15 +440,16 @@ fn run_workers(folder: &Path, man: &Manifest, ckpt_root: &Path, devices: &[Worke
         None => std::env::current_exe().map_err(|e| Error::io("the harness executable", e))?,
     };
     let study_folder = StudyDir::new(folder);
+    let parent_visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     let mut children = Vec::with_capacity(devices.len());
     let mut relays = Vec::new();
     for (k, d) in devices.iter().enumerate() {
         let mut c = std::process::Command::new(&exe);
         c.arg("study-worker").arg(folder).arg("--checkpoints").arg(ckpt_root).arg("--device").arg(d.spec()).arg("--worker").arg(k.to_string());
-        c.env("CUDA_VISIBLE_DEVICES", match d {
-            WorkerDevice::Cpu => String::new(),
-            WorkerDevice::Gpu(i) => i.to_string(),
-        });
+        if let Some(sh) = opts.shard {
+            c.arg("--shard").arg(sh.spec());
+        }
+        c.env("CUDA_VISIBLE_DEVICES", visible_device(*d, parent_visible.as_deref())?);
         c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         let mut child = c.spawn().map_err(|e| Error::io(&exe, e))?;
         for out in [child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
@@ -391,7 +462,8 @@ fn run_workers(folder: &Path, man: &Manifest, ckpt_root: &Path, devices: &[Worke
         }
         children.push((k, *d, child));
     }
-    let ids = || man.points.iter().map(|p| p.id.as_str());
+    let mine: Vec<&str> = man.points.iter().enumerate().filter(|(k, _)| opts.shard.is_none_or(|s| s.contains(*k))).map(|(_, p)| p.id.as_str()).collect();
+    let ids = || mine.iter().copied();
     let mut finished = study_folder.finished_counts(ids());
     let at_start = finished.0 + finished.1;
     let mut forwarded = false;
@@ -406,7 +478,9 @@ fn run_workers(folder: &Path, man: &Manifest, ckpt_root: &Path, devices: &[Worke
         if now != finished {
             finished = now;
             bar.set_position((now.0 + now.1) as u64);
-            summary::write_csv(folder, man, &summary::collect(folder, &man.points)?)?;
+            if opts.shard.is_none() {
+                summary::write_csv(folder, man, &summary::collect(folder, &man.points)?)?;
+            }
         }
         if statuses.iter().all(|s| s.is_some()) {
             break;
@@ -433,11 +507,13 @@ fn run_workers(folder: &Path, man: &Manifest, ckpt_root: &Path, devices: &[Worke
         .map(|((k, d, child), s)| format!("worker {k} ({}, pid {}) {}", d.spec(), child.id(), s.map(|s| format!("exited with {s}")).unwrap_or_default()))
         .collect();
     let (done, failed) = study_folder.finished_counts(ids());
-    if !bad.is_empty() && done + failed == man.points.len() {
+    if !bad.is_empty() && done + failed == mine.len() {
         // The others took over what the lost worker held: nothing is missing.
         say(bar, format!("warning: {}; its runs were taken over and every run is finished", bad.join("; ")));
     } else if !bad.is_empty() {
-        summary::write_csv(folder, man, &summary::collect(folder, &man.points)?)?;
+        if opts.shard.is_none() {
+            summary::write_csv(folder, man, &summary::collect(folder, &man.points)?)?;
+        }
         let _ = summary::write_index(&opts.results);
         return Err(Error::msg(format!(
             "study {}: {} (what the workers finished is kept; rerun the same command to resume, the unfinished runs start again)",
@@ -445,7 +521,7 @@ fn run_workers(folder: &Path, man: &Manifest, ckpt_root: &Path, devices: &[Worke
             bad.join("; ")
         )));
     }
-    Ok(Worked { ran: (done + failed).saturating_sub(at_start), interrupted: done + failed < man.points.len() })
+    Ok(Worked { ran: (done + failed).saturating_sub(at_start), interrupted: done + failed < mine.len() })
 }
 
 /// Load the study `name_or_path` (a file, or `<studies_dir>/<name>.toml`), validate every
@@ -460,19 +536,21 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
     std::fs::create_dir_all(&study_dir).map_err(|e| Error::io(&study_dir, e))?;
     // Nothing in the study's folders is looked at before this lock is held.
     let what = format!("study {}", study.name);
-    let mut study_lock = Some(take(&StudyDir::study_lock_file(&study_dir), &what, opts.wait, opts.stop)?);
+    // A shard waits for the folder another shard is choosing or creating, then shares it.
+    let wait = opts.wait || opts.shard.is_some();
+    let mut study_lock = Some(take(&StudyDir::study_lock_file(&study_dir), &what, wait, opts.stop)?);
     let resume = |folder: PathBuf, mut m: Manifest, folder_lock: Lock| -> Result<(PathBuf, Manifest, bool, Lock)> {
         m.resumed.push(manifest::Resumption { time: chrono::Utc::now().to_rfc3339(), command: opts.command.clone() });
         manifest::write(&m, &folder)?;
         Ok((folder, m, true, folder_lock))
     };
-    let (folder, mut man, resumed, _folder_lock) = match resumable(&study_dir, &fingerprint, &git) {
+    let (folder, mut man, resumed, folder_lock) = match resumable(&study_dir, &fingerprint, &git) {
         Some((folder, m)) => {
             let lock_path = StudyDir::new(&folder).lock_file();
             let what = format!("study folder {}", folder.display());
             match try_take(&lock_path, &what)? {
                 Ok(folder_lock) => resume(folder, m, folder_lock)?,
-                Err(holder) if !opts.wait => return Err(busy(&lock_path, &what, &holder)),
+                Err(holder) if !wait => return Err(busy(&lock_path, &what, &holder)),
                 Err(_) => {
                     // Let other invocations (of other folders of this study) go on while we wait.
                     study_lock = None;
@@ -504,21 +582,33 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
     };
     // The folder is ours: other folders of this study may be chosen and run meanwhile.
     drop(study_lock);
+    // A shard holds the folder only while joining it: the other shards join too, and the run
+    // locks keep them apart; `--merge` ends the folder.
+    let _folder_lock = if opts.shard.is_some() {
+        drop(folder_lock);
+        None
+    } else {
+        Some(folder_lock)
+    };
+    let shard = opts.shard;
+    let mine: Vec<&str> = man.points.iter().enumerate().filter(|(k, _)| shard.is_none_or(|s| s.contains(*k))).map(|(_, p)| p.id.as_str()).collect();
     let study_folder = StudyDir::new(&folder);
     let runs_dir = study_folder.runs();
     std::fs::create_dir_all(&runs_dir).map_err(|e| Error::io(&runs_dir, e))?;
     let ckpt_root = opts.cache.join(&man.study).join(&man.folder);
-    let total = man.points.len();
+    let total = mine.len();
     let bar = if opts.progress { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("study {prefix} {bar:30.green/white} {pos}/{len} runs {msg} [{elapsed_precise}]")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_prefix(man.study.clone());
-    let ids = || man.points.iter().map(|p| p.id.as_str());
+    let ids = || mine.iter().copied();
     let (done0, failed0) = study_folder.finished_counts(ids());
     bar.set_position((done0 + failed0) as u64);
-    summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
+    if shard.is_none() {
+        summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
+    }
     let devices = match &opts.devices {
         Some(d) => d.clone(),
         None => match &study.file.devices {
@@ -527,8 +617,9 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
         },
     };
     let worked = if devices.is_empty() {
-        let w = work(&folder, &man, &ckpt_root, None, opts.stop, &bar, "");
-        if w.is_err() {
+        let tag = shard.map(|s| format!(" (shard {})", s.spec())).unwrap_or_default();
+        let w = work(&folder, &man, &ckpt_root, None, shard, opts.stop, &bar, &tag);
+        if w.is_err() && shard.is_none() {
             summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
             let _ = summary::write_index(&opts.results);
         }
@@ -547,6 +638,9 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
         interrupted: worked.interrupted || (done + failed < total && opts.stop.is_some_and(|s| s.load(Ordering::SeqCst))),
     };
     bar.finish_and_clear();
+    if shard.is_some() {
+        return Ok(out);
+    }
     summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
     if out.done + out.failed == total {
         man.end = Some(chrono::Utc::now().to_rfc3339());
@@ -555,4 +649,75 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
     }
     summary::write_index(&opts.results)?;
     Ok(out)
+}
+
+/// `harness study NAME --merge`: end the newest folder of the study at this commit once every
+/// point is finished (done or failed) — by shards, workers or hosts sharing it — writing
+/// `summary.csv`, the manifest's end, `latest` and `results/index.csv`. A folder that is already
+/// ended is reported as it is; one with unfinished points is an error naming how many and which.
+pub fn merge_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
+    let path = spec::resolve_path(name_or_path, &opts.studies_dir);
+    let study: Study = spec::load(&path, &opts.sets)?;
+    let fingerprint = study.fingerprint()?;
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+    let git = manifest::git_info(opts.git_dir.as_deref().unwrap_or(&cwd), &opts.results);
+    let study_dir = opts.results.join(&study.name);
+    let what = format!("study {}", study.name);
+    let _study_lock = take(&StudyDir::study_lock_file(&study_dir), &what, true, opts.stop)?;
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(&study_dir).map_err(|e| Error::io(&study_dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    folders.sort();
+    let (folder, _) = folders
+        .into_iter()
+        .rev()
+        .find_map(|f| {
+            let m = manifest::read(&f).ok()?;
+            (m.fingerprint == fingerprint && m.git.commit == git.commit && m.git.dirty == git.dirty).then_some((f, m))
+        })
+        .ok_or_else(|| Error::msg(format!("study {}: no folder of this study at commit {} to merge in {}", study.name, git.suffix(), study_dir.display())))?;
+    let lock_path = StudyDir::new(&folder).lock_file();
+    let _folder_lock = take(&lock_path, &format!("study folder {}", folder.display()), true, opts.stop)?;
+    let mut man = manifest::read(&folder)?;
+    let study_folder = StudyDir::new(&folder);
+    let total = man.points.len();
+    let (done, failed) = study_folder.finished_counts(man.points.iter().map(|p| p.id.as_str()));
+    let out = StudyOutcome { folder: folder.clone(), resumed: true, done, failed, total, skipped: done + failed, interrupted: false };
+    if man.end.is_some() {
+        return Ok(out);
+    }
+    if done + failed < total {
+        let left: Vec<&str> = man.points.iter().filter(|p| study_folder.run(&p.id).status() == RunStatus::Pending).map(|p| p.id.as_str()).collect();
+        let shown = left.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        return Err(Error::msg(format!(
+            "study {}: {} of {total} runs are not finished in {} ({shown}{}): run the missing shards (or the study) first",
+            study.name,
+            left.len(),
+            folder.display(),
+            if left.len() > 5 { ", ..." } else { "" }
+        )));
+    }
+    summary::write_csv(&folder, &man, &summary::collect(&folder, &man.points)?)?;
+    man.end = Some(chrono::Utc::now().to_rfc3339());
+    manifest::write(&man, &folder)?;
+    study_folder.mark_latest()?;
+    summary::write_index(&opts.results)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_gpus_index_within_the_visible_ones() {
+        assert_eq!(visible_device(WorkerDevice::Gpu(1), None).unwrap(), "1");
+        assert_eq!(visible_device(WorkerDevice::Gpu(1), Some("3,5")).unwrap(), "5");
+        assert_eq!(visible_device(WorkerDevice::Gpu(0), Some("")).unwrap(), "0");
+        assert_eq!(visible_device(WorkerDevice::Cpu, Some("3,5")).unwrap(), "");
+        let e = visible_device(WorkerDevice::Gpu(2), Some("3,5")).unwrap_err().to_string();
+        assert!(e.contains("sees 2 GPU(s)"), "{e}");
+        assert_eq!(parse_devices("0, 0,cpu").unwrap(), vec![WorkerDevice::Gpu(0), WorkerDevice::Gpu(0), WorkerDevice::Cpu]);
+        assert_eq!(Shard::parse("2/4").unwrap(), Shard { index: 2, count: 4 });
+        let s = Shard { index: 2, count: 3 };
+        assert_eq!((0..7).filter(|&k| s.contains(k)).collect::<Vec<_>>(), vec![1, 4]);
+    }
 }
