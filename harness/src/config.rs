@@ -394,6 +394,10 @@ pub struct Resolved {
     /// response, eos included); absent for `fixed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canvas_tokens: Option<usize>,
+    /// `CUDA_VISIBLE_DEVICES` of a CUDA run, when set: which GPU of the host `cuda:N` counts
+    /// within (a study worker's GPU, `harness study --devices`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible_devices: Option<String>,
     /// How training steps were launched (`train.launch` resolved: `eager` or `cuda_graph`);
     /// `eager` in configs written before graphs existed.
     #[serde(default = "eager_launch")]
@@ -701,6 +705,7 @@ impl RawConfig {
             None => resolve_launch(self.train.launch, &device, &self.adapter)?,
         };
         let eval_attention = Some(self.eval.attention.unwrap_or_default());
+        let visible_devices = visible_devices(&device);
         Ok(RunConfig {
             raw: self,
             resolved: Resolved {
@@ -715,6 +720,7 @@ impl RawConfig {
                 launch,
                 eval_attention,
                 eval_future_visibility: None,
+                visible_devices,
             },
         })
     }
@@ -729,6 +735,14 @@ impl RunConfig {
             None => self.raw.eval.max_new_tokens,
         }
     }
+}
+
+/// `CUDA_VISIBLE_DEVICES` when the resolved `device` is CUDA and the variable is set and not empty.
+fn visible_devices(device: &str) -> Option<String> {
+    if !device.starts_with("cuda") {
+        return None;
+    }
+    std::env::var("CUDA_VISIBLE_DEVICES").ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 /// `train.launch` on the resolved `device`: `auto` is a CUDA graph on CUDA unless LoRA dropout

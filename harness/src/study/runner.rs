@@ -17,6 +17,12 @@
 //! [`StudyOpts::wait`] waits for it and then resumes (a folder the first one finished is
 //! reported as it is, nothing redone). A stale lock (dead pid on this host, or no heartbeat for
 //! [`ddm_schema::lock::STALE_AFTER`]) is taken over with a message.
+//!
+//! Each point runs under its run folder's own `LOCK` (`runs/<id>/LOCK`), so processes that share
+//! a folder never run the same point: the workers of `--devices` (child processes `harness
+//! study-worker`, one per entry, started and waited for by the study process, which keeps the
+//! folder's `LOCK`), and the shards of `--shard I/N` (which hold the folder's `LOCK` only while
+//! joining it; [`merge_study`] ends a sharded folder).
 
 use super::manifest::{self, Manifest};
 use super::spec::{self, Point, Study};
