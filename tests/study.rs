@@ -506,6 +506,15 @@ fn done_times(folder: &Path) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
+/// The study `name` (two seeds, ddm vs AR) run in one process gives `folder`'s numbers.
+fn assert_numbers_of_one_process(folder: &Path, name: &str) {
+    let one = Env::new(name, "seeds = [0, 1]", DDM_VS_AR); // kept: its folder lives in a temp dir
+    let o = one.run();
+    for col in ["run_id", "status", "final_loss", "dev_loss", "likelihood_accuracy"] {
+        assert_eq!(csv_col(&folder.join("summary.csv"), col), csv_col(&o.folder.join("summary.csv"), col), "{col}");
+    }
+}
+
 #[test]
 fn cpu_workers_share_a_folder_and_give_the_numbers_of_one_process() {
     let env = Env::new("workers", "seeds = [0, 1]", DDM_VS_AR);
@@ -526,11 +535,7 @@ fn cpu_workers_share_a_folder_and_give_the_numbers_of_one_process() {
     assert!(held_run_locks(&folder).is_empty() && !folder.join("LOCK").exists(), "every lock released");
     // The same study in one process gives the same numbers (seeded runs; the worker's device
     // override `cpu` is what the base config says).
-    let one = Env::new("workers", "seeds = [0, 1]", DDM_VS_AR);
-    let o = one.run();
-    for col in ["run_id", "status", "final_loss", "dev_loss", "likelihood_accuracy"] {
-        assert_eq!(csv_col(&folder.join("summary.csv"), col), csv_col(&o.folder.join("summary.csv"), col), "{col}");
-    }
+    assert_numbers_of_one_process(&folder, "workers");
 }
 
 #[test]
@@ -613,15 +618,13 @@ fn shards_share_a_folder_and_merge_ends_it_with_the_numbers_of_one_process() {
     assert!(manifest::read(&folder).unwrap().end.is_some());
     assert_eq!(std::fs::read_to_string(study_dir.join("latest")).unwrap().trim(), folder.file_name().unwrap().to_string_lossy());
     // Merging again leaves the ended folder as it is.
-    let before = snapshot(&folder);
+    // (the merge prints the report, which rewrites report.md and analysis.json)
+    let data = |f: &Path| snapshot(f).into_iter().filter(|(p, _, _)| !p.ends_with("report.md") && !p.ends_with("analysis.json")).collect::<Vec<_>>();
+    let before = data(&folder);
     assert!(study_cmd(&env, &["--merge"]).output().unwrap().status.success());
-    assert_eq!(snapshot(&folder).into_iter().filter(|(p, _, _)| !p.ends_with("report.md") && !p.ends_with("analysis.json")).collect::<Vec<_>>(), before.into_iter().filter(|(p, _, _)| !p.ends_with("report.md") && !p.ends_with("analysis.json")).collect::<Vec<_>>());
+    assert_eq!(data(&folder), before);
     // The same numbers as one process.
-    let one = Env::new("shards", "seeds = [0, 1]", DDM_VS_AR);
-    let o = one.run();
-    for col in ["run_id", "status", "final_loss", "dev_loss", "likelihood_accuracy"] {
-        assert_eq!(csv_col(&folder.join("summary.csv"), col), csv_col(&o.folder.join("summary.csv"), col), "{col}");
-    }
+    assert_numbers_of_one_process(&folder, "shards");
 }
 
 #[test]

@@ -106,16 +106,44 @@ pub struct StudyOutcome {
     pub interrupted: bool,
 }
 
-/// The newest folder of `study_dir` made by the same study, commit and dirty flag, if it is
-/// unfinished.
-fn resumable(study_dir: &Path, fingerprint: &str, git: &manifest::GitInfo) -> Option<(PathBuf, Manifest)> {
+/// The newest folder of `study_dir` made by the same study, commit and dirty flag.
+fn newest_folder(study_dir: &Path, fingerprint: &str, git: &manifest::GitInfo) -> Option<(PathBuf, Manifest)> {
     let mut folders: Vec<PathBuf> = std::fs::read_dir(study_dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
     folders.sort();
     folders.into_iter().rev().find_map(|f| {
         let m = manifest::read(&f).ok()?;
         (m.fingerprint == fingerprint && m.git.commit == git.commit && m.git.dirty == git.dirty).then_some((f, m))
     })
-    .filter(|(_, m)| m.end.is_none())
+}
+
+/// [`newest_folder`], if it is unfinished.
+fn resumable(study_dir: &Path, fingerprint: &str, git: &manifest::GitInfo) -> Option<(PathBuf, Manifest)> {
+    newest_folder(study_dir, fingerprint, git).filter(|(_, m)| m.end.is_none())
+}
+
+/// What `run_study` and `merge_study` start from: the study file, its loaded study and
+/// fingerprint, the git state, and `<results>/<study>/`.
+struct Located {
+    path: PathBuf,
+    study: Study,
+    fingerprint: String,
+    git: manifest::GitInfo,
+    study_dir: PathBuf,
+}
+
+fn locate(name_or_path: &str, opts: &StudyOpts) -> Result<Located> {
+    let path = spec::resolve_path(name_or_path, &opts.studies_dir);
+    let study: Study = spec::load(&path, &opts.sets)?;
+    let fingerprint = study.fingerprint()?;
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+    let git = manifest::git_info(opts.git_dir.as_deref().unwrap_or(&cwd), &opts.results);
+    let study_dir = opts.results.join(&study.name);
+    Ok(Located { path, study, fingerprint, git, study_dir })
+}
+
+/// Ids of the points of `man` that `shard` runs (every point without one), in manifest order.
+fn shard_ids(man: &Manifest, shard: Option<Shard>) -> Vec<&str> {
+    man.points.iter().enumerate().filter(|(k, _)| shard.is_none_or(|s| s.contains(*k))).map(|(_, p)| p.id.as_str()).collect()
 }
 
 /// Create a new, never-used folder `<study_dir>/<stamp>-<suffix>[-k]`.
@@ -468,7 +496,7 @@ fn run_workers(folder: &Path, man: &Manifest, ckpt_root: &Path, devices: &[Worke
         }
         children.push((k, *d, child));
     }
-    let mine: Vec<&str> = man.points.iter().enumerate().filter(|(k, _)| opts.shard.is_none_or(|s| s.contains(*k))).map(|(_, p)| p.id.as_str()).collect();
+    let mine = shard_ids(man, opts.shard);
     let ids = || mine.iter().copied();
     let mut finished = study_folder.finished_counts(ids());
     let at_start = finished.0 + finished.1;
@@ -533,12 +561,7 @@ fn run_workers(folder: &Path, man: &Manifest, ckpt_root: &Path, devices: &[Worke
 /// Load the study `name_or_path` (a file, or `<studies_dir>/<name>.toml`), validate every
 /// point, and run it into a new or resumed result folder (see the module doc).
 pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
-    let path = spec::resolve_path(name_or_path, &opts.studies_dir);
-    let study: Study = spec::load(&path, &opts.sets)?;
-    let fingerprint = study.fingerprint()?;
-    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
-    let git = manifest::git_info(opts.git_dir.as_deref().unwrap_or(&cwd), &opts.results);
-    let study_dir = opts.results.join(&study.name);
+    let Located { path, study, fingerprint, git, study_dir } = locate(name_or_path, &opts)?;
     std::fs::create_dir_all(&study_dir).map_err(|e| Error::io(&study_dir, e))?;
     // Nothing in the study's folders is looked at before this lock is held.
     let what = format!("study {}", study.name);
@@ -597,7 +620,7 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
         Some(folder_lock)
     };
     let shard = opts.shard;
-    let mine: Vec<&str> = man.points.iter().enumerate().filter(|(k, _)| shard.is_none_or(|s| s.contains(*k))).map(|(_, p)| p.id.as_str()).collect();
+    let mine = shard_ids(&man, shard);
     let study_folder = StudyDir::new(&folder);
     let runs_dir = study_folder.runs();
     std::fs::create_dir_all(&runs_dir).map_err(|e| Error::io(&runs_dir, e))?;
@@ -662,23 +685,10 @@ pub fn run_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
 /// `summary.csv`, the manifest's end, `latest` and `results/index.csv`. A folder that is already
 /// ended is reported as it is; one with unfinished points is an error naming how many and which.
 pub fn merge_study(name_or_path: &str, opts: StudyOpts) -> Result<StudyOutcome> {
-    let path = spec::resolve_path(name_or_path, &opts.studies_dir);
-    let study: Study = spec::load(&path, &opts.sets)?;
-    let fingerprint = study.fingerprint()?;
-    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
-    let git = manifest::git_info(opts.git_dir.as_deref().unwrap_or(&cwd), &opts.results);
-    let study_dir = opts.results.join(&study.name);
+    let Located { study, fingerprint, git, study_dir, .. } = locate(name_or_path, &opts)?;
     let what = format!("study {}", study.name);
     let _study_lock = take(&StudyDir::study_lock_file(&study_dir), &what, true, opts.stop)?;
-    let mut folders: Vec<PathBuf> = std::fs::read_dir(&study_dir).map_err(|e| Error::io(&study_dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
-    folders.sort();
-    let (folder, _) = folders
-        .into_iter()
-        .rev()
-        .find_map(|f| {
-            let m = manifest::read(&f).ok()?;
-            (m.fingerprint == fingerprint && m.git.commit == git.commit && m.git.dirty == git.dirty).then_some((f, m))
-        })
+    let (folder, _) = newest_folder(&study_dir, &fingerprint, &git)
         .ok_or_else(|| Error::msg(format!("study {}: no folder of this study at commit {} to merge in {}", study.name, git.suffix(), study_dir.display())))?;
     let lock_path = StudyDir::new(&folder).lock_file();
     let _folder_lock = take(&lock_path, &format!("study folder {}", folder.display()), true, opts.stop)?;
