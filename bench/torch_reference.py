@@ -2,13 +2,15 @@
 one JSON line per (impl, objective, LoRA rank, batch, seq):
 
 * impl "torch": HF transformers `LlamaForCausalLM` + peft LoRA, SDPA, eager (what most users run);
-* impl "torch-compile": a compact hand-written LLaMA (embedding, RMSNorm, rotate-half RoPE with theta
-  1e5, GQA attention through `F.scaled_dot_product_attention`, SwiGLU MLP, tied LM head applied to the
-  scored rows only) with its own LoRA, each decoder block compiled with `torch.compile` (as torchtitan
-  does: all 30 blocks share one compiled graph, so compile time is paid once per shape) and the
-  final norm + head + cross-entropy compiled as one more graph. What a performance-minded user runs.
+* impl "torch-compile": a compact hand-written LLaMA (embedding, RMSNorm, rotate-half RoPE with the
+  shape's theta, GQA attention through `F.scaled_dot_product_attention`, SwiGLU MLP, LM head (tied, or
+  its own matrix for llama2-7b) applied to the scored rows only) with its own LoRA, each decoder block
+  compiled with `torch.compile` (as torchtitan does: all blocks share one compiled graph, so compile
+  time is paid once per shape) and the final norm + head + cross-entropy compiled as one more graph.
+  What a performance-minded user runs.
 
-Both: SmolLM2-135M shape (random init: throughput does not depend on the weights), **bf16 parameters
+Both: the SmolLM2-135M shape unless --arch names another (random init, drawn on the device in the
+training dtype: throughput does not depend on the weights), **bf16 parameters
 with fused AdamW** (the stronger bar: candle keeps f32 master copies of the trainable parameters and
 updates those), LoRA rank r with alpha 2r on q, k, v, o, gate, up, down with the base frozen (A kaiming
 uniform, B zero), or full fine-tuning (rank 0: every parameter trains, the tied embedding included).
@@ -22,7 +24,15 @@ rows. Then backward and one AdamW step. A ddm row is only reported when changing
 position 0's output (`future_token_changes_pos0`, checked on the model that was timed, compiled or not)
 and an ar row only when it does not; otherwise the row is an error row.
 
-Fields: impl, objective, lora_rank, batch, seq, ms_per_step, tokens_per_s (batch × seq / s),
+--arch smollm2-1.7b | llama2-7b (the shapes of `harness bench --arch`; SmolLM2-1.7B: 24 layers, width
+2048, 32 heads, tied; LLaMA-2-7B: 32 layers, width 4096, 32 heads, FFN 11008, vocab 32000, untied head,
+theta 1e4): instead of the grid, a largest-batch search per impl at ddm, LoRA 16, seq 1024: batch 1,
+2, 4, ... up to --max-batch (default 64) until a row fails (out of memory: the model and optimizer are
+dropped, the CUDA cache emptied, and that impl's search stops), 2 warm-up and 3 timed steps by
+default. --grid still runs exactly the rows it lists. --quick keeps the tiny shape (seq 32, batch at
+most 4 in the search).
+
+Fields: impl, arch, objective, lora_rank, batch, seq, ms_per_step, tokens_per_s (batch × seq / s),
 peak_mem_gib (torch.cuda.max_memory_allocated; torch-compile: over the timed steps, torch: from the
 first warm-up step on), compile_s (torch-compile: wall seconds of the warm-up steps, which compile;
 torch: warmup_s), compiled_graphs (torch-compile: graphs dynamo built: one per decoder block shape and
@@ -40,19 +50,31 @@ script goes on with the next configuration. Progress goes to stderr.
 
 Usage:
   python bench/torch_reference.py [--quick] [--only eager|compile] [--steps N] [--warmup N]
-                                  [--grid '[["ddm",16,64,512],["ar",0,16,512]]'] > torch.jsonl
+                                  [--grid '[["ddm",16,64,512],["ar",0,16,512]]'] [--arch NAME]
+                                  [--max-batch N] > torch.jsonl
   The grid is a JSON list of [objective, rank, batch, seq]; env GRID does the same, ONLY the same as
-  --only. Default grid: ddm and ar × rank 16 and 0 × batch 16, 64 × seq 512, plus ddm × rank 16 and 0
+  --only (bench/run.sh passes its ARCH and MAX_BATCH as --arch and --max-batch). Default grid: ddm and ar × rank 16 and 0 × batch 16, 64 × seq 512, plus ddm × rank 16 and 0
   × batch 16, 64 × seq 160 (the study shape). --quick: a tiny model on CPU, seq 64, batch 2.
 """
-import argparse, gc, json, math, os, sys, time
+import argparse, contextlib, gc, json, math, os, sys, time, traceback
 import torch, torch.nn as nn, torch.nn.functional as F
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 DT = torch.bfloat16 if DEV == "cuda" else torch.float32
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SMOLLM2 = dict(vocab=49152, hidden=576, inter=1536, layers=30, heads=9, kv_heads=3, theta=1e5, eps=1e-5)
-TINY = dict(vocab=512, hidden=64, inter=128, layers=2, heads=4, kv_heads=2, theta=1e5, eps=1e-5)
+SMOLLM2 = dict(vocab=49152, hidden=576, inter=1536, layers=30, heads=9, kv_heads=3, theta=1e5, eps=1e-5, tied=True, max_pos=8192)
+TINY = dict(SMOLLM2, vocab=512, hidden=64, inter=128, layers=2, heads=4, kv_heads=2)
+# the shapes of `harness bench --arch` (harness/src/bench.rs ARCHS); "big": measured by the
+# largest-batch search at ddm, LoRA BIG_RANK, seq BIG_SEQ
+ARCHS = {
+    "smollm2-135m": dict(SMOLLM2, big=False),
+    "smollm2-1.7b": dict(vocab=49152, hidden=2048, inter=8192, layers=24, heads=32, kv_heads=32, theta=1.3e5, eps=1e-5, tied=True,
+                         max_pos=8192, big=True),
+    "llama2-7b": dict(vocab=32000, hidden=4096, inter=11008, layers=32, heads=32, kv_heads=32, theta=1e4, eps=1e-5, tied=False,
+                      max_pos=4096, big=True),
+}
+QUICK_ARCH = "tiny"
+BIG_RANK, BIG_SEQ, BIG_WARMUP, BIG_STEPS = 16, 1024, 2, 3
 
 
 def log(*a):
@@ -77,6 +99,26 @@ def forward_flops_per_token(a, seq):
     return 2 * (a["layers"] * per_layer + a["vocab"] * d) + 2 * 2 * a["layers"] * seq * d
 
 
+def batch_ladder(max_batch):
+    """Batch sizes of the largest-batch search: 1, 2, 4, ... while at most max_batch."""
+    out, b = [], 1
+    while b <= max_batch:
+        out.append(b); b *= 2
+    return out
+
+
+@contextlib.contextmanager
+def on_device():
+    """Build modules directly on DEV in DT (no host copy, no f32 detour: a 7B model builds in seconds)."""
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(DT)
+    try:
+        with torch.device(DEV):
+            yield
+    finally:
+        torch.set_default_dtype(prev)
+
+
 def default_grid(quick):
     if quick:
         return [[o, r, 2, 64] for o in ["ddm", "ar"] for r in [16, 0]]
@@ -91,9 +133,11 @@ def default_grid(quick):
 def hf_build(a, full_attention, rank):
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(vocab_size=a["vocab"], hidden_size=a["hidden"], intermediate_size=a["inter"], num_hidden_layers=a["layers"],
-                      num_attention_heads=a["heads"], num_key_value_heads=a["kv_heads"], rope_theta=a["theta"], max_position_embeddings=8192,
-                      tie_word_embeddings=True, rms_norm_eps=a["eps"], attn_implementation="sdpa")
-    m = LlamaForCausalLM(cfg).to(DEV, DT)
+                      num_attention_heads=a["heads"], num_key_value_heads=a["kv_heads"], rope_theta=a["theta"], max_position_embeddings=a["max_pos"],
+                      tie_word_embeddings=a["tied"], rms_norm_eps=a["eps"], attn_implementation="sdpa")
+    with on_device():
+        m = LlamaForCausalLM(cfg)
+    hf_check_build(m, a)
     if rank:
         from peft import LoraConfig, get_peft_model
         m = get_peft_model(m, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=TARGETS))
@@ -102,6 +146,25 @@ def hf_build(a, full_attention, rank):
             mod.is_causal = not full_attention
     base = m.get_base_model() if hasattr(m, "get_base_model") else m
     return m, base.model, base.lm_head
+
+
+def hf_check_build(m, a):
+    """The HF model has the shape asked for: sizes, head tied or not, RoPE theta, dtype and device."""
+    c, inner = m.config, m.model
+    theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", None))
+    got = dict(vocab=c.vocab_size, hidden=c.hidden_size, inter=c.intermediate_size, layers=len(inner.layers), heads=c.num_attention_heads,
+               kv_heads=c.num_key_value_heads, theta=theta, tied=m.lm_head.weight is inner.embed_tokens.weight, max_pos=c.max_position_embeddings)
+    want = {k: a[k] for k in got}
+    if got != want:
+        raise RuntimeError(f"HF model built as {got}, not {want}")
+    # the rotary table follows theta: inv_freq[1] = theta^(-2 / head_dim)
+    hd = a["hidden"] // a["heads"]
+    inv = getattr(getattr(inner, "rotary_emb", None), "inv_freq", None)
+    if inv is not None and abs(inv[1].item() / a["theta"] ** (-2 / hd) - 1) > 1e-2:
+        raise RuntimeError(f"HF rotary inv_freq[1] = {inv[1].item()}, not theta^(-2/{hd}) for theta {a['theta']}")
+    bad = {str(p.dtype) + "@" + str(p.device) for p in m.parameters() if p.dtype != DT or p.device.type != DEV}
+    if bad:
+        raise RuntimeError(f"HF parameters not all {DT} on {DEV}: {bad}")
 
 
 @torch.no_grad()
@@ -134,29 +197,33 @@ def hf_step(inner, head, opt, x, objective):
 
 
 def bench_eager(a, objective, rank, batch, seq, steps, warmup):
-    torch.manual_seed(0)
-    m, inner, head = hf_build(a, objective == "ddm", rank)
-    ok = hf_future_check(inner, a["vocab"])
-    if ok != (objective == "ddm"):
-        raise RuntimeError(f"attention is not what the objective needs: future_token_changes_pos0={ok} for {objective}")
-    params = [p for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=(DEV == "cuda"))
-    x = torch.randint(3, a["vocab"], (batch, seq), device=DEV)
-    if DEV == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        hf_step(inner, head, opt, x, objective)
-    sync()
-    warm_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = hf_step(inner, head, opt, x, objective)
-    sync()
-    dt = (time.perf_counter() - t0) / steps
-    return dict(ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt, warmup_s=warm_s,
-                peak_mem_gib=(torch.cuda.max_memory_allocated() / 2**30) if DEV == "cuda" else 0.0,
-                future_token_changes_pos0=ok, trainable_params=sum(p.numel() for p in params), loss=loss.item())
+    m = inner = head = params = opt = x = loss = None
+    try:
+        torch.manual_seed(0)
+        m, inner, head = hf_build(a, objective == "ddm", rank)
+        ok = hf_future_check(inner, a["vocab"])
+        if ok != (objective == "ddm"):
+            raise RuntimeError(f"attention is not what the objective needs: future_token_changes_pos0={ok} for {objective}")
+        params = [p for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=(DEV == "cuda"))
+        x = torch.randint(3, a["vocab"], (batch, seq), device=DEV)
+        if DEV == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            hf_step(inner, head, opt, x, objective)
+        sync()
+        warm_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = hf_step(inner, head, opt, x, objective)
+        sync()
+        dt = (time.perf_counter() - t0) / steps
+        return dict(ms_per_step=dt * 1e3, tokens_per_s=batch * seq / dt, warmup_s=warm_s,
+                    peak_mem_gib=(torch.cuda.max_memory_allocated() / 2**30) if DEV == "cuda" else 0.0,
+                    future_token_changes_pos0=ok, trainable_params=sum(p.numel() for p in params), loss=loss.item())
+    finally:  # also after an out-of-memory error: nothing of this configuration outlives it
+        del m, inner, head, params, opt, x, loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +297,12 @@ class Model(nn.Module):
         self.embed = nn.Parameter(torch.randn(a["vocab"], a["hidden"]) * 0.02, requires_grad=rank == 0)
         self.blocks = nn.ModuleList(Block(a, rank) for _ in range(a["layers"]))
         self.norm = nn.Parameter(torch.ones(a["hidden"]), requires_grad=rank == 0)
+        # an untied LM head (llama2-7b) is its own frozen matrix under LoRA, as in peft
+        self.lm_head = None if a["tied"] else nn.Parameter(torch.randn(a["vocab"], a["hidden"]) * 0.02, requires_grad=rank == 0)
         self._rope = {}
+
+    def head_weight(self):
+        return self.embed if self.lm_head is None else self.lm_head
 
     def rope(self, seq, device):
         if seq not in self._rope:
@@ -250,10 +322,10 @@ class Model(nn.Module):
         return x
 
 
-def head_loss(h, rows, tgt, w, norm_w, emb, eps: float):
+def head_loss(h, rows, tgt, w, norm_w, head_w, eps: float):
     """Σ w · CE over the scored rows: rows index (B·L) flattened outputs, w carries 1/t and 1/N."""
     hs = h.reshape(-1, h.shape[-1]).index_select(0, rows)
-    logits = F.linear(rms_norm(hs, norm_w, eps), emb).float()
+    logits = F.linear(rms_norm(hs, norm_w, eps), head_w).float()
     return (F.cross_entropy(logits, tgt, reduction="none") * w).sum()
 
 
@@ -294,14 +366,24 @@ def bench_compile(a, objective, rank, batch, seq, steps, warmup, mode):
     import torch._dynamo
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
+    st = {}  # everything of this configuration, released in `finally` (also after an out-of-memory error)
+    try:
+        return compile_run(st, a, objective, rank, batch, seq, steps, warmup, mode)
+    finally:
+        st.clear()
+        torch._dynamo.reset()
+
+
+def compile_run(st, a, objective, rank, batch, seq, steps, warmup, mode):
     torch.manual_seed(0)
-    m = Model(a, rank).to(DEV, DT)
+    with on_device():
+        m = st["model"] = Model(a, rank)
     for blk in m.blocks:
         blk.compile(fullgraph=True, mode=mode)
     head = torch.compile(head_loss, fullgraph=True, mode=mode)
     causal = objective == "ar"
     params = [p for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=(DEV == "cuda"))
+    opt = st["opt"] = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=(DEV == "cuda"))
     x = torch.randint(3, a["vocab"], (batch, seq), device=DEV)
     data = HostBatches(x, objective)
 
@@ -310,7 +392,7 @@ def bench_compile(a, objective, rank, batch, seq, steps, warmup, mode):
         if objective == "ddm":
             for t in (rows, tgt, w):
                 torch._dynamo.mark_dynamic(t, 0)
-        loss = head(m.hidden(xin, causal), rows, tgt, w, m.norm, m.embed, a["eps"])
+        loss = head(m.hidden(xin, causal), rows, tgt, w, m.norm, m.head_weight(), a["eps"])
         loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
         return loss
 
@@ -349,6 +431,31 @@ def cleanup():
         torch.cuda.empty_cache()
 
 
+def run_row(impl, arch, arch_name, objective, rank, batch, seq, steps, warmup, args, peak, device):
+    """One measurement as a JSON row (an error row on failure), printed; whether it ran."""
+    name = "torch" if impl == "eager" else "torch-compile"
+    key = dict(impl=name, arch=arch_name, objective=objective, lora_rank=rank, batch=batch, seq=seq)
+    log(f"{name} {arch_name} {objective} r={rank} b={batch} seq={seq}: ...")
+    try:
+        if impl == "eager":
+            r = bench_eager(arch, objective, rank, batch, seq, steps, warmup)
+        else:
+            r = bench_compile(arch, objective, rank, batch, seq, steps, warmup, args.compile_mode)
+        mfu = 3 * forward_flops_per_token(arch, seq) * r["tokens_per_s"] / peak if peak else None
+        row = dict(key, **r, mfu=mfu, device=device, steps=steps, warmup=warmup)
+        log(f"  {r['ms_per_step']:.1f} ms/step, {r['tokens_per_s']:.0f} tokens/s, {r['peak_mem_gib']:.1f} GiB, "
+            f"warm-up {r.get('compile_s', r.get('warmup_s', 0.0)):.1f} s")
+    except Exception as e:  # out of memory, compile failure, failed check: an error row, then the next one
+        oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+        msg = "out of memory" if oom else f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:400]
+        traceback.clear_frames(e.__traceback__)  # the frames' locals (tensors) go now, not with `e`
+        row = dict(key, error=msg, device=device)
+        log(f"  failed: {msg}")
+    cleanup()
+    print(json.dumps(row), flush=True)
+    return "error" not in row
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny model on CPU, seq 64, batch 2")
@@ -357,47 +464,52 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="timed steps per row (default 10; 2 with --quick)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps before timing (default 3; 1 eager / 2 compiled with --quick)")
     ap.add_argument("--compile-mode", default=os.environ.get("COMPILE_MODE") or None, help="torch.compile mode (default: the default mode)")
+    ap.add_argument("--arch", choices=list(ARCHS), default="smollm2-135m",
+                    help="model shape; smollm2-1.7b and llama2-7b: a largest-batch search at ddm, LoRA 16, seq 1024")
+    ap.add_argument("--max-batch", type=int, default=64, help="largest batch the search tries (default 64)")
     args = ap.parse_args()
     if args.quick and DEV == "cuda":
         log("--quick: running the tiny model on the GPU that is present")
-    arch = TINY if args.quick else SMOLLM2
-    grid = json.loads(args.grid) if args.grid else default_grid(args.quick)
+    spec = ARCHS[args.arch]
+    arch, arch_name = (TINY, QUICK_ARCH) if args.quick else (spec, args.arch)
+    search = spec["big"] and not args.grid
+    big_seq, max_batch = (32, min(args.max_batch, 4)) if args.quick else (BIG_SEQ, args.max_batch)
+    grid = json.loads(args.grid) if args.grid else [] if search else default_grid(args.quick)
     for g in grid:
         if len(g) != 4 or g[0] not in ("ddm", "ar") or not all(isinstance(v, int) and v >= 0 for v in g[1:]):
             raise SystemExit(f"bad grid entry {g}: want [objective (ddm|ar), rank, batch, seq]")
-    steps = args.steps or (2 if args.quick else 10)
+    steps = args.steps or (BIG_STEPS if spec["big"] else 2 if args.quick else 10)
     impls = [i for i in ["eager", "compile"] if args.only in (None, i)]
     peak = peak_flops()
     import transformers, peft
     device = torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu"
-    print(json.dumps(dict(impl="torch-env", torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
+    print(json.dumps(dict(impl="torch-env", arch=arch_name, torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
                           device=device, dtype=str(DT), gqa="enable_gqa" if GQA_NATIVE else "repeat_kv", grid=grid, steps=steps,
+                          batch_search=dict(objective="ddm", lora_rank=BIG_RANK, seq=big_seq, batches=batch_ladder(max_batch)) if search else None,
                           peak_flops=peak)), flush=True)
     if DEV == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+
+    def warmup_of(impl):
+        if args.warmup:
+            return args.warmup
+        if spec["big"]:
+            return BIG_WARMUP
+        return 3 if not args.quick else 1 if impl == "eager" else 2
+
+    if search:
+        for impl in impls:
+            fit = None
+            for batch in batch_ladder(max_batch):
+                if not run_row(impl, arch, arch_name, "ddm", BIG_RANK, batch, big_seq, steps, warmup_of(impl), args, peak, device):
+                    log(f"  stopping the {impl} search at batch {batch}")
+                    break
+                fit = batch
+            log(f"{impl} {arch_name} ddm r={BIG_RANK} seq={big_seq}: largest batch that fit: {fit}")
+        return
     for objective, rank, batch, seq in grid:
         for impl in impls:
-            name = "torch" if impl == "eager" else "torch-compile"
-            key = dict(impl=name, objective=objective, lora_rank=rank, batch=batch, seq=seq)
-            warmup = args.warmup or (3 if not args.quick else 1 if impl == "eager" else 2)
-            log(f"{name} {objective} r={rank} b={batch} seq={seq}: ...")
-            row = None
-            try:
-                if impl == "eager":
-                    r = bench_eager(arch, objective, rank, batch, seq, steps, warmup)
-                else:
-                    r = bench_compile(arch, objective, rank, batch, seq, steps, warmup, args.compile_mode)
-                mfu = 3 * forward_flops_per_token(arch, seq) * r["tokens_per_s"] / peak if peak else None
-                row = dict(key, **r, mfu=mfu, device=device, steps=steps)
-                log(f"  {r['ms_per_step']:.1f} ms/step, {r['tokens_per_s']:.0f} tokens/s, {r['peak_mem_gib']:.1f} GiB, "
-                    f"warm-up {r.get('compile_s', r.get('warmup_s', 0.0)):.1f} s")
-            except Exception as e:  # out of memory, compile failure, failed check: an error row, then the next one
-                oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
-                msg = "out of memory" if oom else f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:400]
-                row = dict(key, error=msg, device=device)
-                log(f"  failed: {msg}")
-            cleanup()
-            print(json.dumps(row), flush=True)
+            run_row(impl, arch, arch_name, objective, rank, batch, seq, steps, warmup_of(impl), args, peak, device)
 
 
 if __name__ == "__main__":

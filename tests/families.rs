@@ -39,10 +39,14 @@ fn readings(model: &Llama, ids: &Tensor) -> (Tensor, Tensor) {
 #[test]
 fn each_tiny_family_fixture_gives_transformers_logits() {
     type Check = fn(&harness::model::LlamaConfig) -> bool;
-    let cases: [(&str, Check); 2] = [
+    let cases: [(&str, Check); 4] = [
         ("tiny-qwen2", |c| c.qkv_bias && !c.qk_norm),
         // q/k norms, and head_dim 16 × 4 heads ≠ hidden 32
         ("tiny-qwen3", |c| c.qk_norm && !c.qkv_bias && c.head_dim() == 16 && c.q_width() == 64 && c.hidden_size == 32),
+        // LLaDA's own config keys and weight names (pinned from its published modeling code)
+        ("tiny-llada", |c| !c.qkv_bias && c.intermediate_size == 64 && c.kv_heads() == 2 && !c.tie_word_embeddings && c.rope_theta == 500_000.0),
+        // Dream: Qwen2-shaped, untied head
+        ("tiny-dream", |c| c.qkv_bias && !c.qk_norm && !c.tie_word_embeddings),
     ];
     for (name, check) in cases {
         let (model, cfg, want) = model_and_pins(&fixture(name));
@@ -126,18 +130,20 @@ fn an_unknown_model_type_is_an_error_listing_the_supported_ones() {
     let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("\"qwen2\"", "\"gemma3\"");
     std::fs::write(dir.path().join("config.json"), text).unwrap();
     let e = load_hf_folder(dir.path(), DType::F32, &Device::Cpu, &MaskToken::Auto).err().unwrap().to_string();
-    assert!(e.contains("gemma3") && e.contains("llama, qwen2, qwen3") && e.contains("config.json"), "{e}");
+    assert!(e.contains("gemma3") && e.contains("llama, qwen2, qwen3, llada, Dream") && e.contains("config.json"), "{e}");
 }
 
 #[test]
 fn an_export_names_every_weight_as_transformers_does() {
     // the weights `harness export` writes (Llama::hf_tensors) carry exactly the names, shapes and
     // values transformers saved for each family's fixture
-    for name in ["tiny-qwen2", "tiny-qwen3"] {
+    for name in ["tiny-qwen2", "tiny-qwen3", "tiny-llada", "tiny-dream"] {
         let dir = fixture(name);
         let saved = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
         let (model, cfg, _) = model_and_pins(&dir);
-        let ours: std::collections::HashMap<String, Tensor> = model.hf_tensors().unwrap().into_iter().collect();
+        let layout = harness::model::family::Family::of(&cfg).layout;
+        let ours: std::collections::HashMap<String, Tensor> =
+            model.hf_tensors().unwrap().into_iter().map(|(n, t)| (harness::model::family::from_hf_name(layout, &n), t)).collect();
         let mut a: Vec<&String> = ours.keys().collect();
         let mut b: Vec<&String> = saved.keys().collect();
         a.sort();
@@ -147,6 +153,123 @@ fn an_export_names_every_weight_as_transformers_does() {
             assert_eq!(t.dims(), saved[k].dims(), "{name}: {k}");
             assert_eq!(max_diff(t, &saved[k]), 0.0, "{name}: {k}");
         }
-        assert_eq!(harness::model::family::Family::of(&cfg).model_type, &name[5..], "{name}: the family exported");
+        assert_eq!(harness::model::family::Family::of(&cfg).model_type.to_lowercase(), &name[5..], "{name}: the family exported");
     }
+}
+
+/// A copy of fixture `name` in `dir` whose RoPE table covers 2,048 positions (the fixtures state
+/// 64; the tiny tokenizer spells clinical-rules prompts a character per token), with the tiny
+/// tokenizer (tiny-llama's folder has none: tests/scripts/torch_crosscheck.py owns it).
+fn long_copy(name: &str, dir: &std::path::Path) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        if !to.join(f).is_file() {
+            std::fs::copy(fixture("tiny-qwen2").join(f), to.join(f)).unwrap();
+        }
+    }
+    let path = to.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for k in ["max_position_embeddings", "max_sequence_length"] {
+        if v.get(k).is_some() {
+            v[k] = serde_json::json!(2048);
+        }
+    }
+    std::fs::write(&path, v.to_string()).unwrap();
+    to
+}
+
+fn harness_cli(args: &[&str]) -> (i32, String, String) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness")).args(args).current_dir(root).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn each_family_example_config_trains_and_evaluates_on_its_tiny_fixture_with_its_preset() {
+    let dir = tempfile::tempdir().unwrap();
+    // (example config, fixture, preset lines expected on stderr, then config.json checks)
+    type Check = fn(&serde_json::Value) -> bool;
+    let cases: [(&str, &str, &[&str], Check); 5] = [
+        ("llama", "tiny-llama", &["preset (llama): objective.anneal_steps = 1"], |c| c["objective"]["anneal_steps"] == 1 && c["model"]["mask_token"] == "auto"),
+        ("qwen2.5", "tiny-qwen2", &["preset (qwen2): objective.anneal_steps = 1"], |c| c["objective"]["shift"] == true),
+        ("qwen3", "tiny-qwen3", &["preset (qwen3): objective.anneal_steps = 1"], |c| c["data"]["template"] == "chat"),
+        // LLaDA: its config's mask id (4 in the fixture), no shift, full attention, plain template
+        ("llada", "tiny-llada", &["preset (llada): model.mask_token = 4", "objective.shift = false", "data.template = \"plain\""], |c| {
+            c["resolved"]["mask_id"] == 4 && c["objective"]["shift"] == false && c["objective"]["anneal_steps"] == 1 && c["data"]["template"] == "plain"
+        }),
+        ("dream", "tiny-dream", &["preset (Dream): model.mask_token = 4", "objective.shift = true"], |c| c["resolved"]["mask_id"] == 4 && c["objective"]["shift"] == true),
+    ];
+    for (config, name, lines, check) in cases {
+        let src = long_copy(name, dir.path());
+        let out = dir.path().join(format!("run-{name}"));
+        let cfg = format!("configs/families/{config}.toml");
+        let source = format!("model.source=\"{}\"", src.display());
+        let mut args = vec!["train", "--config", &cfg, "--out", out.to_str().unwrap(), "--set", &source];
+        // max_steps = 2: the AR bases' preset anneals over ceil(0.1 × 2) = 1 step
+        let sets = ["model.device=\"cpu\"", "train.max_steps=2", "train.micro_batch=4", "train.grad_accum=1", "train.warmup_steps=1", "data.n_train=16", "data.n_test=4", "data.max_len=1024", "eval.batch_size=4", "eval.max_new_tokens=8"];
+        for s in &sets {
+            args.extend(["--set", s]);
+        }
+        let (code, stdout, err) = harness_cli(&args);
+        assert_eq!(code, 0, "{name}: {err}");
+        for l in lines {
+            assert!(err.contains(l), "{name}: no `{l}` in\n{err}");
+        }
+        assert!(stdout.contains("final loss") && stdout.contains("accuracy"), "{name}: {stdout}");
+        let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert!(check(&c), "{name}: {c}");
+        assert!(out.join("eval.json").is_file() && out.join("DONE").is_file(), "{name}");
+    }
+    // a value set against the family's convention is kept, with a warning
+    let src = dir.path().join("tiny-dream");
+    let out = dir.path().join("run-dream-noshift");
+    let source = format!("model.source=\"{}\"", src.display());
+    let (code, _, err) = harness_cli(&[
+        "train", "--config", "configs/families/dream.toml", "--out", out.to_str().unwrap(), "--set", &source, "--set", "objective.shift=false",
+        "--set", "model.device=\"cpu\"", "--set", "train.max_steps=1", "--set", "train.micro_batch=2", "--set", "train.grad_accum=1", "--set", "train.warmup_steps=0",
+        "--set", "data.n_train=8", "--set", "data.n_test=2", "--set", "data.max_len=1024", "--set", "eval.at_end=false",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: Dream checkpoints are trained with objective.shift = true"), "{err}");
+    let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["objective"]["shift"], false);
+}
+
+#[test]
+fn an_ar_base_anneals_over_a_tenth_of_the_run_and_a_gguf_inherits_nothing() {
+    let table = |source: &str, extra: &str| -> toml::Table { format!("[model]\nsource = \"{source}\"\n{extra}").parse().unwrap() };
+    let qwen = fixture("tiny-qwen2").display().to_string();
+    let mut t = table(&qwen, "[train]\nmax_steps = 600\n");
+    let notes = harness::model::family::apply_presets(&mut t).unwrap();
+    assert_eq!(t["objective"]["anneal_steps"].as_integer(), Some(60), "{notes:?}");
+    // set by the run: kept, nothing printed for it
+    let mut t = table(&qwen, "[train]\nmax_steps = 600\n[objective]\nanneal_steps = 7\n");
+    assert!(harness::model::family::apply_presets(&mut t).unwrap().is_empty());
+    assert_eq!(t["objective"]["anneal_steps"].as_integer(), Some(7));
+    // the autoregressive objective takes no diffusion field
+    let mut t = table(&qwen, "[train]\nmax_steps = 600\n[objective]\nkind = \"autoregressive\"\n");
+    harness::model::family::apply_presets(&mut t).unwrap();
+    assert!(t["objective"].get("anneal_steps").is_none());
+    // the default GGUF model (and a random one) inherit nothing
+    for s in ["models/SmolLM2-135M-Instruct.Q4_1.gguf", "random"] {
+        let mut t = table(s, "[train]\nmax_steps = 600\n");
+        assert!(harness::model::family::apply_presets(&mut t).unwrap().is_empty());
+        assert!(t.get("objective").is_none(), "{s}");
+    }
+}
+
+#[test]
+fn a_llada_config_with_a_feature_the_layer_lacks_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = long_copy("tiny-llada", dir.path());
+    let path = src.join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("\"scale_logits\":false", "\"scale_logits\":true")).unwrap();
+    let e = load_hf_folder(&src, DType::F32, &Device::Cpu, &MaskToken::Auto).err().unwrap().to_string();
+    assert!(e.contains("scale_logits") && e.contains("config.json"), "{e}");
 }

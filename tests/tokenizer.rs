@@ -72,6 +72,10 @@ fn decode_round_trips() {
     // Out-of-range ids are an error, not silently dropped.
     let n = tok.vocab_size() as u32;
     assert!(matches!(tok.decode(&[n], false), Err(Error::Tokenizer(_))));
+    // generated ids past the tokenizer (a padded embedding's rows) decode to nothing
+    let kept = tok.decode(&[ids[1], ids[2]], true).unwrap();
+    assert!(!kept.is_empty());
+    assert_eq!(tok.decode_generated(&[ids[1], n, ids[2], n + 7], true).unwrap(), kept);
 }
 
 #[test]

@@ -3,6 +3,13 @@
 //! depend on their values. Results are data (JSON lines); `bench/table.py`-free rendering lives in
 //! [`crate::report`].
 //!
+//! `--arch` picks the model shape from [`ARCHS`]. The big shapes (SmolLM2-1.7B, LLaMA-2-7B) are
+//! measured at ddm-sft, LoRA 16, seq 1,024 by a largest-batch search ([`largest_batch_search`]:
+//! batch 1, 2, 4, … up to `--max-batch` until a step fails, each tried batch a row of
+//! `candle.jsonl`, a failure an error row), with [`BIG_WARMUP`] warm-up and [`BIG_STEPS`] timed
+//! steps by default; their packing and decoding benches run only when `--only` names them
+//! (`pack`, `decode`). Every training row records `arch`, the shape's name.
+//!
 //! Decoding (`decode.jsonl`, one [`DecodeBench`] per line): at each batch size b (1, 16 and 64,
 //! the batch sizes of `shared/reference/torch_decode_anchor.py`; 1 and 2 with `--quick`), b
 //! prompts of 256 tokens and a budget of 32 new tokens, decoded b per forward pass by each
@@ -49,6 +56,43 @@ pub fn smollm2_135m() -> LlamaConfig {
         qkv_bias: false,
         head_dim: None,
         qk_norm: false,
+        model_type: None,
+    }
+}
+
+/// SmolLM2-1.7B's shape (multi-head attention: 32 KV heads, tied embeddings).
+pub fn smollm2_1_7b() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 49152,
+        hidden_size: 2048,
+        intermediate_size: 8192,
+        num_hidden_layers: 24,
+        num_attention_heads: 32,
+        num_key_value_heads: Some(32),
+        rms_norm_eps: 1e-5,
+        rope_theta: 130_000.0,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+        // no biases, head_dim = hidden / heads, no qk norm
+        ..smollm2_135m()
+    }
+}
+
+/// LLaMA-2-7B's shape (multi-head attention, an untied LM head).
+pub fn llama2_7b() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 32000,
+        hidden_size: 4096,
+        intermediate_size: 11008,
+        num_hidden_layers: 32,
+        num_attention_heads: 32,
+        num_key_value_heads: Some(32),
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 4096,
+        tie_word_embeddings: false,
+        // no biases, head_dim = hidden / heads, no qk norm
+        ..smollm2_135m()
     }
 }
 
@@ -57,11 +101,143 @@ fn quick_arch() -> LlamaConfig {
     LlamaConfig { num_hidden_layers: 2, hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_key_value_heads: Some(2), vocab_size: 512, ..smollm2_135m() }
 }
 
+/// A model shape of `harness bench --arch`.
+#[derive(Debug, Clone, Copy)]
+pub struct Arch {
+    /// The `--arch` name (recorded as `arch` in each row and in env.json).
+    pub name: &'static str,
+    /// The shape.
+    pub config: fn() -> LlamaConfig,
+    /// Measured by the largest-batch search at ddm, LoRA [`BIG_RANK`], seq [`BIG_SEQ`] (instead
+    /// of the SmolLM2-135M grid); packing and decoding only when `--only` names them.
+    pub big: bool,
+    /// Titles of its tables in `harness bench-table` (big shapes; the others share `training`).
+    pub training_title: &'static str,
+    /// Title of its largest-batch table.
+    pub fit_title: &'static str,
+}
+
+/// The shapes `--arch` knows; the first is the default.
+pub const ARCHS: &[Arch] = &[
+    Arch { name: "smollm2-135m", config: smollm2_135m, big: false, training_title: "training", fit_title: "largest batch" },
+    Arch { name: "smollm2-1.7b", config: smollm2_1_7b, big: true, training_title: "training (smollm2-1.7b)", fit_title: "largest batch (smollm2-1.7b)" },
+    Arch { name: "llama2-7b", config: llama2_7b, big: true, training_title: "training (llama2-7b)", fit_title: "largest batch (llama2-7b)" },
+];
+
+/// The `arch` of `--quick` rows (the tiny shape, whatever `--arch` says).
+pub const QUICK_ARCH: &str = "tiny";
+/// LoRA rank of the big shapes' rows.
+pub const BIG_RANK: usize = 16;
+/// Sequence length of the big shapes' rows.
+pub const BIG_SEQ: usize = 1024;
+/// Warm-up steps of the big shapes' rows (a 7B step at batch 64 takes seconds).
+pub const BIG_WARMUP: usize = 2;
+/// Timed steps of the big shapes' rows unless `--steps` says otherwise.
+pub const BIG_STEPS: usize = 3;
+/// Models with more parameters than this draw their random weights on the device
+/// ([`bench_model`]).
+const DEVICE_INIT_PARAMS: f64 = 1e9;
+
+/// The shape named `name`, or an error listing the names.
+pub fn arch_by_name(name: &str) -> Result<&'static Arch> {
+    ARCHS.iter().find(|a| a.name == name).ok_or_else(|| {
+        let names: Vec<&str> = ARCHS.iter().map(|a| a.name).collect();
+        crate::Error::config("--arch", format!("unknown `{name}`; choose from {}", names.join(", ")))
+    })
+}
+
+/// The name of `cfg` in [`ARCHS`], [`QUICK_ARCH`] for the `--quick` shape, else `custom`.
+pub fn arch_name(cfg: &LlamaConfig) -> &'static str {
+    match ARCHS.iter().find(|a| &(a.config)() == cfg) {
+        Some(a) => a.name,
+        None if cfg == &quick_arch() => QUICK_ARCH,
+        None => "custom",
+    }
+}
+
+/// Parameters of `cfg` (embedding, LM head when untied, the layers' matrices; norms left out).
+fn approx_params(cfg: &LlamaConfig) -> f64 {
+    let (d, f) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
+    let (q, kv) = (cfg.q_width() as f64, (cfg.kv_heads() * cfg.head_dim()) as f64);
+    let heads = if cfg.tie_word_embeddings { 1.0 } else { 2.0 };
+    heads * cfg.vocab_size as f64 * d + cfg.num_hidden_layers as f64 * (2.0 * d * q + 2.0 * d * kv + 3.0 * d * f)
+}
+
+/// Batch sizes of the largest-batch search: 1, 2, 4, … while at most `max_batch`.
+pub fn batch_ladder(max_batch: usize) -> Vec<usize> {
+    std::iter::successors(Some(1usize), |b| b.checked_mul(2)).take_while(|&b| b <= max_batch).collect()
+}
+
+/// What a largest-batch search tried: each batch size with its outcome, in order; only the last
+/// can be a failure (the search stops there).
+pub struct BatchSearch<T> {
+    /// (batch size, outcome) of each try.
+    pub tried: Vec<(usize, Result<T>)>,
+}
+
+impl<T> BatchSearch<T> {
+    /// The largest batch that ran, if any did.
+    pub fn largest_fit(&self) -> Option<usize> {
+        self.tried.iter().filter(|(_, r)| r.is_ok()).map(|(b, _)| *b).max()
+    }
+}
+
+/// Run `row` at batch 1, 2, 4, … ([`batch_ladder`]) until one fails (out of memory, typically) or
+/// the ladder ends. `row` owns whatever it allocates: by the time it returns, a failed
+/// configuration's tensors are dropped, so the next try (or the rest of the run) has the memory.
+pub fn largest_batch_search<T>(max_batch: usize, mut row: impl FnMut(usize) -> Result<T>) -> BatchSearch<T> {
+    let mut tried = Vec::new();
+    for b in batch_ladder(max_batch) {
+        let r = row(b);
+        let failed = r.is_err();
+        tried.push((b, r));
+        if failed {
+            break;
+        }
+    }
+    BatchSearch { tried }
+}
+
+/// Random weights drawn where they live, N(0, 0.02²) and norms 1 (as [`random_model_dtype`]
+/// draws them on the host, one value at a time: about a minute per configuration at 7B).
+struct DeviceInit;
+
+impl candle_nn::var_builder::SimpleBackend for DeviceInit {
+    fn get(&self, s: candle_core::Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<candle_core::Tensor> {
+        if name.ends_with("norm.weight") {
+            candle_core::Tensor::ones(s, dtype, dev)
+        } else {
+            candle_core::Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype)
+        }
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<candle_core::Tensor> {
+        candle_core::bail!("bench device init: `{name}` asked for without a shape")
+    }
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// The bench's random model of `opts.arch` with `adapter`: [`random_model_dtype`] (seeded, drawn
+/// on the host) up to [`DEVICE_INIT_PARAMS`] parameters, above that drawn on the device
+/// ([`DeviceInit`]), so a 7B configuration builds in about a second.
+fn bench_model(opts: &BenchOpts, adapter: &AdapterConfig) -> Result<(Llama, crate::model::Trainable)> {
+    if approx_params(&opts.arch) <= DEVICE_INIT_PARAMS {
+        return random_model_dtype(&opts.arch, adapter, 0, opts.dtype, &opts.device);
+    }
+    let vb = candle_nn::VarBuilder::from_backend(Box::new(DeviceInit), opts.dtype, opts.device.clone());
+    Llama::load(vb, &opts.arch, &crate::model::BuildOpts { adapter, seed: 0, layer_path: LayerPath::Fused, time_embedding: false })
+}
+
 /// One training-throughput measurement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainBench {
     /// Always `candle`.
     pub impl_name: String,
+    /// The model shape's name ([`ARCHS`], `tiny` for `--quick`; absent in files written before
+    /// this field existed: `smollm2-135m`).
+    #[serde(default)]
+    pub arch: String,
     /// How training ran each decoder layer (`model.layer_path`; absent in files written before
     /// this field existed).
     #[serde(default)]
@@ -267,7 +443,7 @@ impl TrainSetup {
         } else {
             AdapterConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() }
         };
-        let (model, tr) = random_model_dtype(&opts.arch, &adapter, 0, opts.dtype, &opts.device)?;
+        let (model, tr) = bench_model(opts, &adapter)?;
         let cfg = if objective == "ddm" { ObjectiveConfig::default() } else { ObjectiveConfig::Autoregressive };
         let tc = TrainConfig::default();
         let opt = AdamW::new(&tr, AdamWParams { beta1: tc.beta1, beta2: tc.beta2, eps: tc.adam_eps, weight_decay: 0.0 })?;
@@ -366,6 +542,7 @@ pub fn train_step_bench(opts: &BenchOpts, objective: &str, rank: usize, batch: u
     let mfu = opts.peak_flops.map(|p| 3.0 * opts.arch.forward_flops_per_token(seq) * tps / p);
     Ok(TrainBench {
         impl_name: "candle".into(),
+        arch: arch_name(&opts.arch).into(),
         layer_path: su.model.layer_path(),
         objective: objective.into(),
         lora_rank: rank,
@@ -498,7 +675,7 @@ const BENCH_BLOCK: usize = 4;
 /// batched AR with the KV cache.
 pub fn decode_bench(opts: &BenchOpts, batches: &[usize], prompt_len: usize, new_tokens: usize, steps: usize) -> Result<Vec<DecodeBench>> {
     let none = AdapterConfig { targets: vec![], ..Default::default() };
-    let (model, _) = random_model_dtype(&opts.arch, &none, 0, opts.dtype, &opts.device)?;
+    let (model, _) = bench_model(opts, &none)?;
     let shape = (prompt_len, new_tokens, steps);
     // per item: (generated tokens excluding eos, NFE, hit eos)
     type PerItem = Vec<(usize, usize, bool)>;
@@ -593,82 +770,166 @@ fn append_jsonl<T: Serialize>(path: &std::path::Path, v: &T) -> Result<()> {
     writeln!(f, "{line}").map_err(|e| crate::Error::io(path, e))
 }
 
+/// What `harness bench` runs: its command line.
+#[derive(Debug, Clone)]
+pub struct CliArgs {
+    /// Output folder.
+    pub dir: std::path::PathBuf,
+    /// `auto`, `cpu` or `cuda:N`.
+    pub device: String,
+    /// Tiny sizes (the `--quick` shape, whatever `arch` names).
+    pub quick: bool,
+    /// Timed steps per configuration (default 10; [`BIG_STEPS`] for the big shapes).
+    pub steps: Option<usize>,
+    /// Peak dense bf16 TFLOP/s for MFU (default: known from the GPU name).
+    pub peak_tflops: Option<f64>,
+    /// Run the decoding bench (the big shapes: only when `only` names `decode`).
+    pub decode: bool,
+    /// When not empty, the rows to run: `objective:rank:batch:seq` training rows (rank 0 = full
+    /// fine-tuning), e.g. `ddm:16:64:512`, `pack` for the packed-vs-padded rows (packing.jsonl)
+    /// and, for the big shapes, `decode`. At SmolLM2-135M the training entries select rows of
+    /// the grid; at a big shape they are run as given, instead of the largest-batch search.
+    pub only: Vec<String>,
+    /// How training steps are launched (empty: every launch this device can run, at the big
+    /// shapes eager only).
+    pub launches: Vec<StepLaunch>,
+    /// The shape's name in [`ARCHS`].
+    pub arch: String,
+    /// The largest batch the search tries (big shapes).
+    pub max_batch: usize,
+}
+
+/// An `--only` training entry, `objective:rank:batch:seq`.
+fn parse_only_row(s: &str) -> Option<(&str, usize, usize, usize)> {
+    let p: Vec<&str> = s.split(':').collect();
+    match p.as_slice() {
+        [o @ ("ddm" | "ar"), r, b, l] => Some((o, r.parse().ok()?, b.parse().ok()?, l.parse().ok()?)),
+        _ => None,
+    }
+}
+
+/// The first line of a panic's message.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    let s = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("(no message)");
+    s.lines().next().unwrap_or("").to_string()
+}
+
+/// Measure one training row and append it to `candle.jsonl` (a failure, out of memory included,
+/// as an error row), with progress on stderr. Outer error: the row could not be written. Inner:
+/// the measurement failed; by then everything it allocated is dropped (a panic is caught and
+/// becomes a failure too).
+fn measure_row(dir: &std::path::Path, opts: &BenchOpts, objective: &str, rank: usize, batch: usize, seq: usize, launch: StepLaunch) -> Result<std::result::Result<TrainBench, String>> {
+    let arch = arch_name(&opts.arch);
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_step_bench(opts, objective, rank, batch, seq, launch)));
+    let r = match run {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(e.to_string().lines().next().unwrap_or("").to_string()),
+        Err(p) => Err(format!("panicked: {}", panic_message(p.as_ref()))),
+    };
+    match &r {
+        Ok(r) => {
+            eprintln!("{arch} {objective} r={rank} b={batch} seq={seq} {}: {:.1} ms/step, {:.0} tokens/s, {:.1} GiB", launch.as_str(), r.ms_per_step, r.tokens_per_s, r.peak_mem_gib);
+            if let Some(p) = &r.phases {
+                eprintln!("  phases: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms; host enqueue of fwd+bwd {:.1} ms", p.forward_ms, p.backward_ms, p.optimizer_ms, p.enqueue_ms);
+            }
+            append_jsonl(&dir.join("candle.jsonl"), r)?
+        }
+        Err(e) => {
+            eprintln!("{arch} {objective} r={rank} b={batch} seq={seq} {}: failed: {e}", launch.as_str());
+            let row = serde_json::json!({"impl_name": "candle", "arch": arch, "objective": objective, "lora_rank": rank, "batch": batch, "seq": seq, "launch": launch.as_str(), "error": e});
+            append_jsonl(&dir.join("candle.jsonl"), &row)?
+        }
+    }
+    Ok(r)
+}
+
 /// The `harness bench` command: every training configuration, then decoding; appends JSON lines
-/// to `candle.jsonl` and `decode.jsonl` in `dir` as each finishes, and writes `env.json`.
-///
-/// `only`: when not empty, the training rows to run, each `objective:rank:batch:seq` (rank 0 =
-/// full fine-tuning), e.g. `ddm:16:64:512`, and `pack` for the packed-vs-padded rows
-/// (`packing.jsonl`); the others are skipped.
-pub fn run_cli(
-    dir: &std::path::Path,
-    device: &str,
-    quick: bool,
-    steps: usize,
-    peak_tflops: Option<f64>,
-    decode: bool,
-    only: &[String],
-    launches: &[StepLaunch],
-) -> Result<()> {
+/// to `candle.jsonl` and `decode.jsonl` in `dir` as each finishes, and writes `env.json`. At a big
+/// shape ([`Arch::big`]) the training rows are a largest-batch search per launch (eager unless
+/// `launches` asks for more) at ddm, LoRA [`BIG_RANK`], seq [`BIG_SEQ`] (seq 32 and at most batch
+/// 4 with `quick`), unless `only` names rows.
+pub fn run_cli(a: &CliArgs) -> Result<()> {
+    let (dir, quick, only) = (a.dir.as_path(), a.quick, &a.only);
+    let spec = arch_by_name(&a.arch)?;
+    if spec.big && a.max_batch == 0 {
+        return Err(crate::Error::config("--max-batch", "must be at least 1"));
+    }
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
-    let resolved = crate::config::resolve_device(device)?;
+    let resolved = crate::config::resolve_device(&a.device)?;
     let dev = crate::config::device(&resolved)?;
     let gpu = if dev.is_cuda() { gpu_name() } else { None };
-    let peak = peak_tflops.map(|t| t * 1e12).or_else(|| gpu.as_deref().and_then(known_peak));
+    let peak = a.peak_tflops.map(|t| t * 1e12).or_else(|| gpu.as_deref().and_then(known_peak));
     let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
-    let mut arch = smollm2_135m();
+    let arch = if quick { quick_arch() } else { (spec.config)() };
+    let name = arch_name(&arch);
     let sh = |seq, batch, ddm_only| Shape { seq, batch, ddm_only };
-    let (shapes, ranks) = if quick {
-        arch = quick_arch();
-        (vec![sh(64, 2, false), sh(32, 2, true)], vec![16, 0])
+    let (big_seq, max_batch) = if quick { (32, a.max_batch.min(4)) } else { (BIG_SEQ, a.max_batch) };
+    let (shapes, ranks, warmup, steps) = if spec.big {
+        (batch_ladder(max_batch).into_iter().map(|b| sh(big_seq, b, true)).collect(), vec![BIG_RANK], BIG_WARMUP, a.steps.unwrap_or(BIG_STEPS))
+    } else if quick {
+        (vec![sh(64, 2, false), sh(32, 2, true)], vec![16, 0], 3, a.steps.unwrap_or(10))
     } else {
         // seq 512 (the reference scripts' shape) and the study shape, seq 160 (clinical-rules rows)
-        (vec![sh(512, 16, false), sh(512, 64, false), sh(160, 16, true), sh(160, 64, true)], vec![16, 0])
+        (vec![sh(512, 16, false), sh(512, 64, false), sh(160, 16, true), sh(160, 64, true)], vec![16, 0], 3, a.steps.unwrap_or(10))
     };
     let env = serde_json::json!({
-        "device": resolved, "gpu": gpu, "dtype": format!("{dtype:?}"), "peak_flops": peak, "arch": arch,
-        "shapes": shapes.iter().map(|s| [s.seq, s.batch]).collect::<Vec<_>>(),
-        "harness_version": env!("CARGO_PKG_VERSION"), "quick": quick, "steps": steps,
+        "device": resolved, "gpu": gpu, "dtype": format!("{dtype:?}"), "peak_flops": peak, "arch": name, "arch_config": arch,
+        "shapes": shapes.iter().map(|s| [s.seq, s.batch]).collect::<Vec<_>>(), "batch_search": spec.big.then_some(max_batch),
+        "harness_version": env!("CARGO_PKG_VERSION"), "quick": quick, "steps": steps, "warmup": warmup,
         "mfu_convention": "3 x forward matmul FLOPs per token (incl. attention scores) x tokens/s / dense bf16 peak",
     });
     crate::run::write_json(&dir.join("env.json"), &env)?;
-    // every launch a run could resolve to on this device, unless asked for some
-    let launches: Vec<StepLaunch> = if !launches.is_empty() {
-        launches.iter().map(|&l| crate::config::resolve_launch(l, &resolved, &Default::default())).collect::<Result<_>>()?
-    } else if dev.is_cuda() {
+    // every launch a run could resolve to on this device, unless asked for some (big shapes: eager)
+    let launches: Vec<StepLaunch> = if !a.launches.is_empty() {
+        a.launches.iter().map(|&l| crate::config::resolve_launch(l, &resolved, &Default::default())).collect::<Result<_>>()?
+    } else if dev.is_cuda() && !spec.big {
         vec![StepLaunch::Eager, StepLaunch::CudaGraph]
     } else {
         vec![StepLaunch::Eager]
     };
-    let opts = BenchOpts { arch, shapes: shapes.clone(), ranks: ranks.clone(), warmup: 3, steps, peak_flops: peak, device: dev, dtype, launches };
-    for objective in ["ddm", "ar"] {
-        for &rank in &ranks {
-            for s in shapes.iter().filter(|s| objective == "ddm" || !s.ddm_only) {
-                let (batch, seq) = (s.batch, s.seq);
-                if !only.is_empty() && !only.iter().any(|o| o == &format!("{objective}:{rank}:{batch}:{seq}")) {
-                    continue;
-                }
-                for &launch in &opts.launches {
-                match train_step_bench(&opts, objective, rank, batch, seq, launch) {
-                    Ok(r) => {
-                        eprintln!("{objective} r={rank} b={batch} seq={seq} {}: {:.1} ms/step, {:.0} tokens/s, {:.1} GiB", launch.as_str(), r.ms_per_step, r.tokens_per_s, r.peak_mem_gib);
-                        if let Some(p) = &r.phases {
-                            eprintln!(
-                                "  phases: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms; host enqueue of fwd+bwd {:.1} ms",
-                                p.forward_ms, p.backward_ms, p.optimizer_ms, p.enqueue_ms
-                            );
-                        }
-                        append_jsonl(&dir.join("candle.jsonl"), &r)?
+    let opts = BenchOpts { arch, shapes: shapes.clone(), ranks: ranks.clone(), warmup, steps, peak_flops: peak, device: dev, dtype, launches };
+    let named = |k: &str| only.iter().any(|o| o == k);
+    if !spec.big {
+        for objective in ["ddm", "ar"] {
+            for &rank in &ranks {
+                for s in shapes.iter().filter(|s| objective == "ddm" || !s.ddm_only) {
+                    let (batch, seq) = (s.batch, s.seq);
+                    if !only.is_empty() && !named(&format!("{objective}:{rank}:{batch}:{seq}")) {
+                        continue;
                     }
-                    Err(e) => {
-                        eprintln!("{objective} r={rank} b={batch} seq={seq} {}: failed: {e}", launch.as_str());
-                        append_jsonl(&dir.join("candle.jsonl"), &serde_json::json!({"impl_name": "candle", "objective": objective, "lora_rank": rank, "batch": batch, "seq": seq, "launch": launch.as_str(), "error": e.to_string().lines().next().unwrap_or("").to_string()}))?
+                    for &launch in &opts.launches {
+                        let _ = measure_row(dir, &opts, objective, rank, batch, seq, launch)?;
                     }
-                }
                 }
             }
         }
+    } else if only.is_empty() {
+        for &launch in &opts.launches {
+            let mut write_error = None;
+            let search = largest_batch_search(max_batch, |batch| match measure_row(dir, &opts, "ddm", BIG_RANK, batch, big_seq, launch) {
+                Ok(r) => r.map_err(crate::Error::msg),
+                Err(e) => {
+                    let stop = crate::Error::msg(e.to_string());
+                    write_error = Some(e);
+                    Err(stop)
+                }
+            });
+            if let Some(e) = write_error {
+                return Err(e);
+            }
+            let fit = search.largest_fit().map_or("none".to_string(), |b| b.to_string());
+            eprintln!("{name} ddm r={BIG_RANK} seq={big_seq} {}: largest batch that fit: {fit} (tried {:?})", launch.as_str(), search.tried.iter().map(|t| t.0).collect::<Vec<_>>());
+        }
+    } else {
+        for o in only.iter().filter(|o| !matches!(o.as_str(), "pack" | "decode")) {
+            let (objective, rank, batch, seq) =
+                parse_only_row(o).ok_or_else(|| crate::Error::config("--only", format!("`{o}` is not objective:rank:batch:seq (e.g. ddm:16:8:1024), pack or decode")))?;
+            for &launch in &opts.launches {
+                let _ = measure_row(dir, &opts, objective, rank, batch, seq, launch)?;
+            }
+        }
     }
-    if only.is_empty() || only.iter().any(|o| o == "pack") {
+    if (!spec.big && only.is_empty()) || named("pack") {
         // packed vs padded at the clinical-rules shape (rows of 80–240 tokens, ~150 on average)
         let (pairs, caps) = if quick { (6, vec![96]) } else { (64, vec![1024, 2048]) };
         let lens = if quick { (8, 40) } else { (80, 240) };
@@ -677,7 +938,7 @@ pub fn run_cli(
             append_jsonl(&dir.join("packing.jsonl"), &r)?;
         }
     }
-    if decode {
+    if a.decode && (!spec.big || named("decode")) {
         let (decode_batches, plen, new, st) = if quick { (vec![1, 2], 16, 8, 4) } else { (vec![1, 16, 64], 256, 32, 32) };
         for r in decode_bench(&opts, &decode_batches, plen, new, st)? {
             eprintln!("decode {} b={}: {:.0} tokens/s, nfe {:.1}, mean length {:.1}", r.sampler, r.batch_size.unwrap_or(0), r.tokens_per_s, r.mean_nfe, r.mean_gen_len);
@@ -878,4 +1139,152 @@ fn op_timings(dir: &std::path::Path, dev: &Device, quick: bool) -> Result<()> {
         append_jsonl(&path, &OpTiming { op: name.clone(), ms })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_arch_name_resolves_to_a_valid_shape() {
+        for a in ARCHS {
+            let cfg = (arch_by_name(a.name).unwrap().config)();
+            cfg.validate().unwrap();
+            assert_eq!(arch_name(&cfg), a.name);
+        }
+        assert_eq!(ARCHS[0].name, "smollm2-135m");
+        assert_eq!(arch_name(&quick_arch()), QUICK_ARCH);
+        let b = llama2_7b();
+        assert!(!b.tie_word_embeddings && b.rope_theta == 10_000.0 && b.kv_heads() == 32 && b.head_dim() == 128);
+        let s = smollm2_1_7b();
+        assert!(s.tie_word_embeddings && s.rope_theta == 130_000.0 && s.kv_heads() == 32 && s.head_dim() == 64);
+        // the published sizes: 1.71B and 6.74B parameters; both are drawn on the device
+        assert!((approx_params(&s) / 1e9 - 1.71).abs() < 0.02, "{}", approx_params(&s));
+        assert!((approx_params(&b) / 1e9 - 6.74).abs() < 0.02, "{}", approx_params(&b));
+        assert!(approx_params(&smollm2_135m()) < DEVICE_INIT_PARAMS && approx_params(&s) > DEVICE_INIT_PARAMS);
+    }
+
+    #[test]
+    fn an_unknown_arch_is_an_error_listing_the_names() {
+        let e = arch_by_name("llama3-8b").unwrap_err().to_string();
+        assert!(e.contains("llama3-8b") && e.contains("smollm2-135m, smollm2-1.7b, llama2-7b"), "{e}");
+        let args = CliArgs {
+            dir: tempfile::tempdir().unwrap().path().join("b"),
+            device: "cpu".into(),
+            quick: true,
+            steps: Some(1),
+            peak_tflops: None,
+            decode: false,
+            only: vec![],
+            launches: vec![],
+            arch: "nope".into(),
+            max_batch: 4,
+        };
+        assert!(run_cli(&args).unwrap_err().to_string().contains("choose from smollm2-135m"));
+    }
+
+    #[test]
+    fn the_batch_search_stops_at_the_first_failure() {
+        assert_eq!(batch_ladder(64), [1, 2, 4, 8, 16, 32, 64]);
+        assert_eq!(batch_ladder(48), [1, 2, 4, 8, 16, 32]);
+        assert!(batch_ladder(0).is_empty());
+        let mut calls = vec![];
+        let s = largest_batch_search(64, |b| {
+            calls.push(b);
+            if b > 8 {
+                Err(crate::Error::msg("CUDA_ERROR_OUT_OF_MEMORY"))
+            } else {
+                Ok(b * 10)
+            }
+        });
+        assert_eq!(calls, [1, 2, 4, 8, 16], "no batch is tried after the first failure");
+        assert_eq!(s.largest_fit(), Some(8));
+        assert_eq!(s.tried.len(), 5);
+        assert!(s.tried[..4].iter().all(|(_, r)| r.is_ok()) && s.tried[4].1.is_err());
+        // nothing fails: the whole ladder up to the cap
+        let s = largest_batch_search(20, Ok);
+        assert_eq!(s.tried.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 4, 8, 16]);
+        // the first batch fails
+        let s = largest_batch_search(64, |_| Err::<(), _>(crate::Error::msg("oom")));
+        assert_eq!((s.tried.len(), s.largest_fit()), (1, None));
+    }
+
+    #[test]
+    fn only_entries_parse() {
+        assert_eq!(parse_only_row("ddm:16:8:1024"), Some(("ddm", 16, 8, 1024)));
+        assert_eq!(parse_only_row("ar:0:1:512"), Some(("ar", 0, 1, 512)));
+        for bad in ["pack", "ddm:16:8", "xx:16:8:1024", "ddm:a:8:1024"] {
+            assert_eq!(parse_only_row(bad), None, "{bad}");
+        }
+    }
+
+    /// The big-shape path of `harness bench` end to end at the tiny shape: a search over batch 1,
+    /// 2, 4 (seq 32) recording `arch`, no packing or decoding rows, the rows rendered per arch;
+    /// then `--only` runs the rows it names.
+    #[test]
+    fn quick_big_arch_run_searches_the_batch_ladder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("b");
+        let args = CliArgs {
+            dir: dir.clone(),
+            device: "cpu".into(),
+            quick: true,
+            steps: Some(1),
+            peak_tflops: None,
+            decode: true,
+            only: vec![],
+            launches: vec![],
+            arch: "llama2-7b".into(),
+            max_batch: 64,
+        };
+        run_cli(&args).unwrap();
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("candle.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.iter().map(|r| r["batch"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 4]);
+        for r in &rows {
+            assert_eq!((r["arch"].as_str(), r["objective"].as_str(), r["lora_rank"].as_u64(), r["seq"].as_u64()), (Some(QUICK_ARCH), Some("ddm"), Some(16), Some(32)), "{r}");
+            assert!(r.get("error").is_none() && r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        }
+        assert!(!dir.join("decode.jsonl").exists() && !dir.join("packing.jsonl").exists());
+        let env: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("env.json")).unwrap()).unwrap();
+        assert_eq!((env["arch"].as_str(), env["warmup"].as_u64(), env["batch_search"].as_u64()), (Some(QUICK_ARCH), Some(BIG_WARMUP as u64), Some(4)));
+        // --only: exactly the rows named
+        let only = CliArgs { only: vec!["ddm:16:3:16".into()], ..args.clone() };
+        run_cli(&only).unwrap();
+        let n = std::fs::read_to_string(dir.join("candle.jsonl")).unwrap().lines().count();
+        assert_eq!(n, 4);
+        let bad = CliArgs { only: vec!["ddm:16".into()], ..args };
+        assert!(run_cli(&bad).unwrap_err().to_string().contains("objective:rank:batch:seq"));
+    }
+
+    #[test]
+    fn big_arch_rows_render_per_arch_with_the_largest_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = |name: &str, text: &str| std::fs::write(tmp.path().join(name), text).unwrap();
+        let c = |b: u64, tps: f64| format!(r#"{{"impl_name":"candle","arch":"llama2-7b","objective":"ddm","lora_rank":16,"batch":{b},"seq":1024,"ms_per_step":1,"tokens_per_s":{tps},"peak_mem_gib":{b}.5,"launch":"eager"}}"#);
+        let t = |b: u64, tps: f64| format!(r#"{{"impl":"torch","arch":"llama2-7b","objective":"ddm","lora_rank":16,"batch":{b},"seq":1024,"tokens_per_s":{tps},"peak_mem_gib":{b}.3}}"#);
+        let candle = [
+            c(1, 1000.0),
+            c(2, 2000.0),
+            c(4, 3000.0),
+            r#"{"impl_name":"candle","arch":"llama2-7b","objective":"ddm","lora_rank":16,"batch":8,"seq":1024,"launch":"eager","error":"DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"}"#.into(),
+            // a 135M row of the same folder stays in `training`
+            r#"{"impl_name":"candle","objective":"ddm","lora_rank":16,"batch":64,"seq":512,"tokens_per_s":9,"peak_mem_gib":1}"#.into(),
+        ];
+        w("candle.jsonl", &(candle.join("\n") + "\n"));
+        let torch = [r#"{"impl":"torch-env","arch":"llama2-7b"}"#.to_string(), t(1, 500.0), t(2, 800.0), r#"{"impl":"torch","arch":"llama2-7b","objective":"ddm","lora_rank":16,"batch":4,"seq":1024,"error":"out of memory"}"#.into()];
+        w("torch.jsonl", &(torch.join("\n") + "\n"));
+        let tables = crate::report::bench_tables(tmp.path()).unwrap();
+        assert_eq!(tables.iter().map(|x| x.0).collect::<Vec<_>>(), ["training", "training (llama2-7b)", "largest batch (llama2-7b)"]);
+        let cells = |t: &comfy_table::Table| -> Vec<Vec<String>> { t.row_iter().map(|r| r.cell_iter().map(|c| c.content()).collect()).collect() };
+        assert_eq!(cells(&tables[0].1).len(), 1);
+        let tr = cells(&tables[1].1);
+        assert_eq!(tr.len(), 4);
+        let col = |name: &str| tables[1].1.header().unwrap().cell_iter().position(|c| c.content() == name).unwrap();
+        assert_eq!((tr[1][col("candle tok/s")].as_str(), tr[1][col("torch eager tok/s")].as_str(), tr[1][col("torch eager GiB")].as_str(), tr[1][col("candle / eager")].as_str()), ("2000", "800", "2.3", "2.50x"));
+        assert_eq!((tr[2][col("torch eager tok/s")].as_str(), tr[3][col("candle tok/s")].as_str()), ("OOM", "OOM"));
+        let fit = cells(&tables[2].1);
+        assert_eq!(fit[0], ["ddm", "16", "1024", "candle eager", "4", "3000", "4.5", "3000 (4)", "8: OOM"]);
+        assert_eq!(fit[1], ["ddm", "16", "1024", "torch", "2", "800", "2.3", "800 (2)", "4: OOM"]);
+        assert_eq!(fit.len(), 2);
+    }
 }

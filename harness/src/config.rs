@@ -476,14 +476,28 @@ impl RawConfig {
     }
 
     /// Parse TOML text (named `origin` in errors) and apply overrides.
+    /// The checkpoint family's presets fill what the text leaves unset
+    /// ([`crate::model::family::apply_presets`]); each inherited value is printed to stderr.
     pub fn from_str_with(text: &str, origin: &str, sets: &[String]) -> Result<Self> {
         if sets.is_empty() {
-            return from_toml_str(text, origin);
+            // parse errors name the line of the text as written
+            let _: RawConfig = from_toml_str(text, origin)?;
         }
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::config(origin, e.to_string()))?;
         apply_overrides(&mut table, sets)?;
+        let (raw, notes) = Self::from_table(table, &if sets.is_empty() { origin.to_string() } else { format!("{origin} with --set overrides") })?;
+        for n in notes {
+            eprintln!("{n}");
+        }
+        Ok(raw)
+    }
+
+    /// A run config from a TOML table (named `origin` in errors), with its checkpoint family's
+    /// presets applied; also returns the preset lines (inherited values, warnings).
+    pub fn from_table(mut table: toml::Table, origin: &str) -> Result<(Self, Vec<String>)> {
+        let notes = crate::model::family::apply_presets(&mut table)?;
         let text = toml::to_string(&table).map_err(|e| Error::config(origin, e.to_string()))?;
-        from_toml_str(&text, &format!("{origin} with --set overrides"))
+        Ok((from_toml_str(&text, origin)?, notes))
     }
 
     /// Range checks; the first problem is returned, naming its key.

@@ -38,33 +38,71 @@ pub struct Exported {
     pub merged: bool,
 }
 
-/// The Hugging Face `config.json` of a model of shape `c`, in its family's terms ([`crate::model::family`]).
-fn hf_config(c: &crate::model::LlamaConfig, tok: &crate::model::tokenizer::Tok) -> serde_json::Value {
-    let family = crate::model::family::Family::of(c);
-    serde_json::json!({
-        "architectures": [family.architecture],
-        "model_type": family.model_type,
-        "hidden_act": "silu",
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.kv_heads(),
-        "head_dim": c.head_dim(),
-
-        "rms_norm_eps": c.rms_norm_eps,
-        "rope_theta": c.rope_theta,
-        "max_position_embeddings": c.max_position_embeddings,
-        "tie_word_embeddings": c.tie_word_embeddings,
-        "vocab_size": c.vocab_size,
-        "attention_bias": false,
-        "mlp_bias": false,
-        "use_sliding_window": false,
-        "bos_token_id": tok.bos_id,
-        "eos_token_id": tok.eos_id,
-        "pad_token_id": tok.pad_id,
-        "torch_dtype": "float32",
-    })
+/// The Hugging Face `config.json` of a model of shape `c`, in its family's terms
+/// ([`crate::model::family`]): LLaDA's own keys for LLaDA, transformers' for the others (Dream's
+/// with `model_type = "Dream"` and its mask id). `base` is the base checkpoint's `config.json`, when
+/// it had one: its `auto_map` (the modeling code of LLaDA and Dream, loaded with
+/// `trust_remote_code`) is kept.
+fn hf_config(c: &crate::model::LlamaConfig, tok: &crate::model::tokenizer::Tok, base: Option<&serde_json::Value>) -> serde_json::Value {
+    use crate::model::family::{Family, Layout};
+    let family = Family::of(c);
+    let mut v = match family.layout {
+        Layout::Llada => serde_json::json!({
+            "architectures": [family.architecture],
+            "model_type": family.model_type,
+            "d_model": c.hidden_size,
+            "n_heads": c.num_attention_heads,
+            "n_kv_heads": c.kv_heads(),
+            "n_layers": c.num_hidden_layers,
+            "mlp_hidden_size": c.intermediate_size,
+            "mlp_ratio": c.intermediate_size / c.hidden_size.max(1),
+            "vocab_size": c.vocab_size,
+            "embedding_size": c.vocab_size,
+            "max_sequence_length": c.max_position_embeddings,
+            "rope_theta": c.rope_theta,
+            "rms_norm_eps": c.rms_norm_eps,
+            "weight_tying": c.tie_word_embeddings,
+            "include_qkv_bias": c.qkv_bias,
+            "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": true, "alibi": false,
+            "include_bias": false, "scale_logits": false, "input_emb_norm": false, "attention_layer_norm": false,
+            "flash_attention": false, "rope_full_precision": true, "block_group_size": 1,
+            "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0,
+            "eos_token_id": tok.eos_id,
+            "pad_token_id": tok.pad_id,
+            "mask_token_id": tok.mask_id,
+            "torch_dtype": "float32",
+        }),
+        Layout::Hf => serde_json::json!({
+            "architectures": [family.architecture],
+            "model_type": family.model_type,
+            "hidden_act": "silu",
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads,
+            "num_key_value_heads": c.kv_heads(),
+            "head_dim": c.head_dim(),
+            "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope_theta,
+            "max_position_embeddings": c.max_position_embeddings,
+            "tie_word_embeddings": c.tie_word_embeddings,
+            "vocab_size": c.vocab_size,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "use_sliding_window": false,
+            "bos_token_id": tok.bos_id,
+            "eos_token_id": tok.eos_id,
+            "pad_token_id": tok.pad_id,
+            "torch_dtype": "float32",
+        }),
+    };
+    if family.preset.mask_id.is_some() {
+        v["mask_token_id"] = serde_json::json!(tok.mask_id);
+    }
+    if let Some(auto_map) = base.and_then(|b| b.get("auto_map")) {
+        v["auto_map"] = auto_map.clone();
+    }
+    v
 }
 
 /// Export the finished run in `run_dir` into `out` (see the module documentation).
@@ -82,6 +120,9 @@ pub fn export(run_dir: &Path, out: &Path, merge: bool) -> Result<Exported> {
         return Err(Error::model(&adapter, "the run's trained parameters are not there (a study keeps them under .cache/checkpoints/)"));
     }
     let loaded = run::load_model(&cfg)?;
+    let layout = crate::model::family::Family::of(&loaded.model.cfg).layout;
+    // the base checkpoint's own config.json and modeling code (LLaDA, Dream), when it had them
+    let base_config = crate::model::family::checkpoint_config(&cfg.raw.model.source, cfg.raw.model.revision.as_deref())?;
     let lora = cfg.raw.adapter.kind == AdapterKind::Lora;
     let merged = merge || !lora;
     // the base weights, before the trained parameters are loaded (LoRA's B = 0: no change yet)
@@ -94,8 +135,9 @@ pub fn export(run_dir: &Path, out: &Path, merge: bool) -> Result<Exported> {
     let save = |name: &str, map: &HashMap<String, Tensor>| -> Result<PathBuf> {
         let p = out.join(name);
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let mut items: Vec<(&String, &Tensor)> = map.iter().collect();
-        items.sort_by(|a, b| a.0.cmp(b.0));
+        // the family's own weight names (LLaDA's differ from the harness's)
+        let mut items: Vec<(String, &Tensor)> = map.iter().map(|(n, t)| (crate::model::family::from_hf_name(layout, n), t)).collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
         safetensors::serialize_to_file(items, Some(meta), &p).map_err(|e| Error::model(&p, e.to_string()))?;
         Ok(p)
     };
@@ -113,13 +155,20 @@ pub fn export(run_dir: &Path, out: &Path, merge: bool) -> Result<Exported> {
         let a = &cfg.raw.adapter;
         let peft = serde_json::json!({
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": a.rank, "lora_alpha": a.alpha, "lora_dropout": a.dropout,
-            "target_modules": a.targets, "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
+            "target_modules": crate::model::family::peft_targets(layout, &a.targets), "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
             "base_model_name_or_path": null, "modules_to_save": if a.train_embeddings { serde_json::json!(["embed_tokens"]) } else { serde_json::Value::Null },
         });
         files.push(write_json(&adir, "adapter_config.json", &peft)?);
     }
     files.push(save("export_check.safetensors", &check)?);
-    files.push(write_json(out, "config.json", &hf_config(&loaded.model.cfg, &loaded.tok))?);
+    files.push(write_json(out, "config.json", &hf_config(&loaded.model.cfg, &loaded.tok, base_config.as_ref().map(|(_, v)| v)))?);
+    if let Some(dir) = base_config.as_ref().and_then(|(p, _)| p.parent()) {
+        for f in modeling_files(dir)? {
+            let to = out.join(f.file_name().unwrap_or_default());
+            std::fs::copy(&f, &to).map_err(|e| Error::io(&f, e))?;
+            files.push(to);
+        }
+    }
     let tok_json = loaded.tok.save(out)?;
     files.push(tok_json);
     files.push(out.join("tokenizer_config.json"));
@@ -129,6 +178,20 @@ pub fn export(run_dir: &Path, out: &Path, merge: bool) -> Result<Exported> {
     std::fs::write(&card, model_card(&cfg, &facts, run_dir)).map_err(|e| Error::io(&card, e))?;
     files.push(card);
     Ok(Exported { files, merged })
+}
+
+/// The Python files of a checkpoint folder (LLaDA's and Dream's modeling code, which
+/// transformers loads with `trust_remote_code`), sorted.
+fn modeling_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let p = e.map_err(|e| Error::io(dir, e))?.path();
+        if p.is_file() && p.extension().is_some_and(|x| x == "py") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The harness's logits for [`PROBE`] (cut to the vocabulary) under causal and full attention:

@@ -7,7 +7,8 @@
 //! - [`config`]: the run configuration in two stages: raw serde TOML (what the user wrote) →
 //!   validated [`config::RunConfig`] (what the run uses, saved into the run folder first).
 //! - [`model`]: a LLaMA-shaped transformer ([`model::llama`]; the families it reads — LLaMA,
-//!   Qwen2's q/k/v biases, Qwen3's q/k norms — in one table, [`model::family`]; optionally given
+//!   Qwen2's q/k/v biases, Qwen3's q/k norms, LLaDA's own keys and weight names, Dream — in one
+//!   table with the presets a run inherits from its checkpoint, [`model::family`]; optionally given
 //!   the diffusion time of each column through a zero-initialised embedding,
 //!   `objective.time_conditioning`) whose attention takes an explicit mask ([`model::mask`]:
 //!   causal, full, annealed, block-causal, and the one attention-bias builder), loading from
@@ -69,7 +70,8 @@
 //! - [`report`]: rendering of result data (tables); the loop and the runners only write data.
 //! - [`export`](mod@export): a finished run as a Hugging Face folder (merged, or base + peft
 //!   adapter), with a model card and probe logits for a transformers check.
-//! - [`bench`](mod@bench) and [`selfcheck`]: throughput at the SmolLM2-135M shape, and the pinned
+//! - [`bench`](mod@bench) and [`selfcheck`]: throughput at the SmolLM2-135M shape (and the largest
+//!   batch that fits at the 1.7B and 7B shapes, `--arch`), and the pinned
 //!   cross-check on any device; [`profile`]: where a step's host and device time goes (CUPTI,
 //!   loaded at run time); [`device`]: CUDA allocator settings and memory high-water mark.
 //!

@@ -49,7 +49,8 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Training and decoding throughput at the SmolLM2-135M shape; writes JSON lines into --out.
+    /// Training and decoding throughput at the SmolLM2-135M shape (or another `--arch`); writes
+    /// JSON lines into --out.
     Bench {
         /// Output folder (default `results/bench/<stamp>-<sha>`).
         #[arg(long)]
@@ -60,9 +61,9 @@ enum Cmd {
         /// Tiny sizes (a CPU smoke test of the benchmark itself).
         #[arg(long)]
         quick: bool,
-        /// Timed steps per configuration.
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
+        /// Timed steps per configuration (default 10; 3 at smollm2-1.7b and llama2-7b).
+        #[arg(long)]
+        steps: Option<usize>,
         /// Peak dense bf16 TFLOP/s for MFU (default: known from the GPU name).
         #[arg(long)]
         peak_tflops: Option<f64>,
@@ -76,12 +77,23 @@ enum Cmd {
         ops: bool,
         /// Only these training rows, `objective:rank:batch:seq` (rank 0 = full fine-tuning),
         /// comma-separated, e.g. `ddm:16:64:512,ddm:0:64:512`; `pack` for the packed-vs-padded rows (packing.jsonl).
+        /// At smollm2-1.7b and llama2-7b the rows named run instead of the batch search (e.g.
+        /// `ddm:16:8:1024`), and `decode` adds the decoding rows.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// How training steps are launched, comma-separated: `eager`, `cuda_graph`, `auto`
-        /// (default: each one this device can run, eager and cuda_graph on CUDA).
+        /// (default: each one this device can run, eager and cuda_graph on CUDA; eager only at
+        /// smollm2-1.7b and llama2-7b).
         #[arg(long, value_delimiter = ',')]
         launch: Vec<String>,
+        /// Model shape: `smollm2-135m` (the grid above), `smollm2-1.7b` or `llama2-7b` (ddm, LoRA
+        /// 16, seq 1024 at batch 1, 2, 4, … until a step fails, 2 warm-up steps; packing and
+        /// decoding only when --only names `pack` or `decode`). --quick keeps the tiny shape.
+        #[arg(long, default_value = "smollm2-135m")]
+        arch: String,
+        /// The largest batch the search of smollm2-1.7b and llama2-7b tries.
+        #[arg(long, default_value_t = 64)]
+        max_batch: usize,
     },
     /// Render a bench folder (candle.jsonl, torch.jsonl, decode.jsonl, torch_decode.jsonl) as two tables
     /// with ratios (training, decoding), printed and written to table.md.
@@ -298,9 +310,12 @@ fn run(cli: Cli) -> Result<()> {
             println!("selfcheck passed: {} checks", checks.len());
             Ok(())
         }
-        Cmd::Bench { out, device, quick, steps, peak_tflops, no_decode, ops, only, launch } => {
+        Cmd::Bench { out, device, quick, steps, peak_tflops, no_decode, ops, only, launch, arch, max_batch } => {
             let dir = out.unwrap_or_else(harness::bench::default_dir);
             if ops {
+                if arch != harness::bench::ARCHS[0].name {
+                    anyhow::bail!("--ops profiles the {} shape only; drop --arch {arch}", harness::bench::ARCHS[0].name);
+                }
                 harness::bench::op_profile(&dir, &device, quick)?;
                 return Ok(());
             }
@@ -311,7 +326,8 @@ fn run(cli: Cli) -> Result<()> {
                         .map_err(|_| anyhow::anyhow!("--launch: unknown `{l}`; choose from eager, cuda_graph, auto"))
                 })
                 .collect::<anyhow::Result<Vec<harness::train::graph::StepLaunch>>>()?;
-            harness::bench::run_cli(&dir, &device, quick, steps, peak_tflops, !no_decode, &only, &launches)?;
+            let args = harness::bench::CliArgs { dir: dir.clone(), device, quick, steps, peak_tflops, decode: !no_decode, only, launches, arch, max_batch };
+            harness::bench::run_cli(&args)?;
             for (title, t) in harness::report::bench_tables(&dir)? {
                 println!("{title}\n{t}");
             }

@@ -194,6 +194,7 @@ fn train_table(candle: &[Row], torch: &[Row]) -> Table {
         "candle GiB",
         "candle MFU %",
         "torch eager tok/s",
+        "torch eager GiB",
         "torch.compile tok/s",
         "torch.compile GiB",
         "torch.compile MFU %",
@@ -222,6 +223,7 @@ fn train_table(candle: &[Row], torch: &[Row]) -> Table {
             c.filter(|c| c.get("error").is_none()).map(|c| fixed(num(c, "peak_mem_gib"), 1)).unwrap_or_else(|| "-".into()),
             mfu_cell(c),
             cell(eager, "tokens_per_s", 0),
+            eager.filter(|c| c.get("error").is_none()).map(|c| fixed(num(c, "peak_mem_gib"), 1)).unwrap_or_else(|| "-".into()),
             cell(comp, "tokens_per_s", 0),
             comp.filter(|c| c.get("error").is_none()).map(|c| fixed(num(c, "peak_mem_gib"), 1)).unwrap_or_else(|| "-".into()),
             mfu_cell(comp),
@@ -312,16 +314,99 @@ fn packing_table(rows: &[Row]) -> Table {
     t
 }
 
+/// The model shape of a training row (`smollm2-135m` in files from before rows recorded it).
+fn row_arch(v: &Row) -> &str {
+    v.get("arch").and_then(|a| a.as_str()).unwrap_or(crate::bench::ARCHS[0].name)
+}
+
+/// The big shape ([`crate::bench::Arch::big`]) a training row was measured at, if any.
+fn big_arch(v: &Row) -> Option<&'static crate::bench::Arch> {
+    crate::bench::ARCHS.iter().find(|a| a.big && a.name == row_arch(v))
+}
+
+/// A largest-batch search's outcome per implementation (candle per launch, `torch`,
+/// `torch-compile`) and (objective, rank, seq): the largest batch that ran with its tokens/s and
+/// peak GiB, the best tokens/s over the batches that ran (at which batch), and the first batch
+/// that failed (its error, usually OOM). A later row at the same batch wins.
+fn fit_table(candle: &[Row], torch: &[Row]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["objective", "LoRA r", "seq", "impl", "largest batch", "tok/s", "GiB", "best tok/s (batch)", "failed at"]);
+    let variant = |v: &Row, is_candle: bool| -> String {
+        if is_candle {
+            format!("candle {}", v.get("launch").and_then(|l| l.as_str()).unwrap_or("eager"))
+        } else {
+            v["impl"].as_str().unwrap_or("").to_string()
+        }
+    };
+    let rows: Vec<(String, &Row)> = candle
+        .iter()
+        .map(|v| (variant(v, true), v))
+        .chain(torch.iter().filter(|x| matches!(x["impl"].as_str(), Some("torch" | "torch-compile"))).map(|v| (variant(v, false), v)))
+        .collect();
+    let mut groups: Vec<(String, u64, u64, String)> = Vec::new();
+    for (name, v) in &rows {
+        let k = train_key(v);
+        let g = (k.0, k.1, k.3, name.clone());
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    for (objective, rank, seq, name) in groups {
+        // the last row at each batch
+        let mut by_batch: Vec<(u64, &Row)> = Vec::new();
+        for (n, v) in &rows {
+            let k = train_key(v);
+            if n == &name && k.0 == objective && k.1 == rank && k.3 == seq {
+                by_batch.retain(|(b, _)| *b != k.2);
+                by_batch.push((k.2, v));
+            }
+        }
+        by_batch.sort_by_key(|(b, _)| *b);
+        let ok: Vec<&(u64, &Row)> = by_batch.iter().filter(|(_, v)| v.get("error").is_none()).collect();
+        let largest = ok.last();
+        let best = ok.iter().filter_map(|(b, v)| num(v, "tokens_per_s").map(|x| (x, *b))).max_by(|a, b| a.0.total_cmp(&b.0));
+        let failed = by_batch.iter().find(|(_, v)| v.get("error").is_some());
+        t.add_row(vec![
+            objective.clone(),
+            if rank == 0 { "full".into() } else { rank.to_string() },
+            seq.to_string(),
+            name.clone(),
+            largest.map(|(b, _)| b.to_string()).unwrap_or_else(|| "none".into()),
+            fixed(largest.and_then(|(_, v)| num(v, "tokens_per_s")), 0),
+            fixed(largest.and_then(|(_, v)| num(v, "peak_mem_gib")), 1),
+            best.map(|(x, b)| format!("{x:.0} ({b})")).unwrap_or_else(|| "-".into()),
+            failed.map(|(b, v)| format!("{b}: {}", error_cell(v).unwrap_or_default())).unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    t
+}
+
 /// The tables of a bench folder: `training` (candle.jsonl beside torch.jsonl), when there are
 /// decode rows `decoding` (decode.jsonl beside torch_decode.jsonl), and when there are packing
-/// rows `packing` (packing.jsonl).
+/// rows `packing` (packing.jsonl). Training rows of a big shape (`arch` smollm2-1.7b or
+/// llama2-7b) are left out of `training` and get two tables of their own, `training (ARCH)` (the
+/// same columns, one row per tried batch) and `largest batch (ARCH)` ([`fit_table`]).
 pub fn bench_tables(dir: &std::path::Path) -> crate::Result<Vec<(&'static str, Table)>> {
-    let candle = read_jsonl(&dir.join("candle.jsonl"))?;
-    let torch = read_jsonl(&dir.join("torch.jsonl"))?;
+    let candle_all = read_jsonl(&dir.join("candle.jsonl"))?;
+    let torch_all = read_jsonl(&dir.join("torch.jsonl"))?;
     let decode = read_jsonl(&dir.join("decode.jsonl"))?;
     let torch_decode = read_jsonl(&dir.join("torch_decode.jsonl"))?;
     let packing = read_jsonl(&dir.join("packing.jsonl"))?;
-    let mut out = vec![("training", train_table(&candle, &torch))];
+    let of = |rows: &[Row], arch: Option<&str>| -> Vec<Row> { rows.iter().filter(|v| big_arch(v).map(|a| a.name) == arch).cloned().collect() };
+    let (candle, torch) = (of(&candle_all, None), of(&torch_all, None));
+    let mut out = Vec::new();
+    let torch_training = |rows: &[Row]| rows.iter().any(|x| matches!(x["impl"].as_str(), Some("torch" | "torch-compile")));
+    if !candle.is_empty() || torch_training(&torch) || (candle_all.is_empty() && !torch_training(&torch_all)) {
+        out.push(("training", train_table(&candle, &torch)));
+    }
+    for a in crate::bench::ARCHS.iter().filter(|a| a.big) {
+        let (c, t) = (of(&candle_all, Some(a.name)), of(&torch_all, Some(a.name)));
+        if !c.is_empty() || torch_training(&t) {
+            out.push((a.training_title, train_table(&c, &t)));
+            out.push((a.fit_title, fit_table(&c, &t)));
+        }
+    }
     if !decode.is_empty() || torch_decode.iter().any(|x| x.get("batch").is_some()) {
         out.push(("decoding", decode_section(&decode, &torch_decode)));
     }

@@ -179,6 +179,7 @@ fn head64_config() -> LlamaConfig {
         qkv_bias: false,
         head_dim: None,
         qk_norm: false,
+        model_type: None,
     }
 }
 

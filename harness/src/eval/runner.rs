@@ -292,7 +292,7 @@ fn generate(obj: &dyn Objective, model: &Llama, tok: &Tok, items: &[&Item], prom
     for (it, o) in items.iter().zip(&outs) {
         gen += o.tokens.len();
         nfe += o.nfe;
-        let text = tok.decode(&o.tokens, true)?;
+        let text = tok.decode_generated(&o.tokens, true)?;
         let pred = format.parse(&text, it);
         preds.push(Pred { raw: text, pred, scores: None, se: None });
     }

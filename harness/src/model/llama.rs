@@ -58,6 +58,10 @@ pub struct LlamaConfig {
     /// Per-head RMSNorm of q and k before RoPE (Qwen3's `q_norm`, `k_norm`).
     #[serde(default)]
     pub qk_norm: bool,
+    /// The checkpoint family it was read as ([`crate::model::family`]: `llama`, `qwen2`, `qwen3`,
+    /// `llada`, `Dream`); unset for GGUF and random models (read as LLaMA, or by their biases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
 }
 
 fn default_rms_eps() -> f64 {

@@ -245,6 +245,7 @@ pub fn gguf_config(c: &gguf_file::Content, path: &Path) -> Result<LlamaConfig> {
         qkv_bias: false,
         head_dim: None,
         qk_norm: false,
+        model_type: None,
     })
 }
 
@@ -275,19 +276,13 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device, mask: &MaskToken) -
 pub fn load_hf_folder(dir: &Path, dtype: DType, device: &Device, mask: &MaskToken) -> Result<Loaded> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let mut cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| Error::model(&cfg_path, e.to_string()))?;
-    // transformers ≥ 5 nests the RoPE base under `rope_parameters`.
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::model(&cfg_path, e.to_string()))?;
-    if let Some(theta) = v.pointer("/rope_parameters/rope_theta").and_then(|x| x.as_f64()) {
-        cfg.rope_theta = theta;
-    }
-    // the family's differences from LLaMA (an unknown model_type is an error naming it)
+    // the family's config keys and differences from LLaMA (an unknown model_type is an error naming it)
     let family = super::family::Family::of_config(&v, &cfg_path)?;
-    cfg.qkv_bias = family.qkv_bias;
-    cfg.qk_norm = family.qk_norm;
-    cfg.validate().map_err(|e| Error::model(&cfg_path, e.to_string()))?;
+    let cfg = family.read_config(&v, &cfg_path)?;
     let mut files = safetensors_files(dir)?;
-    let tensors = load_safetensors(&files, dtype, device)?;
+    let tensors: HashMap<String, Tensor> =
+        load_safetensors(&files, dtype, device)?.into_iter().map(|(n, t)| (super::family::to_hf_name(family.layout, &n), t)).collect();
     let tok_path = dir.join("tokenizer.json");
     let tok = if tok_path.is_file() { Some(Tok::from_file(&tok_path, mask)?) } else { None };
     files.push(cfg_path);
@@ -429,5 +424,6 @@ pub fn tiny_config(vocab: usize) -> LlamaConfig {
         qkv_bias: false,
         head_dim: None,
         qk_norm: false,
+        model_type: None,
     }
 }

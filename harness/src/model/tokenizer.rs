@@ -354,6 +354,15 @@ impl Tok {
         self.inner.decode(ids, skip_special).map_err(tok_err)
     }
 
+    /// Decodes generated ids: like [`Tok::decode`], but ids `>= vocab_size()` are dropped. They
+    /// are the rows a checkpoint pads its embedding with past the tokenizer (Qwen2.5: 151,936
+    /// rows for 151,665 tokens), which name no text; a sampler may still pick one.
+    pub fn decode_generated(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        let n = self.vocab_size();
+        let kept: Vec<u32> = ids.iter().copied().filter(|&id| (id as usize) < n).collect();
+        self.inner.decode(&kept, skip_special).map_err(tok_err)
+    }
+
     /// The id of a token given its vocabulary text (byte-level form, e.g. `"Ġthe"`), if any.
     pub fn token_id(&self, s: &str) -> Option<u32> {
         self.inner.token_to_id(s)

@@ -276,9 +276,10 @@ fn describe(e: &Error) -> String {
     }
 }
 
+/// A point's (or the base's) run config, with its checkpoint family's presets applied
+/// ([`RawConfig::from_table`]; the study prints them once, for its base).
 fn deserialize(table: &toml::Table, origin: &str) -> Result<RawConfig> {
-    let text = toml::to_string(table).map_err(|e| Error::config(origin, e.to_string()))?;
-    config::from_toml_str(&text, origin)
+    Ok(RawConfig::from_table(table.clone(), origin)?.0)
 }
 
 /// The `objective.kind` a run-config table names (`diffusion` when it names none).
@@ -320,7 +321,10 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Study> {
     };
     merge(&mut base, &file.base);
     config::apply_overrides(&mut base, sets)?;
-    let base_raw = deserialize(&base, &format!("{origin} [base]"))?;
+    let (base_raw, notes) = RawConfig::from_table(base.clone(), &format!("{origin} [base]"))?;
+    for n in notes {
+        eprintln!("{n}");
+    }
     let base_toml = toml::to_string(&base).map_err(|e| Error::msg(e.to_string()))?;
 
     // Axes.
