@@ -25,7 +25,15 @@ SHAPES = {
                       max_position_embeddings=4096, tie_word_embeddings=False),
 }
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-LINE = re.compile(r"model: (\d+) tensors, ([\d.]+) GiB on (\w+) in ([\d.]+) s; peak host memory ([\d.]+) GiB")
+LINE = re.compile(r"model: (\d+) tensors, ([\d.]+) GiB on (.+?) in ([\d.]+) s; peak host memory ([\d.]+) GiB")
+
+
+def parse(line):
+    """The fields of the loader's report line, or None."""
+    m = LINE.search(line)
+    if not m:
+        return None
+    return dict(line=m[0], tensors=int(m[1]), placed_gib=float(m[2]), device=m[3], load_s=float(m[4]), peak_host_gib=float(m[5]))
 
 
 def main():
@@ -60,11 +68,11 @@ def main():
     t1 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t1
-    m = LINE.search(p.stderr)
+    m = parse(p.stderr)
     row = {"arch": a.arch, "shards": len(shards), "checkpoint_gib": disk / 2**30, "write_s": write_s,
            "eval_wall_s": wall, "rc": p.returncode, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     if m:
-        row.update(tensors=int(m[1]), placed_gib=float(m[2]), device=m[3], load_s=float(m[4]), peak_host_gib=float(m[5]))
+        row.update(m)
     else:
         row["error"] = (p.stderr.strip().splitlines() or ["no output"])[-1]
     print(json.dumps(row))
