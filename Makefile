@@ -46,13 +46,17 @@ report: build
 
 ## cuda: build the CUDA binary into target/cuda/release/harness. Uses a system CUDA toolkit (nvcc
 ## on PATH) when there is one, else the CUDA 13 toolchain from PyPI wheels (scripts/cuda-toolchain.sh).
+## NCCL=1 adds data-parallel training over NCCL (`harness train --nproc N`; links libnccl.so.2).
 CUDA_BIN := target/cuda/release/harness
+NCCL ?=
+comma := ,
+CUDA_FEATURES := $(if $(NCCL),cuda$(comma)nccl,cuda)
 cuda:
 	$(CARGO) fetch
 	if command -v nvcc >/dev/null 2>&1; then \
-	  $(CARGO) build --release -p harness --features cuda --target-dir target/cuda; \
+	  $(CARGO) build --release -p harness --features $(CUDA_FEATURES) --target-dir target/cuda; \
 	else \
-	  source scripts/cuda-toolchain.sh && $(CARGO) build --release -p harness --features cuda --target-dir target/cuda; \
+	  NCCL=$(NCCL) source scripts/cuda-toolchain.sh && $(CARGO) build --release -p harness --features $(CUDA_FEATURES) --target-dir target/cuda; \
 	fi
 
 ## selfcheck: the pinned cross-check on the default device (CUDA when built with it and present).

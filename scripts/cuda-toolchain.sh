@@ -20,6 +20,12 @@ if [ ! -x "$_cu/bin/nvcc" ]; then
     nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-runtime==13.0.96 \
     nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.1.0.3 nvidia-curand==10.4.0.35
 fi
+# NCCL=1: NCCL for data-parallel training (the `nccl` feature links libnccl.so.2)
+if [ -n "${NCCL:-}" ] && ! ls "$_cu/lib/libnccl.so.2" >/dev/null 2>&1; then
+  "$CUDA_VENV/bin/pip" install -q --no-deps nvidia-nccl-cu13==2.28.9
+  _nccl=$(ls -d "$_site"/nvidia/nccl/lib 2>/dev/null || ls -d "$_site"/nvidia/cu13/lib)
+  [ -e "$_nccl/libnccl.so.2" ] && ln -sf "$_nccl/libnccl.so.2" "$_cu/lib/libnccl.so.2" && ln -sf "$_nccl/libnccl.so.2" "$_cu/lib/libnccl.so"
+fi
 if [ ! -e "$_cu/lib/stubs/libcuda.so" ] || [ -n "${CUDA_STUB_REBUILD:-}" ]; then
   (
     cd "$_cu/lib"

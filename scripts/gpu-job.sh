@@ -20,7 +20,7 @@ for p in python3 /opt/torch/.venv/bin/python3; do
 done
 export PYTHON=$PY
 libs=""
-for so in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcupti.so.13; do
+for so in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcupti.so.13 libnccl.so.2; do
   d=$("$PY" - "$so" <<'PY'
 import os, sys, site
 name = sys.argv[1]

@@ -341,3 +341,27 @@ fn data_errors_name_the_file_and_leave_no_folder() {
     assert!(err.contains("garbage.gguf"), "{err}");
     assert!(!run.exists());
 }
+
+#[test]
+fn data_parallel_training_on_cpu_is_one_clear_error_and_leaves_no_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dp");
+    // --nproc starts two ranks; each finds it is on the CPU, which has no NCCL
+    let (code, _, err) = harness(&["train", "--config", "configs/tiny-random.toml", "--nproc", "2", "--out", &out.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("needs CUDA devices and NCCL") && err.contains("failed"), "{err}");
+    assert!(!out.join("config.json").exists(), "no run folder is started");
+    // a rank started by another launcher without --out is refused
+    let out2 = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["train", "--config", "configs/tiny-random.toml"])
+        .env("RANK", "1")
+        .env("WORLD_SIZE", "2")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_ne!(out2.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out2.stderr).contains("needs --out"));
+    // a bad variable names itself
+    let out3 = Command::new(env!("CARGO_BIN_EXE_harness")).args(["train", "--config", "configs/tiny-random.toml"]).env("WORLD_SIZE", "two").current_dir(root()).output().unwrap();
+    assert!(String::from_utf8_lossy(&out3.stderr).contains("WORLD_SIZE"), "{}", String::from_utf8_lossy(&out3.stderr));
+}

@@ -337,6 +337,7 @@ fn run_train(model: &Llama, tr: &harness::model::Trainable, obj: &dyn Objective,
             stop: None,
             reader: None,
             launch: harness::train::graph::StepLaunch::Eager,
+            dist: None,
         },
         None,
     )
@@ -1003,4 +1004,53 @@ fn every_sft_variant_trains_a_tiny_model() {
         assert!(out.final_loss.is_finite() && out.final_loss > 0.0, "{name}: {out:?}");
         assert_eq!(csv.lines().count(), 4, "{name}: a metrics row per step");
     }
+}
+
+// ---------------------------------------------------------------- data parallel (train::dist)
+
+#[test]
+fn two_ranks_shares_with_the_global_normaliser_sum_to_the_one_process_gradients() {
+    // What a 2-rank step computes (harness::train::dist): each rank's rows of the global
+    // micro-batch, its loss divided by the normaliser summed over both ranks, then the gradients
+    // summed. That is the gradient of the one-process batch of all the rows.
+    use harness::train::dist::Dist;
+    use harness::train::optim::GradAccum;
+    let cfg = tiny_config(40);
+    let (model, tr) = random_model(&cfg, &AdapterConfig { rank: 4, alpha: 8.0, ..Default::default() }, 3, &Device::Cpu).unwrap();
+    for (name, v) in &tr.entries {
+        if name.ends_with("lora_B.weight") {
+            v.set(&Tensor::randn(0f32, 0.3, v.dims(), &Device::Cpu).unwrap()).unwrap();
+        }
+    }
+    // responses of different lengths, so the per-rank normalisers differ
+    let data: Vec<Example> = (0..4u32).map(|i| Example { prompt: vec![1, 3 + i, 12], response: (0..(2 + i)).map(|k| 20 + k).chain([2]).collect() }).collect();
+    let ctx = Fwd { train: true, seed: 0, step: 0, micro: 0 };
+    let grads = |rows: &[&Example], denom: f64| {
+        let p = Autoregressive.prepare(&Batch::collate(rows, 0), 0, 0, 0).unwrap();
+        let parts = objective::scored_loss(&model, &p, denom, 0, &ctx).unwrap();
+        let mut acc = GradAccum::new(&tr);
+        acc.add(&parts.loss.backward().unwrap()).unwrap();
+        (acc.take_sums().unwrap(), parts.read().unwrap().loss, p.denom)
+    };
+    let all: Vec<&Example> = data.iter().collect();
+    let full_denom = Autoregressive.prepare(&Batch::collate(&all, 0), 0, 0, 0).unwrap().denom;
+    let (g_full, l_full, _) = grads(&all, full_denom);
+    // each rank's share of the global batch (Dist::share), with micro-batch 2 per rank
+    let ranks: Vec<Vec<&Example>> = (0..2).map(|r| all[Dist::rows_of(r, all.len(), 2)].to_vec()).collect();
+    assert_eq!(ranks[0].len() + ranks[1].len(), 4);
+    let denoms: Vec<f64> = ranks.iter().map(|r| Autoregressive.prepare(&Batch::collate(r, 0), 0, 0, 0).unwrap().denom).collect();
+    assert_ne!(denoms[0], denoms[1]);
+    assert_eq!(denoms[0] + denoms[1], full_denom);
+    let parts: Vec<_> = ranks.iter().map(|r| grads(r, denoms[0] + denoms[1])).collect();
+    assert!((parts[0].1 + parts[1].1 - l_full).abs() < 1e-5, "{} + {} vs {l_full}", parts[0].1, parts[1].1);
+    for (i, g) in g_full.iter().enumerate() {
+        let sum = (&parts[0].0[i] + &parts[1].0[i]).unwrap();
+        let d = (g - &sum).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "parameter {i}: {d}");
+    }
+    // a single process: the whole batch is its share, sums pass through unchanged
+    let one = Dist::single();
+    assert_eq!(one.share(16, 16), 0..16);
+    assert_eq!(one.sum_scalars(&[1.5, 2.0], &Device::Cpu).unwrap(), vec![1.5, 2.0]);
+    assert!(one.same_everywhere(3.0, &Device::Cpu).unwrap());
 }

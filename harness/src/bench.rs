@@ -466,7 +466,7 @@ impl TrainSetup {
         if self.pack_to > 0 {
             p = crate::objective::pack::pack(&p, self.pack_to, 0)?.0;
         }
-        let sc = StepCtx { seed: 0, step: step as u64, accum: &mut self.acc, opt: &mut self.opt, lr: 1e-4, max_grad_norm: 1.0, graph: self.graph.as_mut() };
+        let sc = StepCtx { seed: 0, step: step as u64, accum: &mut self.acc, opt: &mut self.opt, lr: 1e-4, max_grad_norm: 1.0, graph: self.graph.as_mut(), dist: None };
         Ok(train_step(&self.model, std::slice::from_ref(&p), sc)?.loss)
     }
 }

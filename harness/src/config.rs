@@ -398,6 +398,9 @@ pub struct Resolved {
     /// within (a study worker's GPU, `harness study --devices`); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visible_devices: Option<String>,
+    /// Processes of a data-parallel run (`WORLD_SIZE`, [`crate::train::dist`]); unset for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
     /// How training steps were launched (`train.launch` resolved: `eager` or `cuda_graph`);
     /// `eager` in configs written before graphs existed.
     #[serde(default = "eager_launch")]
@@ -735,6 +738,7 @@ impl RawConfig {
                 eval_attention,
                 eval_future_visibility: None,
                 visible_devices,
+                world_size: None,
             },
         })
     }
@@ -782,8 +786,9 @@ pub fn resolve_launch(launch: StepLaunch, device: &str, adapter: &AdapterConfig)
 /// `auto` → `cuda:0` when compiled with CUDA and a GPU answers, else `cpu`.
 pub fn resolve_device(spec: &str) -> Result<String> {
     match spec {
-        "auto" => Ok(if candle_core::utils::cuda_is_available() && candle_core::Device::new_cuda(0).is_ok() {
-            "cuda:0".into()
+        // a data-parallel rank (crate::train::dist) uses GPU LOCAL_RANK of the visible ones
+        "auto" => Ok(if candle_core::utils::cuda_is_available() && candle_core::Device::new_cuda(auto_gpu()).is_ok() {
+            format!("cuda:{}", auto_gpu())
         } else {
             "cpu".into()
         }),
@@ -796,6 +801,14 @@ pub fn resolve_device(spec: &str) -> Result<String> {
             }
             Ok(format!("cuda:{n}"))
         }
+    }
+}
+
+/// The GPU `model.device = "auto"` picks: 0, or `LOCAL_RANK` in a data-parallel run.
+fn auto_gpu() -> usize {
+    match crate::train::dist::Dist::place() {
+        Ok((_, world, local)) if world > 1 => local,
+        _ => 0,
     }
 }
 

@@ -27,6 +27,11 @@ enum Cmd {
         /// Run folder (default: `<out_dir>/<name>-<utc stamp>`).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Data-parallel training over N GPUs of this host (one process each, NCCL; see
+        /// `harness::train::dist`). torchrun-style variables (RANK, WORLD_SIZE, LOCAL_RANK,
+        /// MASTER_ADDR, MASTER_PORT) do the same under another launcher.
+        #[arg(long, default_value_t = 1)]
+        nproc: usize,
     },
     /// Export a finished run as a Hugging Face folder (config.json, safetensors, tokenizer, model
     /// card) that transformers loads.
@@ -263,7 +268,35 @@ fn parse_objective(s: &str) -> std::result::Result<harness::config::ObjectiveKin
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Train { config, sets, out } => {
+        Cmd::Train { config, sets, out, nproc } => {
+            let (rank, world, _) = harness::train::dist::Dist::place()?;
+            if nproc > 1 {
+                if world > 1 {
+                    anyhow::bail!("--nproc {nproc} in a process that is already rank {rank} of {world} (RANK / WORLD_SIZE are set)");
+                }
+                // the config is checked once, before any rank starts
+                let raw = harness::config::RawConfig::load(&config, &sets)?;
+                let dir = match out {
+                    Some(d) => d,
+                    None => harness::run::new_run_dir(&raw.out_dir, &raw.name)?,
+                };
+                let mut args = vec!["train".to_string(), "--config".to_string(), config.display().to_string()];
+                for s in &sets {
+                    args.extend(["--set".to_string(), s.clone()]);
+                }
+                harness::train::dist::launch(nproc, &args, &dir)?;
+                return Ok(());
+            }
+            if rank > 0 && out.is_none() {
+                anyhow::bail!("rank {rank} of a data-parallel run needs --out: the run folder rank 0 writes");
+            }
+            let (out, sets) = match out {
+                Some(d) => {
+                    let (dir, extra) = harness::train::dist::rank_folder(rank, &d);
+                    (Some(dir), sets.into_iter().chain(extra).collect())
+                }
+                None => (None, sets),
+            };
             let raw = harness::config::RawConfig::load(&config, &sets)?;
             let dir = match out {
                 Some(d) => d,

@@ -172,8 +172,11 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
     }
     let (train_ex, trunc) = encode_items(&splits.train, "train", &cfg.raw, &loaded.tok)?;
     let (dev_ex, _) = encode_items(&splits.dev, "dev", &cfg.raw, &loaded.tok)?;
+    // a data-parallel rank (train::dist): the world's batch is world × micro_batch
+    let dist = train::dist::Dist::from_env(&config::device(&cfg.resolved.device)?)?;
     let t = &cfg.raw.train;
-    let total = t.max_steps.unwrap_or_else(|| train::steps_for(train_ex.len(), t.epochs, t.micro_batch, t.grad_accum));
+    let total = t.max_steps.unwrap_or_else(|| train::steps_for(train_ex.len(), t.epochs, t.micro_batch * dist.world, t.grad_accum));
+    cfg.resolved.world_size = (dist.world > 1).then_some(dist.world);
     // With epochs the step count is known only now: the same anneal/eval check as validate's.
     cfg.raw.check_eval_attention(total)?;
     cfg.resolved.mask_id = Some(loaded.tok.mask_id);
@@ -220,6 +223,7 @@ pub fn train_run(raw: RawConfig, run_dir: &Path, opts: RunOpts) -> Result<Traine
             stop: opts.stop,
             reader: Some(reader.as_ref()),
             launch: cfg.resolved.launch,
+            dist: Some(&dist),
         },
         hook,
     )?;

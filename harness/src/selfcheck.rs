@@ -127,7 +127,7 @@ pub fn losses(device: &Device, dtype: DType) -> Result<Vec<(String, f64)>> {
     let p = diffusion(true).prepare_with(&batch, &[0.4, 0.75], &masked, 0)?;
     let mut acc = crate::train::optim::GradAccum::new(&tr);
     let mut opt = crate::train::optim::AdamW::new(&tr, Default::default())?;
-    let sc = crate::train::step::StepCtx { seed: 0, step: 0, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 0.0, graph: None };
+    let sc = crate::train::step::StepCtx { seed: 0, step: 0, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 0.0, graph: None, dist: None };
     let v = crate::train::step::train_step(&model, std::slice::from_ref(&p), sc)?;
     out.push(("ddm_shift_grad_norm".into(), v.grad_norm));
     Ok(out)
@@ -158,9 +158,43 @@ pub fn run(device: &Device) -> Result<Vec<Check>> {
     if device.is_cuda() {
         checks.extend(kernel_checks(device)?);
         checks.extend(flash_checks(device)?);
+        #[cfg(feature = "nccl")]
+        checks.extend(nccl_checks(device)?);
         checks.extend(graph_checks(device)?);
     }
     Ok(checks)
+}
+
+/// NCCL (data-parallel training, `crate::train::dist`) on a world of one rank: the bucketed
+/// all-reduce of three gradients (one over a bucket's size) gives them back unchanged, the
+/// scalar sum passes through, and the checksum agrees with itself.
+#[cfg(feature = "nccl")]
+fn nccl_checks(device: &Device) -> Result<Vec<Check>> {
+    use crate::train::dist::{Dist, BUCKET_BYTES};
+    let dist = Dist::world_of_one(device)?;
+    let on = format!("{:?} NCCL world 1", device.location());
+    let ts = vec![
+        Tensor::randn(0f32, 1.0, (7, 5), device)?,
+        Tensor::randn(0f32, 1.0, BUCKET_BYTES / 4 + 3, device)?,
+        Tensor::randn(0f32, 1.0, (3, 2), device)?.to_dtype(DType::BF16)?,
+    ];
+    let back = dist.sum_tensors(ts.clone())?;
+    let mut worst = 0f64;
+    for (a, b) in ts.iter().zip(&back) {
+        if a.shape() != b.shape() || a.dtype() != b.dtype() {
+            return Err(Error::msg(format!("NCCL all-reduce changed {:?} {:?} into {:?} {:?}", a.shape(), a.dtype(), b.shape(), b.dtype())));
+        }
+        let d = (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()? as f64;
+        worst = worst.max(d);
+    }
+    let s = dist.sum_scalars(&[2.5, -1.0], device)?;
+    let same = dist.same_everywhere(1234.5, device)?;
+    let check = |name: &str, value: f64, reference: f64| Check { name: name.into(), on: on.clone(), value, reference, tolerance: 0.0, ok: value == reference };
+    Ok(vec![
+        check("nccl all-reduce of 3 gradients, 2 buckets: max |out - in|", worst, 0.0),
+        check("nccl scalar sum of [2.5, -1.0]: first", s[0], 2.5),
+        check("nccl checksum the same on every rank", if same { 1.0 } else { 0.0 }, 1.0),
+    ])
 }
 
 /// The small head-width-64 model of the flash and graph step checks (the flash kernels serve it).
@@ -223,7 +257,7 @@ fn graph_checks(device: &Device) -> Result<Vec<Check>> {
                         obj.prepare(&Batch::collate(&refs, 0), step, m as u64, 5)
                     })
                     .collect::<Result<_>>()?;
-                let sc = crate::train::step::StepCtx { seed: 5, step, accum: &mut acc, opt: &mut opt, lr: 1e-3, max_grad_norm: 1.0, graph: g.as_mut() };
+                let sc = crate::train::step::StepCtx { seed: 5, step, accum: &mut acc, opt: &mut opt, lr: 1e-3, max_grad_norm: 1.0, graph: g.as_mut(), dist: None };
                 let v = crate::train::step::train_step(&model, &prepared, sc)?;
                 per_step.push((v.loss, v.grad_norm));
             }
@@ -495,7 +529,7 @@ fn flash_step_checks(device: &Device, on: &str) -> Result<Vec<Check>> {
         let p = obj.prepare(&batch, 1, 0, 5)?;
         let mut acc = crate::train::optim::GradAccum::new(tr);
         let mut opt = crate::train::optim::AdamW::new(tr, Default::default())?;
-        let sc = crate::train::step::StepCtx { seed: 5, step: 1, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 0.0, graph: None };
+        let sc = crate::train::step::StepCtx { seed: 5, step: 1, accum: &mut acc, opt: &mut opt, lr: 1e-4, max_grad_norm: 0.0, graph: None, dist: None };
         let v = crate::train::step::train_step(model, std::slice::from_ref(&p), sc)?;
         Ok((v.loss, v.grad_norm))
     };

@@ -1,4 +1,5 @@
 //! The training loop: AdamW, schedule, accumulation, clipping, metrics, checkpoints.
+pub mod dist;
 pub mod graph;
 pub mod optim;
 pub mod schedule;

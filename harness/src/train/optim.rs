@@ -153,6 +153,18 @@ impl GradAccum {
         Ok(())
     }
 
+    /// The gradient sums, in parameter order (zeros where nothing was added), leaving none.
+    pub fn take_sums(&mut self) -> Result<Vec<Tensor>> {
+        let mut out = Vec::with_capacity(self.params.len());
+        for (i, p) in self.params.iter().enumerate() {
+            out.push(match self.sums[i].take() {
+                Some(g) => g,
+                None => p.as_tensor().zeros_like()?,
+            });
+        }
+        Ok(out)
+    }
+
     /// The trainable parameters, in order.
     pub fn params(&self) -> &[Var] {
         &self.params

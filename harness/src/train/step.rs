@@ -5,6 +5,7 @@
 //! With a [`GraphStep`] (`train.launch = "cuda_graph"`) the forward and backward of each
 //! micro-batch are one replay of a captured CUDA graph instead ([`crate::train::graph`]).
 
+use super::dist::Dist;
 use super::graph::GraphStep;
 use super::optim::{AdamW, GradAccum};
 use crate::model::params::Fwd;
@@ -45,6 +46,9 @@ pub struct StepCtx<'a> {
     pub max_grad_norm: f64,
     /// The captured step (`train.launch = "cuda_graph"`), or None: eager.
     pub graph: Option<&'a mut GraphStep>,
+    /// The data-parallel run this step is one rank of ([`crate::train::dist`]), or None: one
+    /// process.
+    pub dist: Option<&'a Dist>,
 }
 
 /// Phase 1: the loss of micro-batch `micro` of `p` divided by the step's `total_denom`, on the
@@ -78,8 +82,17 @@ pub fn update(accum: &mut GradAccum, opt: &mut AdamW, lr: f64, max_grad_norm: f6
 /// One optimizer step over the `prepared` micro-batches of step `c.step`: their normalisers are
 /// summed first, so accumulation normalises over the whole batch. A non-finite loss or gradient
 /// norm is [`Error::Diverged`].
+///
+/// In a data-parallel run (`c.dist`) the normaliser is summed over the ranks too, the gradient
+/// sums are all-reduced before clipping, and the returned numbers are the global ones.
 pub fn train_step(model: &Llama, prepared: &[Prepared], mut c: StepCtx) -> Result<StepValues> {
-    let total_denom: f64 = prepared.iter().map(|p| p.denom).sum();
+    let dist = c.dist.filter(|d| d.world > 1);
+    let local_denom: f64 = prepared.iter().map(|p| p.denom).sum();
+    let dev = c.accum.params().first().map(|p| p.device().clone()).unwrap_or(candle_core::Device::Cpu);
+    let total_denom = match dist {
+        Some(d) => d.sum_scalars(&[local_denom], &dev)?[0],
+        None => local_denom,
+    };
     let mut out = StepValues { loss: 0.0, ce_sum: 0.0, n_scored: 0, n_correct: 0, grad_norm: 0.0, buckets: None };
     for (micro, p) in prepared.iter().enumerate() {
         let v = match c.graph.as_deref_mut() {
@@ -102,6 +115,12 @@ pub fn train_step(model: &Llama, prepared: &[Prepared], mut c: StepCtx) -> Resul
     }
     if let Some(g) = c.graph.as_deref() {
         c.accum.set_sums(g.grads())?;
+    }
+    if let Some(d) = dist {
+        let sums = c.accum.take_sums()?;
+        c.accum.set_sums(d.sum_tensors(sums)?)?;
+        let g = d.sum_scalars(&[out.loss, out.ce_sum, out.n_scored as f64, out.n_correct as f64], &dev)?;
+        (out.loss, out.ce_sum, out.n_scored, out.n_correct) = (g[0], g[1], g[2] as usize, g[3] as usize);
     }
     out.grad_norm = update(c.accum, c.opt, c.lr, c.max_grad_norm, c.step)?;
     Ok(out)

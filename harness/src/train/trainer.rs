@@ -10,6 +10,7 @@
 //! objectives), `dev_ce`, `dev_token_acc`, then the hook's metrics.
 
 use super::graph::{GraphStep, StepLaunch};
+use super::dist::Dist;
 use super::optim::{AdamW, AdamWParams, GradAccum};
 use super::step::{train_step, StepCtx};
 use super::schedule::lr_at;
@@ -61,6 +62,9 @@ pub struct TrainInputs<'a> {
     pub reader: Option<&'a dyn Objective>,
     /// How steps are launched (resolved: `eager` or `cuda_graph`, [`crate::train::graph`]).
     pub launch: StepLaunch,
+    /// The data-parallel run this process is one rank of ([`crate::train::dist`]); None: one
+    /// process.
+    pub dist: Option<&'a Dist>,
 }
 
 /// Steps needed for `epochs` passes over `n` examples.
@@ -282,7 +286,13 @@ fn train_loop(
     let mut dead = DeadWatch::new(cfg, model.cfg.vocab_size);
     let mut opt = AdamW::new(trainable, AdamWParams { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.adam_eps, weight_decay: cfg.weight_decay })?;
     let mut accum = GradAccum::new(trainable);
+    let single = Dist::single();
+    let dist = inp.dist.unwrap_or(&single);
+    let main = dist.is_main();
     let mut graph = match inp.launch {
+        StepLaunch::CudaGraph if dist.world > 1 => {
+            return Err(Error::config("train.launch", "\"cuda_graph\" is not supported in a data-parallel run: use \"eager\""));
+        }
         StepLaunch::CudaGraph => {
             let rows = cfg.micro_batch * objective.rows_per_sequence();
             let shape = FixedShape::for_examples(inp.train, rows).ok_or_else(|| Error::msg("the training split is empty"))?;
@@ -333,15 +343,17 @@ fn train_loop(
         let mut prepared = Vec::with_capacity(cfg.grad_accum);
         let mut step_tokens = 0usize;
         for micro in 0..cfg.grad_accum {
-            let idx = order.next_batch(cfg.micro_batch);
-            let refs: Vec<&Example> = idx.iter().map(|&i| &inp.train[i]).collect();
+            // every rank draws the global micro-batch and trains on its share of the rows
+            let idx = order.next_batch(cfg.micro_batch * dist.world);
+            let refs: Vec<&Example> = idx[dist.share(idx.len(), cfg.micro_batch)].iter().map(|&i| &inp.train[i]).collect();
             let batch = Batch::collate(&refs, inp.pad_id);
             step_tokens += batch.len.iter().sum::<usize>();
-            let p = objective.prepare(&batch, step, micro as u64, inp.seed)?;
+            // masks and t are drawn per rank (one process: the micro index itself)
+            let p = objective.prepare(&batch, step, (micro * dist.world + dist.rank) as u64, inp.seed)?;
             prepared.push(if cfg.pack_to > 0 { crate::objective::pack::pack(&p, cfg.pack_to, inp.seed)?.0 } else { p });
         }
         // 2. forward/backward each micro-batch with the shared normaliser, clip and update.
-        let sc = StepCtx { seed: inp.seed, step, accum: &mut accum, opt: &mut opt, lr, max_grad_norm: cfg.max_grad_norm, graph: graph.as_mut() };
+        let sc = StepCtx { seed: inp.seed, step, accum: &mut accum, opt: &mut opt, lr, max_grad_norm: cfg.max_grad_norm, graph: graph.as_mut(), dist: Some(dist) };
         let v = match train_step(model, &prepared, sc) {
             Ok(v) => v,
             Err(e) => {
@@ -393,14 +405,26 @@ fn train_loop(
         bar.set_message(format!("loss {:.4} ce {:.3} {:.0} tok/s", m.loss, m.ce, m.tokens_per_s));
         bar.inc(1);
         let s1 = step + 1;
-        if cfg.save_every > 0 && s1 % cfg.save_every == 0 && s1 != inp.total_steps {
+        // rank 0 alone saves and evaluates (the others wait for it at the next all-reduce)
+        if main && cfg.save_every > 0 && s1 % cfg.save_every == 0 && s1 != inp.total_steps {
             trainable.save(&inp.checkpoint_dir.join(format!("step-{s1:06}.safetensors")))?;
         }
-        if cfg.eval_every > 0 && s1 % cfg.eval_every == 0 && s1 != inp.total_steps {
+        if main && cfg.eval_every > 0 && s1 % cfg.eval_every == 0 && s1 != inp.total_steps {
             evaluate(s1, model, &mut hook)?;
         }
     }
-    let (dev_final, dev_nll_final) = evaluate(inp.total_steps, model, &mut hook)?;
+    if dist.world > 1 {
+        // every rank holds the same weights, or the run is wrong
+        let sum = super::dist::checksum(accum.params())?;
+        let dev = accum.params().first().map(|p| p.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        let same = dist.same_everywhere(sum, &dev)?;
+        let record = serde_json::json!({"rank": dist.rank, "world_size": dist.world, "param_checksum": sum, "same_on_every_rank": same});
+        crate::run::write_json(&inp.run_dir.join("ranks.json"), &record)?;
+        if !same {
+            return Err(Error::msg(format!("rank {}: the trained parameters differ between ranks (checksum {sum})", dist.rank)));
+        }
+    }
+    let (dev_final, dev_nll_final) = if main { evaluate(inp.total_steps, model, &mut hook)? } else { (None, None) };
     trainable.save(&inp.checkpoint_dir.join(ddm_schema::RunDir::ADAPTER))?;
     bar.finish_with_message(format!("loss {:.4}", losses.last().copied().unwrap_or(f64::NAN)));
     let wall = start.elapsed().as_secs_f64();
