@@ -238,16 +238,31 @@ pub fn launch(nproc: usize, args: &[String], out: &std::path::Path) -> Result<()
             .env("MASTER_PORT", &port);
         children.push(cmd.spawn().map_err(|e| Error::msg(format!("rank {r}: cannot start {}: {e}", exe.display())))?);
     }
-    let mut failed = None;
-    for (r, mut c) in children.into_iter().enumerate() {
-        let status = c.wait().map_err(|e| Error::msg(format!("rank {r}: {e}")))?;
-        if !status.success() && failed.is_none() {
-            failed = Some((r, status));
+    // the first rank to fail stops the others: they would wait for it forever
+    let mut done = vec![false; nproc];
+    loop {
+        for (r, c) in children.iter_mut().enumerate() {
+            if done[r] {
+                continue;
+            }
+            match c.try_wait().map_err(|e| Error::msg(format!("rank {r}: {e}")))? {
+                Some(status) if !status.success() => {
+                    for (k, other) in children.iter_mut().enumerate() {
+                        if k != r {
+                            let _ = other.kill();
+                            let _ = other.wait();
+                        }
+                    }
+                    return Err(Error::msg(format!("rank {r} of {nproc} failed ({status}); the other ranks were stopped")));
+                }
+                Some(_) => done[r] = true,
+                None => {}
+            }
         }
-    }
-    match failed {
-        Some((r, s)) => Err(Error::msg(format!("rank {r} of {nproc} failed ({s})"))),
-        None => Ok(()),
+        if done.iter().all(|&d| d) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
@@ -279,6 +294,18 @@ mod nccl {
     use std::io::{Read, Write};
     use std::sync::Arc;
 
+    /// How long the rendezvous waits for the other ranks.
+    const RENDEZVOUS: std::time::Duration = std::time::Duration::from_secs(120);
+
+    /// NCCL's own words for an error code.
+    fn describe(e: &candle_core::cuda::cudarc::nccl::result::NcclError) -> String {
+        let s = unsafe { candle_core::cuda::cudarc::nccl::sys::ncclGetErrorString(e.0) };
+        if s.is_null() {
+            return format!("error code {}", e.0 as i32);
+        }
+        unsafe { std::ffi::CStr::from_ptr(s) }.to_string_lossy().into_owned()
+    }
+
     /// The communicator of this rank.
     pub struct Comm(pub NcclComm);
     // One communicator per process, used from the training thread only; NCCL calls are
@@ -297,18 +324,30 @@ mod nccl {
             std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into()),
             std::env::var("MASTER_PORT").unwrap_or_else(|_| "29500".into())
         );
-        let nerr = |e: candle_core::cuda::cudarc::nccl::result::NcclError| Error::msg(format!("NCCL: {e:?}"));
+        let nerr = |e: candle_core::cuda::cudarc::nccl::result::NcclError| Error::msg(format!("NCCL: {} (NCCL_DEBUG=WARN says why)", describe(&e)));
         let id = if rank == 0 {
             let id = Id::new().map_err(nerr)?;
             let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
             let listener = std::net::TcpListener::bind(&addr).map_err(|e| Error::msg(format!("rank 0: cannot listen on {addr}: {e}")))?;
-            for _ in 1..world {
-                let (mut s, _) = listener.accept().map_err(|e| Error::msg(format!("rank 0: rendezvous on {addr}: {e}")))?;
-                s.write_all(&bytes).map_err(|e| Error::msg(format!("rank 0: rendezvous on {addr}: {e}")))?;
+            // a rank that never comes (it failed before joining) must not hang rank 0
+            listener.set_nonblocking(true).map_err(|e| Error::msg(format!("rank 0: {addr}: {e}")))?;
+            let deadline = std::time::Instant::now() + RENDEZVOUS;
+            let mut served = 1;
+            while served < world {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).and_then(|_| s.write_all(&bytes)).map_err(|e| Error::msg(format!("rank 0: rendezvous on {addr}: {e}")))?;
+                        served += 1;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(100))
+                    }
+                    Err(e) => return Err(Error::msg(format!("rank 0: {served} of {world} ranks joined on {addr} within {} s ({e})", RENDEZVOUS.as_secs()))),
+                }
             }
             id
         } else {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let deadline = std::time::Instant::now() + RENDEZVOUS;
             let mut s = loop {
                 match std::net::TcpStream::connect(&addr) {
                     Ok(s) => break s,
@@ -353,7 +392,7 @@ mod nccl {
             };
             let (o1, o2) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("all-reduce of a non-contiguous tensor".into()))?;
             let dev = s.device().clone();
-            let err = |e| candle_core::Error::Msg(format!("NCCL all-reduce: {e:?}"));
+            let err = |e| candle_core::Error::Msg(format!("NCCL all-reduce: {}", describe(&e)));
             let out = match s.dtype() {
                 candle_core::DType::F32 => {
                     let src = s.as_cuda_slice::<f32>()?.slice(o1..o2);
