@@ -220,10 +220,10 @@ pub fn launch(nproc: usize, args: &[String], out: &std::path::Path) -> Result<()
     let exe = std::env::current_exe().map_err(|e| Error::msg(format!("cannot find this binary: {e}")))?;
     let visible: Vec<String> = match std::env::var("CUDA_VISIBLE_DEVICES") {
         Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
-        _ => (0..nproc).map(|i| i.to_string()).collect(),
+        _ => (0..gpu_count().unwrap_or(nproc)).map(|i| i.to_string()).collect(),
     };
     if visible.len() < nproc {
-        return Err(Error::config("--nproc", format!("{nproc} processes but CUDA_VISIBLE_DEVICES names {} GPU(s)", visible.len())));
+        return Err(Error::config("--nproc", format!("{nproc} processes, but this host shows {} GPU(s) (CUDA_VISIBLE_DEVICES or the driver)", visible.len())));
     }
     let port = std::env::var("MASTER_PORT").unwrap_or_else(|_| free_port().to_string());
     let mut children = Vec::with_capacity(nproc);
@@ -277,6 +277,18 @@ pub fn rank_folder(rank: usize, out: &std::path::Path) -> (std::path::PathBuf, V
     (out.join("ranks").join(format!("rank-{rank}")), sets.iter().map(|s| s.to_string()).collect())
 }
 
+/// The GPUs the driver reports, when this binary has CUDA and a driver answers.
+fn gpu_count() -> Option<usize> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda::cudarc::driver::result;
+        result::init().ok()?;
+        result::device::get_count().ok().map(|n| n.max(0) as usize)
+    }
+    #[cfg(not(feature = "cuda"))]
+    None
+}
+
 /// A TCP port free on this host now (the launcher's default `MASTER_PORT`).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(29500)
@@ -324,7 +336,7 @@ mod nccl {
             std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into()),
             std::env::var("MASTER_PORT").unwrap_or_else(|_| "29500".into())
         );
-        let nerr = |e: candle_core::cuda::cudarc::nccl::result::NcclError| Error::msg(format!("NCCL: {} (NCCL_DEBUG=WARN says why)", describe(&e)));
+        let nerr = |e: candle_core::cuda::cudarc::nccl::result::NcclError| Error::msg(format!("NCCL: {} ", describe(&e)));
         let id = if rank == 0 {
             let id = Id::new().map_err(nerr)?;
             let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
