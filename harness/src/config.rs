@@ -787,11 +787,10 @@ pub fn resolve_launch(launch: StepLaunch, device: &str, adapter: &AdapterConfig)
 pub fn resolve_device(spec: &str) -> Result<String> {
     match spec {
         // a data-parallel rank (crate::train::dist) uses GPU LOCAL_RANK of the visible ones
-        "auto" => Ok(if candle_core::utils::cuda_is_available() && candle_core::Device::new_cuda(auto_gpu()).is_ok() {
-            format!("cuda:{}", auto_gpu())
-        } else {
-            "cpu".into()
-        }),
+        "auto" => {
+            let gpu = auto_gpu();
+            Ok(if candle_core::utils::cuda_is_available() && candle_core::Device::new_cuda(gpu).is_ok() { format!("cuda:{gpu}") } else { "cpu".into() })
+        }
         "cpu" => Ok("cpu".into()),
         s => {
             let n = s.strip_prefix("cuda").map(|r| r.trim_start_matches(':')).unwrap_or("");

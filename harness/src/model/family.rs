@@ -284,17 +284,17 @@ fn rename(layout: Layout, name: &str, out: bool) -> String {
 /// here: a folder's, or a hub repo's already in the hf-hub cache. None for GGUF, random models and
 /// uncached repos.
 pub fn checkpoint_config(source: &str, revision: Option<&str>) -> Result<Option<(PathBuf, serde_json::Value)>> {
-    let p = PathBuf::from(source);
-    let path = if p.is_dir() {
-        p.join("config.json")
-    } else if source.split('/').count() == 2 && !source.starts_with(['.', '/']) && !source.ends_with(".gguf") && source != "random" {
-        let repo = hf_hub::Repo::with_revision(source.to_string(), hf_hub::RepoType::Model, revision.unwrap_or("main").to_string());
-        match hf_hub::Cache::from_env().repo(repo).get("config.json") {
-            Some(p) => p,
-            None => return Ok(None),
+    // what `model.source` names is the loader's reading of it; a source it refuses has no config here
+    let path = match super::load::ModelSource::parse(source, None, revision) {
+        Ok(super::load::ModelSource::HfFolder(dir)) => dir.join("config.json"),
+        Ok(super::load::ModelSource::Hub { repo, revision }) => {
+            let repo = hf_hub::Repo::with_revision(repo, hf_hub::RepoType::Model, revision.unwrap_or_else(|| "main".into()));
+            match hf_hub::Cache::from_env().repo(repo).get("config.json") {
+                Some(p) => p,
+                None => return Ok(None),
+            }
         }
-    } else {
-        return Ok(None);
+        _ => return Ok(None),
     };
     if !path.is_file() {
         return Ok(None);

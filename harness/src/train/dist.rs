@@ -423,11 +423,4 @@ mod nccl {
             Ok((out, l.shape().clone()))
         }
     }
-
-    // `Error::msg` takes a string; keep the NCCL error's debug form
-    #[allow(dead_code)]
-    fn _assert_send_sync() {
-        fn f<T: Send + Sync>() {}
-        f::<AllReduce>();
-    }
 }

@@ -170,16 +170,15 @@ impl GradAccum {
         &self.params
     }
 
+    /// The device the parameters live on (the CPU when there are none).
+    pub fn device(&self) -> candle_core::Device {
+        self.params.first().map(|p| p.device().clone()).unwrap_or(candle_core::Device::Cpu)
+    }
+
     /// The summed gradients (zeros for a parameter that got none), their global L2 norm, and
     /// the factor that clips the norm to at most `max_norm` (0 = no clipping). Resets the sums.
     pub fn take_clipped(&mut self, max_norm: f64) -> Result<(Grads, f64)> {
-        let mut tensors = Vec::with_capacity(self.params.len());
-        for (i, p) in self.params.iter().enumerate() {
-            tensors.push(match self.sums[i].take() {
-                Some(g) => g,
-                None => p.as_tensor().zeros_like()?,
-            });
-        }
+        let tensors = self.take_sums()?;
         let norm = global_norm(&tensors)?;
         let scale = if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
         Ok((Grads { tensors, scale }, norm))

@@ -88,7 +88,7 @@ pub fn update(accum: &mut GradAccum, opt: &mut AdamW, lr: f64, max_grad_norm: f6
 pub fn train_step(model: &Llama, prepared: &[Prepared], mut c: StepCtx) -> Result<StepValues> {
     let dist = c.dist.filter(|d| d.world > 1);
     let local_denom: f64 = prepared.iter().map(|p| p.denom).sum();
-    let dev = c.accum.params().first().map(|p| p.device().clone()).unwrap_or(candle_core::Device::Cpu);
+    let dev = c.accum.device();
     let total_denom = match dist {
         Some(d) => d.sum_scalars(&[local_denom], &dev)?[0],
         None => local_denom,

@@ -416,8 +416,7 @@ fn train_loop(
     if dist.world > 1 {
         // every rank holds the same weights, or the run is wrong
         let sum = super::dist::checksum(accum.params())?;
-        let dev = accum.params().first().map(|p| p.device().clone()).unwrap_or(candle_core::Device::Cpu);
-        let same = dist.same_everywhere(sum, &dev)?;
+        let same = dist.same_everywhere(sum, &accum.device())?;
         let record = serde_json::json!({"rank": dist.rank, "world_size": dist.world, "param_checksum": sum, "same_on_every_rank": same});
         crate::run::write_json(&inp.run_dir.join("ranks.json"), &record)?;
         if !same {
